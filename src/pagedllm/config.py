@@ -1,0 +1,76 @@
+"""Typed engine configuration. The core reads SchedulerConfig and CacheConfig only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """An engine option is out of range; the message says what is allowed."""
+
+
+@dataclass
+class CacheConfig:
+    """Paged KV cache layout."""
+
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    # Exactly this many blocks (tests use it to force preemption); overrides the memory budget.
+    num_kv_blocks: int | None = None
+    # Memory budget for the KV cache in GiB; None means a fraction of free memory.
+    kv_cache_memory: float | None = None
+    kv_cache_memory_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two >= 1, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ConfigError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
+        if not 0.0 < self.kv_cache_memory_fraction <= 0.95:
+            raise ConfigError(
+                f"kv_cache_memory_fraction must be in (0, 0.95], got {self.kv_cache_memory_fraction}"
+            )
+
+
+@dataclass
+class SchedulerConfig:
+    """Token-budget continuous batching limits."""
+
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+
+@dataclass
+class EngineConfig:
+    """Everything `LLM(...)` and the CLI accept."""
+
+    model: str = "smollm2-135m-instruct"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    max_model_len: int | None = None  # None: the model's own context length
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int | None = None  # None: chosen from max_model_len
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    kv_cache_memory: float | None = None
+    num_kv_blocks: int | None = None
+    seed: int = 0
+    device: str | None = None  # None: cuda if available, else cpu
+    tokenizer: str | None = None
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")

@@ -1,0 +1,7 @@
+"""The engine core: scheduler, KV cache manager and block pool. Pure Python, no torch."""
+
+from pagedllm.core.block_pool import BlockPool, KVCacheBlock
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.scheduler import Scheduler, SchedulerStats
+
+__all__ = ["BlockPool", "KVCacheBlock", "KVCacheManager", "Scheduler", "SchedulerStats"]

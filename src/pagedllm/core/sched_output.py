@@ -1,0 +1,93 @@
+"""Messages between the scheduler (core) and the model runner (worker); plain data, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class NewRequestData:
+    """A request the runner has not seen (or sees again after preemption): all it needs."""
+
+    request_id: str
+    token_ids: list[int]  # prompt + outputs so far (a resumed request recomputes them)
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]  # the whole block table
+    num_computed_tokens: int  # tokens whose KV is already cached (prefix hit)
+
+
+@dataclass(slots=True)
+class CachedRequestData:
+    """A request the runner already holds: only what changed since its last step."""
+
+    request_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class SchedulerOutput:
+    """What one engine step computes.
+
+    For every scheduled request the runner computes `num_scheduled_tokens[id]` tokens
+    starting at position `num_computed_tokens`. The runner samples a token for a
+    request only when the step reaches the end of its known tokens.
+    """
+
+    scheduled_new_reqs: list[NewRequestData] = field(default_factory=list)
+    scheduled_cached_reqs: list[CachedRequestData] = field(default_factory=list)
+    num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
+    total_num_scheduled_tokens: int = 0
+    # Requests that left the running set since the last step; the runner drops their state.
+    finished_req_ids: set[str] = field(default_factory=set)
+    preempted_req_ids: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass(slots=True)
+class TokenLogprobs:
+    """Logprobs for some positions: row i holds the chosen token first, then the top-k.
+
+    token_ids[i][0] is the chosen (sampled or prompt) token, token_ids[i][1:] the top-k;
+    ranks[i] is the chosen token's rank in the vocabulary (1 = most likely).
+    """
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    ranks: list[int]
+
+
+@dataclass
+class ModelRunnerOutput:
+    """Results of one step, per scheduled request."""
+
+    # Requests that sampled this step -> the sampled token ids (one today; lists leave room
+    # for speculative decoding). Partial prefill chunks are absent.
+    sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
+    # Prompt logprobs computed this step: request id -> (first prompt position covered, values).
+    # Position p's entry is the logprob of prompt token p (p >= 1) given tokens < p.
+    prompt_logprobs: dict[str, tuple[int, TokenLogprobs]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EngineCoreOutput:
+    """What the core reports about one request after a step."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: TokenLogprobs | None = None
+    new_prompt_logprobs: tuple[int, TokenLogprobs] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
