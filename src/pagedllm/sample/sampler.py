@@ -1,0 +1,172 @@
+"""The sampler: logits of the last position of each request -> one token id each.
+
+Order of work (as vLLM): raw logprobs for the output are taken from the untouched
+logits; then allow-lists, logit bias, min_tokens bans and penalties change the
+logits; greedy rows take the argmax; random rows go through temperature, top-k,
+top-p and min-p and draw with the exponential race (argmax of probs / E, E ~ Exp(1)),
+which picks token i with probability probs[i] and needs no cumulative sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.core.sched_output import TokenLogprobs
+from pagedllm.sample.logprobs import gather_token_logprobs
+from pagedllm.sample.metadata import SamplingMetadata
+from pagedllm.sample.penalties import apply_penalties
+
+
+@dataclass(slots=True)
+class SamplerOutput:
+    """Sampled ids [R] and, when any row asked, their logprobs.
+
+    `logprobs` holds `max_num_logprobs` top entries for every row; the output processor
+    trims each row to what its request asked for.
+    """
+
+    sampled_token_ids: torch.Tensor
+    logprobs: TokenLogprobs | None
+
+
+class Sampler:
+    """Stateless and batched: per-step Python work is O(number of requests)."""
+
+    def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
+        """Sample one token per row of `logits [R, V]`; the input tensor is not modified."""
+        # Half-precision logits are upcast, which already makes a private copy.
+        owned = logits.dtype != torch.float32
+        logits = logits.float()
+        raw_logprobs = None
+        if md.max_num_logprobs is not None:
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = apply_logit_processors(logits, md, copy=not owned)
+        sampled = self.sample(logits, md)
+        token_logprobs = None
+        if raw_logprobs is not None:
+            token_logprobs = gather_token_logprobs(raw_logprobs, sampled, md.max_num_logprobs)
+        return SamplerOutput(sampled_token_ids=sampled, logprobs=token_logprobs)
+
+    def sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        """Greedy and random choice over processed logits; may modify `logits` in place."""
+        greedy = logits.argmax(dim=-1) if not md.all_random else None
+        if md.all_greedy:
+            return greedy
+        logits.div_(md.temperature.unsqueeze(1))
+        apply_top_k_top_p(logits, md.top_k, md.top_p, md.max_top_k)
+        probs = torch.softmax(logits, dim=-1)
+        if md.min_p is not None:
+            probs = apply_min_p(probs, md.min_p)
+        sampled = exponential_race(probs, md.generators, md.default_generator)
+        if greedy is not None:
+            sampled = torch.where(md.greedy_mask, greedy, sampled)
+        return sampled
+
+
+def apply_logit_processors(logits: torch.Tensor, md: SamplingMetadata, copy: bool = True) -> torch.Tensor:
+    """Allow-lists, logit bias, min_tokens bans, penalties.
+
+    Returns `logits` itself when nothing applies and the batch is all greedy; otherwise a
+    tensor that later steps may modify in place (a copy unless `copy` is False).
+    """
+    if (
+        md.allowed_mask is None
+        and md.logit_bias is None
+        and md.min_tokens_mask is None
+        and md.penalties is None
+        and md.all_greedy
+    ):
+        return logits
+    # One copy so every later step can work in place without touching the caller's tensor.
+    if copy:
+        logits = logits.clone()
+    if md.allowed_mask is not None:
+        restricted = logits[md.allowed_rows]
+        logits[md.allowed_rows] = restricted.masked_fill(~md.allowed_mask, float("-inf"))
+    if md.logit_bias is not None:
+        b = md.logit_bias
+        logits.index_put_((b.rows, b.tokens), b.values, accumulate=True)
+    if md.min_tokens_mask is not None:
+        m = md.min_tokens_mask
+        logits[m.rows, m.tokens] = float("-inf")
+    if md.penalties is not None:
+        apply_penalties(logits, md.penalties)
+    return logits
+
+
+def apply_top_k_top_p(
+    logits: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    max_top_k: int | None = None,
+) -> None:
+    """Set filtered-out logits to -inf in place. Rows hold vocab_size / 1.0 where disabled."""
+    if top_k is None and top_p is None:
+        return
+    if top_p is None:
+        _apply_top_k_only(logits, top_k, max_top_k)
+        return
+    # One ascending sort serves both filters.
+    sorted_logits, order = logits.sort(dim=-1)
+    vocab_size = logits.shape[1]
+    if top_k is not None:
+        # Ascending: the k largest sit at positions >= V - k.
+        kth_pos = (vocab_size - top_k).clamp(min=0).unsqueeze(1)
+        kth = sorted_logits.gather(1, kth_pos)
+        sorted_logits.masked_fill_(sorted_logits < kth, float("-inf"))
+    sorted_probs = sorted_logits.softmax(dim=-1)
+    mass_below = sorted_probs.cumsum(dim=-1)
+    # Drop a token when it and everything less likely add up to <= 1 - p: what stays is the
+    # smallest set of most likely tokens whose mass reaches p. The best token always stays.
+    drop = mass_below <= (1.0 - top_p).unsqueeze(1)
+    drop[:, -1] = False
+    sorted_logits.masked_fill_(drop, float("-inf"))
+    logits.scatter_(1, order, sorted_logits)
+
+
+def _apply_top_k_only(logits: torch.Tensor, top_k: torch.Tensor, max_k: int | None) -> None:
+    # A partial top-k of the largest k in the batch is cheaper than a full sort.
+    vocab_size = logits.shape[1]
+    if max_k is None:
+        max_k = int(top_k.masked_fill(top_k >= vocab_size, 1).max())
+    top_values = logits.topk(max_k, dim=-1).values
+    kth = top_values.gather(1, (top_k.clamp(max=max_k) - 1).unsqueeze(1))
+    # Disabled rows (k = vocab size) keep everything.
+    kth.masked_fill_((top_k >= vocab_size).unsqueeze(1), float("-inf"))
+    logits.masked_fill_(logits < kth, float("-inf"))
+
+
+def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Zero tokens whose probability is below min_p times the row's best probability."""
+    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
+    return probs.masked_fill(probs < threshold, 0.0)
+
+
+def exponential_race(
+    probs: torch.Tensor,
+    generators: dict[int, torch.Generator],
+    default_generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """argmax(probs / E) with E ~ Exp(1): a sample from each row's distribution.
+
+    Rows with their own generator draw their noise row from it, so a seeded request gets
+    the same tokens whatever else is in the batch; the other rows share one draw from
+    `default_generator` (torch's global one when None).
+    """
+    noise = torch.empty_like(probs)
+    if not generators:
+        noise.exponential_(generator=default_generator)
+    else:
+        seeded = torch.zeros(probs.shape[0], dtype=torch.bool)
+        seeded[list(generators)] = True
+        unseeded = (~seeded).nonzero().squeeze(1).to(probs.device)
+        if unseeded.numel():
+            shared = torch.empty(unseeded.numel(), probs.shape[1], device=probs.device)
+            noise[unseeded] = shared.exponential_(generator=default_generator)
+        for row, gen in generators.items():
+            noise[row].exponential_(generator=gen)
+    # Exp(1) can round to 0; a tiny floor keeps 0/0 out of the argmax.
+    noise.clamp_(min=torch.finfo(noise.dtype).tiny)
+    return probs.div_(noise).argmax(dim=-1)
