@@ -83,7 +83,10 @@ class SamplingParams:
         if not 0.0 < self.top_p <= 1.0:
             fail("top_p", f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            fail("top_k", f"top_k must be -1 (disabled), 0 (disabled) or a positive integer, got {self.top_k!r}")
+            fail(
+                "top_k",
+                f"top_k must be -1 (disabled), 0 (disabled) or a positive integer, got {self.top_k!r}",
+            )
         if not 0.0 <= self.min_p <= 1.0:
             fail("min_p", f"min_p must be in [0, 1], got {self.min_p}")
         if not -2.0 <= self.presence_penalty <= 2.0:
@@ -103,7 +106,10 @@ class SamplingParams:
         if self.prompt_logprobs is not None and (
             not isinstance(self.prompt_logprobs, int) or self.prompt_logprobs < 0
         ):
-            fail("prompt_logprobs", f"prompt_logprobs must be a non-negative integer, got {self.prompt_logprobs!r}")
+            fail(
+                "prompt_logprobs",
+                f"prompt_logprobs must be a non-negative integer, got {self.prompt_logprobs!r}",
+            )
         if self.seed is not None and not isinstance(self.seed, int):
             fail("seed", f"seed must be an integer, got {self.seed!r}")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
@@ -111,7 +117,8 @@ class SamplingParams:
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             fail("stop_token_ids", "stop_token_ids must be non-negative integers")
         if self.allowed_token_ids is not None and (
-            len(self.allowed_token_ids) == 0 or any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids)
+            len(self.allowed_token_ids) == 0
+            or any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids)
         ):
             fail("allowed_token_ids", "allowed_token_ids must be a non-empty list of non-negative token ids")
         if self.logit_bias is not None:

@@ -1,0 +1,1 @@
+"""Paged attention: the contract (metadata) and its backends."""

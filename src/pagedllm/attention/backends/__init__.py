@@ -1,0 +1,1 @@
+"""Attention backends; each implements `AttentionBackend` over the same metadata."""

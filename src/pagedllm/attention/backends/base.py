@@ -1,0 +1,32 @@
+"""The interface an attention backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from pagedllm.attention.metadata import AttentionMetadata
+
+
+class AttentionBackend(ABC):
+    """Writes a step's K/V into the paged cache and attends through block tables."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def plan(self, metadata: AttentionMetadata) -> None:
+        """Build per-step index tensors shared by all layers (called once per step)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,  # [T, num_heads, head_dim]
+        key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:  # [T, num_heads, head_dim]
+        """Causal attention of each request's new tokens over its whole context."""

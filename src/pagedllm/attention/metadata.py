@@ -1,0 +1,52 @@
+"""The attention contract: per-step tensors every backend reads.
+
+For a step computing T tokens of R requests (decode requests ordered first):
+
+    input token i belongs to request r where query_start_loc[r] <= i < query_start_loc[r+1]
+    seq_lens[r]          = context length of r including this step's tokens
+    block_table[r, j]    = physical block holding tokens [j*block_size, (j+1)*block_size) of r
+    slot_mapping[i]      = block_id * block_size + offset where token i's K/V is written
+
+Request r's new tokens occupy positions seq_lens[r] - q_len(r) .. seq_lens[r] - 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from pagedllm.attention.backends.base import AttentionBackend
+
+
+@dataclass
+class AttentionMetadata:
+    """One step's attention inputs (tensors on the model's device, plus CPU copies for planning)."""
+
+    num_reqs: int
+    num_actual_tokens: int
+    query_start_loc: torch.Tensor  # [R + 1] int32
+    seq_lens: torch.Tensor  # [R] int32
+    block_table: torch.Tensor  # [R, max_blocks] int32
+    slot_mapping: torch.Tensor  # [T] int64
+    max_query_len: int
+    max_seq_len: int
+    # Requests [0, num_decodes) have exactly one query token; they come first.
+    num_decodes: int
+    query_start_loc_cpu: np.ndarray
+    seq_lens_cpu: np.ndarray
+    block_size: int
+    backend: AttentionBackend
+    # Backend-private tensors built once per step and shared by all layers.
+    plan: Any = None
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return self.num_decodes
+
+    @property
+    def num_prefills(self) -> int:
+        return self.num_reqs - self.num_decodes

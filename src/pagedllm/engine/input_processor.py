@@ -1,0 +1,62 @@
+"""Turns user prompts into validated token ids at the engine's boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine cannot serve; `param` names the offending field."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+PromptType = str | dict[str, Any]
+
+
+def tokenize_prompt(prompt: PromptType, tokenizer, vocab_size: int) -> tuple[str | None, list[int]]:
+    """A string, or vLLM's token form `{"prompt_token_ids": [...]}`, to (text, token ids)."""
+    if isinstance(prompt, str):
+        if prompt == "":
+            raise InvalidRequestError("prompt", "prompt must not be empty")
+        return prompt, tokenizer(prompt).input_ids
+    if isinstance(prompt, dict):
+        if "prompt_token_ids" in prompt:
+            ids = prompt["prompt_token_ids"]
+            if not isinstance(ids, list | tuple) or not all(isinstance(t, int) for t in ids):
+                raise InvalidRequestError("prompt", "prompt_token_ids must be a list of integers")
+            if not ids:
+                raise InvalidRequestError("prompt", "prompt_token_ids must not be empty")
+            bad = [t for t in ids if t < 0 or t >= vocab_size]
+            if bad:
+                raise InvalidRequestError(
+                    "prompt", f"prompt contains token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}"
+                )
+            return prompt.get("prompt"), list(ids)
+        if "prompt" in prompt:
+            return tokenize_prompt(prompt["prompt"], tokenizer, vocab_size)
+    raise InvalidRequestError(
+        "prompt", f"a prompt is a string or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}"
+    )
+
+
+def check_length(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int) -> int:
+    """Resolve max_tokens (None fills the context) and reject what can never fit."""
+    if num_prompt_tokens >= max_model_len:
+        raise InvalidRequestError(
+            "prompt",
+            f"prompt has {num_prompt_tokens} tokens but the context holds {max_model_len} "
+            "(prompt plus at least one generated token); shorten the prompt",
+        )
+    room = max_model_len - num_prompt_tokens
+    if max_tokens is None:
+        return room
+    if max_tokens > room:
+        raise InvalidRequestError(
+            "max_tokens",
+            f"max_tokens={max_tokens} plus the prompt's {num_prompt_tokens} tokens exceeds the context "
+            f"length {max_model_len}; max_tokens can be at most {room}",
+        )
+    return max_tokens

@@ -1,0 +1,159 @@
+"""LLMEngine: the synchronous heart. add_request, step(), abort; outputs as RequestOutput."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import replace
+
+from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
+from pagedllm.core.scheduler import Scheduler
+from pagedllm.engine.input_processor import PromptType, check_length, tokenize_prompt
+from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.model.loader.resolve import resolve_model
+from pagedllm.model.model_config import ModelConfig
+from pagedllm.outputs import RequestOutput
+from pagedllm.request import Request, RequestStatus
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.tokenizer import load_tokenizer
+from pagedllm.worker.executor import UniProcExecutor
+from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.platform import select_device, select_dtype
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_BATCHED_TOKENS = 2048
+
+
+class LLMEngine:
+    """Owns tokenizer, scheduler, executor and output processor; one `step()` is one batch."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        start = time.perf_counter()
+        self.resolved = resolve_model(config.model)
+        self.model_config = ModelConfig.from_resolved(self.resolved)
+        self.tokenizer = load_tokenizer(self.resolved)
+        if config.chat_template is not None:
+            self.tokenizer.chat_template = config.chat_template
+        max_model_len = self._max_model_len()
+        self.scheduler_config = SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens or _DEFAULT_BATCHED_TOKENS,
+            max_model_len=max_model_len,
+        )
+        self.cache_config = CacheConfig(
+            block_size=config.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+            num_kv_blocks=config.num_kv_blocks,
+            kv_cache_memory=config.kv_cache_memory,
+        )
+        self.device = select_device(config.device)
+        self.dtype = select_dtype(config.dtype, self.device)
+        runner = ModelRunner(
+            self.model_config, self.scheduler_config, self.cache_config, self.device, self.dtype, config.seed
+        )
+        self.executor = UniProcExecutor(runner)
+        self.num_kv_blocks = self.executor.determine_num_blocks()
+        self.executor.initialize_kv_cache(self.num_kv_blocks)
+        self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.num_kv_blocks)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._ids = itertools.count()
+        logger.info(
+            "engine ready in %.1f s: %s on %s (%s), KV cache %d blocks x %d tokens = %d tokens",
+            time.perf_counter() - start,
+            self.model_config.architecture,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self.num_kv_blocks,
+            self.cache_config.block_size,
+            self.kv_capacity_tokens,
+        )
+
+    def _max_model_len(self) -> int:
+        limit = self.model_config.max_position_embeddings
+        if self.config.max_model_len is None:
+            return limit
+        if self.config.max_model_len > limit:
+            raise ValueError(
+                f"max_model_len={self.config.max_model_len} exceeds the model's context length {limit}"
+            )
+        return self.config.max_model_len
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_kv_blocks * self.cache_config.block_size
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler_config.max_model_len
+
+    def new_request_id(self) -> str:
+        return str(next(self._ids))
+
+    # ---- requests -----------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+        output_kind: str = "final",
+        cache_salt: str | None = None,
+    ) -> None:
+        """Validate and queue one prompt; n > 1 becomes n core requests sharing the prompt's blocks."""
+        params = params or SamplingParams()
+        arrival_time = arrival_time or time.time()
+        text, token_ids = tokenize_prompt(prompt, self.tokenizer, self.model_config.vocab_size)
+        params.validate_vocab(self.model_config.vocab_size)
+        max_tokens = check_length(len(token_ids), params.max_tokens, self.max_model_len)
+        if max_tokens != params.max_tokens:
+            params = replace(params, max_tokens=max_tokens)
+        child_ids = [request_id] if params.n == 1 else [f"{request_id}-{i}" for i in range(params.n)]
+        self.output_processor.add_request(
+            request_id, text, token_ids, params, child_ids, arrival_time, output_kind=output_kind
+        )
+        leader = None
+        for index, child_id in enumerate(child_ids):
+            child_params = params
+            if params.n > 1:
+                # Siblings differ in their seed so that n seeded samples are not n copies.
+                seed = None if params.seed is None else params.seed + index
+                child_params = replace(params, n=1, seed=seed)
+            request = Request(
+                request_id=child_id,
+                prompt_token_ids=token_ids,
+                sampling_params=child_params,
+                eos_token_id=self.model_config.eos_token_id,
+                arrival_time=arrival_time,
+                cache_salt=cache_salt,
+                prefix_leader=leader,
+            )
+            self.scheduler.add_request(request)
+            leader = leader or request
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """Stop requests now and free their blocks (safe for unknown or finished ids)."""
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for request_id in request_ids:
+            child_ids = self.output_processor.abort_request(request_id)
+            self.scheduler.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return self.scheduler.get_num_unfinished_requests()
+
+    # ---- the step -----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, and turn the results into request outputs."""
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.executor.execute_model(scheduler_output)
+        core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        processed = self.output_processor.process_outputs(core_outputs, time.time())
+        if processed.reqs_to_abort:
+            self.scheduler.finish_requests(processed.reqs_to_abort, RequestStatus.FINISHED_STOPPED)
+        return processed.request_outputs

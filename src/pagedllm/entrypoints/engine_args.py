@@ -1,0 +1,59 @@
+"""Command-line flags shared by every subcommand that starts an engine."""
+
+from __future__ import annotations
+
+import argparse
+
+from pagedllm.config import EngineConfig
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) -> None:
+    """Engine options; `--model` too unless the subcommand takes the model positionally."""
+    if model_flag:
+        parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="local path, alias or hub id")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=128)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+    parser.add_argument("--kv-cache-memory", type=float, default=None, help="KV cache budget in GiB")
+    parser.add_argument("--num-kv-blocks", type=int, default=None, help="exact number of KV blocks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-template", default=None, help="file holding a Jinja chat template")
+
+
+def engine_config_from_args(args: argparse.Namespace, model: str | None = None) -> EngineConfig:
+    chat_template = None
+    if args.chat_template:
+        with open(args.chat_template) as f:
+            chat_template = f.read()
+    return EngineConfig(
+        model=model or args.model,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size,
+        enable_prefix_caching=not args.no_prefix_caching,
+        kv_cache_memory=args.kv_cache_memory,
+        num_kv_blocks=args.num_kv_blocks,
+        seed=args.seed,
+        device=args.device,
+        chat_template=chat_template,
+    )
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int = 128) -> None:
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--sampling-seed", type=int, default=None, help="per-request sampling seed")
+    parser.add_argument("--ignore-eos", action="store_true")
+    parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")

@@ -1,0 +1,80 @@
+"""Vocabulary-parallel token embedding and LM head.
+
+Each rank holds a contiguous slice of `ceil(vocab / tp_size)` rows; the last slice is padded
+with zero rows. Embedding lookups outside a rank's slice contribute zeros and the ranks' results
+are summed; LM head logits are gathered across ranks and the padding is cut off.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.model.layers.parallel import all_gather_last_dim, all_reduce, new_parameter
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Token id -> embedding row, with the vocabulary split over tensor-parallel ranks."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        weight: nn.Parameter | None = None,
+    ):
+        super().__init__()
+        self.vocab_size, self.embedding_dim = vocab_size, embedding_dim
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.rows_per_rank = -(-vocab_size // tp_size)
+        self.vocab_start = tp_rank * self.rows_per_rank
+        self.vocab_end = min(self.vocab_start + self.rows_per_rank, vocab_size)
+        if weight is None:
+            weight = new_parameter(self.rows_per_rank, embedding_dim)
+            weight.weight_loader = self.weight_loader
+        self.weight = weight
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if loaded_weight.shape != (self.vocab_size, self.embedding_dim):
+            raise ValueError(
+                f"embedding checkpoint shape {tuple(loaded_weight.shape)} != "
+                f"(vocab {self.vocab_size}, dim {self.embedding_dim})"
+            )
+        rows = self.vocab_end - self.vocab_start
+        param.data[:rows].copy_(loaded_weight[self.vocab_start : self.vocab_end])
+        param.data[rows:].zero_()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.vocab_start
+        outside = (input_ids < self.vocab_start) | (input_ids >= self.vocab_end)
+        embedded = F.embedding(local.masked_fill(outside, 0), self.weight)
+        embedded.masked_fill_(outside[:, None], 0)
+        return all_reduce(embedded, self.tp_size)
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """Hidden states -> logits over the full vocabulary; may share its weight with the embedding."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        tied_to: VocabParallelEmbedding | None = None,
+    ):
+        # Tied word embeddings: share the embedding's parameter instead of allocating a copy.
+        weight = tied_to.weight if tied_to is not None else None
+        super().__init__(vocab_size, embedding_dim, tp_rank, tp_size, weight)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] in the weight's dtype (callers upcast as they need)."""
+        logits = all_gather_last_dim(F.linear(hidden, self.weight), self.tp_size)
+        return logits[..., : self.vocab_size]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.compute_logits(hidden)

@@ -1,0 +1,161 @@
+"""Linear layers sharded for tensor parallelism, each loading its own shard of a checkpoint.
+
+Column-parallel layers split the output features over ranks (each rank computes a slice of
+the outputs); row-parallel layers split the input features and sum the partial products.
+A transformer block pairs them (QKV or gate/up column-parallel, o_proj or down row-parallel)
+so only one all-reduce per pair is needed. Every parameter carries a
+`weight_loader(param, loaded_weight, shard_id=None)` that copies the rank's slice of a full
+checkpoint tensor into place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagedllm.model.layers.parallel import all_reduce, divide, new_parameter
+
+
+def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
+    if target.shape != source.shape:
+        raise ValueError(
+            f"{name}: checkpoint shard has shape {tuple(source.shape)}, expected {tuple(target.shape)}"
+        )
+    target.copy_(source)
+
+
+class LinearBase(nn.Module):
+    """Holds `weight [out, in]` and optional `bias [out]` with their weight loaders."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool, tp_rank: int, tp_size: int):
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank, tp_size
+        self.input_size, self.output_size = input_size, output_size
+        self.weight = new_parameter(output_size, input_size)
+        self.weight.weight_loader = self.weight_loader
+        self.bias = None
+        if bias:
+            self.bias = new_parameter(output_size)
+            self.bias.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    """y = x W^T + b with W's rows (output features) split across ranks; output stays sharded."""
+
+    def __init__(
+        self, input_size: int, output_size: int, bias: bool = False, tp_rank: int = 0, tp_size: int = 1
+    ):
+        super().__init__(input_size, divide(output_size, tp_size, "output size"), bias, tp_rank, tp_size)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        rows = param.shape[0]
+        _copy_checked(
+            param.data, loaded_weight.narrow(0, self.tp_rank * rows, rows), "column-parallel weight"
+        )
+
+
+class RowParallelLinear(LinearBase):
+    """y = sum over ranks of x_r W_r^T, with W's columns (input features) split; the bias is added once."""
+
+    def __init__(
+        self, input_size: int, output_size: int, bias: bool = False, tp_rank: int = 0, tp_size: int = 1
+    ):
+        super().__init__(divide(input_size, tp_size, "input size"), output_size, bias, tp_rank, tp_size)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if param.dim() == 1:  # the bias is not split
+            _copy_checked(param.data, loaded_weight, "row-parallel bias")
+            return
+        cols = param.shape[1]
+        _copy_checked(param.data, loaded_weight.narrow(1, self.tp_rank * cols, cols), "row-parallel weight")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = all_reduce(F.linear(x, self.weight), self.tp_size)
+        # Added after the reduction so it counts once, not tp_size times.
+        return out if self.bias is None else out + self.bias
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of one input fused into one matmul (gate/up: shard ids 0, 1)."""
+
+    def __init__(
+        self, input_size: int, output_sizes: list[int], bias: bool = False, tp_rank: int = 0, tp_size: int = 1
+    ):
+        super().__init__(input_size, sum(output_sizes), bias, tp_rank, tp_size)
+        self.output_sizes = [divide(size, tp_size, "output size") for size in output_sizes]
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if shard_id is None:  # an already fused checkpoint tensor: split it into its parts
+            for index, part in enumerate(loaded_weight.split([s * self.tp_size for s in self.output_sizes])):
+                self.weight_loader(param, part, index)
+            return
+        size = self.output_sizes[shard_id]
+        offset = sum(self.output_sizes[:shard_id])
+        source = loaded_weight.narrow(0, self.tp_rank * size, size)
+        _copy_checked(param.data.narrow(0, offset, size), source, f"merged shard {shard_id}")
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """q, k and v projections fused (shard ids 'q', 'k', 'v'), heads split across ranks.
+
+    When there are fewer KV heads than ranks, each KV head is replicated on
+    `tp_size // num_kv_heads` consecutive ranks.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool = False,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+    ):
+        heads = divide(num_heads, tp_size, "number of attention heads")
+        if num_kv_heads >= tp_size:
+            kv_heads, kv_replicas = divide(num_kv_heads, tp_size, "number of KV heads"), 1
+        else:
+            kv_heads, kv_replicas = 1, divide(tp_size, num_kv_heads, "tensor-parallel size over KV heads")
+        super().__init__(hidden_size, (heads + 2 * kv_heads) * head_dim * tp_size, bias, tp_rank, tp_size)
+        self.head_dim, self.num_heads, self.num_kv_heads, self.kv_replicas = (
+            head_dim,
+            heads,
+            kv_heads,
+            kv_replicas,
+        )
+        self.q_size = heads * head_dim
+        self.kv_size = kv_heads * head_dim
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if shard_id is None:  # a fused checkpoint qkv tensor
+            full_kv = self.kv_size * self.tp_size // self.kv_replicas
+            q, k, v = loaded_weight.split([self.q_size * self.tp_size, full_kv, full_kv])
+            for part, name in ((q, "q"), (k, "k"), (v, "v")):
+                self.weight_loader(param, part, name)
+            return
+        offset, size, source_rank = self._shard_layout(shard_id)
+        source = loaded_weight.narrow(0, source_rank * size, size)
+        _copy_checked(param.data.narrow(0, offset, size), source, f"qkv shard {shard_id!r}")
+
+    def _shard_layout(self, shard_id: str) -> tuple[int, int, int]:
+        """(offset in the fused rows, rows, which slice of the checkpoint tensor) for one shard."""
+        if shard_id == "q":
+            return 0, self.q_size, self.tp_rank
+        kv_rank = self.tp_rank // self.kv_replicas
+        if shard_id == "k":
+            return self.q_size, self.kv_size, kv_rank
+        if shard_id == "v":
+            return self.q_size + self.kv_size, self.kv_size, kv_rank
+        raise ValueError(f"qkv shard id must be 'q', 'k' or 'v', got {shard_id!r}")
+
+    def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's q [T, heads*d], k and v [T, kv_heads*d] from the fused output."""
+        return qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)

@@ -1,0 +1,32 @@
+"""RMSNorm computed in float32, as transformers computes Llama's, with a fused residual add."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagedllm.model.layers.parallel import new_parameter
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight. `norm(x)` returns the normed tensor; `norm(x, residual)` first adds the
+    residual (in the model dtype, like the unfused block does) and returns (normed, new residual)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = new_parameter(hidden_size)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 so bf16/fp16 activations do not lose the small variances.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x

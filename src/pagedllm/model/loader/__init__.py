@@ -1,0 +1,46 @@
+"""Model loading: resolve a model string, read its checkpoint, build the network with weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from pagedllm.model.loader.weights import iterate_weights
+from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.registry import get_model_class
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@torch.no_grad()
+def load_model(
+    model_config: ModelConfig,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    tp_rank: int = 0,
+    tp_size: int = 1,
+) -> nn.Module:
+    """Build the model for `model_config` on `device` in `dtype`, load its weights, and set eval mode.
+
+    Parameters are allocated uninitialised on the target device and filled straight from the
+    checkpoint, one tensor at a time, so peak memory is the model plus one checkpoint tensor.
+    """
+    model_class = get_model_class(model_config.architecture)
+    with _default_dtype(dtype), torch.device(device):
+        model = model_class(model_config.hf_config, tp_rank=tp_rank, tp_size=tp_size)
+    model.load_weights(iterate_weights(model_config.resolved))
+    return model.eval()
+
+
+__all__ = ["load_model"]

@@ -1,0 +1,1 @@
+"""Model architectures; `pagedllm.model.registry` maps architecture names to these classes."""

@@ -1,0 +1,1 @@
+"""Workers: executors that run the model runner on a device."""

@@ -1,0 +1,37 @@
+"""Executors hide where the model runner lives (this process today; workers later)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.model_runner import ModelRunner
+
+
+class Executor(ABC):
+    """Runs scheduled steps on one or more model runners."""
+
+    @abstractmethod
+    def determine_num_blocks(self) -> int: ...
+
+    @abstractmethod
+    def initialize_kv_cache(self, num_blocks: int) -> None: ...
+
+    @abstractmethod
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput: ...
+
+
+class UniProcExecutor(Executor):
+    """The model runner in the engine's own process: no copies, no IPC."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+
+    def determine_num_blocks(self) -> int:
+        return self.runner.determine_num_blocks()
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.runner.initialize_kv_cache(num_blocks)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.runner.execute_model(scheduler_output)

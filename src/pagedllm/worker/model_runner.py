@@ -1,0 +1,176 @@
+"""Runs one scheduled step: update per-request state, build inputs, forward, sample."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pagedllm.attention.selector import get_attention_backend
+from pagedllm.config import CacheConfig, SchedulerConfig
+from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from pagedllm.model.loader import load_model
+from pagedllm.model.model_config import ModelConfig
+from pagedllm.sample.logprobs import compute_token_logprobs
+from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
+from pagedllm.sample.sampler import Sampler
+from pagedllm.worker import kv_cache
+from pagedllm.worker.block_table import PersistentBlockTable
+from pagedllm.worker.input_batch import build_step_inputs, order_decodes_first
+from pagedllm.worker.request_state import RunnerRequestState
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    """Owns the model, its KV cache and the per-request state the runner needs between steps."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int = 0,
+    ):
+        self.model_config = model_config
+        self.scheduler_config = scheduler_config
+        self.cache_config = cache_config
+        self.device = device
+        self.dtype = dtype
+        self.block_size = cache_config.block_size
+        self.model = load_model(model_config, device, dtype)
+        self.backend = get_attention_backend(device)
+        self.sampler = Sampler()
+        self.vocab_size = model_config.vocab_size
+        max_blocks = -(-scheduler_config.max_model_len // self.block_size)
+        self.block_table = PersistentBlockTable(scheduler_config.max_num_seqs, max_blocks)
+        self.requests: dict[str, RunnerRequestState] = {}
+        # Seeded generators outlive preemption so a resumed request continues the same stream.
+        self.generators: dict[str, torch.Generator] = {}
+        # Unseeded sampling draws from one generator seeded by the engine seed.
+        self.default_generator = torch.Generator(device=device)
+        self.default_generator.manual_seed(seed)
+        self.num_blocks = 0
+
+    # ---- KV cache -------------------------------------------------------------------------
+    def kv_bytes_per_block(self) -> int:
+        return kv_cache.bytes_per_block(self.model, self.block_size, self.dtype)
+
+    def determine_num_blocks(self) -> int:
+        return kv_cache.determine_num_blocks(self.cache_config, self.kv_bytes_per_block(), self.device)
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        kv_cache.allocate_kv_caches(self.model, num_blocks, self.block_size, self.dtype, self.device)
+        self.num_blocks = num_blocks
+
+    # ---- per-request state ------------------------------------------------------------------
+    def _update_states(self, so: SchedulerOutput) -> None:
+        for req_id in so.finished_req_ids:
+            self._drop(req_id)
+            self.generators.pop(req_id, None)
+        for req_id in so.preempted_req_ids:
+            self._drop(req_id)
+        for new in so.scheduled_new_reqs:
+            self._drop(new.request_id)  # a resumed request arrives in full again
+            params = new.sampling_params
+            generator = None
+            if params.seed is not None:
+                generator = self.generators.get(new.request_id)
+                if generator is None:
+                    generator = torch.Generator(device=self.device)
+                    generator.manual_seed(params.seed)
+                    self.generators[new.request_id] = generator
+            row = self.block_table.acquire_row()
+            num_blocks = self.block_table.write(row, 0, new.block_ids)
+            self.requests[new.request_id] = RunnerRequestState(
+                request_id=new.request_id,
+                token_ids=list(new.token_ids),
+                num_prompt_tokens=new.num_prompt_tokens,
+                sampling_params=params,
+                generator=generator,
+                row=row,
+                num_blocks=num_blocks,
+                num_computed_tokens=new.num_computed_tokens,
+            )
+        for cached in so.scheduled_cached_reqs:
+            state = self.requests[cached.request_id]
+            state.num_computed_tokens = cached.num_computed_tokens
+            if cached.new_block_ids:
+                state.num_blocks = self.block_table.write(state.row, state.num_blocks, cached.new_block_ids)
+
+    def _drop(self, req_id: str) -> None:
+        state = self.requests.pop(req_id, None)
+        if state is not None:
+            self.block_table.release_row(state.row)
+
+    # ---- one step ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(so)
+        if so.total_num_scheduled_tokens == 0:
+            return ModelRunnerOutput()
+        req_ids = list(so.num_scheduled_tokens)
+        states, num_scheduled, num_decodes = order_decodes_first(
+            [self.requests[r] for r in req_ids], [so.num_scheduled_tokens[r] for r in req_ids]
+        )
+        inputs = build_step_inputs(
+            states, num_scheduled, num_decodes, self.block_table, self.block_size, self.backend, self.device
+        )
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+
+        output = ModelRunnerOutput()
+        ends = inputs.start_positions + inputs.num_scheduled
+        sampling = [i for i, s in enumerate(states) if ends[i] == len(s.token_ids)]
+        self._prompt_logprobs(states, inputs, hidden, output)
+        if sampling:
+            self._sample(states, sampling, inputs, hidden, output)
+        for state, n in zip(states, num_scheduled):
+            state.num_computed_tokens += n
+        return output
+
+    def _sample(self, states, sampling: list[int], inputs, hidden, output: ModelRunnerOutput) -> None:
+        rows = inputs.query_start_loc[1:][sampling] - 1
+        logits = self.model.compute_logits(hidden[torch.from_numpy(rows).to(self.device)])
+        sample_states = [states[i] for i in sampling]
+        metadata = build_sampling_metadata(
+            [
+                SamplingRow(
+                    params=s.sampling_params,
+                    prompt_token_ids=s.token_ids[: s.num_prompt_tokens],
+                    output_token_ids=s.output_token_ids,
+                    generator=s.generator,
+                    eos_token_id=self.model_config.eos_token_id,
+                )
+                for s in sample_states
+            ],
+            self.vocab_size,
+            self.device,
+            default_generator=self.default_generator,
+        )
+        result = self.sampler(logits, metadata)
+        sampled = result.sampled_token_ids.tolist()
+        for i, (state, token) in enumerate(zip(sample_states, sampled)):
+            state.token_ids.append(token)
+            output.sampled_token_ids[state.request_id] = [token]
+            if result.logprobs is not None and state.sampling_params.logprobs is not None:
+                lp = result.logprobs
+                output.logprobs[state.request_id] = TokenLogprobs(
+                    [lp.token_ids[i]], [lp.logprobs[i]], [lp.ranks[i]]
+                )
+
+    def _prompt_logprobs(self, states, inputs, hidden, output: ModelRunnerOutput) -> None:
+        """Logprob of every prompt token after the first, chunk by chunk as prefill proceeds."""
+        for i, state in enumerate(states):
+            num_top = state.sampling_params.prompt_logprobs
+            start = int(inputs.start_positions[i])
+            if num_top is None or start + 1 >= state.num_prompt_tokens:
+                continue
+            # Position p predicts prompt token p + 1; the last prompt position predicts a sample.
+            end = min(start + int(inputs.num_scheduled[i]), state.num_prompt_tokens - 1)
+            first_row = int(inputs.query_start_loc[i])
+            logits = self.model.compute_logits(hidden[first_row : first_row + end - start])
+            targets = torch.tensor(state.token_ids[start + 1 : end + 1], device=self.device)
+            values = compute_token_logprobs(logits, targets, num_top)
+            output.prompt_logprobs[state.request_id] = (start + 1, values)

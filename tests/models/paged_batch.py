@@ -1,0 +1,75 @@
+"""Drive a model through paged attention by hand: KV caches, block tables and metadata.
+
+Each request gets its own run of physical blocks (block 0 is the null block, never used),
+and a step is described by each request's number of new tokens and its context length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
+from pagedllm.attention.metadata import AttentionMetadata
+from pagedllm.model.layers.attention import Attention
+
+
+def bind_kv_caches(model: torch.nn.Module, num_blocks: int, block_size: int, dtype=torch.float32) -> None:
+    """One [2, num_blocks + 1, block_size, kv_heads, head_dim] cache per Attention layer."""
+    for layer in model.modules():
+        if isinstance(layer, Attention):
+            shape = (2, num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
+            layer.kv_cache = torch.zeros(shape, dtype=dtype)
+
+
+def assign_blocks(max_lens: list[int], block_size: int) -> list[list[int]]:
+    """Distinct consecutive blocks per request, starting after the null block."""
+    tables, next_block = [], 1
+    for length in max_lens:
+        count = -(-length // block_size)
+        tables.append(list(range(next_block, next_block + count)))
+        next_block += count
+    return tables
+
+
+def build_step(
+    query_lens: list[int], seq_lens: list[int], tables: list[list[int]], block_size: int, num_decodes: int
+) -> tuple[torch.Tensor, AttentionMetadata]:
+    """Positions [T] and metadata for one step (requests [0, num_decodes) must have one token)."""
+    qsl = np.zeros(len(query_lens) + 1, dtype=np.int32)
+    qsl[1:] = np.cumsum(query_lens)
+    positions = np.concatenate([np.arange(s - q, s) for q, s in zip(query_lens, seq_lens)])
+    table = np.zeros((len(tables), max(len(t) for t in tables)), dtype=np.int32)
+    for row, blocks in enumerate(tables):
+        table[row, : len(blocks)] = blocks
+    owner = np.repeat(np.arange(len(query_lens)), query_lens)
+    slots = table[owner, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    seq = np.asarray(seq_lens, dtype=np.int32)
+    backend = TorchReferenceBackend()
+    md = AttentionMetadata(
+        num_reqs=len(query_lens),
+        num_actual_tokens=int(qsl[-1]),
+        query_start_loc=torch.from_numpy(qsl),
+        seq_lens=torch.from_numpy(seq),
+        block_table=torch.from_numpy(table),
+        slot_mapping=torch.from_numpy(slots),
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+        num_decodes=num_decodes,
+        query_start_loc_cpu=qsl,
+        seq_lens_cpu=seq,
+        block_size=block_size,
+        backend=backend,
+    )
+    backend.plan(md)
+    return torch.from_numpy(positions).long(), md
+
+
+@torch.inference_mode()
+def run_step(model, token_chunks: list[list[int]], seq_lens: list[int], tables, block_size, num_decodes=0):
+    """Run one step; returns float32 logits for every token, split per request."""
+    query_lens = [len(chunk) for chunk in token_chunks]
+    positions, md = build_step(query_lens, seq_lens, tables, block_size, num_decodes)
+    input_ids = torch.tensor([t for chunk in token_chunks for t in chunk], dtype=torch.long)
+    logits = model.compute_logits(model(input_ids, positions, md))
+    return list(logits.split(query_lens))
