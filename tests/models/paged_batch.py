@@ -15,10 +15,11 @@ from pagedllm.model.layers.attention import Attention
 
 
 def bind_kv_caches(model: torch.nn.Module, num_blocks: int, block_size: int, dtype=torch.float32) -> None:
-    """One [2, num_blocks + 1, block_size, kv_heads, head_dim] cache per Attention layer."""
+    """One cache of num_blocks + 1 blocks per Attention layer, in the reference backend's layout."""
+    backend = TorchReferenceBackend()
     for layer in model.modules():
         if isinstance(layer, Attention):
-            shape = (2, num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
+            shape = backend.kv_cache_shape(num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
             layer.kv_cache = torch.zeros(shape, dtype=dtype)
 
 

@@ -7,6 +7,7 @@ import logging
 import torch
 from torch import nn
 
+from pagedllm.attention.backends.base import AttentionBackend
 from pagedllm.config import CacheConfig
 from pagedllm.model.layers.attention import Attention
 
@@ -63,17 +64,22 @@ def determine_num_blocks(cache_config: CacheConfig, block_bytes: int, device: to
 
 
 def allocate_kv_caches(
-    model: nn.Module, num_blocks: int, block_size: int, dtype: torch.device, device: torch.device
+    model: nn.Module,
+    backend: AttentionBackend,
+    num_blocks: int,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> list[torch.Tensor]:
-    """Allocate [2, num_blocks + 1, block_size, kv_heads, head_dim] per layer and bind it.
+    """Allocate num_blocks + 1 blocks per layer in the backend's layout and bind them.
 
-    Block 0 is the null block the block pool never hands out.
+    Block 0 is the null block the block pool never hands out. Zeroed, not empty: masked
+    context slots are multiplied by 0 and must not hold NaN.
     """
     caches = []
     for layer in attention_layers(model):
-        cache = torch.zeros(
-            (2, num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim), dtype=dtype, device=device
-        )
+        shape = backend.kv_cache_shape(num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
+        cache = torch.zeros(shape, dtype=dtype, device=device)
         layer.kv_cache = cache
         caches.append(cache)
     return caches

@@ -17,6 +17,7 @@ from pagedllm.sample.sampler import Sampler
 from pagedllm.worker import kv_cache
 from pagedllm.worker.block_table import PersistentBlockTable
 from pagedllm.worker.input_batch import build_step_inputs, order_decodes_first
+from pagedllm.worker.platform import tune_cpu_allocator
 from pagedllm.worker.request_state import RunnerRequestState
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.block_size = cache_config.block_size
+        if device.type == "cpu":
+            tune_cpu_allocator()
         self.model = load_model(model_config, device, dtype)
         self.backend = get_attention_backend(device)
         self.sampler = Sampler()
@@ -62,7 +65,9 @@ class ModelRunner:
         return kv_cache.determine_num_blocks(self.cache_config, self.kv_bytes_per_block(), self.device)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
-        kv_cache.allocate_kv_caches(self.model, num_blocks, self.block_size, self.dtype, self.device)
+        kv_cache.allocate_kv_caches(
+            self.model, self.backend, num_blocks, self.block_size, self.dtype, self.device
+        )
         self.num_blocks = num_blocks
 
     # ---- per-request state ------------------------------------------------------------------

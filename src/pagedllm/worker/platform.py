@@ -34,3 +34,28 @@ def select_dtype(requested: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MAX_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling on 64-bit
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large tensors on the heap instead of fresh mmaps.
+
+    glibc serves allocations above a threshold with mmap and unmaps them on free, so every
+    step's multi-MB activations page-fault again: an RMSNorm over 2048 x 576 took 2.6 ms
+    instead of 0.5 ms here. Raising the mmap and trim thresholds lets freed memory be reused.
+    Returns False where glibc's mallopt is unavailable (nothing changes then).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) == 1
+    return mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok

@@ -15,6 +15,12 @@ class AttentionBackend(ABC):
     name: str = "abstract"
 
     @abstractmethod
+    def kv_cache_shape(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
+    ) -> tuple[int, ...]:
+        """Shape of one layer's cache holding `num_blocks` blocks (block 0 is the null block)."""
+
+    @abstractmethod
     def plan(self, metadata: AttentionMetadata) -> None:
         """Build per-step index tensors shared by all layers (called once per step)."""
 
@@ -24,7 +30,7 @@ class AttentionBackend(ABC):
         query: torch.Tensor,  # [T, num_heads, head_dim]
         key: torch.Tensor,  # [T, num_kv_heads, head_dim]
         value: torch.Tensor,  # [T, num_kv_heads, head_dim]
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # laid out as `kv_cache_shape` says
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,

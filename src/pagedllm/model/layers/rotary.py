@@ -58,18 +58,29 @@ class RotaryEmbedding(nn.Module):
             "cos_sin_cache", torch.cat([angles.cos(), angles.sin()], dim=-1), persistent=False
         )
 
+        self._cached_positions: torch.Tensor | None = None
+        self._cached_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
-        cos, sin = cos[:, None, :].to(query.dtype), sin[:, None, :].to(query.dtype)
-        return self._rotate(query, cos, sin), self._rotate(key, cos, sin)
+        return self.rotate(positions, query), self.rotate(positions, key)
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rotate flat [T, n * head_dim] (q, k, or q and k side by side) at `positions`."""
+        cos, sin = self._cos_sin(positions, x.dtype)
         shape = x.shape
         x = x.view(shape[0], -1, self.head_dim)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).view(shape)
+
+    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # Every layer of a step passes the same positions tensor: gather and cast once per step.
+        if self._cached_positions is not positions or self._cached_cos_sin[0].dtype != dtype:
+            cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
+            self._cached_cos_sin = (cos[:, None, :].to(dtype), sin[:, None, :].to(dtype))
+            self._cached_positions = positions
+        return self._cached_cos_sin
 
 
 def get_rope(

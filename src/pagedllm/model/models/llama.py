@@ -77,8 +77,11 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(local.num_heads, head_dim, local.num_kv_heads, head_dim**-0.5, sliding_window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj.split_qkv(self.qkv_proj(hidden))
-        q, k = self.rotary_emb(positions, q, k)
+        qkv = self.qkv_proj(hidden)
+        q_size, kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        # q and k sit side by side in the fused output: rotate both with one set of ops.
+        qk, v = qkv.split([q_size + kv_size, kv_size], dim=-1)
+        q, k = self.rotary_emb.rotate(positions, qk).split([q_size, kv_size], dim=-1)
         return self.o_proj(self.attn(q, k, v, md))
 
 
