@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from pagedllm.request import Request
+from pagedllm.sampling_params import SamplingParams
 
 
 class InvalidRequestError(ValueError):
@@ -14,6 +18,19 @@ class InvalidRequestError(ValueError):
 
 
 PromptType = str | dict[str, Any]
+
+
+@dataclass
+class ProcessedRequest:
+    """A validated, tokenized request and its core requests (n of them for n > 1)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    children: list[Request]
+    arrival_time: float
+    output_kind: str
 
 
 def tokenize_prompt(prompt: PromptType, tokenizer, vocab_size: int) -> tuple[str | None, list[int]]:
@@ -60,3 +77,13 @@ def check_length(num_prompt_tokens: int, max_tokens: int | None, max_model_len: 
             f"length {max_model_len}; max_tokens can be at most {room}",
         )
     return max_tokens
+
+
+def check_fits_cache(num_tokens: int, kv_capacity_tokens: int) -> None:
+    """A request longer than the whole KV cache could never be scheduled: reject it now."""
+    if num_tokens > kv_capacity_tokens:
+        raise InvalidRequestError(
+            "max_tokens",
+            f"prompt plus max_tokens needs {num_tokens} tokens of KV cache but the cache holds "
+            f"{kv_capacity_tokens}; lower max_tokens or give the engine more KV cache memory",
+        )

@@ -9,7 +9,13 @@ from dataclasses import replace
 
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedllm.core.scheduler import Scheduler
-from pagedllm.engine.input_processor import PromptType, check_length, tokenize_prompt
+from pagedllm.engine.input_processor import (
+    ProcessedRequest,
+    PromptType,
+    check_fits_cache,
+    check_length,
+    tokenize_prompt,
+)
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
@@ -103,18 +109,30 @@ class LLMEngine:
         cache_salt: str | None = None,
     ) -> None:
         """Validate and queue one prompt; n > 1 becomes n core requests sharing the prompt's blocks."""
+        self.add_processed_request(
+            self.process_request(request_id, prompt, params, arrival_time, output_kind, cache_salt)
+        )
+
+    def process_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+        output_kind: str = "final",
+        cache_salt: str | None = None,
+    ) -> ProcessedRequest:
+        """Tokenize and validate without touching engine state (safe off the engine thread)."""
         params = params or SamplingParams()
         arrival_time = arrival_time or time.time()
         text, token_ids = tokenize_prompt(prompt, self.tokenizer, self.model_config.vocab_size)
         params.validate_vocab(self.model_config.vocab_size)
         max_tokens = check_length(len(token_ids), params.max_tokens, self.max_model_len)
+        check_fits_cache(len(token_ids) + max_tokens, self.kv_capacity_tokens)
         if max_tokens != params.max_tokens:
             params = replace(params, max_tokens=max_tokens)
         child_ids = [request_id] if params.n == 1 else [f"{request_id}-{i}" for i in range(params.n)]
-        self.output_processor.add_request(
-            request_id, text, token_ids, params, child_ids, arrival_time, output_kind=output_kind
-        )
-        leader = None
+        children, leader = [], None
         for index, child_id in enumerate(child_ids):
             child_params = params
             if params.n > 1:
@@ -130,8 +148,24 @@ class LLMEngine:
                 cache_salt=cache_salt,
                 prefix_leader=leader,
             )
-            self.scheduler.add_request(request)
+            children.append(request)
             leader = leader or request
+        return ProcessedRequest(request_id, text, token_ids, params, children, arrival_time, output_kind)
+
+    def add_processed_request(self, processed: ProcessedRequest) -> None:
+        """Queue a request made by `process_request` (on the thread that runs `step`)."""
+        p = processed
+        self.output_processor.add_request(
+            p.request_id,
+            p.prompt,
+            p.prompt_token_ids,
+            p.params,
+            [c.request_id for c in p.children],
+            p.arrival_time,
+            output_kind=p.output_kind,
+        )
+        for child in p.children:
+            self.scheduler.add_request(child)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Stop requests now and free their blocks (safe for unknown or finished ids)."""
