@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import transformers
 
+import tiny_models
 from pagedllm.model.loader.resolve import resolve_model
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -51,22 +51,9 @@ TINY_CONFIGS = {
 }
 
 
-def decisive_init(model: torch.nn.Module, std: float = 0.08) -> None:
-    """Weights large enough that a wrong layout or mask changes the logits clearly."""
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator) * std
-            # Norm weights around 1 keep the activations in range; everything else centred on 0.
-            param.copy_(noise + 1.0 if "norm" in name else noise)
-
-
 def save_tiny_model(kind: str, folder) -> None:
     config_class, kwargs = TINY_CONFIGS[kind]
-    config = config_class(**kwargs)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    decisive_init(model)
-    model.save_pretrained(folder)
+    tiny_models.save_tiny(config_class(**kwargs), folder, seed=1234)
 
 
 @pytest.fixture(scope="session")
