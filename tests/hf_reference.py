@@ -10,7 +10,7 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int):
     """Greedy tokens ignoring EOS, each step's top-2 (id, logprob) and the chosen logprobs."""
     input_ids = torch.tensor([prompt_ids])
     out = model(input_ids=input_ids, use_cache=True)
-    past, logits = out.past_key_values, out.logits[0, -1].float()
+    past, logits = out.cache, out.logits[0, -1].float()
     tokens, top2, chosen = [], [], []
     for _ in range(max_new_tokens):
         logprobs = torch.log_softmax(logits, dim=-1)
@@ -19,8 +19,8 @@ def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int):
         tokens.append(token)
         top2.append([(int(ids[0]), float(values[0])), (int(ids[1]), float(values[1]))])
         chosen.append(float(values[0]))
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[0, -1].float()
+        out = model(input_ids=torch.tensor([[token]]), cache=past, use_cache=True)
+        past, logits = out.cache, out.logits[0, -1].float()
     return tokens, top2, chosen
 
 
