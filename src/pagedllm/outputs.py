@@ -20,12 +20,18 @@ PositionLogprobs = dict[int, Logprob]
 
 @dataclass(slots=True)
 class RequestMetrics:
-    """Wall-clock times (time.time()) of a request's life."""
+    """Wall-clock times (time.time()) of a request's life, and its tokens generated so far.
+
+    `num_generation_tokens` and `last_token_time` count every sample (n > 1) whatever the
+    output kind, so a metrics consumer can diff successive outputs of the same request.
+    """
 
     arrival_time: float
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    last_token_time: float | None = None
     finished_time: float | None = None
+    num_generation_tokens: int = 0
 
 
 @dataclass

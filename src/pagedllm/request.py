@@ -58,6 +58,8 @@ class Request:
     # Prompt tokens served from the prefix cache the first time this request was scheduled.
     num_cached_tokens: int = -1
     num_preemptions: int = 0
+    # Wall-clock time (time.time()) the scheduler first gave this request tokens to compute.
+    first_scheduled_time: float | None = None
     stop_reason: int | str | None = None
     # Chained hashes of this request's full blocks, filled in by the KV cache manager.
     block_hashes: list[bytes] = field(default_factory=list)

@@ -191,3 +191,23 @@ def test_stats(make_scheduler, make_request, make_runner):
     assert (stats.prefix_cache_queries, stats.prefix_cache_hits) == (18, 8)
     assert (stats.num_running, stats.num_waiting, stats.num_preemptions) == (1, 0, 0)
     assert stats.kv_cache_usage == pytest.approx(0.3) == sched.kv_cache_usage
+
+
+def test_first_scheduled_time_is_set_once_and_reported(make_scheduler, make_request, make_runner):
+    sched, runner = make_scheduler(num_blocks=4), make_runner()
+    a, b = make_request(range(7), max_tokens=5), make_request(range(100, 107), max_tokens=5)
+    assert a.first_scheduled_time is None
+    sched.add_request(a)
+    sched.add_request(b)
+    _, outputs = runner.step(sched)
+    first_b = b.first_scheduled_time
+    assert a.first_scheduled_time is not None and first_b is not None
+    assert {o.request_id: o.first_scheduled_time for o in outputs} == {
+        a.request_id: a.first_scheduled_time,
+        b.request_id: first_b,
+    }
+    while b.num_preemptions == 0:  # b is preempted, then later readmitted
+        runner.step(sched)
+    while sched.has_unfinished_requests():
+        runner.step(sched)
+    assert b.first_scheduled_time == first_b  # the first admission counts, not the readmission

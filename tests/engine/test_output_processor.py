@@ -239,3 +239,25 @@ def test_bad_output_kind_and_duplicate_ids_are_rejected(tok):
         proc.add_request("r", None, [1], SamplingParams(), ["r"], 0.0)
     with pytest.raises(ValueError, match="output_kind"):
         proc.add_request("x", None, [1], SamplingParams(), ["x"], 0.0, output_kind="stream")
+
+
+def test_metrics_count_tokens_and_times_in_every_mode(tok):
+    for kind in ("delta", "cumulative", "final"):
+        proc = _start(tok, SamplingParams(max_tokens=3, n=2), kind=kind)
+        outs = [
+            EngineCoreOutput("r-0", [11], first_scheduled_time=5.0),
+            EngineCoreOutput("r-1", [12], first_scheduled_time=6.0),
+        ]
+        proc.process_outputs(outs, now=10.0)
+        proc.process_outputs([EngineCoreOutput("r-0", [13], finish_reason="length")], now=11.0)
+        (ro,) = proc.process_outputs(
+            [EngineCoreOutput("r-1", [14], finish_reason="length")], now=12.0
+        ).request_outputs
+        m = ro.metrics
+        assert (m.first_scheduled_time, m.first_token_time, m.last_token_time, m.finished_time) == (
+            5.0,
+            10.0,
+            12.0,
+            12.0,
+        )
+        assert m.num_generation_tokens == 4, kind

@@ -87,6 +87,7 @@ class EngineCoreOutput:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    first_scheduled_time: float | None = None  # when the scheduler first ran the request
 
     @property
     def finished(self) -> bool:

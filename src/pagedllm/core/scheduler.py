@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ class Scheduler:
             return None
         request.status = RequestStatus.RUNNING
         request.num_computed_tokens += num_hit
+        if request.first_scheduled_time is None:
+            request.first_scheduled_time = time.time()
         if request.num_cached_tokens < 0:
             request.num_cached_tokens = num_hit
         return num_new
@@ -241,6 +244,7 @@ class Scheduler:
             finish_reason=request.status.finish_reason,
             stop_reason=request.stop_reason,
             num_cached_tokens=max(request.num_cached_tokens, 0),
+            first_scheduled_time=request.first_scheduled_time,
         )
 
     def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:

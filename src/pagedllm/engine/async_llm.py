@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pagedllm.config import EngineConfig
 from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.metrics import EngineMetrics
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 
@@ -38,10 +39,12 @@ class _Stream:
 class AsyncLLM:
     """Serve many concurrent requests from async code (the HTTP server)."""
 
-    def __init__(self, config: EngineConfig, engine: LLMEngine | None = None):
+    def __init__(self, config: EngineConfig, engine: LLMEngine | None = None, model_name: str | None = None):
         self.engine = engine or LLMEngine(config)
         self.tokenizer = self.engine.tokenizer
         self.model_config = self.engine.model_config
+        # Prometheus metrics (labelled with the served model name) and the periodic log line.
+        self.metrics = EngineMetrics(model_name or self.engine.config.model)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()
@@ -72,6 +75,8 @@ class AsyncLLM:
         self._commands.put(("add", processed))
         finished = False
         try:
+            # Checked again once registered: an engine that died in between never fails this stream.
+            self._check_alive()
             while True:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
@@ -118,6 +123,7 @@ class AsyncLLM:
                 self._drain_commands(block=not engine.has_unfinished_requests())
                 if engine.has_unfinished_requests():
                     self._deliver(engine.step())
+                self.metrics.log_if_due()
         except BaseException as exc:  # surface to every waiting stream, then stop
             logger.exception("engine loop failed")
             self.dead_error = exc
@@ -142,11 +148,16 @@ class AsyncLLM:
             except ValueError as exc:
                 self._send(payload.request_id, exc)
         elif kind == "abort":
+            # Aborts produce no output: count the sequences they ended for the metrics here.
+            before = self.engine.get_num_unfinished_requests()
             self.engine.abort_request(payload)
+            self.metrics.record_abort(payload, before - self.engine.get_num_unfinished_requests())
+            self.metrics.record_scheduler_stats(self.engine.scheduler.make_stats())
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for output in outputs:
             self._send(output.request_id, output)
+        self.metrics.record_step(self.engine.scheduler.make_stats(), outputs)
 
     def _send(self, request_id: str, item) -> None:
         with self._streams_lock:

@@ -59,8 +59,13 @@ def tokenize_prompt(prompt: PromptType, tokenizer, vocab_size: int) -> tuple[str
     )
 
 
-def check_length(num_prompt_tokens: int, max_tokens: int | None, max_model_len: int) -> int:
-    """Resolve max_tokens (None fills the context) and reject what can never fit."""
+def check_length(
+    num_prompt_tokens: int, max_tokens: int | None, max_model_len: int, kv_capacity_tokens: int | None = None
+) -> int:
+    """Resolve max_tokens and reject what can never fit.
+
+    None fills the context, but never beyond what the KV cache holds for one sequence.
+    """
     if num_prompt_tokens >= max_model_len:
         raise InvalidRequestError(
             "prompt",
@@ -69,7 +74,8 @@ def check_length(num_prompt_tokens: int, max_tokens: int | None, max_model_len: 
         )
     room = max_model_len - num_prompt_tokens
     if max_tokens is None:
-        return room
+        fill = min(max_model_len, kv_capacity_tokens or max_model_len) - num_prompt_tokens
+        return max(fill, 1)
     if max_tokens > room:
         raise InvalidRequestError(
             "max_tokens",

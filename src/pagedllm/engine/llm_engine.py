@@ -127,7 +127,9 @@ class LLMEngine:
         arrival_time = arrival_time or time.time()
         text, token_ids = tokenize_prompt(prompt, self.tokenizer, self.model_config.vocab_size)
         params.validate_vocab(self.model_config.vocab_size)
-        max_tokens = check_length(len(token_ids), params.max_tokens, self.max_model_len)
+        max_tokens = check_length(
+            len(token_ids), params.max_tokens, self.max_model_len, self.kv_capacity_tokens
+        )
         check_fits_cache(len(token_ids) + max_tokens, self.kv_capacity_tokens)
         if max_tokens != params.max_tokens:
             params = replace(params, max_tokens=max_tokens)

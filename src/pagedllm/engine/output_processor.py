@@ -290,8 +290,14 @@ class OutputProcessor:
         if out.new_prompt_logprobs is not None:
             parent.add_prompt_logprobs(*out.new_prompt_logprobs)
         parent.num_cached_tokens = max(parent.num_cached_tokens, out.num_cached_tokens)
-        if out.new_token_ids and parent.metrics.first_token_time is None:
-            parent.metrics.first_token_time = now
+        metrics = parent.metrics
+        if metrics.first_scheduled_time is None:
+            metrics.first_scheduled_time = out.first_scheduled_time
+        if out.new_token_ids:
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            metrics.num_generation_tokens += len(out.new_token_ids)
 
     def _forget_children(self, parent: ParentState) -> None:
         for child_id in parent.children:

@@ -1,4 +1,4 @@
-"""The `pagedllm` command: generate, chat, bench."""
+"""The `pagedllm` command: serve, generate, chat, bench."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import argparse
 import logging
 import sys
 
-from pagedllm.entrypoints.engine_args import add_engine_args, add_sampling_args, engine_config_from_args
+from pagedllm.entrypoints.engine_args import (
+    DEFAULT_MODEL,
+    add_engine_args,
+    add_sampling_args,
+    engine_config_from_args,
+)
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -43,6 +48,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(engine_config_from_args(args), _sampling_params(args), args.system)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pagedllm.entrypoints.openai.server import run_server
+
+    return run_server(args)
+
+
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from pagedllm.bench.throughput import run_throughput_benchmark
 
@@ -50,10 +61,31 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from pagedllm.bench.serve import BenchmarkError, run_serve_benchmark
+
+    try:
+        result = run_serve_benchmark(args)
+    except BenchmarkError as exc:
+        print(f"pagedllm: error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if result["completed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagedllm", description="LLM inference engine")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING, ... (serve: INFO, else WARNING)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="local path, alias or hub id")
+    add_engine_args(serve, model_flag=False)
+    from pagedllm.entrypoints.openai.server import add_server_args
+
+    add_server_args(serve)
+    serve.set_defaults(func=cmd_serve)
 
     gen = sub.add_parser("generate", help="complete one or more prompts")
     add_engine_args(gen)
@@ -76,11 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_throughput_args(throughput)
     throughput.set_defaults(func=cmd_bench_throughput)
+    serve_bench = bench_sub.add_parser("serve", help="load a running OpenAI-compatible server")
+    from pagedllm.bench.serve import add_serve_args
+
+    add_serve_args(serve_bench)
+    serve_bench.set_defaults(func=cmd_bench_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.log_level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -44,8 +44,14 @@ def available_memory(device: torch.device) -> int:
     return 8 * _GiB
 
 
-def determine_num_blocks(cache_config: CacheConfig, block_bytes: int, device: torch.device) -> int:
-    """Exactly `num_kv_blocks` if set, else the memory budget divided by one block's bytes."""
+def determine_num_blocks(
+    cache_config: CacheConfig, block_bytes: int, device: torch.device, max_useful_blocks: int | None = None
+) -> int:
+    """Exactly `num_kv_blocks` if set, else the memory budget divided by one block's bytes.
+
+    A budget-derived count is capped at `max_useful_blocks` (every sequence at full length):
+    a tiny model would otherwise get millions of blocks that only slow start-up.
+    """
     if cache_config.num_kv_blocks is not None:
         return cache_config.num_kv_blocks
     if cache_config.kv_cache_memory is not None:
@@ -55,6 +61,8 @@ def determine_num_blocks(cache_config: CacheConfig, block_bytes: int, device: to
     else:
         budget = min(_CPU_DEFAULT_BYTES, available_memory(device) // 2)
     num_blocks = budget // block_bytes
+    if max_useful_blocks is not None:
+        num_blocks = min(num_blocks, max_useful_blocks)
     if num_blocks < 1:
         raise ValueError(
             f"KV cache budget of {budget / _GiB:.3f} GiB holds no block of {block_bytes} bytes; "

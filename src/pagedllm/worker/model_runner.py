@@ -62,7 +62,10 @@ class ModelRunner:
         return kv_cache.bytes_per_block(self.model, self.block_size, self.dtype)
 
     def determine_num_blocks(self) -> int:
-        return kv_cache.determine_num_blocks(self.cache_config, self.kv_bytes_per_block(), self.device)
+        max_useful = self.scheduler_config.max_num_seqs * self.block_table.max_blocks_per_req
+        return kv_cache.determine_num_blocks(
+            self.cache_config, self.kv_bytes_per_block(), self.device, max_useful_blocks=max_useful
+        )
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         kv_cache.allocate_kv_caches(

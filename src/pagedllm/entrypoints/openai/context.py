@@ -1,0 +1,70 @@
+"""What every endpoint needs: the engine, the served model's name and limits, usage records."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.engine.output_processor import TokenTexts
+from pagedllm.entrypoints.openai.errors import OpenAIError
+
+
+@dataclass
+class ServingContext:
+    llm: AsyncLLM
+    served_model_name: str
+    model_root: str
+    api_key: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.token_text = TokenTexts(self.tokenizer)
+
+    @property
+    def tokenizer(self):
+        return self.llm.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.llm.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.llm.engine.model_config.vocab_size
+
+    def check_model(self, name: str | None) -> None:
+        """A request may name the served model or leave `model` out; anything else is a 404."""
+        if name not in (None, "", self.served_model_name):
+            raise OpenAIError(
+                404,
+                f"The model `{name}` does not exist; this server serves `{self.served_model_name}`",
+                param="model",
+                code="model_not_found",
+            )
+
+    def model_card(self) -> dict:
+        return {
+            "id": self.served_model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "pagedllm",
+            "root": self.model_root,
+            "parent": None,
+            "max_model_len": self.max_model_len,
+            "permission": [],
+        }
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }

@@ -1,0 +1,103 @@
+"""OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, on every non-2xx answer."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pagedllm.engine.async_llm import EngineDeadError
+from pagedllm.engine.input_processor import InvalidRequestError
+from pagedllm.entrypoints.chat_utils import ChatTemplateError
+from pagedllm.sampling_params import SamplingParamsError
+
+logger = logging.getLogger(__name__)
+
+# The error `type` OpenAI uses for each status we answer with.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class OpenAIError(Exception):
+    """An error answered with `status` and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": _ERROR_TYPES.get(self.status, "invalid_request_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def to_openai_error(exc: BaseException) -> OpenAIError:
+    """Map anything a request can raise to the answer the client gets."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, InvalidRequestError | SamplingParamsError | ChatTemplateError):
+        return bad_request(str(exc), param=getattr(exc, "param", None))
+    if isinstance(exc, EngineDeadError):
+        return OpenAIError(503, str(exc), code="engine_dead")
+    logger.error("unexpected error while serving a request", exc_info=exc)
+    return OpenAIError(500, f"internal server error: {type(exc).__name__}: {exc}", code="internal_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app or the framework raises leaves as an OpenAI error body."""
+
+    async def on_openai_error(_: Request, exc: Exception) -> JSONResponse:
+        return to_openai_error(exc).response()
+
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        phrase = (
+            HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else ""
+        )
+        message = f"{phrase}: {request.method} {request.url.path}" if phrase else str(exc.detail)
+        code = phrase.lower().replace(" ", "_") or None
+        return OpenAIError(exc.status_code, message, code=code).response()
+
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        param = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "path", "query"))
+        return bad_request(
+            f"{param or 'request'}: {first.get('msg', 'invalid request')}", param or None
+        ).response()
+
+    for exc_type in (
+        OpenAIError,
+        InvalidRequestError,
+        SamplingParamsError,
+        ChatTemplateError,
+        EngineDeadError,
+    ):
+        app.add_exception_handler(exc_type, on_openai_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_openai_error)

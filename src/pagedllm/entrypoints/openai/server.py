@@ -1,0 +1,141 @@
+"""The OpenAI-compatible server: routes, API-key check, and `run_server` behind `pagedllm serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+import pagedllm
+from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.entrypoints.openai import chat, completions, tokenization
+from pagedllm.entrypoints.openai.context import ServingContext
+from pagedllm.entrypoints.openai.errors import OpenAIError, install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+# Paths answered without an API key: liveness probes, the version and Prometheus scrapes.
+OPEN_PATHS = frozenset({"/health", "/version", "/metrics"})
+
+
+class APIKeyMiddleware:
+    """Answer 401 unless `Authorization: Bearer <key>` matches (plain ASGI, so streams pass through)."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.api_key = api_key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+            message = "missing or invalid API key; send 'Authorization: Bearer <key>'"
+            response = OpenAIError(401, message, code="invalid_api_key").response()
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def build_app(ctx: ServingContext) -> FastAPI:
+    app = FastAPI(title="pagedllm", version=pagedllm.__version__)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    if ctx.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=ctx.api_key)
+
+    @app.post("/v1/completions")
+    async def create_completion(request: Request) -> Response:
+        return await completions.create_completion(ctx, request)
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: Request) -> Response:
+        return await chat.create_chat_completion(ctx, request)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [ctx.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> dict:
+        ctx.check_model(model_id or "?")
+        return ctx.model_card()
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        return await tokenization.tokenize(ctx, request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        return await tokenization.detokenize(ctx, request)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not ctx.llm.is_running:
+            raise OpenAIError(503, "the engine is not running", code="engine_dead")
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": pagedllm.__version__})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(content=ctx.llm.metrics.render(), media_type=ctx.llm.metrics.content_type)
+
+    return app
+
+
+def log_capacity(llm: AsyncLLM) -> None:
+    engine = llm.engine
+    capacity, max_len = engine.kv_capacity_tokens, engine.max_model_len
+    logger.info(
+        "KV cache: %d tokens; maximum concurrency for %d-token requests: %.2fx",
+        capacity,
+        max_len,
+        capacity / max_len,
+    )
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $PAGEDLLM_API_KEY)"
+    )
+    parser.add_argument("--served-model-name", default=None, help="model name clients use (default: MODEL)")
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """Load the engine, then serve until interrupted (SIGINT/SIGTERM)."""
+    import uvicorn
+
+    from pagedllm.entrypoints.engine_args import engine_config_from_args
+
+    served_model_name = args.served_model_name or args.model
+    llm = AsyncLLM(engine_config_from_args(args), model_name=served_model_name)
+    try:
+        ctx = ServingContext(
+            llm,
+            served_model_name=served_model_name,
+            model_root=args.model,
+            api_key=args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None,
+        )
+        log_capacity(llm)
+        logger.info("serving %s on http://%s:%d", ctx.served_model_name, args.host, args.port)
+        uvicorn.run(
+            build_app(ctx),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level.lower(),
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        llm.shutdown()
+    return 0

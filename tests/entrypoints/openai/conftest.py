@@ -1,0 +1,123 @@
+"""`pagedllm serve` started as a user starts it, on a free port of 127.0.0.1, once per session.
+
+Three servers in all: the real SmolLM2 model for behaviour, and a tiny random model (fast to
+load, no chat template) with an API key, and the same with `--chat-template`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+import tiny_models
+
+MODEL = "smollm2-135m-instruct"
+API_KEY = "test-secret-key"
+TINY_NAME = "tiny"
+TINY_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+# A small fixed KV cache: sizing one from free memory would allocate (and zero) gigabytes.
+_TINY_ENGINE = ["--dtype", "float32", "--num-kv-blocks", "64"]
+
+
+@dataclass
+class Server:
+    url: str
+    log_path: Path
+    process: subprocess.Popen
+
+    def client(self, api_key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=120)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _pagedllm() -> list[str]:
+    exe = shutil.which("pagedllm")
+    return [exe] if exe else [sys.executable, "-m", "pagedllm.entrypoints.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(server: Server, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server did not become healthy in {timeout} s:\n{server.log()[-3000:]}")
+
+
+def _start(args: list[str], log_path: Path):
+    port = _free_port()
+    with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the server
+        process = subprocess.Popen(
+            _pagedllm() + ["serve", *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+    server = Server(f"http://127.0.0.1:{port}", log_path, process)
+    try:
+        _wait_healthy(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The real model, float32 (deterministic greedy), a small KV cache."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    yield from _start([MODEL, "--dtype", "float32", "--kv-cache-memory", "0.25"], log)
+
+
+@pytest.fixture(scope="session")
+def client(server) -> openai.OpenAI:
+    return server.client()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return tiny_models.save_tiny(tiny_models.llama_config(), tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tiny_model_dir, tmp_path_factory):
+    """A tiny model without a chat template, behind an API key."""
+    log = tmp_path_factory.mktemp("keyed") / "server.log"
+    args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--api-key", API_KEY]
+    yield from _start(args + _TINY_ENGINE, log)
+
+
+@pytest.fixture(scope="session")
+def templated_server(tiny_model_dir, tmp_path_factory):
+    """The same tiny model, given a chat template on the command line."""
+    folder = tmp_path_factory.mktemp("templated")
+    template = folder / "template.jinja"
+    template.write_text(TINY_TEMPLATE)
+    args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
+    yield from _start(args + _TINY_ENGINE, folder / "server.log")
