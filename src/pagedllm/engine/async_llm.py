@@ -1,14 +1,15 @@
-"""AsyncLLM: the engine loop on a background thread, one async output stream per request.
+"""AsyncLLM: one async output stream per request over an engine loop that never blocks HTTP.
 
-The HTTP event loop never waits for a model step: it tokenizes and validates on its own
-thread, then hands the request to the engine thread through a command queue; outputs come
-back with `call_soon_threadsafe`. Torch releases the GIL inside its kernels, so the event
-loop keeps serving while a step runs.
+The event loop tokenizes and validates on its own thread, then hands the request to the engine
+loop as a command; results come back with `call_soon_threadsafe`. The loop runs either on a
+background thread of this process (torch releases the GIL inside its kernels, so the event
+loop keeps serving while a step runs) or in a separate engine process (`engine_process=True`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -17,7 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine.input_processor import PromptType
+from pagedllm.engine.engine_loop import EngineLoop, StepResult
+from pagedllm.engine.input_processor import InvalidRequestError, PromptType
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.metrics import EngineMetrics
 from pagedllm.outputs import RequestOutput
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class EngineDeadError(RuntimeError):
-    """The engine thread stopped on an error; requests cannot be served any more."""
+    """The engine loop stopped on an error; requests cannot be served any more."""
 
 
 @dataclass
@@ -39,18 +41,38 @@ class _Stream:
 class AsyncLLM:
     """Serve many concurrent requests from async code (the HTTP server)."""
 
-    def __init__(self, config: EngineConfig, engine: LLMEngine | None = None, model_name: str | None = None):
-        self.engine = engine or LLMEngine(config)
-        self.tokenizer = self.engine.tokenizer
-        self.model_config = self.engine.model_config
-        # Prometheus metrics (labelled with the served model name) and the periodic log line.
-        self.metrics = EngineMetrics(model_name or self.engine.config.model)
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(
+        self,
+        config: EngineConfig,
+        engine: LLMEngine | None = None,
+        model_name: str | None = None,
+        engine_process: bool = False,
+    ):
+        self.engine_process = engine_process
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()
         self._stopped = threading.Event()
         self.dead_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="pagedllm-engine", daemon=True)
+        if engine_process:
+            from pagedllm.engine.engine_process import start_engine_process
+
+            # The front end needs the tokenizer and limits only; the model loads in the child.
+            self.engine = LLMEngine(config, frontend_only=True)
+            self._process, self._conn, self.engine.num_kv_blocks = start_engine_process(
+                config, logging.getLogger().getEffectiveLevel()
+            )
+            self._send_lock = threading.Lock()
+            target = self._receive_results
+        else:
+            self.engine = engine or LLMEngine(config)
+            self._commands: queue.SimpleQueue = queue.SimpleQueue()
+            target = self._run_loop
+        self.tokenizer = self.engine.tokenizer
+        self.model_config = self.engine.model_config
+        # Prometheus metrics (labelled with the served model name) and the periodic log line.
+        self.metrics = EngineMetrics(model_name or self.engine.config.model)
+        self._last_stats = None
+        self._thread = threading.Thread(target=target, name="pagedllm-engine", daemon=True)
         self._thread.start()
 
     # ---- public API (event-loop side) ------------------------------------------------------------
@@ -72,7 +94,7 @@ class AsyncLLM:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
-        self._commands.put(("add", processed))
+        self._submit("add", processed)
         finished = False
         try:
             # Checked again once registered: an engine that died in between never fails this stream.
@@ -90,74 +112,80 @@ class AsyncLLM:
                 self._streams.pop(request_id, None)
             if not finished:
                 # The client went away (or the caller stopped iterating): free its blocks now.
-                self._commands.put(("abort", request_id))
+                self._submit("abort", request_id)
 
     def abort(self, request_id: str) -> None:
         """Abort from any thread; unknown or finished ids are ignored."""
-        self._commands.put(("abort", request_id))
+        self._submit("abort", request_id)
 
-    def stats(self) -> dict:
-        """A snapshot of scheduler state for metrics and health (safe from any thread)."""
-        return self.engine.scheduler.make_stats().__dict__ | {
-            "num_preemptions": self.engine.scheduler.num_preemptions
-        }
+    def stats(self):
+        """The scheduler's state after the latest step (None before the first)."""
+        return self._last_stats
 
     @property
     def is_running(self) -> bool:
-        return self._thread.is_alive() and self.dead_error is None
+        alive = self._thread.is_alive()
+        if self.engine_process:
+            alive = alive and self._process.is_alive()
+        return alive and self.dead_error is None
 
     def shutdown(self) -> None:
         self._stopped.set()
-        self._commands.put(("wake", None))
+        if self.engine_process:
+            with contextlib.suppress(OSError, ValueError):  # the pipe may already be gone
+                self._submit("shutdown", None)
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+        else:
+            self._commands.put(("wake", None))
         self._thread.join(timeout=10)
 
     def _check_alive(self) -> None:
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine stopped after an error: {self.dead_error!r}")
 
-    # ---- engine thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        engine = self.engine
+    def _submit(self, kind: str, payload) -> None:
+        if self.engine_process:
+            with self._send_lock:
+                self._conn.send((kind, payload))
+        else:
+            self._commands.put((kind, payload))
+
+    # ---- engine side --------------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        """Thread mode: drive the engine here."""
         try:
-            while not self._stopped.is_set():
-                self._drain_commands(block=not engine.has_unfinished_requests())
-                if engine.has_unfinished_requests():
-                    self._deliver(engine.step())
-                self.metrics.log_if_due()
+            EngineLoop(self.engine, self._commands, self._on_result).run(self._stopped)
         except BaseException as exc:  # surface to every waiting stream, then stop
             logger.exception("engine loop failed")
-            self.dead_error = exc
-            self._fail_all(exc)
+            self._die(exc)
 
-    def _drain_commands(self, block: bool) -> None:
+    def _receive_results(self) -> None:
+        """Process mode: relay what the engine process sends."""
         try:
-            command = self._commands.get(timeout=1.0) if block else self._commands.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self._apply(*command)
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
+            while not self._stopped.is_set():
+                message = self._conn.recv()
+                if isinstance(message, StepResult):
+                    self._on_result(message)
+                elif message[0] == "failed":
+                    self._die(RuntimeError(message[1]))
+                    return
+        except (EOFError, OSError) as exc:
+            if not self._stopped.is_set():
+                self._die(exc)
 
-    def _apply(self, kind: str, payload) -> None:
-        if kind == "add":
-            try:
-                self.engine.add_processed_request(payload)
-            except ValueError as exc:
-                self._send(payload.request_id, exc)
-        elif kind == "abort":
-            # Aborts produce no output: count the sequences they ended for the metrics here.
-            before = self.engine.get_num_unfinished_requests()
-            self.engine.abort_request(payload)
-            self.metrics.record_abort(payload, before - self.engine.get_num_unfinished_requests())
-            self.metrics.record_scheduler_stats(self.engine.scheduler.make_stats())
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for output in outputs:
+    def _on_result(self, result: StepResult) -> None:
+        for request_id, param, message in result.rejected:
+            self._send(request_id, InvalidRequestError(param, message))
+        for output in result.outputs:
             self._send(output.request_id, output)
-        self.metrics.record_step(self.engine.scheduler.make_stats(), outputs)
+        # Aborts produce no output: count the sequences they ended here.
+        for request_id, num_sequences in result.aborted:
+            self.metrics.record_abort(request_id, num_sequences)
+        self._last_stats = result.stats
+        self.metrics.record_step(result.stats, result.outputs)
+        self.metrics.log_if_due()
 
     def _send(self, request_id: str, item) -> None:
         with self._streams_lock:
@@ -165,7 +193,8 @@ class AsyncLLM:
         if stream is not None:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _die(self, exc: BaseException) -> None:
+        self.dead_error = exc
         with self._streams_lock:
             streams = list(self._streams.values())
         for stream in streams:

@@ -35,7 +35,9 @@ _DEFAULT_BATCHED_TOKENS = 2048
 class LLMEngine:
     """Owns tokenizer, scheduler, executor and output processor; one `step()` is one batch."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, frontend_only: bool = False):
+        """`frontend_only` loads just what `process_request` needs (tokenizer, limits): the
+        front end of a server whose model runs in an engine process."""
         self.config = config
         start = time.perf_counter()
         self.resolved = resolve_model(config.model)
@@ -57,6 +59,10 @@ class LLMEngine:
         )
         self.device = select_device(config.device)
         self.dtype = select_dtype(config.dtype, self.device)
+        self._ids = itertools.count()
+        if frontend_only:
+            self.num_kv_blocks = 0  # set from the engine process once it has sized its cache
+            return
         runner = ModelRunner(
             self.model_config, self.scheduler_config, self.cache_config, self.device, self.dtype, config.seed
         )
@@ -65,7 +71,6 @@ class LLMEngine:
         self.executor.initialize_kv_cache(self.num_kv_blocks)
         self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.num_kv_blocks)
         self.output_processor = OutputProcessor(self.tokenizer)
-        self._ids = itertools.count()
         logger.info(
             "engine ready in %.1f s: %s on %s (%s), KV cache %d blocks x %d tokens = %d tokens",
             time.perf_counter() - start,

@@ -10,9 +10,10 @@ import time
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from conftest import MODEL, _start
 from numerics import assert_greedy_match
-from prometheus_client.parser import text_string_to_metric_families
 
 NUM_REQUESTS = 64
 MAX_TOKENS = 10

@@ -110,6 +110,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $PAGEDLLM_API_KEY)"
     )
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: MODEL)")
+    parser.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="run the engine loop in its own process instead of a thread of the server process",
+    )
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -119,7 +124,9 @@ def run_server(args: argparse.Namespace) -> int:
     from pagedllm.entrypoints.engine_args import engine_config_from_args
 
     served_model_name = args.served_model_name or args.model
-    llm = AsyncLLM(engine_config_from_args(args), model_name=served_model_name)
+    llm = AsyncLLM(
+        engine_config_from_args(args), model_name=served_model_name, engine_process=args.engine_process
+    )
     try:
         ctx = ServingContext(
             llm,
