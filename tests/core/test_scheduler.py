@@ -11,7 +11,7 @@ def test_single_request_grows_its_block_table(make_scheduler, make_request, make
     sched.add_request(req)
     out, outputs = runner.step(sched)
     (new,) = out.scheduled_new_reqs
-    assert (new.block_ids, new.num_computed_tokens, new.token_ids) == ([1, 2], 0, list(range(6)))
+    assert (new.block_ids, new.num_computed_tokens, new.token_ids) == (([1, 2],), 0, list(range(6)))
     assert out.num_scheduled_tokens == {req.request_id: 6} and out.total_num_scheduled_tokens == 6
     assert [(o.request_id, o.new_token_ids, o.finished) for o in outputs] == [(req.request_id, [1006], False)]
     new_block_ids = []
@@ -20,7 +20,7 @@ def test_single_request_grows_its_block_table(make_scheduler, make_request, make
         (cached,) = out.scheduled_cached_reqs
         new_block_ids.append(cached.new_block_ids)
         assert out.num_scheduled_tokens == {req.request_id: 1}
-    assert new_block_ids == [[], [], [3]]  # the 9th token opens block 3
+    assert new_block_ids == [([],), ([],), ([3],)]  # the 9th token opens block 3
     assert req.output_token_ids == [1006, 1007, 1008, 1009]
     assert outputs[0].finish_reason == "length" and req.status == RequestStatus.FINISHED_LENGTH
     assert sched.kv_cache_manager.num_free_blocks == 10 and not sched.has_unfinished_requests()
@@ -34,8 +34,8 @@ def test_chunked_prefill_splits_long_prompt(make_scheduler, make_request, make_r
     sched.add_request(req)
     steps = [runner.step(sched) for _ in range(3)]
     assert [out.num_scheduled_tokens[req.request_id] for out, _ in steps] == [4, 4, 2]
-    assert steps[0][0].scheduled_new_reqs[0].block_ids == [1]
-    assert [c.new_block_ids for out, _ in steps[1:] for c in out.scheduled_cached_reqs] == [[2], [3]]
+    assert steps[0][0].scheduled_new_reqs[0].block_ids == ([1],)
+    assert [c.new_block_ids for out, _ in steps[1:] for c in out.scheduled_cached_reqs] == [([2],), ([3],)]
     assert [c.num_computed_tokens for out, _ in steps[1:] for c in out.scheduled_cached_reqs] == [4, 8]
     assert [outputs for _, outputs in steps[:2]] == [[], []]  # no token until the prompt is done
     assert steps[2][1][0].new_token_ids == [1010]
@@ -73,12 +73,12 @@ def test_preempts_newest_running_and_resumes_with_all_tokens(make_scheduler, mak
     sched.add_request(a)
     sched.add_request(b)
     out, _ = runner.step(sched)
-    assert [n.block_ids for n in out.scheduled_new_reqs] == [[1, 2], [3, 4]]
+    assert [n.block_ids for n in out.scheduled_new_reqs] == [([1, 2],), ([3, 4],)]
     runner.step(sched)  # both decode into their 8th slot: no new blocks
     out, _ = runner.step(sched)  # a needs a 3rd block: b (newest) is preempted
     assert out.preempted_req_ids == {b.request_id}
     assert out.num_scheduled_tokens == {a.request_id: 1}
-    assert out.scheduled_cached_reqs[0].new_block_ids == [4]  # b's last block was freed first
+    assert out.scheduled_cached_reqs[0].new_block_ids == ([4],)  # b's last block was freed first
     assert out.scheduled_new_reqs == []  # no admissions in a step that preempted
     assert (b.status, b.num_computed_tokens, b.num_preemptions) == (RequestStatus.PREEMPTED, 0, 1)
     assert list(sched.waiting) == [b] and sched.num_preemptions == 1
@@ -90,7 +90,7 @@ def test_preempts_newest_running_and_resumes_with_all_tokens(make_scheduler, mak
     (new,) = out.scheduled_new_reqs
     assert new.token_ids == [*range(100, 107), 1007, 1008]
     assert new.num_computed_tokens == 4  # its first block survived in the prefix cache
-    assert new.block_ids == [3, 4, 2]
+    assert new.block_ids == ([3, 4, 2],)
     assert out.num_scheduled_tokens == {b.request_id: 5}
     assert outputs[0].new_token_ids == [1009] and outputs[0].num_cached_tokens == 0  # first value kept
     while sched.has_unfinished_requests():
@@ -108,7 +108,7 @@ def test_request_that_is_newest_preempts_itself(make_scheduler, make_request, ma
     out, _ = runner.step(sched)
     assert out.num_scheduled_tokens == {a.request_id: 1}
     assert out.preempted_req_ids == {b.request_id}
-    assert sched.kv_cache_manager.get_block_ids(a) == [1, 2]
+    assert sched.kv_cache_manager.get_block_ids(a) == ([1, 2],)
     assert list(sched.waiting) == [b] and sched.running == [a]
 
 
@@ -130,7 +130,7 @@ def test_abort_waiting_running_and_unknown(make_scheduler, make_request, make_ru
     sched.add_request(a)
     sched.add_request(b)
     runner.step(sched)
-    assert sched.kv_cache_manager.get_block_ids(a) == [1, 2]
+    assert sched.kv_cache_manager.get_block_ids(a) == ([1, 2],)
     sched.finish_requests([a.request_id, "unknown"], RequestStatus.FINISHED_ABORTED)
     assert a.status == RequestStatus.FINISHED_ABORTED and a.status.finish_reason == "abort"
     assert sched.kv_cache_manager.num_free_blocks == 10 and sched.num_running == 0

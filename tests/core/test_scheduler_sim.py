@@ -27,7 +27,7 @@ def test_follower_waits_for_leader_prompt_then_hits(make_scheduler, make_request
     (new,) = out.scheduled_new_reqs
     assert new.request_id == follower.request_id
     # Blocks 1, 2 are the leader's; 3 its partial block, 4 other's, 5 the leader's 13th token.
-    assert (new.num_computed_tokens, new.block_ids) == (8, [1, 2, 6])
+    assert (new.num_computed_tokens, new.block_ids) == (8, ([1, 2, 6],))
     assert out.num_scheduled_tokens[follower.request_id] == 4
     assert follower.num_cached_tokens == 8
     assert [o.num_cached_tokens for o in outputs if o.request_id == follower.request_id] == [8]
@@ -90,19 +90,32 @@ def check_invariants(sched, out, runner):
     assert out.total_num_scheduled_tokens <= config.max_num_batched_tokens
     assert sched.num_running <= config.max_num_seqs
     kv = sched.kv_cache_manager
-    refs = collections.Counter(b.block_id for blocks in kv.req_to_blocks.values() for b in blocks)
-    pool = kv.block_pool
-    assert all(pool.blocks[i].ref_cnt == refs.get(i, 0) for i in range(1, pool.num_blocks + 1))
-    assert pool.num_free_blocks == pool.num_blocks - len(refs)
-    assert set(kv.req_to_blocks) == {r.request_id for r in sched.running}
-    for request in sched.running:
-        assert runner.states[request.request_id]["blocks"] == kv.get_block_ids(request)
+    running = {r.request_id for r in sched.running}
+    for g, group in enumerate(kv.groups):
+        refs = collections.Counter(
+            b.block_id for blocks in group.req_to_blocks.values() for b in blocks if b.block_id != 0
+        )
+        pool = group.block_pool
+        assert all(pool.blocks[i].ref_cnt == refs.get(i, 0) for i in range(1, pool.num_blocks + 1))
+        assert pool.num_free_blocks == pool.num_blocks - len(refs)
+        assert set(group.req_to_blocks) == running
+        for request in sched.running:
+            core_ids = kv.get_block_ids(request)[g]
+            runner_ids = runner.states[request.request_id]["blocks"][g]
+            # The runner is not told about dropped sliding blocks; the core nulls them.
+            first = runner.first_visible(g, request.num_computed_tokens) // kv.block_size
+            assert core_ids[first:] == runner_ids[first:] and len(core_ids) == len(runner_ids)
+            assert all(i == 0 for i in core_ids[:first])
+            window = group.sliding_window
+            if window is not None:  # the memory bound of a sliding group, after every step
+                assert group.num_held_blocks(request.request_id) <= -(-window // kv.block_size) + 1
 
 
+@pytest.mark.parametrize("windows", [(None,), (None, 6), (5,)], ids=["full", "full+sliding6", "sliding5"])
 @pytest.mark.parametrize("enable_prefix_caching", [True, False])
 @pytest.mark.parametrize("seed", range(6))
 def test_random_run_to_completion_leaks_nothing(
-    make_scheduler, make_request, make_runner, seed, enable_prefix_caching
+    make_scheduler, make_request, make_runner, seed, enable_prefix_caching, windows
 ):
     rng = random.Random(seed)
     sched = make_scheduler(
@@ -111,8 +124,9 @@ def test_random_run_to_completion_leaks_nothing(
         max_num_batched_tokens=10,
         max_model_len=40,
         enable_prefix_caching=enable_prefix_caching,
+        windows=None if windows == (None,) else windows,
     )
-    runner = make_runner(next_token=next_token)
+    runner = make_runner(next_token=next_token, windows=windows)
     all_requests = random_requests(rng, make_request, 40)
     pending = list(all_requests)
     aborted = set()
@@ -130,11 +144,14 @@ def test_random_run_to_completion_leaks_nothing(
         check_invariants(sched, out, runner)
     else:
         pytest.fail("requests did not finish")
-    pool = sched.kv_cache_manager.block_pool
-    assert pool.num_free_blocks == 12 and sched.kv_cache_usage == 0.0
-    assert all(block.ref_cnt == 0 for block in pool.blocks[1:])
-    assert sched.kv_cache_manager.req_to_blocks == {}
-    assert sched.num_preemptions > 0
+    for group in sched.kv_cache_manager.groups:
+        pool = group.block_pool
+        assert pool.num_free_blocks == 12
+        assert all(block.ref_cnt == 0 for block in pool.blocks[1:])
+        assert group.req_to_blocks == {}
+    assert sched.kv_cache_usage == 0.0
+    if windows == (None,):  # (sliding windows need fewer blocks and may never run out)
+        assert sched.num_preemptions > 0
     if enable_prefix_caching:
         assert sched.make_stats().prefix_cache_hits > 0
     for request in all_requests:

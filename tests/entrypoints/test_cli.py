@@ -45,3 +45,26 @@ def test_chat_answers_and_exits_on_eof():
     )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
+
+
+def test_generate_with_gemma3():
+    result = subprocess.run(
+        _pagedllm()
+        + [
+            "generate",
+            "--model",
+            "gemma-3-270m",
+            "--max-tokens",
+            "8",
+            "--kv-cache-memory",
+            "0.1",
+            "--max-model-len",
+            "512",
+            "The capital of France is",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip(), "no text generated"

@@ -2,6 +2,9 @@
 
 Each request gets its own run of physical blocks (block 0 is the null block, never used),
 and a step is described by each request's number of new tokens and its context length.
+Layers are grouped by sliding window as the engine does; every group gets its own cache
+tensors but the same block ids (their pools are separate, so nothing clashes), and a sliding
+layer's window only limits what it reads.
 """
 
 from __future__ import annotations
@@ -11,16 +14,27 @@ import torch
 
 from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
 from pagedllm.attention.metadata import AttentionMetadata
+from pagedllm.core.kv_cache_spec import group_layers
 from pagedllm.model.layers.attention import Attention
+
+
+def _attention_layers(model: torch.nn.Module) -> list[Attention]:
+    return [layer for layer in model.modules() if isinstance(layer, Attention)]
+
+
+def num_kv_groups(model: torch.nn.Module) -> int:
+    return len(group_layers([layer.sliding_window for layer in _attention_layers(model)])[0])
 
 
 def bind_kv_caches(model: torch.nn.Module, num_blocks: int, block_size: int, dtype=torch.float32) -> None:
     """One cache of num_blocks + 1 blocks per Attention layer, in the reference backend's layout."""
     backend = TorchReferenceBackend()
-    for layer in model.modules():
-        if isinstance(layer, Attention):
-            shape = backend.kv_cache_shape(num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
-            layer.kv_cache = torch.zeros(shape, dtype=dtype)
+    layers = _attention_layers(model)
+    _, layer_groups = group_layers([layer.sliding_window for layer in layers])
+    for layer, group in zip(layers, layer_groups):
+        shape = backend.kv_cache_shape(num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
+        layer.kv_cache = torch.zeros(shape, dtype=dtype)
+        layer.kv_group = group
 
 
 def assign_blocks(max_lens: list[int], block_size: int) -> list[list[int]]:
@@ -34,7 +48,12 @@ def assign_blocks(max_lens: list[int], block_size: int) -> list[list[int]]:
 
 
 def build_step(
-    query_lens: list[int], seq_lens: list[int], tables: list[list[int]], block_size: int, num_decodes: int
+    query_lens: list[int],
+    seq_lens: list[int],
+    tables: list[list[int]],
+    block_size: int,
+    num_decodes: int,
+    num_groups: int = 1,
 ) -> tuple[torch.Tensor, AttentionMetadata]:
     """Positions [T] and metadata for one step (requests [0, num_decodes) must have one token)."""
     qsl = np.zeros(len(query_lens) + 1, dtype=np.int32)
@@ -52,8 +71,8 @@ def build_step(
         num_actual_tokens=int(qsl[-1]),
         query_start_loc=torch.from_numpy(qsl),
         seq_lens=torch.from_numpy(seq),
-        block_table=torch.from_numpy(table),
-        slot_mapping=torch.from_numpy(slots),
+        block_tables=[torch.from_numpy(table)] * num_groups,
+        slot_mappings=[torch.from_numpy(slots)] * num_groups,
         max_query_len=max(query_lens),
         max_seq_len=max(seq_lens),
         num_decodes=num_decodes,
@@ -70,7 +89,7 @@ def build_step(
 def run_step(model, token_chunks: list[list[int]], seq_lens: list[int], tables, block_size, num_decodes=0):
     """Run one step; returns float32 logits for every token, split per request."""
     query_lens = [len(chunk) for chunk in token_chunks]
-    positions, md = build_step(query_lens, seq_lens, tables, block_size, num_decodes)
+    positions, md = build_step(query_lens, seq_lens, tables, block_size, num_decodes, num_kv_groups(model))
     input_ids = torch.tensor([t for chunk in token_chunks for t in chunk], dtype=torch.long)
     logits = model.compute_logits(model(input_ids, positions, md))
     return list(logits.split(query_lens))

@@ -146,8 +146,13 @@ class BlockPool:
                 self.free_queue.append(block)
 
     def touch(self, blocks: Iterable[KVCacheBlock]) -> None:
-        """Take a reference on prefix-hit blocks, pulling free ones out of the free queue."""
+        """Take a reference on prefix-hit blocks, pulling free ones out of the free queue.
+
+        Null entries (a sliding window's dropped blocks) are skipped.
+        """
         for block in blocks:
+            if block is self.null_block:
+                continue
             if block.ref_cnt == 0:
                 self.free_queue.remove(block)
             block.ref_cnt += 1
@@ -171,7 +176,7 @@ class BlockPool:
         collision) keeps its first block; the newcomer simply stays uncached.
         """
         for block, block_hash, token_ids in zip(blocks, block_hashes, block_token_ids, strict=True):
-            if block.block_hash is not None or block_hash in self.cached_blocks:
+            if block is self.null_block or block.block_hash is not None or block_hash in self.cached_blocks:
                 continue
             block.block_hash = block_hash
             block.token_ids = tuple(token_ids)

@@ -15,7 +15,8 @@ class NewRequestData:
     token_ids: list[int]  # prompt + outputs so far (a resumed request recomputes them)
     num_prompt_tokens: int
     sampling_params: SamplingParams
-    block_ids: list[int]  # the whole block table
+    # The whole block table, one list per KV-cache group (id 0: a sliding window's dropped block).
+    block_ids: tuple[list[int], ...]
     num_computed_tokens: int  # tokens whose KV is already cached (prefix hit)
 
 
@@ -24,7 +25,9 @@ class CachedRequestData:
     """A request the runner already holds: only what changed since its last step."""
 
     request_id: str
-    new_block_ids: list[int]
+    # Per KV-cache group: ids appended to the request's table. Blocks a sliding group drops are
+    # not reported; the runner never reads entries before a query's window.
+    new_block_ids: tuple[list[int], ...]
     num_computed_tokens: int
 
 

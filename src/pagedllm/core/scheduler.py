@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pagedllm.config import CacheConfig, SchedulerConfig
-from pagedllm.core.kv_cache_manager import KVCacheManager, cdiv
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import (
     CachedRequestData,
     EngineCoreOutput,
@@ -44,12 +45,12 @@ class Scheduler:
         self,
         scheduler_config: SchedulerConfig,
         cache_config: CacheConfig,
-        num_kv_blocks: int,
+        num_kv_blocks: int | Sequence[KVCacheGroupSpec],
         hash_seed: bytes | None = None,
     ):
+        """`num_kv_blocks`: a block count (one full-attention group) or one spec per KV-cache group."""
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
-        self.num_kv_blocks = num_kv_blocks
         self.kv_cache_manager = KVCacheManager(
             num_kv_blocks, cache_config.block_size, cache_config.enable_prefix_caching, hash_seed
         )
@@ -79,12 +80,16 @@ class Scheduler:
                 f"max_tokens ({request.max_tokens}) = {total} exceeds max_model_len ({max_len})"
             )
         block_size = self.cache_config.block_size
-        if cdiv(total, block_size) > self.num_kv_blocks:
-            raise ValueError(
-                f"request {request.request_id!r}: prompt + max_tokens = {total} tokens need "
-                f"{cdiv(total, block_size)} KV blocks of {block_size} tokens, but the KV cache "
-                f"only has {self.num_kv_blocks} blocks ({self.num_kv_blocks * block_size} tokens)"
-            )
+        max_chunk = self.scheduler_config.max_num_batched_tokens
+        for spec in self.kv_cache_manager.specs:
+            need = spec.max_blocks_per_request(total, block_size, max_chunk)
+            if need > spec.num_blocks:
+                kind = "" if spec.sliding_window is None else f" (sliding window {spec.sliding_window})"
+                raise ValueError(
+                    f"request {request.request_id!r}: prompt + max_tokens = {total} tokens need "
+                    f"{need} KV blocks of {block_size} tokens, but the KV cache{kind} only has "
+                    f"{spec.num_blocks} blocks ({spec.num_blocks * block_size} tokens)"
+                )
 
     def schedule(self) -> SchedulerOutput:
         """Pick this step's requests and token counts and allocate their blocks."""
@@ -207,6 +212,8 @@ class Scheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted or stopped from outside after it was scheduled
             request.num_computed_tokens += num_scheduled
+            # Sliding-window blocks the next query cannot see go back to the pool right away.
+            self.kv_cache_manager.remove_skipped_blocks(request)
             new_token_ids = []
             for token_id in runner_output.sampled_token_ids.get(req_id, ()):
                 request.append_output_token(token_id)

@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
+from pagedllm.core.kv_cache_spec import request_capacity_blocks
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.engine.input_processor import (
     ProcessedRequest,
@@ -67,9 +68,17 @@ class LLMEngine:
             self.model_config, self.scheduler_config, self.cache_config, self.device, self.dtype, config.seed
         )
         self.executor = UniProcExecutor(runner)
-        self.num_kv_blocks = self.executor.determine_num_blocks()
-        self.executor.initialize_kv_cache(self.num_kv_blocks)
-        self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.num_kv_blocks)
+        # One block pool per KV-cache group (layers grouped by sliding window).
+        self.kv_cache_groups = self.executor.determine_kv_cache_groups()
+        self.executor.initialize_kv_cache(self.kv_cache_groups)
+        # In blocks: the longest request every group can hold (its full-attention pool's size).
+        self.num_kv_blocks = request_capacity_blocks(
+            self.kv_cache_groups,
+            config.block_size,
+            self.scheduler_config.max_num_batched_tokens,
+            self.scheduler_config.max_model_len,
+        )
+        self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
         self.output_processor = OutputProcessor(self.tokenizer)
         logger.info(
             "engine ready in %.1f s: %s on %s (%s), KV cache %d blocks x %d tokens = %d tokens",

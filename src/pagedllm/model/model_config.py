@@ -58,20 +58,24 @@ class ModelConfig:
     ) -> ModelConfig:
         architecture = architecture_of(hf_config)
         ensure_supported(architecture)
+        # A multimodal config keeps its language model's shape in a text sub-config.
+        text = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+        eos = _as_ids(getattr(hf_config, "eos_token_id", None)) | _as_ids(getattr(text, "eos_token_id", None))
+        bos = getattr(hf_config, "bos_token_id", None)
         return cls(
             resolved=resolved,
             hf_config=hf_config,
             architecture=architecture,
-            vocab_size=hf_config.vocab_size,
-            max_position_embeddings=hf_config.max_position_embeddings,
-            eos_token_ids=frozenset(_as_ids(getattr(hf_config, "eos_token_id", None)) | set(extra_eos)),
-            bos_token_id=getattr(hf_config, "bos_token_id", None),
-            hidden_size=hf_config.hidden_size,
-            num_layers=hf_config.num_hidden_layers,
-            num_heads=hf_config.num_attention_heads,
-            num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads,
-            head_dim=head_dim_of(hf_config),
-            sliding_windows=tuple(sliding_windows_of(hf_config)),
+            vocab_size=text.vocab_size,
+            max_position_embeddings=text.max_position_embeddings,
+            eos_token_ids=frozenset(eos | set(extra_eos)),
+            bos_token_id=bos if bos is not None else getattr(text, "bos_token_id", None),
+            hidden_size=text.hidden_size,
+            num_layers=text.num_hidden_layers,
+            num_heads=text.num_attention_heads,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+            head_dim=head_dim_of(text),
+            sliding_windows=tuple(sliding_windows_of(text)),
         )
 
     @property

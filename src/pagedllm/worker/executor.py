@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -12,10 +13,10 @@ class Executor(ABC):
     """Runs scheduled steps on one or more model runners."""
 
     @abstractmethod
-    def determine_num_blocks(self) -> int: ...
+    def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]: ...
 
     @abstractmethod
-    def initialize_kv_cache(self, num_blocks: int) -> None: ...
+    def initialize_kv_cache(self, groups: list[KVCacheGroupSpec]) -> None: ...
 
     @abstractmethod
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput: ...
@@ -27,11 +28,11 @@ class UniProcExecutor(Executor):
     def __init__(self, runner: ModelRunner):
         self.runner = runner
 
-    def determine_num_blocks(self) -> int:
-        return self.runner.determine_num_blocks()
+    def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]:
+        return self.runner.determine_kv_cache_groups()
 
-    def initialize_kv_cache(self, num_blocks: int) -> None:
-        self.runner.initialize_kv_cache(num_blocks)
+    def initialize_kv_cache(self, groups: list[KVCacheGroupSpec]) -> None:
+        self.runner.initialize_kv_cache(groups)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute_model(scheduler_output)

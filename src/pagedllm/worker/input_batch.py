@@ -43,7 +43,8 @@ def build_step_inputs(
     backend: AttentionBackend,
     device: torch.device,
 ) -> StepInputs:
-    """Flat token ids and positions, query_start_loc, seq_lens, block_table and slot_mapping."""
+    """Flat token ids and positions, query_start_loc, seq_lens, and per KV-cache group the
+    block table and slot mapping."""
     num_reqs = len(states)
     num_scheduled = np.asarray(num_scheduled_list, dtype=np.int64)
     starts = np.fromiter((s.num_computed_tokens for s in states), dtype=np.int64, count=num_reqs)
@@ -64,21 +65,25 @@ def build_step_inputs(
     max_seq_len = int(seq_lens.max())
     max_blocks = -(-max_seq_len // block_size)
     rows = np.fromiter((s.row for s in states), dtype=np.int64, count=num_reqs)
-    table = block_table.table[rows, :max_blocks]
-    slot_mapping = (
-        table[req_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
-    )
+    logical_blocks, offsets = positions // block_size, positions % block_size
 
     def to_device(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=device, dtype=dtype, non_blocking=True)
+
+    tables, slot_mappings = [], []
+    for group_table in block_table.tables:
+        table = group_table[rows, :max_blocks]
+        slots = table[req_index, logical_blocks].astype(np.int64) * block_size + offsets
+        tables.append(to_device(np.ascontiguousarray(table), torch.int32))
+        slot_mappings.append(to_device(slots, torch.int64))
 
     md = AttentionMetadata(
         num_reqs=num_reqs,
         num_actual_tokens=total,
         query_start_loc=to_device(query_start_loc, torch.int32),
         seq_lens=to_device(seq_lens, torch.int32),
-        block_table=to_device(np.ascontiguousarray(table), torch.int32),
-        slot_mapping=to_device(slot_mapping, torch.int64),
+        block_tables=tables,
+        slot_mappings=slot_mappings,
         max_query_len=int(num_scheduled.max()),
         max_seq_len=max_seq_len,
         num_decodes=num_decodes,

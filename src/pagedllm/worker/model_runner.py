@@ -8,6 +8,7 @@ import torch
 
 from pagedllm.attention.selector import get_attention_backend
 from pagedllm.config import CacheConfig, SchedulerConfig
+from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.model_config import ModelConfig
@@ -48,30 +49,43 @@ class ModelRunner:
         self.sampler = Sampler()
         self.vocab_size = model_config.vocab_size
         max_blocks = -(-scheduler_config.max_model_len // self.block_size)
-        self.block_table = PersistentBlockTable(scheduler_config.max_num_seqs, max_blocks)
+        # Attention layers grouped by sliding window; each group has its own pool and table.
+        self.kv_windows, _ = kv_cache.kv_cache_groups(self.model)
+        self.block_table = PersistentBlockTable(
+            scheduler_config.max_num_seqs, max_blocks, len(self.kv_windows)
+        )
         self.requests: dict[str, RunnerRequestState] = {}
         # Seeded generators outlive preemption so a resumed request continues the same stream.
         self.generators: dict[str, torch.Generator] = {}
         # Unseeded sampling draws from one generator seeded by the engine seed.
         self.default_generator = torch.Generator(device=device)
         self.default_generator.manual_seed(seed)
-        self.num_blocks = 0
+        self.kv_cache_groups: list[KVCacheGroupSpec] = []
 
     # ---- KV cache -------------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
         return kv_cache.bytes_per_block(self.model, self.block_size, self.dtype)
 
-    def determine_num_blocks(self) -> int:
-        max_useful = self.scheduler_config.max_num_seqs * self.block_table.max_blocks_per_req
-        return kv_cache.determine_num_blocks(
-            self.cache_config, self.kv_bytes_per_block(), self.device, max_useful_blocks=max_useful
+    def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]:
+        return kv_cache.determine_kv_cache_groups(
+            self.model,
+            self.cache_config,
+            self.scheduler_config,
+            self.block_table.max_blocks_per_req,
+            self.dtype,
+            self.device,
         )
 
-    def initialize_kv_cache(self, num_blocks: int) -> None:
+    def initialize_kv_cache(self, groups: list[KVCacheGroupSpec]) -> None:
         kv_cache.allocate_kv_caches(
-            self.model, self.backend, num_blocks, self.block_size, self.dtype, self.device
+            self.model, self.backend, groups, self.block_size, self.dtype, self.device
         )
-        self.num_blocks = num_blocks
+        self.kv_cache_groups = list(groups)
+        if len(groups) > 1 or groups[0].sliding_window is not None:
+            logger.info(
+                "KV-cache groups: %s",
+                ", ".join(f"{g.num_blocks} blocks ({g.sliding_window or 'full'} window)" for g in groups),
+            )
 
     # ---- per-request state ------------------------------------------------------------------
     def _update_states(self, so: SchedulerOutput) -> None:
@@ -91,7 +105,7 @@ class ModelRunner:
                     generator.manual_seed(params.seed)
                     self.generators[new.request_id] = generator
             row = self.block_table.acquire_row()
-            num_blocks = self.block_table.write(row, 0, new.block_ids)
+            num_blocks = self.block_table.write(row, [0] * self.block_table.num_groups, new.block_ids)
             self.requests[new.request_id] = RunnerRequestState(
                 request_id=new.request_id,
                 token_ids=list(new.token_ids),
@@ -105,7 +119,7 @@ class ModelRunner:
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.request_id]
             state.num_computed_tokens = cached.num_computed_tokens
-            if cached.new_block_ids:
+            if any(cached.new_block_ids):
                 state.num_blocks = self.block_table.write(state.row, state.num_blocks, cached.new_block_ids)
 
     def _drop(self, req_id: str) -> None:

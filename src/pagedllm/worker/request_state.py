@@ -18,8 +18,8 @@ class RunnerRequestState:
     num_prompt_tokens: int
     sampling_params: SamplingParams
     generator: torch.Generator | None
-    row: int  # row in the persistent block table
-    num_blocks: int
+    row: int  # row in the persistent block tables (the same in every KV-cache group)
+    num_blocks: list[int]  # per KV-cache group: entries written in its table
     num_computed_tokens: int
 
     @property

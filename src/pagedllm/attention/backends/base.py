@@ -34,5 +34,12 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        kv_group: int = 0,
+        logits_soft_cap: float | None = None,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
-        """Causal attention of each request's new tokens over its whole context."""
+        """Causal attention of each request's new tokens over its context.
+
+        The layer's K/V live in KV-cache group `kv_group` (its block table and slot mapping);
+        with a `sliding_window` w a query at position p sees keys in (p - w, p]. A soft cap c
+        maps scores s to c * tanh(s / c) before masking (Gemma 2 style).
+        """

@@ -112,8 +112,10 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: MODEL)")
     parser.add_argument(
         "--engine-process",
-        action="store_true",
-        help="run the engine loop in its own process instead of a thread of the server process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the engine loop in its own process (default; measured 30-40%% more output tokens/s "
+        "than a thread of the server process on 2 cores) or, with --no-engine-process, in a thread",
     )
 
 

@@ -11,8 +11,10 @@ from pagedllm.attention.metadata import AttentionMetadata
 class Attention(nn.Module):
     """Paged causal attention over one layer's KV cache.
 
-    Takes flat projections [T, heads * head_dim]; the model runner binds `kv_cache`
-    ([2, num_blocks, block_size, num_kv_heads, head_dim]) before the first step.
+    Takes flat projections [T, heads * head_dim]; the model runner binds `kv_cache` (laid out
+    as the backend says) and sets `kv_group`, the KV-cache group whose block table and slot
+    mapping the layer uses (layers are grouped by sliding window), before the first step.
+    `logits_soft_cap` c maps attention scores s to c * tanh(s / c) (None: no capping).
     """
 
     def __init__(
@@ -22,6 +24,7 @@ class Attention(nn.Module):
         num_kv_heads: int,
         scale: float,
         sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
     ):
         super().__init__()
         if num_heads % num_kv_heads:
@@ -31,7 +34,9 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.scale = scale
         self.sliding_window = sliding_window
+        self.logits_soft_cap = logits_soft_cap
         self.kv_cache: torch.Tensor | None = None
+        self.kv_group = 0
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, md: AttentionMetadata
@@ -47,5 +52,7 @@ class Attention(nn.Module):
             md,
             self.scale,
             self.sliding_window,
+            self.kv_group,
+            self.logits_soft_cap,
         )
         return out.reshape(t, self.num_heads * self.head_dim)

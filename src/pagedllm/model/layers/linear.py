@@ -159,3 +159,15 @@ class QKVParallelLinear(ColumnParallelLinear):
     def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's q [T, heads*d], k and v [T, kv_heads*d] from the fused output."""
         return qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+
+
+class ReplicatedLinear(LinearBase):
+    """y = x W^T + b with the whole weight on every rank (small projections such as MoE routers)."""
+
+    def __init__(
+        self, input_size: int, output_size: int, bias: bool = False, tp_rank: int = 0, tp_size: int = 1
+    ):
+        super().__init__(input_size, output_size, bias, tp_rank, tp_size)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        _copy_checked(param.data, loaded_weight, "replicated weight")

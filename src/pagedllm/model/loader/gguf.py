@@ -5,6 +5,11 @@ Every tensor is dequantized with `gguf.quants.dequantize`, renamed from GGUF's
 architecture, has the row permutation of q and k undone: llama.cpp's converter reorders each
 head's rows from the rotate-half layout to interleaved pairs; our rotary embedding expects the
 Hugging Face layout back.
+
+Gemma 3 names some block tensors differently (its `ffn_norm` is the norm before the MLP; it
+also has post-attention, post-MLP and q/k norms), keeps the rotate-half layout (no
+permutation), and its converter stored every norm weight with Gemma's + 1 folded in: 1 is
+subtracted again so the model's (1 + w) comes out right.
 """
 
 from __future__ import annotations
@@ -38,6 +43,18 @@ _BLOCK_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Block tensor names that differ from the table above, per GGUF architecture.
+_ARCH_BLOCK_NAMES = {
+    "gemma3": {
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    },
+}
+# Architectures whose norm weights were stored as 1 + w.
+_NORM_PLUS_ONE = {"gemma3"}
 # llama3-style GGUFs carry precomputed scaled inverse frequencies; rotary derives them from the config.
 _IGNORED = {"rope_freqs"}
 # Architectures whose converter permuted q/k rows for interleaved rotary.
@@ -46,12 +63,13 @@ _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _GLOBAL_TENSOR = re.compile(r"^(\w+)\.(weight|bias)$")
 
 
-def gguf_to_hf_name(name: str) -> str | None:
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
     """The Hugging Face name of a GGUF tensor; None for tensors that are ignored; KeyError if unknown."""
     if match := _BLOCK_TENSOR.match(name):
         layer, kind, suffix = match.groups()
-        if kind in _BLOCK_NAMES:
-            return f"model.layers.{layer}.{_BLOCK_NAMES[kind]}.{suffix}"
+        block_names = {**_BLOCK_NAMES, **_ARCH_BLOCK_NAMES.get(arch, {})}
+        if kind in block_names:
+            return f"model.layers.{layer}.{block_names[kind]}.{suffix}"
     elif match := _GLOBAL_TENSOR.match(name):
         kind, suffix = match.groups()
         if kind in _IGNORED:
@@ -75,7 +93,7 @@ def iterate_gguf_weights(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]
     arch = gguf_file.architecture
     heads = _rope_heads(gguf_file) if arch in _ROPE_PERMUTED else {}
     for info in gguf_file.tensors:
-        hf_name = gguf_to_hf_name(info.name)
+        hf_name = gguf_to_hf_name(info.name, arch)
         if hf_name is None:
             logger.info("ignoring GGUF tensor %s", info.name)
             continue
@@ -83,6 +101,8 @@ def iterate_gguf_weights(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]
         kind = info.name.split(".")[2] if info.name.startswith("blk.") else None
         if kind in heads:
             weights = unpermute_rows(weights, heads[kind])
+        if arch in _NORM_PLUS_ONE and info.name.endswith("norm.weight"):
+            weights -= 1.0
         yield hf_name, torch.from_numpy(weights)
 
 
