@@ -1,4 +1,5 @@
-"""Pieces shared by pre-norm decoder families (Qwen3, Phi-3, Mixtral, Qwen2-MoE) and their loading.
+"""Pieces shared by pre-norm decoder families (Llama/Mistral/Qwen2, Qwen3, Phi-3, Mixtral, Qwen2-MoE)
+and their loading.
 
 A family supplies one function building decoder layer i (its attention and MLP); the embedding,
 the layer stack, the final RMSNorm, the LM head and the checkpoint-name mapping are common:
