@@ -29,20 +29,12 @@ from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbeddi
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import GemmaRMSNorm
 from pagedllm.model.layers.rotary import RotaryEmbedding, get_rope
-from pagedllm.model.loader.weights import default_weight_loader
 from pagedllm.model.model_config import head_dim_of
+from pagedllm.model.models.decoder import load_mapped_weights, stacked_name
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 _DEFAULT_THETA = {SLIDING: 10_000.0, FULL: 1_000_000.0}
 
-# (fused parameter, checkpoint projection, shard id)
-_STACKED = (
-    ("qkv_proj", "q_proj", "q"),
-    ("qkv_proj", "k_proj", "k"),
-    ("qkv_proj", "v_proj", "v"),
-    ("gate_up_proj", "gate_proj", 0),
-    ("gate_up_proj", "up_proj", 1),
-)
 # Multimodal checkpoint prefixes of the language model -> ours; other towers are skipped.
 _TEXT_PREFIXES = (
     ("model.language_model.", "model."),
@@ -231,29 +223,13 @@ class Gemma3ForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors (Hugging Face names) into the parameters; returns the names loaded."""
-        params = dict(self.named_parameters())
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            name = _text_name(name)
-            if name is None or (self.tie_word_embeddings and name == "lm_head.weight"):
-                continue  # another tower's tensor / shared with the embedding
-            param_name, shard_id = _fused_name(name)
-            if param_name not in params:
-                raise ValueError(
-                    f"checkpoint tensor {name!r} has no matching parameter in {type(self).__name__}"
-                )
-            param = params[param_name]
-            loader = getattr(param, "weight_loader", None)
-            if loader is None:
-                default_weight_loader(param, tensor)
-            else:
-                loader(param, tensor, shard_id)
-            loaded.add(param_name)
-        missing = sorted(set(params) - loaded)
-        if missing:
-            shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-            raise ValueError(f"checkpoint is missing {len(missing)} parameter(s): {shown}")
-        return loaded
+        return load_mapped_weights(self, weights, self._param_for)
+
+    def _param_for(self, name: str) -> tuple[str, object] | None:
+        name = _text_name(name)
+        if name is None or (self.tie_word_embeddings and name == "lm_head.weight"):
+            return None  # another tower's tensor / shared with the embedding
+        return stacked_name(name)
 
 
 class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
@@ -268,10 +244,3 @@ def _text_name(name: str) -> str | None:
         if name.startswith(prefix):
             return ours + name[len(prefix) :]
     return name
-
-
-def _fused_name(name: str) -> tuple[str, str | int | None]:
-    for fused, part, shard_id in _STACKED:
-        if f".{part}." in name:
-            return name.replace(f".{part}.", f".{fused}."), shard_id
-    return name, None
