@@ -93,3 +93,35 @@ def run_step(model, token_chunks: list[list[int]], seq_lens: list[int], tables, 
     input_ids = torch.tensor([t for chunk in token_chunks for t in chunk], dtype=torch.long)
     logits = model.compute_logits(model(input_ids, positions, md))
     return list(logits.split(query_lens))
+
+
+ATOL = 1e-4
+
+
+@torch.inference_mode()
+def reference_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """transformers' log-softmax over every position of one unpadded prompt."""
+    return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def assert_close(ours: torch.Tensor, expected: torch.Tensor, label: str) -> None:
+    diff = (torch.log_softmax(ours, dim=-1) - expected).abs().max().item()
+    assert diff < ATOL, f"{label}: max |log-softmax difference| {diff:.2e} >= {ATOL}"
+
+
+def check_prefill_then_decode(ours, reference, prompts: list[list[int]], block_size: int, label: str) -> None:
+    """All prompts prefilled as one flat paged batch, then one decode each as one batch; every
+    position's log-softmax must match transformers on the same tokens."""
+    lens = [len(p) for p in prompts]
+    tables = assign_blocks([n + 2 for n in lens], block_size)
+    bind_kv_caches(ours, sum(len(t) for t in tables), block_size)
+    prefill = run_step(ours, prompts, lens, tables, block_size)
+    for i, ids in enumerate(prompts):
+        assert_close(prefill[i], reference_logprobs(reference, ids), f"{label} prefill of prompt {i}")
+    next_tokens = [int(logits[-1].argmax()) for logits in prefill]
+    decode = run_step(
+        ours, [[t] for t in next_tokens], [n + 1 for n in lens], tables, block_size, num_decodes=len(prompts)
+    )
+    for i, ids in enumerate(prompts):
+        expected = reference_logprobs(reference, ids + [next_tokens[i]])[-1:]
+        assert_close(decode[i], expected, f"{label} decode of prompt {i}")

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import transformers
-from paged_batch import assign_blocks, bind_kv_caches, run_step
+from paged_batch import (
+    check_prefill_then_decode,
+)
 from test_tensor_parallel import _rank, free_port, logits_for
 
 import tiny_models
@@ -20,7 +22,6 @@ from pagedllm.model.model_config import ModelConfig
 
 BLOCK_SIZE = 4
 PROMPT_LENS = (5, 17, 30)
-ATOL = 1e-4
 
 VARIANTS = {
     # No 1/sqrt(d) scaling but 1/(layer+1) instead, exact GELU, an untied LM head.
@@ -46,16 +47,6 @@ VARIANTS = {
 }
 
 
-@torch.inference_mode()
-def reference_logprobs(model, ids: list[int]) -> torch.Tensor:
-    return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
-
-
-def assert_close(ours: torch.Tensor, expected: torch.Tensor, label: str) -> None:
-    diff = (torch.log_softmax(ours, dim=-1) - expected).abs().max().item()
-    assert diff < ATOL, f"{label}: max |log-softmax difference| {diff:.2e} >= {ATOL}"
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_matches_transformers(variant, tmp_path):
     folder = tiny_models.save_tiny(VARIANTS[variant](), tmp_path, seed=21)
@@ -64,18 +55,7 @@ def test_variant_matches_transformers(variant, tmp_path):
     reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, config.vocab_size, (n,), generator=gen).tolist() for n in PROMPT_LENS]
-    tables = assign_blocks([n + 1 for n in PROMPT_LENS], BLOCK_SIZE)
-    bind_kv_caches(ours, sum(len(t) for t in tables), BLOCK_SIZE)
-
-    prefill = run_step(ours, prompts, list(PROMPT_LENS), tables, BLOCK_SIZE)
-    for i, ids in enumerate(prompts):
-        assert_close(prefill[i], reference_logprobs(reference, ids), f"{variant} prefill {i}")
-    next_tokens = [int(logits[-1].argmax()) for logits in prefill]
-    seq_lens = [n + 1 for n in PROMPT_LENS]
-    decode = run_step(ours, [[t] for t in next_tokens], seq_lens, tables, BLOCK_SIZE, num_decodes=3)
-    for i, ids in enumerate(prompts):
-        expected = reference_logprobs(reference, ids + [next_tokens[i]])[-1:]
-        assert_close(decode[i], expected, f"{variant} decode {i}")
+    check_prefill_then_decode(ours, reference, prompts, BLOCK_SIZE, variant)
 
 
 TP_MODELS = {

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from paged_batch import assign_blocks, bind_kv_caches, build_step, run_step
+from paged_batch import (
+    assert_close,
+    assign_blocks,
+    bind_kv_caches,
+    build_step,
+    check_prefill_then_decode,
+    reference_logprobs,
+    run_step,
+)
 
 import tiny_models
 from pagedllm.model.loader import load_model
@@ -25,7 +33,6 @@ from pagedllm.model.models.gemma3 import layer_types_of, rope_parameters_for
 
 BLOCK_SIZE = 4
 PROMPT_LENS = (5, 17, 11)
-ATOL = 1e-4
 
 VARIANTS = {
     "plain": {},
@@ -59,35 +66,13 @@ def prompts(vocab_size: int) -> list[list[int]]:
     return [torch.randint(3, vocab_size, (n,), generator=generator).tolist() for n in PROMPT_LENS]
 
 
-@torch.inference_mode()
-def reference_logprobs(model, ids: list[int]) -> torch.Tensor:
-    return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
-
-
-def assert_close(ours: torch.Tensor, expected: torch.Tensor, label: str) -> None:
-    diff = (torch.log_softmax(ours, dim=-1) - expected).abs().max().item()
-    assert diff < ATOL, f"{label}: max |log-softmax difference| {diff:.2e} >= {ATOL}"
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_prefill_then_decode_match_transformers(variant, gemma3_pair):
     config, ours, reference = gemma3_pair(variant)
     assert config.architecture == "Gemma3ForCausalLM"
     assert config.sliding_windows == (8, 8, None, 8)
     batch = prompts(config.vocab_size)
-    tables = assign_blocks([n + 2 for n in PROMPT_LENS], BLOCK_SIZE)
-    bind_kv_caches(ours, sum(len(t) for t in tables), BLOCK_SIZE)
-
-    prefill = run_step(ours, batch, list(PROMPT_LENS), tables, BLOCK_SIZE)
-    for i, ids in enumerate(batch):
-        assert_close(prefill[i], reference_logprobs(reference, ids), f"{variant} prefill of prompt {i}")
-
-    next_tokens = [int(logits[-1].argmax()) for logits in prefill]
-    seq_lens = [n + 1 for n in PROMPT_LENS]
-    decode = run_step(ours, [[t] for t in next_tokens], seq_lens, tables, BLOCK_SIZE, num_decodes=3)
-    for i, ids in enumerate(batch):
-        expected = reference_logprobs(reference, ids + [next_tokens[i]])[-1:]
-        assert_close(decode[i], expected, f"{variant} decode of prompt {i}")
+    check_prefill_then_decode(ours, reference, batch, BLOCK_SIZE, variant)
 
 
 def test_chunk_after_cached_context_longer_than_the_window(gemma3_pair):

@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from paged_batch import assign_blocks, bind_kv_caches, run_step
+from paged_batch import (
+    assert_close,
+    assign_blocks,
+    bind_kv_caches,
+    check_prefill_then_decode,
+    reference_logprobs,
+    run_step,
+)
 
 from pagedllm.model.loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
@@ -17,7 +24,6 @@ from pagedllm.model.model_config import ModelConfig
 
 BLOCK_SIZE = 4
 PROMPT_LENS = (5, 17, 11)
-ATOL = 1e-4
 
 
 def prompts(vocab_size: int) -> list[list[int]]:
@@ -34,34 +40,11 @@ def load_pair(folder):
     return config, ours, reference
 
 
-@torch.inference_mode()
-def reference_logprobs(model, ids: list[int]) -> torch.Tensor:
-    return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
-
-
-def assert_close(ours: torch.Tensor, expected: torch.Tensor, label: str) -> None:
-    diff = (torch.log_softmax(ours, dim=-1) - expected).abs().max().item()
-    assert diff < ATOL, f"{label}: max |log-softmax difference| {diff:.2e} >= {ATOL}"
-
-
 @pytest.mark.parametrize("kind", ["llama", "llama3", "mistral", "qwen2"])
 def test_prefill_then_decode_match_transformers(kind, tiny_model_dir):
     config, ours, reference = load_pair(tiny_model_dir(kind))
     batch = prompts(config.vocab_size)
-    tables = assign_blocks([n + 2 for n in PROMPT_LENS], BLOCK_SIZE)
-    bind_kv_caches(ours, sum(len(t) for t in tables), BLOCK_SIZE)
-
-    prefill = run_step(ours, batch, list(PROMPT_LENS), tables, BLOCK_SIZE)
-    for i, ids in enumerate(batch):
-        assert_close(prefill[i], reference_logprobs(reference, ids), f"{kind} prefill of prompt {i}")
-
-    # Feed each prompt its own greedy token: three decodes in one batch.
-    next_tokens = [int(logits[-1].argmax()) for logits in prefill]
-    seq_lens = [n + 1 for n in PROMPT_LENS]
-    decode = run_step(ours, [[t] for t in next_tokens], seq_lens, tables, BLOCK_SIZE, num_decodes=3)
-    for i, ids in enumerate(batch):
-        expected = reference_logprobs(reference, ids + [next_tokens[i]])[-1:]
-        assert_close(decode[i], expected, f"{kind} decode of prompt {i}")
+    check_prefill_then_decode(ours, reference, batch, BLOCK_SIZE, kind)
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral"])
