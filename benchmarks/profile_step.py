@@ -81,7 +81,10 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--torch-profile", action="store_true")
+    parser.add_argument("--torch-profile", action="store_true", help="top torch ops of 5 decode steps")
+    parser.add_argument(
+        "--torch-profile-prefill", action="store_true", help="top torch ops of 2 prefill steps"
+    )
     args = parser.parse_args()
 
     llm = LLM(
@@ -93,6 +96,13 @@ def main() -> None:
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
     instrument(llm)
+    if args.torch_profile_prefill:
+        from torch.profiler import profile
+
+        with profile() as prof:
+            for _ in range(2):
+                engine.step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     run_phase(llm, "prefill (until every prompt is computed)", None, decode_only=False)
     run_phase(llm, "decode", 20, decode_only=True)
     if args.torch_profile:

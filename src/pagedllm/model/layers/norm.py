@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pagedllm.model.layers.parallel import new_parameter
+from pagedllm.ops import cpu_kernels
 
 
 class RMSNorm(nn.Module):
@@ -26,10 +27,31 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self._use_kernel(x, residual):
+            ops = torch.ops.pagedllm
+            if residual is None:
+                out = torch.empty(x.shape, dtype=x.dtype)
+                ops.rms_norm(out, x, self.weight, self.eps)
+                return out
+            # In place: x is the block output just computed and residual the running stream;
+            # neither is read again by the caller.
+            ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+            return x, residual
         if residual is None:
             return self._norm(x)
         x = x + residual
         return self._norm(x), x
+
+    def _use_kernel(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        # One pass in C++ instead of ~8 eager ops; Gemma's variant keeps the torch code.
+        return (
+            type(self) is RMSNorm
+            and x.dim() == 2
+            and x.stride(1) == 1
+            and x.dtype == self.weight.dtype
+            and (residual is None or (x.is_contiguous() and residual.is_contiguous()))
+            and cpu_kernels.use_for(x)
+        )
 
 
 class GemmaRMSNorm(RMSNorm):

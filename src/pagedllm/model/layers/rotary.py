@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from pagedllm.ops import cpu_kernels
+
 
 def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
     """1 / base^(2i / d) for i < d/2, in float32 exactly as transformers computes it."""
@@ -67,12 +69,30 @@ class RotaryEmbedding(nn.Module):
         return self.rotate(positions, query), self.rotate(positions, key)
 
     def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rotate flat [T, n * head_dim] (q, k, or q and k side by side) at `positions`."""
+        """Rotate flat [T, n * head_dim] (q, k, or q and k side by side) at `positions`.
+
+        On CPU the compiled kernel rotates x in place and returns it: callers pass (slices of)
+        the projection they just computed and do not read the unrotated values again.
+        """
+        if self._use_kernel(positions, x):
+            torch.ops.pagedllm.rotary_embedding(
+                x, positions, self.cos_sin_cache, self.head_dim, self.cos_sin_cache.shape[1]
+            )
+            return x
         cos, sin = self._cos_sin(positions, x.dtype)
         shape = x.shape
         x = x.view(shape[0], -1, self.head_dim)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).view(shape)
+
+    def _use_kernel(self, positions: torch.Tensor, x: torch.Tensor) -> bool:
+        return (
+            x.dim() == 2
+            and x.stride(1) == 1
+            and positions.dtype == torch.int64
+            and positions.is_contiguous()
+            and cpu_kernels.use_for(x)
+        )
 
     def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # Every layer of a step passes the same positions tensor: gather and cast once per step.

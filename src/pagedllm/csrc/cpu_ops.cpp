@@ -1,0 +1,463 @@
+// CPU kernels for the hot per-layer operations, registered as torch.ops.pagedllm.*.
+//
+// Compiled on first use by pagedllm/ops/cpu_kernels.py (-O3 -march=native -fopenmp) and
+// cached on disk. Every kernel takes float32, bfloat16 or float16 tensors and computes in
+// float32. The element-wise kernels round intermediate results to the activation dtype at
+// the same points as the eager torch code they replace, so they give the same bits.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace pagedllm {
+namespace {
+
+template <typename T>
+inline float to_float(T x) {
+  return static_cast<float>(x);
+}
+
+// Round a float to T's precision and back (what storing an intermediate in T does).
+template <typename T>
+inline float round_to(float x) {
+  return static_cast<float>(static_cast<T>(x));
+}
+
+template <typename T>
+inline void load_row(const T* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+}
+
+// exp(x) as 2^(x log2 e): range reduction to [0, 1) and a degree-6 polynomial (relative
+// error ~2e-7), clamped to float's range. Plain arithmetic, so loops over it vectorise;
+// libm's expf does not.
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float t = x * 1.4426950408889634f;
+  const float whole = std::floor(t);
+  const float f = t - whole;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += static_cast<int32_t>(whole) << 23;
+  std::memcpy(&p, &bits, sizeof(bits));
+  return p;
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+}
+
+// ---------------------------------------------------------------------------------------
+// Paged attention: every request's new query tokens over its context, read in place
+// through the block table (no gather copy, no padding, no dense mask).
+//
+// A work item is (request, KV head, tile of query tokens); the tile's query rows (tokens x
+// the GQA group sharing the KV head) are scored against 16 keys at a time, with the keys
+// transposed to [head_dim][16] so every row's 16 scores accumulate in one vector register.
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kKeyChunk = 16;
+constexpr int64_t kTileRows = 48;  // query rows (tokens x group) per work item
+
+struct AttentionItem {
+  int32_t request;
+  int32_t kv_head;
+  int32_t first_token;  // within the request's chunk
+  int32_t end_token;
+};
+
+template <typename T>
+void paged_attention_kernel(
+    at::Tensor& out,
+    const at::Tensor& query,
+    const at::Tensor& key_cache,
+    const at::Tensor& value_cache,
+    const at::Tensor& block_table,
+    const at::Tensor& query_start_loc,
+    const at::Tensor& seq_lens,
+    double scale,
+    int64_t window,
+    double soft_cap) {
+  const int64_t num_reqs = seq_lens.size(0);
+  const int64_t num_heads = query.size(1), head_dim = query.size(2);
+  const int64_t num_kv_heads = key_cache.size(0), num_blocks = key_cache.size(1);
+  const int64_t block_size = key_cache.size(2);
+  const int64_t group = num_heads / num_kv_heads;
+  const int64_t tokens_per_tile = std::max<int64_t>(1, kTileRows / group);
+  const int64_t q_stride0 = query.stride(0), q_stride1 = query.stride(1);
+  const int64_t o_stride0 = out.stride(0), o_stride1 = out.stride(1);
+  const int64_t table_stride = block_table.stride(0);
+  const int32_t* starts = query_start_loc.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int32_t* table = block_table.data_ptr<int32_t>();
+  const T* q_base = query.data_ptr<T>();
+  const T* k_base = key_cache.data_ptr<T>();
+  const T* v_base = value_cache.data_ptr<T>();
+  T* o_base = out.data_ptr<T>();
+  const float cap = static_cast<float>(soft_cap);
+
+  std::vector<AttentionItem> items;
+  for (int64_t r = 0; r < num_reqs; ++r) {
+    const int32_t q_len = starts[r + 1] - starts[r];
+    for (int32_t t0 = 0; t0 < q_len; t0 += static_cast<int32_t>(tokens_per_tile)) {
+      const int32_t t1 = std::min<int32_t>(q_len, t0 + static_cast<int32_t>(tokens_per_tile));
+      for (int32_t h = 0; h < num_kv_heads; ++h) items.push_back({static_cast<int32_t>(r), h, t0, t1});
+    }
+  }
+  const int64_t num_items = static_cast<int64_t>(items.size());
+
+#pragma omp parallel
+  {
+    std::vector<float> q_rows(kTileRows * head_dim);
+    std::vector<float> acc(kTileRows * head_dim);
+    std::vector<float> keys_t(head_dim * kKeyChunk);
+    std::vector<float> v_row(head_dim);
+    std::vector<float> scores;
+    int64_t lo[kTileRows], hi[kTileRows];
+    float row_sum[kTileRows];
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item_index = 0; item_index < num_items; ++item_index) {
+      const AttentionItem it = items[item_index];
+      const int64_t r = it.request, kv_head = it.kv_head;
+      const int64_t q_len = starts[r + 1] - starts[r];
+      const int64_t first_pos = lens[r] - q_len;  // position of the chunk's first token
+      const int64_t rows = (it.end_token - it.first_token) * group;
+      const int32_t* req_table = table + r * table_stride;
+
+      for (int64_t t = it.first_token; t < it.end_token; ++t) {
+        const int64_t pos = first_pos + t;
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t row = (t - it.first_token) * group + g;
+          const T* q = q_base + (starts[r] + t) * q_stride0 + (kv_head * group + g) * q_stride1;
+          float* dst = q_rows.data() + row * head_dim;
+          for (int64_t d = 0; d < head_dim; ++d) dst[d] = to_float(q[d]) * static_cast<float>(scale);
+          hi[row] = pos;
+          lo[row] = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+        }
+      }
+      const int64_t key_lo = lo[0], key_hi = hi[rows - 1];
+      const int64_t span = key_hi - key_lo + 1;
+      if (static_cast<int64_t>(scores.size()) < rows * span) scores.resize(rows * span);
+
+      // Scores, 16 keys at a time.
+      for (int64_t j0 = key_lo; j0 <= key_hi; j0 += kKeyChunk) {
+        const int64_t n = std::min(kKeyChunk, key_hi - j0 + 1);
+        for (int64_t c = 0; c < kKeyChunk; ++c) {
+          if (c < n) {
+            const int64_t j = j0 + c;
+            const int64_t block = req_table[j / block_size];
+            const T* k = k_base + ((kv_head * num_blocks + block) * block_size + j % block_size) * head_dim;
+            for (int64_t d = 0; d < head_dim; ++d) keys_t[d * kKeyChunk + c] = to_float(k[d]);
+          } else {
+            for (int64_t d = 0; d < head_dim; ++d) keys_t[d * kKeyChunk + c] = 0.0f;
+          }
+        }
+        for (int64_t row = 0; row < rows; ++row) {
+          float s[kKeyChunk] = {0};
+          const float* q = q_rows.data() + row * head_dim;
+          for (int64_t d = 0; d < head_dim; ++d) {
+            const float qd = q[d];
+            const float* kd = keys_t.data() + d * kKeyChunk;
+#pragma omp simd
+            for (int64_t c = 0; c < kKeyChunk; ++c) s[c] += qd * kd[c];
+          }
+          float* dst = scores.data() + row * span + (j0 - key_lo);
+          for (int64_t c = 0; c < n; ++c) dst[c] = s[c];
+        }
+      }
+
+      // Softmax per row over its visible keys; invisible keys get probability 0.
+      for (int64_t row = 0; row < rows; ++row) {
+        float* s = scores.data() + row * span;
+        const int64_t a = lo[row] - key_lo, b = hi[row] - key_lo;  // visible: [a, b]
+        if (cap > 0.0f) {
+          for (int64_t j = a; j <= b; ++j) s[j] = cap * std::tanh(s[j] / cap);
+        }
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = a; j <= b; ++j) m = std::max(m, s[j]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = a; j <= b; ++j) {
+          const float e = fast_exp(s[j] - m);
+          s[j] = e;
+          sum += e;
+        }
+        for (int64_t j = 0; j < a; ++j) s[j] = 0.0f;
+        for (int64_t j = b + 1; j < span; ++j) s[j] = 0.0f;
+        row_sum[row] = sum;
+      }
+
+      // Probability-weighted values.
+      std::fill(acc.begin(), acc.begin() + rows * head_dim, 0.0f);
+      for (int64_t j = key_lo; j <= key_hi; ++j) {
+        const int64_t block = req_table[j / block_size];
+        load_row(v_base + ((kv_head * num_blocks + block) * block_size + j % block_size) * head_dim,
+                 v_row.data(), head_dim);
+        const int64_t column = j - key_lo;
+        for (int64_t row = 0; row < rows; ++row) {
+          const float p = scores[row * span + column];
+          if (p == 0.0f) continue;
+          float* a = acc.data() + row * head_dim;
+#pragma omp simd
+          for (int64_t d = 0; d < head_dim; ++d) a[d] += p * v_row[d];
+        }
+      }
+
+      for (int64_t t = it.first_token; t < it.end_token; ++t) {
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t row = (t - it.first_token) * group + g;
+          const float inv = 1.0f / row_sum[row];
+          T* o = o_base + (starts[r] + t) * o_stride0 + (kv_head * group + g) * o_stride1;
+          const float* a = acc.data() + row * head_dim;
+          for (int64_t d = 0; d < head_dim; ++d) o[d] = static_cast<T>(a[d] * inv);
+        }
+      }
+    }
+  }
+}
+
+void paged_attention(
+    at::Tensor out,
+    const at::Tensor& query,
+    const at::Tensor& key_cache,
+    const at::Tensor& value_cache,
+    const at::Tensor& block_table,
+    const at::Tensor& query_start_loc,
+    const at::Tensor& seq_lens,
+    double scale,
+    int64_t window,
+    double soft_cap) {
+  check_cpu(query, "query");
+  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [T, heads, head_dim] with unit stride");
+  TORCH_CHECK(out.sizes() == query.sizes() && out.stride(2) == 1, "out must match query's shape");
+  TORCH_CHECK(key_cache.dim() == 4 && key_cache.is_contiguous() && value_cache.is_contiguous(),
+              "key/value caches must be contiguous [kv_heads, blocks, block_size, head_dim]");
+  TORCH_CHECK(key_cache.size(3) == query.size(2), "head_dim of query and cache differ");
+  TORCH_CHECK(query.size(1) % key_cache.size(0) == 0, "num_heads must be a multiple of num_kv_heads");
+  TORCH_CHECK(query.size(2) <= 512, "head_dim above 512 is not supported");
+  TORCH_CHECK(block_table.scalar_type() == at::kInt && query_start_loc.scalar_type() == at::kInt &&
+                  seq_lens.scalar_type() == at::kInt,
+              "block_table, query_start_loc and seq_lens must be int32");
+  TORCH_CHECK(block_table.stride(1) == 1 && query_start_loc.is_contiguous() && seq_lens.is_contiguous(),
+              "index tensors must be contiguous");
+  TORCH_CHECK(query.scalar_type() == key_cache.scalar_type() && out.scalar_type() == query.scalar_type(),
+              "query, cache and out must share a dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_attention", [&] {
+    paged_attention_kernel<scalar_t>(out, query, key_cache, value_cache, block_table, query_start_loc,
+                                     seq_lens, scale, window, soft_cap);
+  });
+}
+
+// Write each token's K and V at its slot (block * block_size + offset) of the caches.
+template <typename T>
+void reshape_and_cache_kernel(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                              at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  const int64_t num_tokens = slot_mapping.size(0);
+  const int64_t num_kv_heads = key.size(1), head_dim = key.size(2);
+  const int64_t num_slots = key_cache.size(1) * key_cache.size(2);
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  const T* k = key.data_ptr<T>();
+  const T* v = value.data_ptr<T>();
+  T* kc = key_cache.data_ptr<T>();
+  T* vc = value_cache.data_ptr<T>();
+  const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
+  at::parallel_for(0, num_tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slot = slots[t];
+      if (slot < 0) continue;
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        std::memcpy(kc + (h * num_slots + slot) * head_dim, k + t * ks0 + h * ks1, head_dim * sizeof(T));
+        std::memcpy(vc + (h * num_slots + slot) * head_dim, v + t * vs0 + h * vs1, head_dim * sizeof(T));
+      }
+    }
+  });
+}
+
+void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor key_cache,
+                       at::Tensor value_cache, const at::Tensor& slot_mapping) {
+  check_cpu(key, "key");
+  TORCH_CHECK(key.dim() == 3 && key.stride(2) == 1 && value.stride(2) == 1, "key/value must be [T, kv_heads, head_dim]");
+  TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.is_contiguous(), "slot_mapping must be int64");
+  TORCH_CHECK(key.scalar_type() == key_cache.scalar_type() && value.scalar_type() == value_cache.scalar_type(),
+              "key/value and caches must share a dtype");
+  TORCH_CHECK(key.size(0) >= slot_mapping.size(0), "fewer key rows than slots");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "reshape_and_cache", [&] {
+    reshape_and_cache_kernel<scalar_t>(key, value, key_cache, value_cache, slot_mapping);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Element-wise kernels, one pass over the rows instead of 5-8 eager ops each.
+// ---------------------------------------------------------------------------------------
+
+// y = weight * T(x / rms(x)), statistics in float32 (as transformers' Llama RMSNorm).
+template <typename T>
+inline void rms_norm_row(const T* x, const T* weight, T* y, int64_t n, float eps) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = to_float(x[i]);
+    sum += v * v;
+  }
+  const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(round_to<T>(to_float(x[i]) * inv) * to_float(weight[i]));
+}
+
+void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && out.is_contiguous() && weight.is_contiguous(),
+              "rms_norm takes [T, hidden] rows");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() && out.scalar_type() == x.scalar_type(),
+              "x, weight and out must share a dtype");
+  const int64_t rows = x.size(0), n = x.size(1), stride = x.stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) rms_norm_row(xp + r * stride, w, o + r * n, n, static_cast<float>(eps));
+    });
+  });
+}
+
+// residual = T(x + residual); x = rms_norm(residual): both in place.
+void fused_add_rms_norm(at::Tensor x, at::Tensor residual, const at::Tensor& weight, double eps) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous() && weight.is_contiguous() && x.dim() == 2,
+              "fused_add_rms_norm takes contiguous [T, hidden] rows");
+  TORCH_CHECK(x.sizes() == residual.sizes(), "x and residual differ in shape");
+  TORCH_CHECK(x.scalar_type() == residual.scalar_type() && x.scalar_type() == weight.scalar_type(),
+              "x, residual and weight must share a dtype");
+  const int64_t rows = x.size(0), n = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_add_rms_norm", [&] {
+    scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* rp = residual.data_ptr<scalar_t>();
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* xr = xp + r * n;
+        scalar_t* rr = rp + r * n;
+        for (int64_t i = 0; i < n; ++i) rr[i] = static_cast<scalar_t>(to_float(xr[i]) + to_float(rr[i]));
+        rms_norm_row(rr, w, xr, n, static_cast<float>(eps));
+      }
+    });
+  });
+}
+
+// out = T(silu(gate)) * up for x = [gate | up] rows.
+template <typename T>
+void silu_and_mul_kernel(at::Tensor& out, const at::Tensor& x) {
+  const int64_t rows = x.size(0), d = out.size(1), stride = x.stride(0);
+  const T* xp = x.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* gate = xp + r * stride;
+      const T* up = gate + d;
+      T* dst = o + r * d;
+#pragma omp simd
+      for (int64_t i = 0; i < d; ++i) {
+        const float g = to_float(gate[i]);
+        const float s = round_to<T>(g / (1.0f + fast_exp(-g)));
+        dst[i] = static_cast<T>(s * to_float(up[i]));
+      }
+    }
+  });
+}
+
+void silu_and_mul(at::Tensor out, const at::Tensor& x) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && out.is_contiguous(), "silu_and_mul takes [T, 2d] rows");
+  TORCH_CHECK(out.size(1) * 2 == x.size(1) && out.size(0) == x.size(0), "out must be [T, d]");
+  TORCH_CHECK(x.scalar_type() == out.scalar_type(), "x and out must share a dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_and_mul",
+                                  [&] { silu_and_mul_kernel<scalar_t>(out, x); });
+}
+
+// Rotate-half rotary embedding in place on x = [T, heads * head_dim] (row stride free),
+// rotating the first `rotary_dim` dims of each head: with c, s = T(cos), T(sin),
+// (x1, x2) -> (T(T(x1 c) - T(x2 s)), T(T(x2 c) + T(x1 s))).
+template <typename T>
+void rotary_embedding_kernel(at::Tensor& x, const int64_t* pos, const float* table, int64_t head_dim,
+                             int64_t rotary_dim) {
+  const int64_t rows = x.size(0), heads = x.size(1) / head_dim, stride = x.stride(0), half = rotary_dim / 2;
+  T* xp = x.data_ptr<T>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* cos = table + pos[r] * rotary_dim;
+      const float* sin = cos + half;
+      for (int64_t h = 0; h < heads; ++h) {
+        T* x1 = xp + r * stride + h * head_dim;
+        T* x2 = x1 + half;
+#pragma omp simd
+        for (int64_t i = 0; i < half; ++i) {
+          const float c = round_to<T>(cos[i]), s = round_to<T>(sin[i]);
+          const float a = to_float(x1[i]), b = to_float(x2[i]);
+          x1[i] = static_cast<T>(round_to<T>(a * c) - round_to<T>(b * s));
+          x2[i] = static_cast<T>(round_to<T>(b * c) + round_to<T>(a * s));
+        }
+      }
+    }
+  });
+}
+
+void rotary_embedding(at::Tensor x, const at::Tensor& positions, const at::Tensor& cos_sin_cache,
+                      int64_t head_dim, int64_t rotary_dim) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "rotary_embedding takes [T, heads * head_dim] rows");
+  TORCH_CHECK(x.size(1) % head_dim == 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim, "bad rotary dims");
+  TORCH_CHECK(cos_sin_cache.scalar_type() == at::kFloat && cos_sin_cache.is_contiguous() &&
+                  cos_sin_cache.size(1) == rotary_dim,
+              "cos_sin_cache must be float32 [max_position, rotary_dim]");
+  TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous(), "positions must be int64");
+  TORCH_CHECK(positions.size(0) >= x.size(0), "fewer positions than rows");
+  const int64_t max_position = cos_sin_cache.size(0);
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  for (int64_t r = 0; r < x.size(0); ++r) TORCH_CHECK(pos[r] >= 0 && pos[r] < max_position, "position out of range");
+  const float* table = cos_sin_cache.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rotary_embedding",
+                                  [&] { rotary_embedding_kernel<scalar_t>(x, pos, table, head_dim, rotary_dim); });
+}
+
+}  // namespace
+}  // namespace pagedllm
+
+TORCH_LIBRARY(pagedllm, m) {
+  m.def(
+      "paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
+      "Tensor query_start_loc, Tensor seq_lens, float scale, int window, float soft_cap) -> ()");
+  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping) -> ()");
+  m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
+  m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  m.def("silu_and_mul(Tensor(a!) out, Tensor x) -> ()");
+  m.def("rotary_embedding(Tensor(a!) x, Tensor positions, Tensor cos_sin_cache, int head_dim, int rotary_dim) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("paged_attention", &pagedllm::paged_attention);
+  m.impl("reshape_and_cache", &pagedllm::reshape_and_cache);
+  m.impl("rms_norm", &pagedllm::rms_norm);
+  m.impl("fused_add_rms_norm", &pagedllm::fused_add_rms_norm);
+  m.impl("silu_and_mul", &pagedllm::silu_and_mul);
+  m.impl("rotary_embedding", &pagedllm::rotary_embedding);
+}

@@ -1,0 +1,92 @@
+"""Compiled CPU kernels (src/pagedllm/csrc/cpu_ops.cpp), built on first use and cached on disk.
+
+The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (about a
+minute) with the host's own instruction set into `<cache>/kernels/<key>/`, where `<key>`
+covers the source, torch's version and the CPU's flags, so later starts only load the
+library. Where no compiler is available the build fails once, a warning says why, and
+callers keep their torch code paths (`available()` is False).
+
+`PAGEDLLM_CPU_KERNELS=0` turns the kernels off (the pure torch paths then run everywhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+from pagedllm.model.loader.cache import cache_dir
+
+logger = logging.getLogger(__name__)
+
+DISABLE_ENV = "PAGEDLLM_CPU_KERNELS"
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "cpu_ops.cpp"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build_key() -> str:
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), torch.__version__.encode(), " ".join(_FLAGS).encode()):
+        digest.update(part)
+    digest.update(_cpu_fingerprint().encode())
+    return digest.hexdigest()[:16]
+
+
+def _load() -> bool:
+    from torch.utils.cpp_extension import load
+
+    key = _build_key()
+    build_dir = cache_dir() / "kernels" / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # torch.utils.cpp_extension serialises concurrent builds of one folder with a lock file.
+    load(
+        name=f"pagedllm_cpu_ops_{key}",
+        sources=[str(_SOURCE)],
+        extra_cflags=_FLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+    return hasattr(torch.ops.pagedllm, "paged_attention")
+
+
+def available() -> bool:
+    """True when the CPU kernels are built and loaded (building them the first time)."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" not in _state:
+            if os.environ.get(DISABLE_ENV, "1") == "0":
+                _state["ok"] = False
+            else:
+                try:
+                    _state["ok"] = _load()
+                except Exception as exc:  # a missing compiler or headers: fall back to torch code
+                    logger.warning("CPU kernels unavailable, using torch code paths: %s", exc)
+                    _state["ok"] = False
+    return bool(_state["ok"])
+
+
+def use_for(tensor: torch.Tensor) -> bool:
+    """Whether a CPU kernel should handle `tensor` (on the CPU, kernels built)."""
+    return tensor.device.type == "cpu" and available()
