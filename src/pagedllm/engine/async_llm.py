@@ -56,7 +56,10 @@ class AsyncLLM:
         if engine_process:
             from pagedllm.engine.engine_process import start_engine_process
 
+            from pagedllm.worker.platform import configure_frontend_threads
+
             # The front end needs the tokenizer and limits only; the model loads in the child.
+            configure_frontend_threads()
             self.engine = LLMEngine(config, frontend_only=True)
             self._process, self._conn, self.engine.num_kv_blocks = start_engine_process(
                 config, logging.getLogger().getEffectiveLevel()

@@ -18,7 +18,7 @@ from pagedllm.sample.sampler import Sampler
 from pagedllm.worker import kv_cache
 from pagedllm.worker.block_table import PersistentBlockTable
 from pagedllm.worker.input_batch import build_step_inputs, order_decodes_first
-from pagedllm.worker.platform import tune_cpu_allocator
+from pagedllm.worker.platform import configure_model_threads, tune_cpu_allocator
 from pagedllm.worker.request_state import RunnerRequestState
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class ModelRunner:
         self.block_size = cache_config.block_size
         if device.type == "cpu":
             tune_cpu_allocator()
+            logger.info("CPU model threads: %d", configure_model_threads())
         self.model = load_model(model_config, device, dtype)
         self.backend = get_attention_backend(device)
         self.sampler = Sampler()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,3 +62,31 @@ def tune_cpu_allocator() -> bool:
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) == 1
     return mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
+
+
+def usable_cpu_count() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def configure_model_threads() -> int:
+    """Give the model every usable core unless the user chose (`OMP_NUM_THREADS`); returns the count.
+
+    Runs in the process that executes the model. Inter-op parallelism stays at one thread: the
+    engine runs one op at a time and a second pool would only compete for the same cores.
+    """
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cpu_count()
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # fixed once any inter-op work has started
+        torch.set_num_interop_threads(1)
+    return threads
+
+
+def configure_frontend_threads() -> None:
+    """A server process whose model runs elsewhere keeps one intra-op thread, so its occasional
+    torch work (sampling-parameter checks, tensors for logit bias) never competes with the
+    model's thread pool for cores."""
+    torch.set_num_threads(1)
