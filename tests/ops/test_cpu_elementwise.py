@@ -97,3 +97,20 @@ def test_bad_input_raises_a_clear_error():
             0,
             0.0,
         )
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("shape", [(960, 576), (577, 1536), (3, 64)])
+def test_gemv_bf16_matches_float32_matmul(rows, shape):
+    from pagedllm.ops.cpu_kernels import gemv_supported
+
+    torch.manual_seed(0)
+    n, k = shape
+    x, weight = torch.randn(rows, k).bfloat16(), torch.randn(n, k).bfloat16()
+    if not gemv_supported(x, weight):
+        pytest.skip("this CPU has no AVX512-BF16")
+    out = torch.empty(rows, n, dtype=torch.bfloat16)
+    ops.gemv_bf16(out, x, weight)
+    # Products are exact in float32; only the summation order and the final rounding differ.
+    expected = x.float() @ weight.float().T
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=8e-3)

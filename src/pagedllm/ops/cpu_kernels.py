@@ -90,3 +90,28 @@ def available() -> bool:
 def use_for(tensor: torch.Tensor) -> bool:
     """Whether a CPU kernel should handle `tensor` (on the CPU, kernels built)."""
     return tensor.device.type == "cpu" and available()
+
+
+GEMV_MAX_ROWS = 4
+
+
+def gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `torch.ops.pagedllm.gemv_bf16` takes x @ weight^T: bf16 on a CPU with AVX512-BF16,
+    at most 4 rows, K a multiple of 32 (else callers use F.linear)."""
+    return (
+        x.dtype == torch.bfloat16
+        and weight.dtype == torch.bfloat16
+        and x.dim() == 2
+        and x.shape[0] <= GEMV_MAX_ROWS
+        and x.shape[1] % 32 == 0
+        and x.stride(1) == 1
+        and weight.is_contiguous()
+        and _has_avx512_bf16()
+        and use_for(x)
+    )
+
+
+def _has_avx512_bf16() -> bool:
+    if "bf16" not in _state:
+        _state["bf16"] = "avx512_bf16" in _cpu_fingerprint()
+    return bool(_state["bf16"])
