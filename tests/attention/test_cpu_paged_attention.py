@@ -1,8 +1,9 @@
 """The compiled CPU paged-attention kernel against the torch reference backend.
 
 Both backends get the same step (decodes, prefill chunks after cached context, fresh
-prefills), the same scattered block tables and the same cache; outputs and written caches
-must agree. The reference gathers, pads and masks with plain torch ops.
+prefills) and the same scattered block tables; each first writes the requests' earlier context
+into its own cache (the kernel's bf16 caches with 16-token blocks use a blocked layout), then
+attends. Outputs must agree. The reference gathers, pads and masks with plain torch ops.
 """
 
 from __future__ import annotations
@@ -18,21 +19,19 @@ from pagedllm.ops import cpu_kernels
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels could not be built")
 
-BLOCK_SIZE = 4
 
-
-def make_step(backend, requests, num_blocks, seed):
+def make_step(backend, requests, num_blocks, seed, block_size):
     """requests: (cached tokens before this step, tokens this step), decodes first."""
     rng = np.random.default_rng(seed)
     free = list(rng.permutation(np.arange(1, num_blocks)))
-    max_blocks = max(-(-(c + q) // BLOCK_SIZE) for c, q in requests)
+    max_blocks = max(-(-(c + q) // block_size) for c, q in requests)
     table = np.zeros((len(requests), max_blocks), dtype=np.int32)
     slots = []
     for r, (cached, q_len) in enumerate(requests):
-        for j in range(-(-(cached + q_len) // BLOCK_SIZE)):
+        for j in range(-(-(cached + q_len) // block_size)):
             table[r, j] = free.pop()
         for pos in range(cached, cached + q_len):
-            slots.append(int(table[r, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE)
+            slots.append(int(table[r, pos // block_size]) * block_size + pos % block_size)
     q_lens = np.array([q for _, q in requests])
     qsl = np.concatenate([[0], np.cumsum(q_lens)])
     seq_lens = np.array([c + q for c, q in requests])
@@ -48,11 +47,17 @@ def make_step(backend, requests, num_blocks, seed):
         num_decodes=int((q_lens == 1).sum()),
         query_start_loc_cpu=qsl,
         seq_lens_cpu=seq_lens,
-        block_size=BLOCK_SIZE,
+        block_size=block_size,
         backend=backend,
     )
     backend.plan(md)
-    return md
+    # Slots of every request's cached context, in the same order as the context K/V rows.
+    context_slots = [
+        int(table[r, pos // block_size]) * block_size + pos % block_size
+        for r, (cached, _) in enumerate(requests)
+        for pos in range(cached)
+    ]
+    return md, torch.tensor(context_slots, dtype=torch.int64)
 
 
 STEPS = {
@@ -63,18 +68,24 @@ STEPS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dtype,block_size",
+    # bf16 with 16-token blocks: the blocked layout (on AVX512-BF16 CPUs)
+    [(torch.float32, 4), (torch.bfloat16, 4), (torch.bfloat16, 16)],
+)
 @pytest.mark.parametrize("step", list(STEPS))
 @pytest.mark.parametrize(
     "heads,kv_heads,window,soft_cap",
     [(6, 2, None, None), (4, 4, None, None), (4, 1, 6, None), (6, 3, None, 5.0), (4, 2, 9, 3.0)],
 )
 @pytest.mark.parametrize("head_dim", [32, 64])  # 64: the kernel's compile-time head size
-def test_kernel_matches_reference(dtype, step, heads, kv_heads, window, soft_cap, head_dim):
+def test_kernel_matches_reference(dtype, block_size, step, heads, kv_heads, window, soft_cap, head_dim):
     num_blocks = 64
     requests = STEPS[step]
     torch.manual_seed(0)
-    cache = torch.randn(2, kv_heads, num_blocks, BLOCK_SIZE, head_dim).to(dtype)
+    num_context = sum(c for c, _ in requests)
+    context_k = torch.randn(num_context, kv_heads, head_dim).to(dtype)
+    context_v = torch.randn(num_context, kv_heads, head_dim).to(dtype)
     num_tokens = sum(q for _, q in requests)
     # Strided q/k/v views of one fused projection, as the model passes them.
     qkv = torch.randn(num_tokens, (heads + 2 * kv_heads) * head_dim).to(dtype)
@@ -84,13 +95,36 @@ def test_kernel_matches_reference(dtype, step, heads, kv_heads, window, soft_cap
     v = v.view(num_tokens, kv_heads, head_dim)
     scale = head_dim**-0.5
 
-    outputs, caches = [], []
+    outputs = []
     for backend in (TorchReferenceBackend(), CPUPagedBackend()):
-        md = make_step(backend, requests, num_blocks, seed=1)
-        layer_cache = cache.clone()
-        outputs.append(backend.forward(q, k, v, layer_cache, md, scale, window, 0, soft_cap))
-        caches.append(layer_cache)
-    torch.testing.assert_close(caches[1], caches[0], atol=0, rtol=0)
-    # The reference rounds scores and probabilities to bf16; the kernel keeps float32.
+        md, context_slots = make_step(backend, requests, num_blocks, seed=1, block_size=block_size)
+        cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
+        if num_context:
+            write_context(backend, cache, context_k, context_v, context_slots)
+        outputs.append(backend.forward(q, k, v, cache, md, scale, window, 0, soft_cap))
+    # The reference rounds scores and probabilities to bf16; the kernel keeps float32 scores.
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(outputs[1].float(), outputs[0].float(), atol=tol, rtol=tol)
+
+
+def write_context(backend, cache, keys, values, slots):
+    """Store earlier tokens' K/V the way each backend stores them."""
+    if isinstance(backend, CPUPagedBackend):
+        vnni = cpu_kernels.vnni_layout(cache[0])
+        torch.ops.pagedllm.reshape_and_cache(keys, values, cache[0], cache[1], slots, vnni)
+        return
+    heads, dim = cache.shape[1], cache.shape[-1]
+    cache[0].view(heads, -1, dim).index_copy_(1, slots, keys.transpose(0, 1))
+    cache[1].view(heads, -1, dim).index_copy_(1, slots, values.transpose(0, 1))
+
+
+def test_row_layout_cache_matches_reference_bit_for_bit():
+    """Outside the blocked layout, the kernel writes exactly what the reference writes."""
+    torch.manual_seed(0)
+    cache = torch.zeros(2, 2, 8, 4, 32)
+    keys, values = torch.randn(5, 2, 32), torch.randn(5, 2, 32)
+    slots = torch.tensor([3, 9, 10, 17, 30])
+    expected = cache.clone()
+    write_context(TorchReferenceBackend(), expected, keys, values, slots)
+    write_context(CPUPagedBackend(), cache, keys, values, slots)
+    assert torch.equal(cache, expected)

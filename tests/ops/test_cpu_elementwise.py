@@ -96,6 +96,7 @@ def test_bad_input_raises_a_clear_error():
             1.0,
             0,
             0.0,
+            False,
         )
 
 

@@ -288,6 +288,165 @@ void paged_attention_kernel(at::Tensor& out, const at::Tensor& query, const at::
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// bf16 caches in a blocked layout for AVX512-BF16 dot products (block_size 16, head_dim a
+// multiple of 32). Within one block of one KV head:
+//   K: [head_dim / 2][16 tokens][2 dims]   a vector of 32 bf16 = one dim pair of all 16 tokens
+//   V: [8 token pairs][head_dim][2 tokens]  a vector = 16 dims of one token pair
+// so q.k for 16 keys is head_dim / 2 `vdpbf16ps` with no horizontal sums, and p.V likewise
+// with dims in lanes. Queries and probabilities are rounded to bf16 (as the torch reference
+// backend does before its matmuls); accumulation is float32.
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kVnniBlock = 16;
+
+inline int64_t vnni_key_index(int64_t token, int64_t dim) { return ((dim >> 1) * kVnniBlock + token) * 2 + (dim & 1); }
+inline int64_t vnni_value_index(int64_t token, int64_t dim, int64_t head_dim) {
+  return ((token >> 1) * head_dim + dim) * 2 + (token & 1);
+}
+
+#if defined(__AVX512BF16__)
+struct VnniScratch {
+  std::vector<uint32_t> q_pairs;  // [rows][head_dim / 2] bf16 pairs
+  std::vector<float> scores;      // [rows][span]
+  std::vector<uint16_t> probs;    // [rows][span] bf16
+  int64_t lo[kTileRows], hi[kTileRows];
+  float row_sum[kTileRows];
+  explicit VnniScratch(int64_t head_dim) : q_pairs(kTileRows * head_dim / 2) {}
+};
+
+inline uint16_t bf16_bits(float x) { return c10::BFloat16(x).x; }
+
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+template <int kD>
+void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
+                      const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, int64_t runtime_head_dim,
+                      VnniScratch& w) {
+  const int64_t head_dim = kD > 0 ? kD : runtime_head_dim;
+  const int64_t pairs = head_dim / 2, block_elems = head_dim * kVnniBlock;
+  const int64_t r = it.request, kv_head = it.kv_head, group = a.group;
+  const int64_t q_len = a.starts[r + 1] - a.starts[r];
+  const int64_t first_pos = a.lens[r] - q_len;
+  const int64_t rows = (it.end_token - it.first_token) * group;
+  const int32_t* req_table = a.table + r * a.table_stride;
+  const uint16_t* k_head = k_base + kv_head * a.num_blocks * block_elems;
+  const uint16_t* v_head = v_base + kv_head * a.num_blocks * block_elems;
+
+  for (int64_t t = it.first_token; t < it.end_token; ++t) {
+    const int64_t pos = first_pos + t;
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t row = (t - it.first_token) * group + g;
+      const uint16_t* q = q_base + (a.starts[r] + t) * a.q_stride0 + (kv_head * group + g) * a.q_stride1;
+      uint32_t* dst = w.q_pairs.data() + row * pairs;
+      for (int64_t p = 0; p < pairs; ++p) {
+        const float x0 = bf16_to_float(q[2 * p]) * a.scale;
+        const float x1 = bf16_to_float(q[2 * p + 1]) * a.scale;
+        dst[p] = static_cast<uint32_t>(bf16_bits(x0)) | (static_cast<uint32_t>(bf16_bits(x1)) << 16);
+      }
+      w.hi[row] = pos;
+      w.lo[row] = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+    }
+  }
+  const int64_t first_block = w.lo[0] / kVnniBlock, last_block = w.hi[rows - 1] / kVnniBlock;
+  const int64_t num_blocks = last_block - first_block + 1, span = num_blocks * kVnniBlock;
+  const int64_t base = first_block * kVnniBlock;
+  if (static_cast<int64_t>(w.scores.size()) < rows * span) {
+    w.scores.resize(rows * span);
+    w.probs.resize(rows * span);
+  }
+
+  // Scores: 8 rows at a time share each loaded key vector.
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t nr = std::min<int64_t>(8, rows - r0);
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      const uint16_t* kb = k_head + static_cast<int64_t>(req_table[first_block + b]) * block_elems;
+      __m512 acc[8];
+      for (int64_t i = 0; i < 8; ++i) acc[i] = _mm512_setzero_ps();
+      for (int64_t p = 0; p < pairs; ++p) {
+        const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + p * 32);
+        for (int64_t i = 0; i < nr; ++i) {
+          const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(w.q_pairs[(r0 + i) * pairs + p]));
+          acc[i] = _mm512_dpbf16_ps(acc[i], qv, kv);
+        }
+      }
+      for (int64_t i = 0; i < nr; ++i) _mm512_storeu_ps(w.scores.data() + (r0 + i) * span + b * kVnniBlock, acc[i]);
+    }
+  }
+
+  // Softmax over each row's visible keys; probabilities to bf16, 0 elsewhere.
+  for (int64_t row = 0; row < rows; ++row) {
+    float* s = w.scores.data() + row * span;
+    const int64_t lo = w.lo[row] - base, hi = w.hi[row] - base;
+    if (a.cap > 0.0f) {
+      for (int64_t j = lo; j <= hi; ++j) s[j] = a.cap * std::tanh(s[j] / a.cap);
+    }
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = lo; j <= hi; ++j) m = std::max(m, s[j]);
+    w.row_sum[row] = exp_shifted_sum(s + lo, hi - lo + 1, m);
+    for (int64_t j = 0; j < lo; ++j) s[j] = 0.0f;
+    for (int64_t j = hi + 1; j < span; ++j) s[j] = 0.0f;
+    uint16_t* pr = w.probs.data() + row * span;
+    for (int64_t j = 0; j < span; j += 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
+    }
+  }
+
+  // Outputs: 16 dims per vector, token pairs reduced by each dot product.
+  for (int64_t row = 0; row < rows; ++row) {
+    const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + row * span);
+    const int64_t t = it.first_token + row / group, g = row % group;
+    uint16_t* o = o_base + (a.starts[r] + t) * a.o_stride0 + (kv_head * group + g) * a.o_stride1;
+    const __m512 inv = _mm512_set1_ps(1.0f / w.row_sum[row]);
+    for (int64_t c = 0; c < head_dim; c += 16) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t b = 0; b < num_blocks; ++b) {
+        const uint16_t* vb = v_head + static_cast<int64_t>(req_table[first_block + b]) * block_elems + c * 2;
+        const uint32_t* pb = pp + b * (kVnniBlock / 2);
+        for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
+          if (pb[tp] == 0) continue;  // both probabilities 0 (outside the window or past the end)
+          const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(pb[tp]));
+          acc = _mm512_dpbf16_ps(acc, pv, (__m512bh)_mm512_loadu_si512(vb + tp * head_dim * 2));
+        }
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc, inv)));
+    }
+  }
+}
+
+template <int kD>
+void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                          const at::Tensor& value_cache, const AttentionArgs& args,
+                          const std::vector<AttentionItem>& items) {
+  const int64_t head_dim = query.size(2);
+  const int64_t num_items = static_cast<int64_t>(items.size());
+  const auto* q = reinterpret_cast<const uint16_t*>(query.data_ptr<at::BFloat16>());
+  const auto* k = reinterpret_cast<const uint16_t*>(key_cache.data_ptr<at::BFloat16>());
+  const auto* v = reinterpret_cast<const uint16_t*>(value_cache.data_ptr<at::BFloat16>());
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_items));
+#pragma omp parallel num_threads(threads)
+  {
+    VnniScratch scratch(head_dim);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < num_items; ++i) attend_item_vnni<kD>(items[i], args, q, k, v, o, head_dim, scratch);
+  }
+}
+#endif
+
+bool vnni_layout_supported(const at::Tensor& cache) {
+#if defined(__AVX512BF16__)
+  return cache.scalar_type() == at::kBFloat16 && cache.size(2) == kVnniBlock && cache.size(3) % 32 == 0;
+#else
+  return false;
+#endif
+}
+
 void paged_attention(
     at::Tensor out,
     const at::Tensor& query,
@@ -298,8 +457,11 @@ void paged_attention(
     const at::Tensor& seq_lens,
     double scale,
     int64_t window,
-    double soft_cap) {
+    double soft_cap,
+    bool vnni) {
   check_cpu(query, "query");
+  TORCH_CHECK(!vnni || vnni_layout_supported(key_cache),
+              "the blocked (vnni) cache layout needs bf16, block_size 16, head_dim % 32 == 0 and AVX512-BF16");
   TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [T, heads, head_dim] with unit stride");
   TORCH_CHECK(out.sizes() == query.sizes() && out.stride(2) == 1, "out must match query's shape");
   TORCH_CHECK(key_cache.dim() == 4 && key_cache.is_contiguous() && value_cache.is_contiguous(),
@@ -344,6 +506,18 @@ void paged_attention(
     }
   }
   const int64_t head_dim = query.size(2);
+#if defined(__AVX512BF16__)
+  if (vnni) {
+    if (head_dim == 64) {
+      paged_attention_vnni<64>(out, query, key_cache, value_cache, args, items);
+    } else if (head_dim == 128) {
+      paged_attention_vnni<128>(out, query, key_cache, value_cache, args, items);
+    } else {
+      paged_attention_vnni<0>(out, query, key_cache, value_cache, args, items);
+    }
+    return;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_attention", [&] {
     switch (head_dim) {
       case 64:
@@ -386,8 +560,38 @@ void reshape_and_cache_kernel(const at::Tensor& key, const at::Tensor& value, at
   });
 }
 
+void reshape_and_cache_vnni(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                            at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  const int64_t num_tokens = slot_mapping.size(0);
+  const int64_t num_kv_heads = key.size(1), head_dim = key.size(2);
+  const int64_t num_blocks = key_cache.size(1), block_elems = head_dim * kVnniBlock;
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  const auto* k = reinterpret_cast<const uint16_t*>(key.data_ptr<at::BFloat16>());
+  const auto* v = reinterpret_cast<const uint16_t*>(value.data_ptr<at::BFloat16>());
+  auto* kc = reinterpret_cast<uint16_t*>(key_cache.data_ptr<at::BFloat16>());
+  auto* vc = reinterpret_cast<uint16_t*>(value_cache.data_ptr<at::BFloat16>());
+  const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
+  at::parallel_for(0, num_tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slot = slots[t];
+      if (slot < 0) continue;
+      const int64_t block = slot / kVnniBlock, offset = slot % kVnniBlock;
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        uint16_t* kb = kc + (h * num_blocks + block) * block_elems;
+        uint16_t* vb = vc + (h * num_blocks + block) * block_elems;
+        const uint16_t* ks = k + t * ks0 + h * ks1;
+        const uint16_t* vs = v + t * vs0 + h * vs1;
+        for (int64_t d = 0; d < head_dim; ++d) {
+          kb[vnni_key_index(offset, d)] = ks[d];
+          vb[vnni_value_index(offset, d, head_dim)] = vs[d];
+        }
+      }
+    }
+  });
+}
+
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor key_cache,
-                       at::Tensor value_cache, const at::Tensor& slot_mapping) {
+                       at::Tensor value_cache, const at::Tensor& slot_mapping, bool vnni) {
   check_cpu(key, "key");
   TORCH_CHECK(key.dim() == 3 && key.stride(2) == 1 && value.stride(2) == 1, "key/value must be [T, kv_heads, head_dim]");
   TORCH_CHECK(key_cache.is_contiguous() && value_cache.is_contiguous(), "caches must be contiguous");
@@ -395,6 +599,11 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
   TORCH_CHECK(key.scalar_type() == key_cache.scalar_type() && value.scalar_type() == value_cache.scalar_type(),
               "key/value and caches must share a dtype");
   TORCH_CHECK(key.size(0) >= slot_mapping.size(0), "fewer key rows than slots");
+  if (vnni) {
+    TORCH_CHECK(vnni_layout_supported(key_cache), "the blocked (vnni) cache layout does not apply to this cache");
+    reshape_and_cache_vnni(key, value, key_cache, value_cache, slot_mapping);
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, key.scalar_type(), "reshape_and_cache", [&] {
     reshape_and_cache_kernel<scalar_t>(key, value, key_cache, value_cache, slot_mapping);
   });
@@ -621,8 +830,8 @@ void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
 TORCH_LIBRARY(pagedllm, m) {
   m.def(
       "paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
-      "Tensor query_start_loc, Tensor seq_lens, float scale, int window, float soft_cap) -> ()");
-  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping) -> ()");
+      "Tensor query_start_loc, Tensor seq_lens, float scale, int window, float soft_cap, bool vnni) -> ()");
+  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping, bool vnni) -> ()");
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
   m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("silu_and_mul(Tensor(a!) out, Tensor x) -> ()");

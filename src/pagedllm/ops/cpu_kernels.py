@@ -115,3 +115,14 @@ def _has_avx512_bf16() -> bool:
     if "bf16" not in _state:
         _state["bf16"] = "avx512_bf16" in _cpu_fingerprint()
     return bool(_state["bf16"])
+
+
+def vnni_layout(cache: torch.Tensor) -> bool:
+    """Whether a [kv_heads, blocks, block_size, head_dim] cache uses the blocked bf16 layout the
+    attention kernel reads with AVX512-BF16 dot products (bf16, 16-token blocks, head_dim % 32)."""
+    return (
+        cache.dtype == torch.bfloat16
+        and cache.shape[2] == 16
+        and cache.shape[3] % 32 == 0
+        and _has_avx512_bf16()
+    )
