@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.ops import cpu_kernels
 
 
-class SiluAndMul(nn.Module):
+class SiluAndMul(DirectCall, nn.Module):
     """[..., 2d] holding (gate, up) -> silu(gate) * up of shape [..., d]."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from pagedllm.attention.metadata import AttentionMetadata
+from pagedllm.model.layers.direct_call import DirectCall
 
 
-class Attention(nn.Module):
+class Attention(DirectCall, nn.Module):
     """Paged causal attention over one layer's KV cache.
 
     Takes flat projections [T, heads * head_dim]; the model runner binds `kv_cache` (laid out

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.model.layers.parallel import new_parameter
 from pagedllm.ops import cpu_kernels
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(DirectCall, nn.Module):
     """x / rms(x) * weight. `norm(x)` returns the normed tensor; `norm(x, residual)` first adds the
     residual (in the model dtype, like the unfused block does) and returns (normed, new residual)."""
 

@@ -19,6 +19,7 @@ from transformers import PretrainedConfig
 
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.model.layers.activation import SiluAndMul
+from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
@@ -40,7 +41,7 @@ NameMapper = Callable[[str], "tuple[str, object] | None"]
 StepPositions = Callable[[torch.Tensor, AttentionMetadata], torch.Tensor]
 
 
-class SwiGLUMLP(nn.Module):
+class SwiGLUMLP(DirectCall, nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one column-parallel matmul."""
 
     def __init__(
@@ -64,7 +65,7 @@ class SwiGLUMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
-class PreNormDecoderLayer(nn.Module):
+class PreNormDecoderLayer(DirectCall, nn.Module):
     """RMSNorm -> attention -> RMSNorm -> MLP, each block added to the residual stream."""
 
     def __init__(self, self_attn: nn.Module, mlp: nn.Module, hidden_size: int, eps: float):

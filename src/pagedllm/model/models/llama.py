@@ -14,13 +14,14 @@ from transformers import PretrainedConfig
 
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.model.layers.attention import Attention
+from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.model.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.rotary import RotaryEmbedding, get_rope
 from pagedllm.model.model_config import head_dim_of, rope_parameters_of, sliding_windows_of
 from pagedllm.model.models.decoder import DecoderForCausalLM, DecoderModel, PreNormDecoderLayer, SwiGLUMLP
 
 
-class LlamaAttention(nn.Module):
+class LlamaAttention(DirectCall, nn.Module):
     """Fused q/k/v projection, rotary embedding, paged attention and the output projection."""
 
     def __init__(
