@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The weight-only quantization methods (model/layers/quantization/); kept here so the config
+# module imports no torch.
+QUANTIZATION_METHODS = ("none", "int8", "int4")
+
 
 class ConfigError(ValueError):
     """An engine option is out of range; the message says what is allowed."""
@@ -68,9 +72,15 @@ class EngineConfig:
     device: str | None = None  # None: cuda if available, else cpu
     tokenizer: str | None = None
     chat_template: str | None = None
+    # Weight-only quantization of linear layers and the LM head: None/"none", "int8" or "int4".
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
+        if self.quantization not in (None, *QUANTIZATION_METHODS):
+            raise ConfigError(
+                f"quantization must be one of {', '.join(QUANTIZATION_METHODS)}; got {self.quantization!r}"
+            )
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")

@@ -42,7 +42,7 @@ class LLMEngine:
         self.config = config
         start = time.perf_counter()
         self.resolved = resolve_model(config.model)
-        self.model_config = ModelConfig.from_resolved(self.resolved)
+        self.model_config = ModelConfig.from_resolved(self.resolved, quantization=config.quantization)
         self.tokenizer = load_tokenizer(self.resolved)
         if config.chat_template is not None:
             self.tokenizer.chat_template = config.chat_template

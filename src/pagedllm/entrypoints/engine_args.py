@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import QUANTIZATION_METHODS, EngineConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -24,6 +24,13 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
     parser.add_argument("--num-kv-blocks", type=int, default=None, help="exact number of KV blocks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-template", default=None, help="file holding a Jinja chat template")
+    parser.add_argument(
+        "--quantization",
+        default="none",
+        choices=QUANTIZATION_METHODS,
+        help="weight-only quantization of the linear layers and LM head (int4: 4-bit groups of 32, "
+        "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int8: per-row int8)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace, model: str | None = None) -> EngineConfig:
@@ -44,6 +51,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         seed=args.seed,
         device=args.device,
         chat_template=chat_template,
+        quantization=None if args.quantization == "none" else args.quantization,
     )
 
 

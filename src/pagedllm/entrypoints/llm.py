@@ -34,6 +34,7 @@ class LLM:
         seed: int = 0,
         device: str | None = None,
         chat_template: str | None = None,
+        quantization: str | None = None,
     ):
         self.engine = LLMEngine(
             EngineConfig(
@@ -49,6 +50,7 @@ class LLM:
                 seed=seed,
                 device=device,
                 chat_template=chat_template,
+                quantization=quantization,
             )
         )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
+from pagedllm.model.layers.quantization import scheme_for
 from pagedllm.model.loader.cache import converted_dir, publish_dir
 from pagedllm.model.loader.gguf_reader import GGUFFile
 from pagedllm.model.loader.resolve import ResolvedModel
@@ -40,9 +41,13 @@ class ModelConfig:
     head_dim: int
     # Per layer: the sliding attention window, or None for full attention.
     sliding_windows: tuple[int | None, ...]
+    # Weight-only quantization applied at load: None, "int8" or "int4" (layers/quantization/).
+    quantization: str | None = None
 
     @classmethod
-    def from_resolved(cls, resolved: ResolvedModel, cache_dir: Path | None = None) -> ModelConfig:
+    def from_resolved(
+        cls, resolved: ResolvedModel, cache_dir: Path | None = None, quantization: str | None = None
+    ) -> ModelConfig:
         """Read the config of an HF folder or GGUF file; raises for unsupported architectures."""
         if resolved.format == "gguf":
             hf_config = _gguf_hf_config(resolved.path, cache_dir)
@@ -50,12 +55,17 @@ class ModelConfig:
         else:
             hf_config = AutoConfig.from_pretrained(resolved.path)
             extra_eos = _generation_eos_ids(resolved.path)
-        return cls.from_hf_config(resolved, hf_config, extra_eos)
+        return cls.from_hf_config(resolved, hf_config, extra_eos, quantization)
 
     @classmethod
     def from_hf_config(
-        cls, resolved: ResolvedModel, hf_config: PretrainedConfig, extra_eos: set[int] = frozenset()
+        cls,
+        resolved: ResolvedModel,
+        hf_config: PretrainedConfig,
+        extra_eos: set[int] = frozenset(),
+        quantization: str | None = None,
     ) -> ModelConfig:
+        scheme_for(quantization)  # raises for unknown methods
         architecture = architecture_of(hf_config)
         ensure_supported(architecture)
         # A multimodal config keeps its language model's shape in a text sub-config.
@@ -76,6 +86,7 @@ class ModelConfig:
             num_kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
             head_dim=head_dim_of(text),
             sliding_windows=tuple(sliding_windows_of(text)),
+            quantization=None if quantization in (None, "none") else quantization,
         )
 
     @property

@@ -3,6 +3,10 @@
 Each rank holds a contiguous slice of `ceil(vocab / tp_size)` rows; the last slice is padded
 with zero rows. Embedding lookups outside a rank's slice contribute zeros and the ranks' results
 are summed; LM head logits are gathered across ranks and the padding is cut off.
+
+Under `--quantization` the embedding keeps int8 rows (a lookup dequantizes only the gathered
+rows) and the LM head runs a quantized logits matmul; a tied pair shares one quantized weight
+(see `quantization/`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model.layers.parallel import all_gather_last_dim, all_reduce, new_parameter
+from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
+from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
+from pagedllm.ops.linear import linear as dense_linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -35,8 +42,11 @@ class VocabParallelEmbedding(nn.Module):
             weight = new_parameter(self.rows_per_rank, embedding_dim)
             weight.weight_loader = self.weight_loader
         self.weight = weight
+        self.quant: nn.Module | None = None  # the quantized weight, once processed
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+        if isinstance(loaded_weight, Int4Blocks):
+            loaded_weight = loaded_weight.dequantize()
         if loaded_weight.shape != (self.vocab_size, self.embedding_dim):
             raise ValueError(
                 f"embedding checkpoint shape {tuple(loaded_weight.shape)} != "
@@ -46,12 +56,26 @@ class VocabParallelEmbedding(nn.Module):
         param.data[:rows].copy_(loaded_weight[self.vocab_start : self.vocab_end])
         param.data[rows:].zero_()
 
+    def process_weights_after_loading(self, scheme: QuantScheme | None, shared: SharedWeights) -> None:
+        """Quantize the table as `scheme` says (None: keep it as it is)."""
+        if scheme is not None:
+            self.quant = quantize_weight(self._quant_format(scheme), self.weight, None, shared)
+            self.weight = None
+
+    def _quant_format(self, scheme: QuantScheme) -> str:
+        return scheme.embedding
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            return self.quant.embed(ids)
+        return F.embedding(ids, self.weight)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.embedding(input_ids, self.weight)
+            return self._lookup(input_ids)
         local = input_ids - self.vocab_start
         outside = (input_ids < self.vocab_start) | (input_ids >= self.vocab_end)
-        embedded = F.embedding(local.masked_fill(outside, 0), self.weight)
+        embedded = self._lookup(local.masked_fill(outside, 0))
         embedded.masked_fill_(outside[:, None], 0)
         return all_reduce(embedded, self.tp_size)
 
@@ -71,9 +95,13 @@ class ParallelLMHead(VocabParallelEmbedding):
         weight = tied_to.weight if tied_to is not None else None
         super().__init__(vocab_size, embedding_dim, tp_rank, tp_size, weight)
 
+    def _quant_format(self, scheme: QuantScheme) -> str:
+        return scheme.lm_head
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in the weight's dtype (callers upcast as they need)."""
-        logits = all_gather_last_dim(F.linear(hidden, self.weight), self.tp_size)
+        local = dense_linear(hidden, self.weight) if self.quant is None else self.quant.linear(hidden)
+        logits = all_gather_last_dim(local, self.tp_size)
         return logits[..., : self.vocab_size]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

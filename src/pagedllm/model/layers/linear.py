@@ -5,16 +5,23 @@ the outputs); row-parallel layers split the input features and sum the partial p
 A transformer block pairs them (QKV or gate/up column-parallel, o_proj or down row-parallel)
 so only one all-reduce per pair is needed. Every parameter carries a
 `weight_loader(param, loaded_weight, shard_id=None)` that copies the rank's slice of a full
-checkpoint tensor into place.
+checkpoint tensor into place. A checkpoint weight may also arrive as 4-bit groups
+(`Int4Blocks`, GGUF Q4_0/Q4_1 under `--quantization int4`): the same slicing applies, and the
+groups are kept aside (`Int4Staging`) until `process_weights_after_loading` quantizes the layer
+(see `quantization/`); from then on `forward` runs the quantized matmul and `weight` is None.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model.layers.parallel import all_reduce, divide, new_parameter
+from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
+from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks, Int4Staging
+from pagedllm.ops.linear import linear as dense_linear
+
+Checkpoint = torch.Tensor | Int4Blocks
 
 
 def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
@@ -23,6 +30,13 @@ def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str) -> None
             f"{name}: checkpoint shard has shape {tuple(source.shape)}, expected {tuple(target.shape)}"
         )
     target.copy_(source)
+
+
+def _narrow(loaded: Checkpoint, dim: int, start: int, length: int) -> Checkpoint:
+    """A slice of a checkpoint tensor; 4-bit groups cut inside a group are dequantized first."""
+    if isinstance(loaded, Int4Blocks) and not loaded.can_narrow(dim, start, length):
+        loaded = loaded.dequantize()
+    return loaded.narrow(dim, start, length)
 
 
 class LinearBase(nn.Module):
@@ -38,12 +52,48 @@ class LinearBase(nn.Module):
         if bias:
             self.bias = new_parameter(output_size)
             self.bias.weight_loader = self.weight_loader
+        self.quant: nn.Module | None = None  # the quantized weight, once processed
+        self._int4_staging: Int4Staging | None = None
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
         raise NotImplementedError
 
+    def _load(
+        self, param: nn.Parameter, source: Checkpoint, name: str, offset: int = 0, size: int | None = None
+    ) -> None:
+        """Copy a (sliced) checkpoint tensor into `param`, or into its rows offset..offset+size."""
+        target = param.data if size is None else param.data.narrow(0, offset, size)
+        if isinstance(source, Int4Blocks):
+            if param is self.weight and source.shape == target.shape:
+                if self._int4_staging is None:
+                    rows, cols = param.shape
+                    self._int4_staging = Int4Staging(rows, cols, source.group_size, param.device)
+                if self._int4_staging.accepts(source, 0, offset):
+                    self._int4_staging.store(source, 0, offset)
+                    return
+            source = source.dequantize()
+        _copy_checked(target, source, name)
+
+    def process_weights_after_loading(self, scheme: QuantScheme | None, shared: SharedWeights) -> None:
+        """Quantize the weight as `scheme` says (None: keep floats, taking in any 4-bit groups)."""
+        staging, self._int4_staging = self._int4_staging, None
+        if scheme is None:
+            if staging is not None:
+                staging.write_into(self.weight.data)
+            return
+        self.quant = quantize_weight(scheme.linear, self.weight, staging, shared)
+        self.weight = None
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T without the bias."""
+        if self.quant is not None:
+            return self.quant.linear(x)
+        return dense_linear(x, self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.quant is not None:
+            return self.quant.linear(x, self.bias)
+        return dense_linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -54,11 +104,9 @@ class ColumnParallelLinear(LinearBase):
     ):
         super().__init__(input_size, divide(output_size, tp_size, "output size"), bias, tp_rank, tp_size)
 
-    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded_weight: Checkpoint, shard_id=None) -> None:
         rows = param.shape[0]
-        _copy_checked(
-            param.data, loaded_weight.narrow(0, self.tp_rank * rows, rows), "column-parallel weight"
-        )
+        self._load(param, _narrow(loaded_weight, 0, self.tp_rank * rows, rows), "column-parallel weight")
 
 
 class RowParallelLinear(LinearBase):
@@ -69,15 +117,15 @@ class RowParallelLinear(LinearBase):
     ):
         super().__init__(divide(input_size, tp_size, "input size"), output_size, bias, tp_rank, tp_size)
 
-    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded_weight: Checkpoint, shard_id=None) -> None:
         if param.dim() == 1:  # the bias is not split
-            _copy_checked(param.data, loaded_weight, "row-parallel bias")
+            self._load(param, loaded_weight, "row-parallel bias")
             return
         cols = param.shape[1]
-        _copy_checked(param.data, loaded_weight.narrow(1, self.tp_rank * cols, cols), "row-parallel weight")
+        self._load(param, _narrow(loaded_weight, 1, self.tp_rank * cols, cols), "row-parallel weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = all_reduce(F.linear(x, self.weight), self.tp_size)
+        out = all_reduce(self._matmul(x), self.tp_size)
         # Added after the reduction so it counts once, not tp_size times.
         return out if self.bias is None else out + self.bias
 
@@ -91,15 +139,15 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         super().__init__(input_size, sum(output_sizes), bias, tp_rank, tp_size)
         self.output_sizes = [divide(size, tp_size, "output size") for size in output_sizes]
 
-    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded_weight: Checkpoint, shard_id=None) -> None:
         if shard_id is None:  # an already fused checkpoint tensor: split it into its parts
             for index, part in enumerate(loaded_weight.split([s * self.tp_size for s in self.output_sizes])):
                 self.weight_loader(param, part, index)
             return
         size = self.output_sizes[shard_id]
         offset = sum(self.output_sizes[:shard_id])
-        source = loaded_weight.narrow(0, self.tp_rank * size, size)
-        _copy_checked(param.data.narrow(0, offset, size), source, f"merged shard {shard_id}")
+        source = _narrow(loaded_weight, 0, self.tp_rank * size, size)
+        self._load(param, source, f"merged shard {shard_id}", offset, size)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -134,7 +182,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         self.q_size = heads * head_dim
         self.kv_size = kv_heads * head_dim
 
-    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded_weight: Checkpoint, shard_id=None) -> None:
         if shard_id is None:  # a fused checkpoint qkv tensor
             full_kv = self.kv_size * self.tp_size // self.kv_replicas
             q, k, v = loaded_weight.split([self.q_size * self.tp_size, full_kv, full_kv])
@@ -142,8 +190,8 @@ class QKVParallelLinear(ColumnParallelLinear):
                 self.weight_loader(param, part, name)
             return
         offset, size, source_rank = self._shard_layout(shard_id)
-        source = loaded_weight.narrow(0, source_rank * size, size)
-        _copy_checked(param.data.narrow(0, offset, size), source, f"qkv shard {shard_id!r}")
+        source = _narrow(loaded_weight, 0, source_rank * size, size)
+        self._load(param, source, f"qkv shard {shard_id!r}", offset, size)
 
     def _shard_layout(self, shard_id: str) -> tuple[int, int, int]:
         """(offset in the fused rows, rows, which slice of the checkpoint tensor) for one shard."""
@@ -169,5 +217,5 @@ class ReplicatedLinear(LinearBase):
     ):
         super().__init__(input_size, output_size, bias, tp_rank, tp_size)
 
-    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
-        _copy_checked(param.data, loaded_weight, "replicated weight")
+    def weight_loader(self, param: nn.Parameter, loaded_weight: Checkpoint, shard_id=None) -> None:
+        self._load(param, loaded_weight, "replicated weight")

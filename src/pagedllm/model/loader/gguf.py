@@ -10,6 +10,13 @@ Gemma 3 names some block tensors differently (its `ffn_norm` is the norm before 
 also has post-attention, post-MLP and q/k norms), keeps the rotate-half layout (no
 permutation), and its converter stored every norm weight with Gemma's + 1 folded in: 1 is
 subtracted again so the model's (1 + w) comes out right.
+
+With `int4_blocks=True` (`--quantization int4`), 2-D Q4_0 and Q4_1 tensors are not dequantized:
+they are decoded into `Int4Blocks` (codes 0..15 and a float32 scale and zero per 32 weights,
+w = (code - 8) * scale + zero: Q4_1's w = d * q + m is scale = d, zero = m + 8d; Q4_0's
+w = d * (q - 8) is scale = d, zero = 0), which the linear layers pack for the int4 kernel
+without a round trip through float weights. Other types (Q8_0, the K-quants, F32) are
+dequantized as usual and quantized by the layers.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
+from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
 from pagedllm.model.loader.gguf_reader import GGUFFile, GGUFTensorInfo
 
 logger = logging.getLogger(__name__)
@@ -87,8 +96,16 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return grouped.swapaxes(1, 2).reshape(weight.shape)
 
 
-def iterate_gguf_weights(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (hf_name, float32 tensor) for every tensor of the GGUF file, one at a time."""
+# GGUF block layouts of the 4-bit types kept as Int4Blocks: fp16 d, (fp16 m), 16 bytes of codes.
+_INT4_TYPES = {GGMLQuantizationType.Q4_0: 18, GGMLQuantizationType.Q4_1: 20}
+_GGUF_BLOCK = 32
+
+
+def iterate_gguf_weights(
+    path: str | Path, int4_blocks: bool = False
+) -> Iterator[tuple[str, torch.Tensor | Int4Blocks]]:
+    """Yield (hf_name, float32 tensor) for every tensor of the GGUF file, one at a time;
+    with `int4_blocks`, Q4_0/Q4_1 matrices come as `Int4Blocks` instead."""
     gguf_file = GGUFFile(path)
     arch = gguf_file.architecture
     heads = _rope_heads(gguf_file) if arch in _ROPE_PERMUTED else {}
@@ -97,8 +114,11 @@ def iterate_gguf_weights(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]
         if hf_name is None:
             logger.info("ignoring GGUF tensor %s", info.name)
             continue
-        weights = _dequantize(gguf_file, info)
         kind = info.name.split(".")[2] if info.name.startswith("blk.") else None
+        if int4_blocks and info.qtype in _INT4_TYPES and len(info.shape) == 2:
+            yield hf_name, _int4_blocks(gguf_file, info, heads.get(kind))
+            continue
+        weights = _dequantize(gguf_file, info)
         if kind in heads:
             weights = unpermute_rows(weights, heads[kind])
         if arch in _NORM_PLUS_ONE and info.name.endswith("norm.weight"):
@@ -119,3 +139,38 @@ def _dequantize(gguf_file: GGUFFile, info: GGUFTensorInfo) -> np.ndarray:
     if not values.flags.writeable or values.dtype != np.float32:
         values = values.astype(np.float32, copy=True)
     return np.ascontiguousarray(values.reshape(info.shape))
+
+
+def _int4_blocks(gguf_file: GGUFFile, info: GGUFTensorInfo, rope_heads: int | None) -> Int4Blocks:
+    """A Q4_0/Q4_1 matrix as codes, scales and zeros (q/k rows unpermuted like the floats)."""
+    codes, scale, zero = decode_int4(gguf_file.raw(info), info.qtype, info.shape)
+    if rope_heads is not None:
+        codes, scale, zero = (unpermute_rows(a, rope_heads) for a in (codes, scale, zero))
+    return Int4Blocks(
+        torch.from_numpy(np.ascontiguousarray(codes)),
+        torch.from_numpy(np.ascontiguousarray(scale)),
+        torch.from_numpy(np.ascontiguousarray(zero)),
+        _GGUF_BLOCK,
+    )
+
+
+def decode_int4(
+    raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes uint8 [rows, cols], scale and zero float32 [rows, cols / 32]) of Q4_0/Q4_1 bytes,
+    such that w = (codes - 8) * scale + zero.
+
+    A block is fp16 d, for Q4_1 fp16 m, then 16 bytes: byte j holds code j in its low nibble
+    and code j + 16 in its high nibble. Q4_1: w = d * q + m; Q4_0: w = d * (q - 8).
+    """
+    rows, cols = shape
+    blocks = np.asarray(raw, dtype=np.uint8).reshape(rows, cols // _GGUF_BLOCK, _INT4_TYPES[qtype])
+    scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if qtype == GGMLQuantizationType.Q4_1:
+        minimum = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        zero = minimum + 8 * scale
+    else:
+        zero = np.zeros_like(scale)
+    packed = blocks[..., -16:]
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).reshape(rows, cols)
+    return codes, scale, zero

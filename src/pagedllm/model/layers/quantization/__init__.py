@@ -1,0 +1,137 @@
+"""Weight-only quantization: `--quantization {none,int8,int4}`.
+
+Models are built and loaded as usual (the linear layers' weight loaders shard float weights, or
+4-bit checkpoint groups, see int4_blocks.py); `process_weights_after_loading(model, method)`
+then replaces each weight by its quantized form, once, and the layers' forwards run the
+quantized matmul. Activations stay in the model dtype (bf16 on CPU).
+
+| method | linear layers | LM head | embedding |
+| --- | --- | --- | --- |
+| int8 | int8, one scale per output row | int8 | int8 rows |
+| int4 | 4-bit groups of 32 (scale + zero) | int8 | int8 rows |
+
+The LM head stays int8 under int4: 4-bit groups on it cost more quality than any other layer
+(`benchmarks/quant_quality.py`) for a fifth of the bytes a token reads. A tied embedding and LM
+head share one int8 weight. A weight whose shape a kernel cannot take (int4: rows not a multiple
+of 16 or columns of 32) falls back to int8. MoE expert weights stay in the model dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pagedllm.config import QUANTIZATION_METHODS
+from pagedllm.model.layers.quantization import int4
+from pagedllm.model.layers.quantization.int4 import Int4Weight
+from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks, Int4Staging
+from pagedllm.model.layers.quantization.int8 import Int8Weight
+
+
+@dataclass(frozen=True, slots=True)
+class QuantScheme:
+    """The format of each kind of weight under one `--quantization` method."""
+
+    linear: str
+    lm_head: str
+    embedding: str = "int8"
+
+
+SCHEMES = {
+    "int8": QuantScheme(linear="int8", lm_head="int8"),
+    "int4": QuantScheme(linear="int4", lm_head="int8"),
+}
+
+# Quantized weights made in one pass, by (id of the float parameter, format): a tied embedding
+# and LM head get the same object.
+SharedWeights = dict[tuple[int, str], nn.Module]
+
+
+def scheme_for(method: str | None) -> QuantScheme | None:
+    """The scheme of a method name; None for no quantization."""
+    if method is None or method == "none":
+        return None
+    if method not in SCHEMES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_METHODS)}; got {method!r}")
+    return SCHEMES[method]
+
+
+def quantize_weight(
+    kind: str, param: torch.Tensor, staging: Int4Staging | None, shared: SharedWeights
+) -> nn.Module:
+    """The `kind` ("int8" | "int4") form of a float [N, K] weight, plus any 4-bit checkpoint groups."""
+    weight = param.data
+    if kind == "int4" and not int4.supports(*weight.shape):
+        kind = "int8"
+    key = (id(param), kind)
+    if key in shared and staging is None:
+        return shared[key]
+    if kind == "int4":
+        quantized = Int4Weight(_merge_int4(weight, staging), weight.dtype)
+    elif kind == "int8":
+        if staging is not None:
+            staging.write_into(weight)
+        quantized = Int8Weight.from_float(weight)
+    else:
+        raise ValueError(f"unknown weight format {kind!r}")
+    shared[key] = quantized
+    return quantized
+
+
+def _merge_int4(weight: torch.Tensor, staging: Int4Staging | None) -> Int4Blocks:
+    """Groups received from the checkpoint as they are; the others quantized from the float weight."""
+    if staging is not None and staging.group_size != int4.GROUP_SIZE:  # another group size: via floats
+        staging.write_into(weight)
+        staging = None
+    if staging is None:
+        return int4.quantize_groups(weight, int4.GROUP_SIZE)
+    if bool(staging.loaded.all()):
+        return staging.as_blocks()
+    blocks = int4.quantize_groups(weight, int4.GROUP_SIZE)
+    loaded = staging.loaded
+    codes_mask = loaded.repeat_interleave(blocks.group_size, dim=1)
+    return Int4Blocks(
+        torch.where(codes_mask, staging.codes, blocks.codes),
+        torch.where(loaded, staging.scale, blocks.scale),
+        torch.where(loaded, staging.zero, blocks.zero),
+        blocks.group_size,
+    )
+
+
+@torch.no_grad()
+def process_weights_after_loading(model: nn.Module, method: str | None) -> None:
+    """Once all weights are loaded: quantize every layer that takes part (or, with no method,
+    write any 4-bit checkpoint groups a layer received into its float weight)."""
+    scheme = scheme_for(method)
+    shared: SharedWeights = {}
+    for module in list(model.modules()):
+        hook = getattr(module, "process_weights_after_loading", None)
+        if hook is not None:
+            hook(scheme, shared)
+
+
+def quantized_nbytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers, shared ones counted once."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.nbytes
+    return total
+
+
+__all__ = [
+    "QUANTIZATION_METHODS",
+    "SCHEMES",
+    "Int4Blocks",
+    "Int4Staging",
+    "Int4Weight",
+    "Int8Weight",
+    "QuantScheme",
+    "process_weights_after_loading",
+    "quantize_weight",
+    "quantized_nbytes",
+    "scheme_for",
+]
