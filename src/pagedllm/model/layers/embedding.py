@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.model.layers.parallel import all_gather_last_dim, all_reduce, new_parameter
 from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
 from pagedllm.ops.linear import linear as dense_linear
 
 
-class VocabParallelEmbedding(nn.Module):
+class VocabParallelEmbedding(DirectCall, nn.Module):
     """Token id -> embedding row, with the vocabulary split over tensor-parallel ranks."""
 
     def __init__(

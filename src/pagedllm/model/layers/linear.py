@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.model.layers.parallel import all_reduce, divide, new_parameter
 from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks, Int4Staging
@@ -39,7 +40,7 @@ def _narrow(loaded: Checkpoint, dim: int, start: int, length: int) -> Checkpoint
     return loaded.narrow(dim, start, length)
 
 
-class LinearBase(nn.Module):
+class LinearBase(DirectCall, nn.Module):
     """Holds `weight [out, in]` and optional `bias [out]` with their weight loaders."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool, tp_rank: int, tp_size: int):
