@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace pagedllm {
@@ -101,6 +102,21 @@ inline float exp_shifted_sum(float* s, int64_t n, float shift) {
   }
   return sum;
 }
+
+#if defined(__AVX512BF16__)
+// 16 bf16 <-> float32 lanes; `round_bf16` is what storing a float32 result in bf16 does (RNE).
+inline __m512 load_bf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline __m256i to_bf16x16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+inline __m512 round_bf16(__m512 x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16x16(x)), 16));
+}
+inline void store_bf16x16(uint16_t* p, __m512 x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16x16(x));
+}
+#endif
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
@@ -678,8 +694,21 @@ void silu_and_mul_kernel(at::Tensor& out, const at::Tensor& x) {
       const T* gate = xp + r * stride;
       const T* up = gate + d;
       T* dst = o + r * d;
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) {
+      int64_t i = 0;
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        const auto* g16 = reinterpret_cast<const uint16_t*>(gate);
+        const auto* u16 = reinterpret_cast<const uint16_t*>(up);
+        auto* d16 = reinterpret_cast<uint16_t*>(dst);
+        const __m512 one = _mm512_set1_ps(1.0f);
+        for (; i + 16 <= d; i += 16) {
+          const __m512 g = load_bf16x16(g16 + i);
+          const __m512 silu = round_bf16(_mm512_div_ps(g, _mm512_add_ps(one, fast_exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+          store_bf16x16(d16 + i, _mm512_mul_ps(silu, load_bf16x16(u16 + i)));
+        }
+      }
+#endif
+      for (; i < d; ++i) {
         const float g = to_float(gate[i]);
         const float s = round_to<T>(g / (1.0f + fast_exp(-g)));
         dst[i] = static_cast<T>(s * to_float(up[i]));
@@ -712,8 +741,22 @@ void rotary_embedding_kernel(at::Tensor& x, const int64_t* pos, const float* tab
       for (int64_t h = 0; h < heads; ++h) {
         T* x1 = xp + r * stride + h * head_dim;
         T* x2 = x1 + half;
-#pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
+        int64_t i = 0;
+#if defined(__AVX512BF16__)
+        if constexpr (std::is_same_v<T, at::BFloat16>) {
+          auto* a16 = reinterpret_cast<uint16_t*>(x1);
+          auto* b16 = reinterpret_cast<uint16_t*>(x2);
+          for (; i + 16 <= half; i += 16) {
+            const __m512 c = round_bf16(_mm512_loadu_ps(cos + i)), s = round_bf16(_mm512_loadu_ps(sin + i));
+            const __m512 a = load_bf16x16(a16 + i), b = load_bf16x16(b16 + i);
+            const __m512 first = _mm512_sub_ps(round_bf16(_mm512_mul_ps(a, c)), round_bf16(_mm512_mul_ps(b, s)));
+            const __m512 second = _mm512_add_ps(round_bf16(_mm512_mul_ps(b, c)), round_bf16(_mm512_mul_ps(a, s)));
+            store_bf16x16(a16 + i, first);
+            store_bf16x16(b16 + i, second);
+          }
+        }
+#endif
+        for (; i < half; ++i) {
           const float c = round_to<T>(cos[i]), s = round_to<T>(sin[i]);
           const float a = to_float(x1[i]), b = to_float(x2[i]);
           x1[i] = static_cast<T>(round_to<T>(a * c) - round_to<T>(b * s));
