@@ -100,8 +100,8 @@ def test_bad_input_raises_a_clear_error():
         )
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
-@pytest.mark.parametrize("shape", [(960, 576), (577, 1536), (3, 64)])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 32, 66])
+@pytest.mark.parametrize("shape", [(960, 576), (577, 1536), (3, 64), (130, 96)])
 def test_gemv_bf16_matches_float32_matmul(rows, shape):
     from pagedllm.ops.cpu_kernels import gemv_supported
 

@@ -794,7 +794,7 @@ void rotary_embedding(at::Tensor x, const at::Tensor& positions, const at::Tenso
 // 576x960 bf16 projection at about 48 GFLOP/s for one row here, a fraction of bandwidth.
 // ---------------------------------------------------------------------------------------
 
-constexpr int64_t kGemvMaxRows = 4;
+constexpr int64_t kGemvMaxRows = 256;
 
 bool gemv_supported(const at::Tensor& x, const at::Tensor& weight) {
 #if defined(__AVX512BF16__)
@@ -844,7 +844,7 @@ void gemv_bf16_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, uint
 
 void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
   check_cpu(x, "x");
-  TORCH_CHECK(gemv_supported(x, weight), "gemv_bf16 takes bf16 x [M <= 4, K % 32 == 0] and contiguous W [N, K]");
+  TORCH_CHECK(gemv_supported(x, weight), "gemv_bf16 takes bf16 x [M <= 256, K % 32 == 0] and contiguous W [N, K]");
   TORCH_CHECK(weight.size(1) == x.size(1), "x and weight differ in K");
   TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.size(0) == x.size(0) &&
                   out.size(1) == weight.size(0) && out.stride(1) == 1,
@@ -857,11 +857,18 @@ void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
   const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
   // Chunks of 64 output rows: enough work per thread to cover the parallel region's cost.
   at::parallel_for(0, n_len, 64, [&](int64_t begin, int64_t end) {
-    switch (rows) {
-      case 1: gemv_bf16_rows<1>(xp, x_stride, wp, op, out_stride, begin, end, k_len); break;
-      case 2: gemv_bf16_rows<2>(xp, x_stride, wp, op, out_stride, begin, end, k_len); break;
-      case 3: gemv_bf16_rows<3>(xp, x_stride, wp, op, out_stride, begin, end, k_len); break;
-      default: gemv_bf16_rows<4>(xp, x_stride, wp, op, out_stride, begin, end, k_len); break;
+    // Blocks of 64 weight rows stay in L1/L2 while every group of 4 input rows passes over them.
+    for (int64_t n0 = begin; n0 < end; n0 += 64) {
+      const int64_t n1 = std::min(end, n0 + 64);
+      int64_t m = 0;
+      for (; m + 4 <= rows; m += 4)
+        gemv_bf16_rows<4>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len);
+      switch (rows - m) {
+        case 1: gemv_bf16_rows<1>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 2: gemv_bf16_rows<2>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 3: gemv_bf16_rows<3>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        default: break;
+      }
     }
   });
 #endif

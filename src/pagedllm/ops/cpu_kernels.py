@@ -92,12 +92,12 @@ def use_for(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and available()
 
 
-GEMV_MAX_ROWS = 4
+GEMV_MAX_ROWS = 256  # the kernel's limit; ops/linear.py picks where it pays off
 
 
 def gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `torch.ops.pagedllm.gemv_bf16` takes x @ weight^T: bf16 on a CPU with AVX512-BF16,
-    at most 4 rows, K a multiple of 32 (else callers use F.linear)."""
+    at most GEMV_MAX_ROWS rows, K a multiple of 32 (else callers use F.linear)."""
     return (
         x.dtype == torch.bfloat16
         and weight.dtype == torch.bfloat16
