@@ -24,25 +24,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import setup_peers  # noqa: E402  (a sibling script)
+from compare_table import (  # noqa: E402
+    QUICK,
+    Column,
+    Sizes,
+    build_table,
+    format_markdown,
+    format_plain,
+    table_rows,
+)
+from processes import Server, free_port, fresh_connections, peer_env, run_logged, tail  # noqa: E402
 
 from pagedllm.bench.serve import ServeBenchConfig, run_benchmark  # noqa: E402
 from pagedllm.bench.throughput import random_prompts  # noqa: E402
@@ -58,117 +63,11 @@ VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{int(THREADS) - 1}", "VLLM_CPU_KVCA
 SEED_A, SEED_B, SEED_WARMUP, SEED_C = 0, 100, 200, 300
 
 
-@dataclass
-class Sizes:
-    a_prompts: int = 128
-    a_input: int = 128
-    a_output: int = 128
-    b_input: int = 64
-    b_output: int = 128
-    b_repetitions: int = 3
-    c_runs: tuple[tuple[int, int], ...] = ((8, 1), (64, 8), (64, 32))  # (prompts, concurrency)
-    c_input: int = 128
-    c_output: int = 128
-    llamacpp_slots: int = 32
-
-
-QUICK = Sizes(
-    a_prompts=16, a_output=32, b_output=32, b_repetitions=1, c_runs=((2, 1), (8, 8), (16, 32)), c_output=32
-)
-
-
-@dataclass
-class Column:
-    """One engine (or pagedllm with a quantization): its figures, or why it has none."""
-
-    engine: str
-    label: str
-    quantization: str | None = None
-    values: dict[str, float] = field(default_factory=dict)
-    missing: str | None = None  # "not built", ... : shown in every cell
-    errors: dict[str, str] = field(default_factory=dict)  # workload -> error
-    busy_before: float | None = None  # CPU busy with other work just before this engine ran
-
-
-# --- rows of the table ----------------------------------------------------------------------
-
-
-def table_rows(sizes: Sizes, workloads: str) -> list[tuple[str, str, str]]:
-    """(key, label, kind): kind 'rate' (higher is faster) or 'time' (lower is faster)."""
-    rows: list[tuple[str, str, str]] = []
-    if "a" in workloads:
-        head = f"(a) offline {sizes.a_prompts}x{sizes.a_input}->{sizes.a_output}"
-        rows += [
-            ("a.output", f"{head}: output tok/s", "rate"),
-            ("a.total", f"{head}: total tok/s", "rate"),
-            ("a.mfu", f"{head}: MFU %", "rate"),
-        ]
-    if "b" in workloads:
-        head = f"(b) single stream {sizes.b_input}->{sizes.b_output}"
-        rows += [("b.decode", f"{head}: decode tok/s", "rate"), ("b.ttft", f"{head}: TTFT ms", "time")]
-    if "c" in workloads:
-        for prompts, concurrency in sizes.c_runs:
-            head = f"(c) serve c={concurrency} ({prompts} prompts)"
-            rows += [
-                (f"c{concurrency}.output", f"{head}: output tok/s", "rate"),
-                (f"c{concurrency}.ttft", f"{head}: median TTFT ms", "time"),
-                (f"c{concurrency}.tpot", f"{head}: median TPOT ms", "time"),
-            ]
-        rows.append(("c.startup", "(c) server start-up s", "time"))
-    return rows
-
-
 # --- helpers --------------------------------------------------------------------------------
 
 
 def prompts(num: int, length: int, seed: int, vocab_size: int) -> list[list[int]]:
     return [p["prompt_token_ids"] for p in random_prompts(num, length, vocab_size, seed)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_logged(command: list[str], log: Path, env: dict | None = None, timeout: float = 3600) -> None:
-    """Run to completion with output appended to `log`; raise with the log's tail on failure."""
-    with log.open("a") as f:
-        f.write(f"\n$ {' '.join(command)}\n")
-        f.flush()
-        # A session of its own, so that a timeout or Ctrl-C also ends the engine's child processes.
-        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except BaseException:
-            stop_group(proc)
-            raise
-    if returncode != 0:
-        raise RuntimeError(f"{Path(command[0]).name} exited {returncode}:\n{tail(log)}")
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
-
-
-def tail(log: Path, lines: int = 15) -> str:
-    text = log.read_text(errors="replace").splitlines() if log.exists() else []
-    return "\n".join("    " + line for line in text[-lines:])
-
-
-def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    return env | (extra or {})
 
 
 def run_worker(python: str, spec: dict, workdir: Path, env: dict | None = None) -> dict:
@@ -187,49 +86,6 @@ def run_worker(python: str, spec: dict, workdir: Path, env: dict | None = None) 
 
 
 # --- servers --------------------------------------------------------------------------------
-
-
-class Server:
-    """A server process started in its own session, so that its whole group can be stopped."""
-
-    def __init__(self, name: str, command: list[str], port: int, log: Path, env: dict | None = None):
-        self.name, self.port, self.log = name, port, log
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._file = log.open("a")
-        self._file.write(f"\n$ {' '.join(command)}\n")
-        self._file.flush()
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            command, stdout=self._file, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        self.startup_s: float | None = None
-
-    def wait_healthy(self, timeout: float) -> float:
-        deadline = self.started + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited {self.proc.returncode} while starting:\n{tail(self.log)}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        self.startup_s = time.perf_counter() - self.started
-                        return self.startup_s
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name} not healthy after {timeout:.0f} s:\n{tail(self.log)}")
-
-    def stop(self) -> None:
-        stop_group(self.proc)
-        self._file.close()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def start_server(engine: str, ctx: Context, slots: int, log: Path) -> Server:
@@ -264,29 +120,6 @@ def start_server(engine: str, ctx: Context, slots: int, log: Path) -> Server:
         ]
         return Server("llama-server", command, port, log, env=peer_env())
     raise ValueError(engine)
-
-
-@contextlib.contextmanager
-def fresh_connections():
-    """Make `bench serve`'s client open a new connection per request, for every server alike.
-
-    llama-server (cpp-httplib) closes a keep-alive connection after 5 requests; aiohttp then
-    sends the 6th on the closed socket and reports ServerDisconnectedError. A fresh TCP
-    connection on 127.0.0.1 costs well under a millisecond.
-    """
-    import aiohttp
-
-    original = aiohttp.TCPConnector
-
-    class FreshConnector(original):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, force_close=True, **kwargs)
-
-    aiohttp.TCPConnector = FreshConnector
-    try:
-        yield
-    finally:
-        aiohttp.TCPConnector = original
 
 
 def serve_bench(
@@ -664,50 +497,6 @@ def load_config(gguf: Path):
     if (hf / "config.json").is_file():
         return AutoConfig.from_pretrained(str(hf))
     return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-
-# --- the table ------------------------------------------------------------------------------
-
-
-def cell(column: Column, key: str, kind: str, base: Column | None) -> str:
-    if column.missing:
-        return column.missing
-    value = column.values.get(key)
-    if value is None:
-        workload = key[0]
-        if any(workload in w for w in column.errors):
-            return "failed"
-        return "-"
-    text = f"{value:.2f}" if key == "a.mfu" else f"{value:.1f}"
-    reference = base.values.get(key) if base is not None and base is not column else None
-    if reference:
-        ratio = value / reference if kind == "rate" else reference / value
-        text += f" ({ratio:.2f}x)"
-    return text
-
-
-def build_table(columns: list[Column], rows) -> list[list[str]]:
-    base = next((c for c in columns if c.engine == "pagedllm" and c.quantization is None), None)
-    header = ["workload: metric", *(c.label for c in columns)]
-    body = [[label, *(cell(c, key, kind, base) for c in columns)] for key, label, kind in rows]
-    return [header, *body]
-
-
-def format_plain(table: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = []
-    for n, row in enumerate(table):
-        parts = [row[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
-        lines.append("  ".join(parts))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def format_markdown(table: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(table[0]) + " |", "| --- " + "| ---: " * (len(table[0]) - 1) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
-    return "\n".join(lines)
 
 
 def notes(ctx: Context, columns: list[Column]) -> list[str]:
