@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (src/pagedllm/csrc/cpu_ops.cpp), built on first use and cached on disk.
+"""Compiled CPU kernels (src/pagedllm/csrc/*.cpp), built on first use and cached on disk.
 
 The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (about a
 minute) with the host's own instruction set into `<cache>/kernels/<key>/`, where `<key>`
@@ -25,7 +25,12 @@ from pagedllm.model.loader.cache import cache_dir
 logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "PAGEDLLM_CPU_KERNELS"
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "cpu_ops.cpp"
+_SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
+
+
+def _sources() -> list[Path]:
+    """Every translation unit (cpu_ops.cpp defines the op library, the others add fragments)."""
+    return sorted(_SOURCE_DIR.glob("*.cpp"))
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
 
 _lock = threading.Lock()
@@ -45,8 +50,11 @@ def _cpu_fingerprint() -> str:
 
 def _build_key() -> str:
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), torch.__version__.encode(), " ".join(_FLAGS).encode()):
-        digest.update(part)
+    for path in sorted(_SOURCE_DIR.glob("*.[ch]*")):  # sources and headers
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(torch.__version__.encode())
+    digest.update(" ".join(_FLAGS).encode())
     digest.update(_cpu_fingerprint().encode())
     return digest.hexdigest()[:16]
 
@@ -60,7 +68,7 @@ def _load() -> bool:
     # torch.utils.cpp_extension serialises concurrent builds of one folder with a lock file.
     load(
         name=f"pagedllm_cpu_ops_{key}",
-        sources=[str(_SOURCE)],
+        sources=[str(p) for p in _sources()],
         extra_cflags=_FLAGS,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
