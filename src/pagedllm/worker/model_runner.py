@@ -12,6 +12,7 @@ from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.models.cpu_decoder_stack import bind_decoder_stack
 from pagedllm.sample.logprobs import compute_token_logprobs
 from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
 from pagedllm.sample.sampler import Sampler
@@ -81,6 +82,7 @@ class ModelRunner:
         kv_cache.allocate_kv_caches(
             self.model, self.backend, groups, self.block_size, self.dtype, self.device
         )
+        bind_decoder_stack(self.model, self.backend)
         self.kv_cache_groups = list(groups)
         if len(groups) > 1 or groups[0].sliding_window is not None:
             logger.info(

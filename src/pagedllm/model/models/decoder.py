@@ -111,6 +111,8 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(make_layer(i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.step_positions = step_positions
+        # Set by cpu_decoder_stack.bind_decoder_stack when the layers can run as one C++ op.
+        self.fused_stack = None
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
@@ -118,6 +120,9 @@ class DecoderModel(nn.Module):
         if self.step_positions is not None:
             positions = self.step_positions(positions, md)
         hidden, residual = self.embed_tokens(input_ids), None
+        stack = self.fused_stack
+        if stack is not None and stack.applies(hidden, positions, md):
+            return stack(hidden, positions, md)
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, md)
         hidden, _ = self.norm(hidden, residual)
