@@ -12,9 +12,10 @@
 //   a = paged_attention(q, cache)
 //   x = a @ Wo^T; x, residual = fused_add_rms_norm(x, residual)
 //   x = (silu(gate) * up)(x @ Wgate_up^T) @ Wdown^T
-// and the final norm. Linear layers: bf16 weights up to kSkinnyMaxRows rows go through the
-// skinny AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (uint8
-// packed, with their scales as the "aux" tensor) through pagedllm::gemv_int4.
+// and the final norm. Linear layers run the kernel the Python layer would: packed bf16 weights
+// the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
+// AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (uint8 packed,
+// with their scales as the "aux" tensor) pagedllm::gemv_int4.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -80,9 +81,24 @@ gemv_int4_handle() {
   return handle;
 }
 
+const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemm_packed_handle() {
+  static const auto handle =
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemm_packed_bf16");
+  return handle;
+}
+
+// How a linear layer's weight is stored (cpu_decoder_stack.py passes one code per weight).
+enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2 };
+
 // x [M, K] @ W^T -> [M, out_features].
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux, int64_t out_features) {
-  if (weight.scalar_type() == at::kByte) {
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux, int64_t kind,
+                  int64_t out_features) {
+  if (kind == kPackedBf16) {
+    auto out = at::empty({x.size(0), out_features}, x.options());
+    gemm_packed_handle().call(out, x, weight);
+    return out;
+  }
+  if (kind == kInt4) {
     auto out = at::empty({x.size(0), out_features}, x.options());
     gemv_int4_handle().call(out, x, weight, aux);
     return out;
@@ -97,7 +113,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& positions, const at::Tensor& cos_sin_cache,
-                         TensorList weights, TensorList weight_aux, TensorList kv_caches,
+                         TensorList weights, TensorList weight_aux, c10::IntArrayRef weight_kinds, TensorList kv_caches,
                          c10::IntArrayRef layer_groups, c10::IntArrayRef windows, TensorList block_tables,
                          TensorList slot_mappings, const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                          int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t intermediate_size,
@@ -105,7 +121,8 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
   const int64_t num_layers = static_cast<int64_t>(kv_caches.size());
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == num_layers * kTensorsPerLayer + 1,
               "decoder_stack: expected 6 weights per layer plus the final norm");
-  TORCH_CHECK(weight_aux.size() == weights.size(), "decoder_stack: one aux tensor per weight");
+  TORCH_CHECK(weight_aux.size() == weights.size() && weight_kinds.size() == weights.size(),
+              "decoder_stack: one aux tensor and kind per weight");
   TORCH_CHECK(static_cast<int64_t>(layer_groups.size()) == num_layers &&
                   static_cast<int64_t>(windows.size()) == num_layers,
               "decoder_stack: one KV-cache group and window per layer");
@@ -126,7 +143,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
     } else {
       k.fused_add_rms_norm.call(x, residual, weights[w0], eps);
     }
-    at::Tensor qkv = linear(x, weights[w0 + 1], weight_aux[w0 + 1], q_size + 2 * kv_size);
+    at::Tensor qkv = linear(x, weights[w0 + 1], weight_aux[w0 + 1], weight_kinds[w0 + 1], q_size + 2 * kv_size);
     k.rotary.call(qkv.narrow(1, 0, q_size + kv_size), positions, cos_sin_cache, head_dim, rotary_dim);
     const at::Tensor q = qkv.narrow(1, 0, q_size).view({tokens, num_heads, head_dim});
     const at::Tensor key = qkv.narrow(1, q_size, kv_size).view({tokens, num_kv_heads, head_dim});
@@ -138,12 +155,12 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
     at::Tensor attn = at::empty({tokens, num_heads, head_dim}, hidden_in.options());
     k.paged_attention.call(attn, q, key_cache, value_cache, block_tables[group], query_start_loc, seq_lens, scale,
                            windows[layer], 0.0, vnni);
-    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_aux[w0 + 2], hidden_size);
+    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_aux[w0 + 2], weight_kinds[w0 + 2], hidden_size);
     k.fused_add_rms_norm.call(x, residual, weights[w0 + 3], eps);
-    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_aux[w0 + 4], 2 * intermediate_size);
+    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_aux[w0 + 4], weight_kinds[w0 + 4], 2 * intermediate_size);
     at::Tensor act = at::empty({tokens, intermediate_size}, hidden_in.options());
     k.silu_and_mul.call(act, gate_up);
-    x = linear(act, weights[w0 + 5], weight_aux[w0 + 5], hidden_size);
+    x = linear(act, weights[w0 + 5], weight_aux[w0 + 5], weight_kinds[w0 + 5], hidden_size);
   }
   k.fused_add_rms_norm.call(x, residual, weights[num_layers * kTensorsPerLayer], eps);
   return x;
@@ -154,7 +171,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def(
-      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, Tensor[] weight_aux, "
+      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, Tensor[] weight_aux, int[] weight_kinds, "
       "Tensor(a!)[] kv_caches, int[] layer_groups, int[] windows, Tensor[] block_tables, Tensor[] slot_mappings, "
       "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
       "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");

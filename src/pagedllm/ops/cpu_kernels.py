@@ -116,12 +116,13 @@ def gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.shape[1] % 32 == 0
         and x.stride(1) == 1
         and weight.is_contiguous()
-        and _has_avx512_bf16()
+        and has_avx512_bf16()
         and use_for(x)
     )
 
 
-def _has_avx512_bf16() -> bool:
+def has_avx512_bf16() -> bool:
+    """Whether the CPU has AVX512-BF16 dot products (the bf16 kernels' instruction set)."""
     if "bf16" not in _state:
         _state["bf16"] = "avx512_bf16" in _cpu_fingerprint()
     return bool(_state["bf16"])
@@ -134,5 +135,5 @@ def vnni_layout(cache: torch.Tensor) -> bool:
         cache.dtype == torch.bfloat16
         and cache.shape[2] == 16
         and cache.shape[3] % 32 == 0
-        and _has_avx512_bf16()
+        and has_avx512_bf16()
     )

@@ -20,6 +20,7 @@ from pagedllm.model.layers.parallel import all_gather_last_dim, all_reduce, new_
 from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
 from pagedllm.ops.linear import linear as dense_linear
+from pagedllm.ops.packed_linear import PackedBF16Weight, packable
 
 
 class VocabParallelEmbedding(DirectCall, nn.Module):
@@ -95,6 +96,20 @@ class ParallelLMHead(VocabParallelEmbedding):
         # Tied word embeddings: share the embedding's parameter instead of allocating a copy.
         weight = tied_to.weight if tied_to is not None else None
         super().__init__(vocab_size, embedding_dim, tp_rank, tp_size, weight)
+        # A plain list so the embedding is not registered a second time as a submodule.
+        self._tied_to = [tied_to] if tied_to is not None else []
+
+    def process_weights_after_loading(self, scheme: QuantScheme | None, shared: SharedWeights) -> None:
+        """As the embedding's; with no scheme, a bf16 table is packed for the compiled matmul
+        (ops/packed_linear.py) and a tied embedding looks its rows up in the packed table."""
+        if scheme is not None or self.weight is None or not packable(self.weight):
+            super().process_weights_after_loading(scheme, shared)
+            return
+        self.quant = PackedBF16Weight(self.weight.data)
+        self.weight = None
+        for embedding in self._tied_to:
+            embedding.quant = self.quant
+            embedding.weight = None
 
     def _quant_format(self, scheme: QuantScheme) -> str:
         return scheme.lm_head

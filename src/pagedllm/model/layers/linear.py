@@ -21,6 +21,7 @@ from pagedllm.model.layers.parallel import all_reduce, divide, new_parameter
 from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks, Int4Staging
 from pagedllm.ops.linear import linear as dense_linear
+from pagedllm.ops.packed_linear import PackedBF16Weight, packable
 
 Checkpoint = torch.Tensor | Int4Blocks
 
@@ -81,6 +82,10 @@ class LinearBase(DirectCall, nn.Module):
         if scheme is None:
             if staging is not None:
                 staging.write_into(self.weight.data)
+            if packable(self.weight):
+                # Same bytes, laid out for the compiled bf16 matmul (ops/packed_linear.py).
+                self.quant = PackedBF16Weight(self.weight.data)
+                self.weight = None
             return
         self.quant = quantize_weight(scheme.linear, self.weight, staging, shared)
         self.weight = None

@@ -25,17 +25,22 @@ from pagedllm.model.layers.rotary import RotaryEmbedding
 from pagedllm.model.models.decoder import DecoderModel, PreNormDecoderLayer, SwiGLUMLP
 from pagedllm.model.models.llama import LlamaAttention
 from pagedllm.ops import cpu_kernels
+from pagedllm.ops.packed_linear import PackedBF16Weight
 
 logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "PAGEDLLM_DECODER_STACK"
 _EMPTY = torch.empty(0)
+# Weight kinds, as csrc/decoder_stack.cpp's WeightKind.
+PLAIN, PACKED_BF16, INT4 = 0, 1, 2
 
 
 class CPUDecoderStack:
     """The layers and final norm of a `DecoderModel`, bound to their KV caches, as one op call."""
 
-    def __init__(self, model: DecoderModel, weights, weight_aux, max_rows: int | None, vnni: bool):
+    def __init__(
+        self, model: DecoderModel, weights, weight_aux, weight_kinds, max_rows: int | None, vnni: bool
+    ):
         first = model.layers[0]
         attn: LlamaAttention = first.self_attn
         self.num_heads = attn.attn.num_heads
@@ -47,6 +52,7 @@ class CPUDecoderStack:
         self.cos_sin_cache = attn.rotary_emb.cos_sin_cache
         self.weights = weights
         self.weight_aux = weight_aux
+        self.weight_kinds = weight_kinds
         self.kv_caches = [layer.self_attn.attn.kv_cache for layer in model.layers]
         self.layer_groups = [layer.self_attn.attn.kv_group for layer in model.layers]
         self.windows = [layer.self_attn.attn.sliding_window or 0 for layer in model.layers]
@@ -73,6 +79,7 @@ class CPUDecoderStack:
             self.cos_sin_cache,
             self.weights,
             self.weight_aux,
+            self.weight_kinds,
             self.kv_caches,
             self.layer_groups,
             self.windows,
@@ -112,6 +119,7 @@ def _build(decoder: DecoderModel, backend) -> CPUDecoderStack | None:
         return None
     weights: list[torch.Tensor] = []
     aux: list[torch.Tensor] = []
+    kinds: list[int] = []
     max_rows: int | None = None
     reference = decoder.layers[0]
     for layer in decoder.layers:
@@ -130,19 +138,22 @@ def _build(decoder: DecoderModel, backend) -> CPUDecoderStack | None:
             if isinstance(part, RMSNorm):
                 weights.append(part.weight)
                 aux.append(_EMPTY)
+                kinds.append(PLAIN)
                 continue
             entry = _linear_entry(part)
             if entry is None:
                 return None
-            weight, extra, rows = entry
+            weight, extra, kind, rows = entry
             weights.append(weight)
             aux.append(extra)
+            kinds.append(kind)
             if rows is not None:
                 max_rows = rows if max_rows is None else min(max_rows, rows)
     weights.append(decoder.norm.weight)
     aux.append(_EMPTY)
+    kinds.append(PLAIN)
     key_cache = reference.self_attn.attn.kv_cache[0]
-    return CPUDecoderStack(decoder, weights, aux, max_rows, cpu_kernels.vnni_layout(key_cache))
+    return CPUDecoderStack(decoder, weights, aux, kinds, max_rows, cpu_kernels.vnni_layout(key_cache))
 
 
 def _layer_qualifies(layer, reference) -> bool:
@@ -174,14 +185,16 @@ def _layer_qualifies(layer, reference) -> bool:
     return all(lin.bias is None and lin.tp_size == 1 for lin in linears)
 
 
-def _linear_entry(linear) -> tuple[torch.Tensor, torch.Tensor, int | None] | None:
-    """(weight, aux, max rows) the op takes for a linear layer; None if it cannot take it."""
+def _linear_entry(linear) -> tuple[torch.Tensor, torch.Tensor, int, int | None] | None:
+    """(weight, aux, kind, max rows) the op takes for a linear layer; None if it cannot take it."""
     quant = linear.quant
     if quant is None:
         weight = linear.weight
         if weight is None or not weight.is_contiguous() or weight.device.type != "cpu":
             return None
-        return weight, _EMPTY, None
+        return weight, _EMPTY, PLAIN, None
+    if isinstance(quant, PackedBF16Weight):
+        return quant.packed, _EMPTY, PACKED_BF16, None
     if getattr(quant, "uses_gemv_kernel", False):
-        return quant.packed, quant.scale_zero, quant.gemv_max_rows
+        return quant.packed, quant.scale_zero, INT4, quant.gemv_max_rows
     return None
