@@ -31,6 +31,8 @@ _SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 def _sources() -> list[Path]:
     """Every translation unit (cpu_ops.cpp defines the op library, the others add fragments)."""
     return sorted(_SOURCE_DIR.glob("*.cpp"))
+
+
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
 
 _lock = threading.Lock()
