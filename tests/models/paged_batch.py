@@ -91,7 +91,7 @@ def run_step(model, token_chunks: list[list[int]], seq_lens: list[int], tables, 
     query_lens = [len(chunk) for chunk in token_chunks]
     positions, md = build_step(query_lens, seq_lens, tables, block_size, num_decodes, num_kv_groups(model))
     input_ids = torch.tensor([t for chunk in token_chunks for t in chunk], dtype=torch.long)
-    logits = model.compute_logits(model(input_ids, positions, md))
+    logits = model.compute_logits(model(input_ids, positions, md)).float()
     return list(logits.split(query_lens))
 
 

@@ -5,6 +5,11 @@ logits; then allow-lists, logit bias, min_tokens bans and penalties change the
 logits; greedy rows take the argmax; random rows go through temperature, top-k,
 top-p and min-p and draw by inverse CDF: one uniform number per row located in the
 row's cumulative distribution.
+
+On the CPU, a batch that needs only greedy choice and temperature (no logprobs, logits
+processors, penalties, top-k, top-p or min-p) goes to one fused kernel instead
+(torch.ops.pagedllm.sample_tokens): it reads the LM head's logits in their own dtype and
+applies the same inverse-CDF rule to the same uniform numbers, without [R, V] intermediates.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.core.sched_output import TokenLogprobs
+from pagedllm.ops import cpu_kernels
 from pagedllm.sample.logprobs import gather_token_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.penalties import apply_penalties
@@ -36,6 +42,8 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """Sample one token per row of `logits [R, V]`; the input tensor is not modified."""
+        if fused_sampling_applies(logits, md):
+            return SamplerOutput(sampled_token_ids=fused_sample(logits, md), logprobs=None)
         # Half-precision logits are upcast, which already makes a private copy.
         owned = logits.dtype != torch.float32
         logits = logits.float()
@@ -63,6 +71,45 @@ class Sampler:
         if greedy is not None:
             sampled = torch.where(md.greedy_mask, greedy, sampled)
         return sampled
+
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
+    """Whether the fused CPU kernel can sample this batch: greedy and temperature rows only."""
+    return (
+        md.max_num_logprobs is None
+        and md.allowed_mask is None
+        and md.logit_bias is None
+        and md.min_tokens_mask is None
+        and md.penalties is None
+        and md.top_k is None
+        and md.top_p is None
+        and md.min_p is None
+        and logits.dim() == 2
+        and logits.shape[1] > 0
+        and logits.stride(1) == 1
+        and logits.dtype in _FUSED_DTYPES
+        and cpu_kernels.use_for(logits)
+    )
+
+
+def fused_sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """The fused kernel's tokens: argmax on greedy rows, else the inverse CDF of
+    softmax(logits / T) at the row's uniform number (drawn as `inverse_cdf_sample` draws it)."""
+    num_rows = logits.shape[0]
+    if md.all_greedy:
+        temperature = torch.zeros(num_rows)  # 0 means greedy to the kernel
+        uniform = temperature
+    else:
+        uniform = draw_uniforms(num_rows, md.generators, md.default_generator, logits.device)
+        temperature = md.temperature
+        if md.greedy_mask is not None:  # greedy rows hold 1.0 for the torch path
+            temperature = temperature.masked_fill(md.greedy_mask, 0.0)
+    sampled = torch.empty(num_rows, dtype=torch.long)
+    torch.ops.pagedllm.sample_tokens(sampled, logits, temperature, uniform)
+    return sampled
 
 
 def apply_logit_processors(logits: torch.Tensor, md: SamplingMetadata, copy: bool = True) -> torch.Tensor:
@@ -156,15 +203,29 @@ def inverse_cdf_sample(
     Rows with their own generator draw from it, so a seeded request gets the same tokens
     whatever else is in the batch; the other rows share `default_generator`.
     """
-    num_rows = probs.shape[0]
-    uniform = torch.empty(num_rows, 1, device=probs.device, dtype=probs.dtype)
-    if not generators:
-        uniform.uniform_(generator=default_generator)
-    else:
-        for row in range(num_rows):
-            uniform[row].uniform_(generator=generators.get(row, default_generator))
+    uniform = draw_uniforms(probs.shape[0], generators, default_generator, probs.device, probs.dtype)
+    uniform = uniform.unsqueeze(1)
     cdf = probs.cumsum(dim=-1)
     # Scale by the row's mass so filtered (zeroed) tokens and rounding never push u past the end.
     target = uniform * cdf[:, -1:]
     sampled = torch.searchsorted(cdf, target, right=True).squeeze(1)
     return sampled.clamp_(max=probs.shape[1] - 1)
+
+
+def draw_uniforms(
+    num_rows: int,
+    generators: dict[int, torch.Generator],
+    default_generator: torch.Generator | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """One uniform number in [0, 1) per row: from the row's own generator where it has one
+    (a seeded request draws the same numbers whatever else is in the batch), else from
+    `default_generator` (None: torch's global generator), in row order."""
+    uniform = torch.empty(num_rows, device=device, dtype=dtype)
+    if not generators:
+        uniform.uniform_(generator=default_generator)
+    else:
+        for row in range(num_rows):
+            uniform[row].uniform_(generator=generators.get(row, default_generator))
+    return uniform

@@ -132,7 +132,8 @@ class DecoderModel(nn.Module):
 class DecoderForCausalLM(nn.Module):
     """A DecoderModel plus the LM head (tied to the embedding when the config says so).
 
-    forward: flat tokens [T] -> hidden [T, hidden]; compute_logits: hidden -> float32 logits.
+    forward: flat tokens [T] -> hidden [T, hidden]; compute_logits: hidden -> logits in the LM
+    head's dtype (consumers upcast where they need float32; the fused CPU sampler reads bf16 as is).
     Subclasses build the model and may extend `param_for` with their own checkpoint names.
     """
 
@@ -148,7 +149,7 @@ class DecoderForCausalLM(nn.Module):
         return self.model(input_ids, positions, attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden).float()
+        return self.lm_head.compute_logits(hidden)
 
     def param_for(self, name: str) -> tuple[str, object] | None:
         """The parameter (and shard id) a checkpoint tensor loads into; None skips it."""

@@ -201,7 +201,8 @@ class Gemma3Model(nn.Module):
 
 
 class Gemma3ForCausalLM(nn.Module):
-    """Decoder plus (usually tied) LM head; compute_logits returns float32, soft-capped if configured."""
+    """Decoder plus (usually tied) LM head; compute_logits returns logits in the LM head's dtype,
+    or soft-capped in float32 if configured."""
 
     def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1):
         super().__init__()
@@ -217,9 +218,9 @@ class Gemma3ForCausalLM(nn.Module):
         return self.model(input_ids, positions, attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head.compute_logits(hidden).float()
+        logits = self.lm_head.compute_logits(hidden)
         cap = self.final_logit_softcapping
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        return logits if cap is None else torch.tanh(logits.float() / cap) * cap
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors (Hugging Face names) into the parameters; returns the names loaded."""

@@ -119,7 +119,7 @@ class GPT2Model(nn.Module):
 
 
 class GPT2LMHeadModel(nn.Module):
-    """forward: flat tokens [T] -> hidden [T, hidden]; compute_logits: -> float32 logits."""
+    """forward: flat tokens [T] -> hidden [T, hidden]; compute_logits: -> logits in the LM head's dtype."""
 
     def __init__(self, config: PretrainedConfig, tp_rank: int = 0, tp_size: int = 1):
         super().__init__()
@@ -133,7 +133,7 @@ class GPT2LMHeadModel(nn.Module):
         return self.transformer(input_ids, positions, attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden).float()
+        return self.lm_head.compute_logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load a GPT-2 checkpoint: Conv1D weights transposed, mask buffers skipped, and names
