@@ -31,6 +31,8 @@ _SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 def _sources() -> list[Path]:
     """Every translation unit (cpu_ops.cpp defines the op library, the others add fragments)."""
     return sorted(_SOURCE_DIR.glob("*.cpp"))
+
+
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
 
 _lock = threading.Lock()
@@ -116,6 +118,14 @@ def gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.is_contiguous()
         and _has_avx512_bf16()
         and use_for(x)
+    )
+
+
+def int4_gemv_supported(dtype: torch.dtype, device: torch.device | str = "cpu") -> bool:
+    """Whether `torch.ops.pagedllm.gemv_int4` can serve 4-bit weights with `dtype` activations on
+    `device`: bf16 on a CPU with AVX512-BF16, kernels built (else the weights keep torch's layout)."""
+    return (
+        dtype == torch.bfloat16 and torch.device(device).type == "cpu" and _has_avx512_bf16() and available()
     )
 
 

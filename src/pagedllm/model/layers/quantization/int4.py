@@ -2,15 +2,19 @@
 
     w[n, k] = (code[n, k] - 8) * scale[k // 32, n] + zero[k // 32, n]        code in 0..15
 
-Storage: the codes packed two per byte (half a byte per weight) and `scale_zero`
-[K / 32, N, 2] in the activation dtype (2 bf16 per 32 weights: another eighth of a byte).
+Storage: the codes packed two per byte (half a byte per weight) and a (scale, zero) pair per
+group in the activation dtype (2 values per 32 weights: another eighth of a byte). The layout
+depends on where the weight runs (`Int4Weight.layout`):
 
-On CPU the codes are packed in the layout of torch's fused kernel
-(`aten._weight_int4pack_mm_for_cpu`), which dequantizes inside the matmul and reads only the
-packed bytes: the fast path for a few rows (decode). It computes in float32 FMAs and dequantizes
-again for every 4 rows, so for more rows the weight is instead unpacked to the activation dtype
-for one ordinary matmul (prefill; see `OP_MAX_ROWS`). Elsewhere (CUDA) the codes are kept in a
-plain layout (byte j of a row holds codes 2j and 2j + 1) and always take that dequantize path.
+- "gemv" (CPU with AVX512-BF16, bf16 activations, compiled kernels): the layout of
+  `torch.ops.pagedllm.gemv_int4` (csrc/quant_gemv.h, `pack_gemv`): output rows in blocks of 16,
+  k-major, so that one kernel streams each block once for every row of x. Up to
+  `GEMV_MAX_ROWS` rows (decode) run it; more rows dequantize slices of the weight for an
+  ordinary matmul (prefill).
+- "torch" (other CPUs, float32 models, or `PAGEDLLM_CPU_KERNELS=0`): the layout of torch's
+  fused kernel (`aten._weight_int4pack_mm_for_cpu`), which runs up to `OP_MAX_ROWS` rows; it
+  computes in float32 FMAs and dequantizes again for every 4 rows, so more rows dequantize.
+- "plain" (CUDA): byte j of a row holds codes 2j and 2j + 1; every matmul dequantizes.
 """
 
 from __future__ import annotations
@@ -22,18 +26,33 @@ from torch import nn
 
 from pagedllm.model.layers.quantization.chunked import dequantized_matmul
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
+from pagedllm.ops import cpu_kernels
 
 logger = logging.getLogger(__name__)
 
 GROUP_SIZE = 32
-# Up to this many rows the fused CPU kernel is faster than unpack + bf16 matmul: the crossover
-# was 75-100 rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
+# Up to this many rows torch's fused CPU kernel is faster than unpack + bf16 matmul: the
+# crossover was 75-100 rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
 OP_MAX_ROWS = 64
+# Up to this many rows gemv_int4 runs (the "gemv" layout); more rows dequantize (see
+# benchmarks/quant_kernels.py for the crossover).
+GEMV_MAX_ROWS = 64
+# The gemv layout's block of output rows and its 8 values of k per 64-byte line.
+GEMV_BLOCK_ROWS = 16
+LAYOUTS = ("gemv", "torch", "plain")
 # The fused kernel packs output rows in blocks of 64 (tails of 16, 32 or 48).
 _ROW_MULTIPLE = 16
 # (rows % 64, cols) layouts whose unpacking has been checked against the kernel's packing.
 _checked_layouts: dict[tuple[int, int], bool] = {}
 _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+_ops: dict[str, object] = {}
+
+
+def _gemv_int4():
+    """torch.ops.pagedllm.gemv_int4 (looked up once: the op exists once the kernels are built)."""
+    if "gemv" not in _ops:
+        _ops["gemv"] = torch.ops.pagedllm.gemv_int4.default
+    return _ops["gemv"]
 
 
 def supports(out_features: int, in_features: int) -> bool:
@@ -53,10 +72,17 @@ def quantize_groups(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> Int4B
 
 
 class Int4Weight(nn.Module):
-    """A [N, K] weight in 4-bit groups: `linear(x)` = x @ W^T, `dequantize()` = W."""
+    """A [N, K] weight in 4-bit groups: `linear(x)` = x @ W^T, `dequantize()` = W.
 
-    def __init__(self, blocks: Int4Blocks, dtype: torch.dtype, fused: bool | None = None):
-        """`fused`: pack for the CPU kernel (default: on CPU); else the plain layout."""
+    For C++ callers (layout "gemv"): `packed` and `scale_zero` are the arguments of
+    `pagedllm::gemv_int4` (csrc/quant_gemv.h) for up to `gemv_max_rows` rows of bf16 x.
+    """
+
+    def __init__(
+        self, blocks: Int4Blocks, dtype: torch.dtype, fused: bool | None = None, layout: str | None = None
+    ):
+        """`layout`: one of LAYOUTS (default: the best one the device and `dtype` allow);
+        `fused=False` asks for the plain layout (the dequantize path only)."""
         super().__init__()
         out_features, in_features = blocks.shape
         if not supports(out_features, in_features) or blocks.group_size != GROUP_SIZE:
@@ -64,36 +90,60 @@ class Int4Weight(nn.Module):
         self.out_features, self.in_features = out_features, in_features
         self.group_size = blocks.group_size
         codes = blocks.codes
-        # [K / g, N, 2]: the kernel's layout; the dequantize path reads its two planes.
-        scale_zero = torch.stack([blocks.scale, blocks.zero], dim=-1).transpose(0, 1).contiguous()
-        self.register_buffer("scale_zero", scale_zero.to(dtype), persistent=True)
-        self.fused = codes.device.type == "cpu" if fused is None else fused
-        if self.fused:
-            packed, self.unpackable = _pack_fused(codes)
+        if layout is None:
+            layout = default_layout(dtype, codes.device) if fused is not False else "plain"
+        if layout not in LAYOUTS:
+            raise ValueError(f"int4 layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+        self.unpackable = True
+        if layout == "gemv":
+            packed, scale_zero = pack_gemv(codes, blocks.scale, blocks.zero, dtype)
         else:
-            packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
-            self.unpackable = True
+            # [K / g, N, 2]: torch's kernel's layout; the dequantize path reads its two planes.
+            scale_zero = torch.stack([blocks.scale, blocks.zero], dim=-1).transpose(0, 1).contiguous()
+            scale_zero = scale_zero.to(dtype)
+            if layout == "torch":
+                packed, self.unpackable = _pack_fused(codes)
+            else:
+                packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        self.layout = layout
+        self.fused = layout != "plain"
         self.register_buffer("packed", packed, persistent=True)
-        # Rows up to which the fused kernel runs (all rows if the packing cannot be unpacked).
-        self.fused_rows = (OP_MAX_ROWS if self.unpackable else 1 << 62) if self.fused else 0
+        self.register_buffer("scale_zero", scale_zero, persistent=True)
+        # Rows up to which a fused kernel runs (all rows if the packing cannot be unpacked).
+        rows = {"gemv": GEMV_MAX_ROWS, "torch": OP_MAX_ROWS if self.unpackable else 1 << 62, "plain": 0}
+        self.fused_rows = rows[layout]
 
     def extra_repr(self) -> str:
-        layout = "cpu-fused" if self.fused else "plain"
-        return f"{self.out_features}x{self.in_features}, group {self.group_size}, {layout}"
+        return f"{self.out_features}x{self.in_features}, group {self.group_size}, {self.layout} layout"
+
+    @property
+    def uses_gemv_kernel(self) -> bool:
+        """Whether `packed` / `scale_zero` are in gemv_int4's layout (see `gemv_max_rows`)."""
+        return self.layout == "gemv"
+
+    @property
+    def gemv_max_rows(self) -> int:
+        """Up to this many rows of bf16 x, `linear` runs gemv_int4 (0: it never does)."""
+        return self.fused_rows if self.layout == "gemv" else 0
 
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes + self.scale_zero.nbytes
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x [..., K] (in the scales' dtype for the fused kernel) -> x @ W^T + bias [..., N]."""
+        """x [..., K] (in the scales' dtype for the fused kernels) -> x @ W^T + bias [..., N]."""
         if x.dim() != 2:
             out = self.linear(x.reshape(-1, self.in_features), bias)
             return out.reshape(*x.shape[:-1], self.out_features)
-        if x.shape[0] <= self.fused_rows:
-            out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
+        if x.shape[0] <= self.fused_rows and x.dtype == self.scale_zero.dtype:
+            if self.layout == "gemv":
+                out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
+                _gemv_int4()(out, x if x.stride(-1) == 1 else x.contiguous(), self.packed, self.scale_zero)
+            else:
+                out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
         else:
-            out = dequantized_matmul(x, self.out_features, lambda a, b: self._rows_t(a, b, x.dtype))
+            rows_t = lambda a, b: self._rows_t(a, b, x.dtype)  # noqa: E731
+            out = dequantized_matmul(x, self.out_features, rows_t)
         return out if bias is None else out + bias
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -112,14 +162,25 @@ class Int4Weight(nn.Module):
         """Rows start..end of the weight, transposed: [K, end - start]."""
         k, g = self.in_features, self.group_size
         codes = self._codes_t(start, end).view(k // g, g, end - start)
-        scale_zero = self.scale_zero[:, start:end].to(dtype)
+        scale_zero = self._scale_zero_t(start, end).to(dtype)
         scale = scale_zero[..., 0].contiguous()  # a strided scale would slow the multiply 10x
         offset = scale_zero[..., 1] - 8 * scale  # w = code * scale + offset
         return torch.addcmul(offset.unsqueeze(1), codes, scale.unsqueeze(1)).view(k, end - start)
 
+    def _scale_zero_t(self, start: int, end: int) -> torch.Tensor:
+        """[K / g, end - start, 2] (scale, zero) of rows start..end."""
+        if self.layout != "gemv":
+            return self.scale_zero[:, start:end]
+        first, last = start // GEMV_BLOCK_ROWS, -(-end // GEMV_BLOCK_ROWS)
+        blocks = self.scale_zero[first:last]  # [blocks, K / g, 16, 2]
+        rows = blocks.transpose(0, 1).reshape(blocks.shape[1], -1, 2)
+        return rows[:, start - first * GEMV_BLOCK_ROWS : end - first * GEMV_BLOCK_ROWS]
+
     def _codes_t(self, start: int, end: int) -> torch.Tensor:
         """uint8 [K, end - start] codes of rows start..end (start a multiple of 64)."""
-        if self.fused:
+        if self.layout == "gemv":
+            return unpack_gemv_t(self.packed, self.in_features, start, end)
+        if self.layout == "torch":
             if not self.unpackable:
                 raise RuntimeError("this build's int4 packing layout is not understood; use linear()")
             half = self.in_features // 2
@@ -128,6 +189,47 @@ class Int4Weight(nn.Module):
         packed = self.packed[start:end]
         codes = torch.stack([packed & 15, packed >> 4], dim=-1)
         return codes.view(end - start, self.in_features).t().contiguous()
+
+
+def default_layout(dtype: torch.dtype, device: torch.device | str) -> str:
+    """The layout an Int4Weight takes by default for `dtype` activations on `device`."""
+    if torch.device(device).type != "cpu":
+        return "plain"
+    return "gemv" if cpu_kernels.int4_gemv_supported(dtype, device) else "torch"
+
+
+def pack_gemv(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed, scale_zero) in gemv_int4's layout from codes uint8 [N, K] and scale / zero [N, K / 32].
+
+    packed uint8 [ceil(N / 16), K * 8]: per block of 16 rows, per 8 values of k, 16 uint32
+    (one per row) with code[k0 + 2j] in bits 4j..4j+3 and code[k0 + 2j + 1] in bits
+    16+4j..16+4j+3. scale_zero [ceil(N / 16), K / 32, 16, 2] in `dtype`. Rows past N: zeros.
+    """
+    n, k = codes.shape
+    blocks = -(-n // GEMV_BLOCK_ROWS)
+    pad = blocks * GEMV_BLOCK_ROWS - n
+    if pad:
+        codes = torch.cat([codes, codes.new_zeros(pad, k)])
+        scale = torch.cat([scale, scale.new_zeros(pad, scale.shape[1])])
+        zero = torch.cat([zero, zero.new_zeros(pad, zero.shape[1])])
+    # k = 8 * octet + 4 * j2 + 2 * jl + h -> byte 2 * h + j2 of the row's uint32, nibble jl.
+    c = codes.view(blocks, GEMV_BLOCK_ROWS, k // 8, 2, 2, 2).permute(0, 2, 1, 5, 3, 4)
+    packed = (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, k * 8)
+    scale_zero = torch.stack([scale, zero], dim=-1).to(dtype)  # [N, K / g, 2]
+    scale_zero = scale_zero.view(blocks, GEMV_BLOCK_ROWS, -1, 2).transpose(1, 2).contiguous()
+    return packed, scale_zero
+
+
+def unpack_gemv_t(packed: torch.Tensor, k: int, start: int = 0, end: int | None = None) -> torch.Tensor:
+    """uint8 [K, end - start] codes of rows start..end from `pack_gemv`'s layout."""
+    end = packed.shape[0] * GEMV_BLOCK_ROWS if end is None else end
+    first, last = start // GEMV_BLOCK_ROWS, -(-end // GEMV_BLOCK_ROWS)
+    p = packed[first:last].view(last - first, k // 8, GEMV_BLOCK_ROWS, 2, 2)  # block, octet, row, h, j2
+    codes = torch.stack([p & 15, p >> 4], dim=-1)  # ..., jl
+    codes = codes.permute(1, 4, 5, 3, 0, 2).reshape(k, (last - first) * GEMV_BLOCK_ROWS)
+    return codes[:, start - first * GEMV_BLOCK_ROWS : end - first * GEMV_BLOCK_ROWS]
 
 
 def _pack_fused(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
