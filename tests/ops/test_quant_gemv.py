@@ -193,3 +193,22 @@ def test_fallback_layouts_without_the_kernel(monkeypatch):
     assert Int4Weight(blocks, torch.bfloat16, fused=False).layout == "plain"
     with pytest.raises(ValueError, match="layout"):
         Int4Weight(blocks, torch.bfloat16, layout="blocked")
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (200, 96), (40, 64)])
+def test_dequantize_int4_t_slices(n, k):
+    """The prefill path's dequantization: rows row_begin.. of W transposed, exactly the blocks'
+    weight (float32: (code - 8) * scale + zero rounded once; bf16: that rounded to bf16)."""
+    codes, scale, zero = random_weight(n, k, seed=8)
+    packed, scale_zero = pack_gemv(codes, scale, zero)
+    weight = Int4Blocks(codes, scale, zero, 32).dequantize()
+    for start, end in [(0, n), (16, n), (0, min(n, 24)), (min(n, 32) // 16 * 16, min(n, 64))]:
+        for dtype in (torch.float32, torch.bfloat16):
+            out = torch.empty(k, end - start, dtype=dtype)
+            torch.ops.pagedllm.dequantize_int4_t(out, packed, scale_zero, start)
+            assert torch.equal(out, weight[start:end].t().to(dtype)), (start, end, dtype)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, 8), packed, scale_zero, 8)
+    with pytest.raises(RuntimeError, match="layout"):
+        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, n + 16), packed, scale_zero, 0)

@@ -25,6 +25,7 @@ namespace {
 constexpr int64_t kOctetBytes = 64;                                 // 8 values of k for 16 rows
 constexpr int64_t kGroupBytes = kOctetBytes * kInt4GroupSize / 8;  // 256
 constexpr int kMaxTileRows = 8;                                     // rows of x per pass
+constexpr int64_t kRowChunk = 64;                                   // rows of x per sweep over W
 
 #if defined(__AVX512BF16__)
 
@@ -150,7 +151,7 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, co
                   x.dim() == 2 && out.size(0) == x.size(0),
               "gemv_int4: out must be a bf16 CPU tensor [M, N] with unit stride along N");
   TORCH_CHECK(gemv_int4_supported(x, packed, scale_zero, out.size(1)),
-              "gemv_int4 takes bf16 x [M <= 256, K % 32 == 0] and a weight packed for it (see quant_gemv.h)");
+              "gemv_int4 takes bf16 x [M <= 65536, K % 32 == 0] and a weight packed for it (see quant_gemv.h)");
 #if defined(__AVX512BF16__)
   const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
   if (rows == 0) return;
@@ -176,26 +177,86 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, co
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
 
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    const int full_tile = static_cast<int>(std::min<int64_t>(rows, kMaxTileRows));
-    const int nb_max = blocks_for(full_tile);
-    for (int64_t b = begin; b < end;) {
-      const int nb = static_cast<int>(std::min<int64_t>(nb_max, end - b));
-      for (int64_t m = 0; m < rows; m += kMaxTileRows) {
-        const int mt = static_cast<int>(std::min<int64_t>(kMaxTileRows, rows - m));
-        const int nbt = std::min(nb, blocks_for(mt));
-        // A short last tile of rows may take fewer blocks per pass than the full one.
-        for (int done = 0; done < nb; done += nbt) {
-          const int cnt = std::min(nbt, nb - done);
-          const int64_t blk = b + done;
-          kTiles[mt - 1][cnt - 1](codes + blk * block_bytes, block_bytes, sz + blk * sz_stride, sz_stride,
-                                  xp + m * x_stride, x_stride, xs + m * groups, groups,
-                                  op + m * out_stride + blk * kInt4BlockRows, out_stride,
-                                  blk + cnt == blocks ? tail_mask : static_cast<__mmask16>(0xFFFF));
+    // Rows of x in chunks that stay in L2 while this thread's weight blocks pass over them
+    // (each block is read from memory once per chunk, and from L1 once per tile of rows).
+    for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
+      const int64_t m1 = std::min(rows, m0 + kRowChunk);
+      const int nb_max = blocks_for(static_cast<int>(std::min<int64_t>(m1 - m0, kMaxTileRows)));
+      for (int64_t b = begin; b < end;) {
+        const int nb = static_cast<int>(std::min<int64_t>(nb_max, end - b));
+        for (int64_t m = m0; m < m1; m += kMaxTileRows) {
+          const int mt = static_cast<int>(std::min<int64_t>(kMaxTileRows, m1 - m));
+          const int nbt = std::min(nb, blocks_for(mt));
+          // A short last tile of rows may take fewer blocks per pass than the full one.
+          for (int done = 0; done < nb; done += nbt) {
+            const int cnt = std::min(nbt, nb - done);
+            const int64_t blk = b + done;
+            kTiles[mt - 1][cnt - 1](codes + blk * block_bytes, block_bytes, sz + blk * sz_stride, sz_stride,
+                                    xp + m * x_stride, x_stride, xs + m * groups, groups,
+                                    op + m * out_stride + blk * kInt4BlockRows, out_stride,
+                                    blk + cnt == blocks ? tail_mask : static_cast<__mmask16>(0xFFFF));
+          }
         }
+        b += nb;
       }
-      b += nb;
     }
   });
+#endif
+}
+
+void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, const at::Tensor& scale_zero, int64_t row_begin) {
+  TORCH_CHECK(out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
+                  (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
+              "dequantize_int4_t: out must be a bf16 or float32 CPU tensor [K, rows] with unit stride along rows");
+  TORCH_CHECK(row_begin >= 0 && row_begin % kInt4BlockRows == 0, "dequantize_int4_t: row_begin must be a multiple of 16");
+  const int64_t k_len = out.size(0), n_rows = out.size(1);
+  TORCH_CHECK(k_len % kInt4GroupSize == 0 && packed.dim() == 2 && packed.size(1) == k_len * 8 &&
+                  packed.scalar_type() == at::kByte && packed.is_contiguous() && scale_zero.is_contiguous() &&
+                  scale_zero.scalar_type() == at::kBFloat16 &&
+                  scale_zero.numel() == packed.size(0) * (k_len / kInt4GroupSize) * kInt4BlockRows * 2 &&
+                  (row_begin + n_rows + kInt4BlockRows - 1) / kInt4BlockRows <= packed.size(0),
+              "dequantize_int4_t: packed / scale_zero are not gemv_int4's layout for these rows (see quant_gemv.h)");
+#if defined(__AVX512BF16__)
+  if (n_rows == 0) return;
+  const int64_t groups = k_len / kInt4GroupSize, first = row_begin / kInt4BlockRows;
+  const int64_t blocks = (n_rows + kInt4BlockRows - 1) / kInt4BlockRows;
+  const auto* codes = packed.data_ptr<uint8_t>() + first * k_len * 8;
+  const auto* sz = reinterpret_cast<const uint32_t*>(scale_zero.data_ptr<at::BFloat16>()) + first * groups * kInt4BlockRows;
+  const bool bf16 = out.scalar_type() == at::kBFloat16;
+  char* base = static_cast<char*>(out.data_ptr());
+  const int64_t row_bytes = out.stride(0) * (bf16 ? 2 : 4);
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    const __m512i nibble = _mm512_set1_epi32(15);
+    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+    const __m512 eight = _mm512_set1_ps(8.0f);
+    for (int64_t b = begin; b < end; ++b) {
+      const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
+      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+      const uint8_t* line = codes + b * k_len * 8;
+      for (int64_t g = 0; g < groups; ++g) {
+        const __m512i pairs = _mm512_loadu_si512(sz + (b * groups + g) * kInt4BlockRows);
+        const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+        const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
+        for (int o = 0; o < 4; ++o) {
+          const __m512i d = _mm512_loadu_si512(line + (g * 4 + o) * kOctetBytes);
+          for (int r = 0; r < 8; ++r) {  // k = 8 * octet + r: bits 4 * (r / 2) + 16 * (r % 2)
+            const __m512i c = _mm512_and_si512(_mm512_srli_epi32(d, 4 * (r / 2) + 16 * (r % 2)), nibble);
+            const __m512 w = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), eight), scale, zero);
+            char* dst = base + ((g * 4 + o) * 8 + r) * row_bytes;
+            if (bf16) {
+              auto* p = reinterpret_cast<uint16_t*>(dst) + b * kInt4BlockRows;
+              _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(w));
+            } else {
+              _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst) + b * kInt4BlockRows, mask, w);
+            }
+          }
+        }
+      }
+    }
+  });
+#else
+  (void)packed, (void)scale_zero, (void)row_begin;
+  TORCH_CHECK(false, "dequantize_int4_t: built without AVX512-BF16");
 #endif
 }
 
@@ -203,6 +264,10 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, co
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed, Tensor scale_zero) -> ()");
+  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, Tensor scale_zero, int row_begin) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("gemv_int4", &pagedllm::gemv_int4); }
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("gemv_int4", &pagedllm::gemv_int4);
+  m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
+}

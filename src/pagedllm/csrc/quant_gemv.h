@@ -30,7 +30,7 @@ namespace pagedllm {
 
 constexpr int64_t kInt4GroupSize = 32;   // values of k per (scale, zero)
 constexpr int64_t kInt4BlockRows = 16;   // output rows per packed block
-constexpr int64_t kInt4GemvMaxRows = 256;  // the most rows of x gemv_int4 takes
+constexpr int64_t kInt4GemvMaxRows = 1 << 16;  // the most rows of x gemv_int4 takes
 
 // Whether gemv_int4 takes x [M, K] against a weight of N rows packed as above: the CPU has
 // AVX512-BF16 (at compile time), x bf16 with unit stride along K, M <= kInt4GemvMaxRows,
@@ -40,5 +40,10 @@ bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, const at
 // out bf16 [M, N] (unit stride along N) = x bf16 [M, K] @ W^T, W packed as above.
 // Parallel over blocks of output rows (at::parallel_for).
 void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale_zero);
+
+// out [K, rows] (bf16 or float32, unit stride along rows) = rows row_begin.. of W, transposed:
+// the dequantized weight for an ordinary matmul (many rows of x). row_begin % 16 == 0.
+// Registered as torch.ops.pagedllm.dequantize_int4_t(out, packed, scale_zero, row_begin).
+void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, const at::Tensor& scale_zero, int64_t row_begin);
 
 }  // namespace pagedllm

@@ -48,11 +48,11 @@ _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
 _ops: dict[str, object] = {}
 
 
-def _gemv_int4():
-    """torch.ops.pagedllm.gemv_int4 (looked up once: the op exists once the kernels are built)."""
-    if "gemv" not in _ops:
-        _ops["gemv"] = torch.ops.pagedllm.gemv_int4.default
-    return _ops["gemv"]
+def _op(name: str):
+    """torch.ops.pagedllm.<name> (looked up once: the ops exist once the kernels are built)."""
+    if name not in _ops:
+        _ops[name] = getattr(torch.ops.pagedllm, name).default
+    return _ops[name]
 
 
 def supports(out_features: int, in_features: int) -> bool:
@@ -138,7 +138,9 @@ class Int4Weight(nn.Module):
         if x.shape[0] <= self.fused_rows and x.dtype == self.scale_zero.dtype:
             if self.layout == "gemv":
                 out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
-                _gemv_int4()(out, x if x.stride(-1) == 1 else x.contiguous(), self.packed, self.scale_zero)
+                _op("gemv_int4")(
+                    out, x if x.stride(-1) == 1 else x.contiguous(), self.packed, self.scale_zero
+                )
             else:
                 out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
         else:
@@ -161,6 +163,14 @@ class Int4Weight(nn.Module):
     def _rows_t(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start..end of the weight, transposed: [K, end - start]."""
         k, g = self.in_features, self.group_size
+        if (
+            self.layout == "gemv"
+            and dtype in (torch.bfloat16, torch.float32)
+            and start % GEMV_BLOCK_ROWS == 0
+        ):
+            out = torch.empty(k, end - start, dtype=dtype)
+            _op("dequantize_int4_t")(out, self.packed, self.scale_zero, start)
+            return out
         codes = self._codes_t(start, end).view(k // g, g, end - start)
         scale_zero = self._scale_zero_t(start, end).to(dtype)
         scale = scale_zero[..., 0].contiguous()  # a strided scale would slow the multiply 10x
