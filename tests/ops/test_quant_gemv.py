@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.model.layers.quantization import Int4Blocks, Int4Weight, int4
-from pagedllm.model.layers.quantization.int4 import pack_gemv, unpack_gemv_t
+from pagedllm.model.layers.quantization.int4 import pack_gemv, unpack_gemv
 from pagedllm.ops import cpu_kernels
 
 needs_kernel = pytest.mark.skipif(
@@ -21,11 +21,12 @@ needs_kernel = pytest.mark.skipif(
     reason="gemv_int4 needs the CPU kernels and AVX512-BF16",
 )
 
-# SmolLM2-135M's projections (qkv, o, gate/up, down) and shapes with tails of 16-row blocks:
-# the padded block (N % 16 != 0), a single block, a K of one group.
+# SmolLM2-135M's projections (qkv, o, gate/up, down; 960 rows end in a super-block of 3
+# blocks) and shapes with tails: a padded block (N % 16 != 0), a single block, last
+# super-blocks of 1..3 blocks, a K of one group.
 SMOLLM2_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
-TAIL_SHAPES = [(40, 64), (16, 32), (200, 96), (1000, 128), (8, 32)]
-ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64]
+TAIL_SHAPES = [(40, 64), (16, 32), (200, 96), (1000, 128), (8, 32), (112, 64)]
+ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130]
 
 
 def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,44 +52,45 @@ def assert_close_to_product(out: torch.Tensor, x: torch.Tensor, weight: torch.Te
     assert (excess <= 0).all(), f"{label}: {int((excess > 0).sum())} outputs off, worst by {excess.max():.3g}"
 
 
-def run_kernel(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, n: int) -> torch.Tensor:
+def run_kernel(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-    torch.ops.pagedllm.gemv_int4(out, x, packed, scale_zero)
+    torch.ops.pagedllm.gemv_int4(out, x, packed)
     return out
 
 
 @pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
 def test_pack_gemv_round_trip(n, k):
     codes, scale, zero = random_weight(n, k)
-    packed, scale_zero = pack_gemv(codes, scale, zero)
+    packed = pack_gemv(codes, scale, zero)
     blocks = -(-n // 16)
-    assert packed.dtype == torch.uint8 and packed.shape == (blocks, k * 8)
-    assert scale_zero.dtype == torch.bfloat16 and scale_zero.shape == (blocks, k // 32, 16, 2)
-    assert torch.equal(unpack_gemv_t(packed, k, 0, n), codes.t())
-    # Rows of one block, rows across blocks.
-    assert torch.equal(unpack_gemv_t(packed, k, 0, min(n, 8)), codes[: min(n, 8)].t())
-    if n > 16:
-        assert torch.equal(unpack_gemv_t(packed, k, 16, n), codes[16:].t())
-    # The documented bit positions: row 1, k = 8 + 2j (+1) in bits 4j (16 + 4j) of its uint32.
-    if k >= 16 and n >= 2:
-        word = int(packed[0, 64 + 4 : 64 + 8].view(torch.int32).item()) & 0xFFFFFFFF
+    assert packed.dtype == torch.uint8 and packed.shape == (blocks * k * 10,)
+    codes_t, scale_zero = unpack_gemv(packed, n, k)
+    assert torch.equal(codes_t, codes.t())
+    assert torch.equal(scale_zero.float(), torch.stack([scale, zero], -1).transpose(0, 1))
+    # The documented byte positions, in the first super-block (4 blocks, or fewer if N < 64).
+    nb, groups = min(blocks, 4), k // 32
+    chunk = packed[: nb * 320 * groups].view(groups, nb * 320)
+    block, row, g, line = min(1, nb - 1), 3, groups - 1, 2
+    word = int(chunk[g, block * 256 + line * 64 + row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
+    n_idx, k0 = block * 16 + row, 32 * g + 8 * line
+    if n_idx < n:
         for j in range(4):
-            assert (word >> (4 * j)) & 15 == codes[1, 8 + 2 * j]
-            assert (word >> (16 + 4 * j)) & 15 == codes[1, 9 + 2 * j]
-    assert torch.equal(scale_zero[0, :, 1, 0].float(), scale[1])
-    assert torch.equal(scale_zero[0, :, 1, 1].float(), zero[1])
+            assert (word >> (4 * j)) & 15 == codes[n_idx, k0 + 2 * j]
+            assert (word >> (16 + 4 * j)) & 15 == codes[n_idx, k0 + 2 * j + 1]
+        pair = chunk[g, nb * 256 + block * 64 + row * 4 :][:4].view(torch.bfloat16).float()
+        assert pair.tolist() == [scale[n_idx, g].item(), zero[n_idx, g].item()]
 
 
 @needs_kernel
 @pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
 def test_gemv_int4_matches_float_product(n, k):
     codes, scale, zero = random_weight(n, k, seed=n + k)
-    packed, scale_zero = pack_gemv(codes, scale, zero)
+    packed = pack_gemv(codes, scale, zero)
     weight = weight_of(codes, scale, zero)
     gen = torch.Generator().manual_seed(1)
     for rows in ROWS:
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
-        assert_close_to_product(run_kernel(x, packed, scale_zero, n), x, weight, f"{n}x{k}, {rows} rows")
+        assert_close_to_product(run_kernel(x, packed, n), x, weight, f"{n}x{k}, {rows} rows")
 
 
 @needs_kernel
@@ -100,10 +102,10 @@ def test_gemv_int4_exact_on_integers():
     codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
     scale = torch.randint(1, 4, (n, k // 32), generator=gen).float()
     zero = torch.randint(-3, 4, (n, k // 32), generator=gen).float()
-    packed, scale_zero = pack_gemv(codes, scale, zero)
+    packed = pack_gemv(codes, scale, zero)
     x = torch.randint(-2, 3, (5, k), generator=gen).to(torch.bfloat16)
     expected = x.double() @ weight_of(codes, scale, zero).t()
-    assert torch.equal(run_kernel(x, packed, scale_zero, n), expected.to(torch.bfloat16))
+    assert torch.equal(run_kernel(x, packed, n), expected.to(torch.bfloat16))
 
 
 @needs_kernel
@@ -111,12 +113,12 @@ def test_gemv_int4_strided_rows_and_output():
     """x rows and out rows with strides past their width (views into wider tensors)."""
     n, k = 80, 128
     codes, scale, zero = random_weight(n, k, seed=3)
-    packed, scale_zero = pack_gemv(codes, scale, zero)
+    packed = pack_gemv(codes, scale, zero)
     wide_x = torch.randn(6, k + 64).to(torch.bfloat16)
     x = wide_x[:, 32 : 32 + k]
     wide_out = torch.zeros(6, n + 16, dtype=torch.bfloat16)
     out = wide_out[:, :n]
-    torch.ops.pagedllm.gemv_int4(out, x, packed, scale_zero)
+    torch.ops.pagedllm.gemv_int4(out, x, packed)
     assert_close_to_product(out, x, weight_of(codes, scale, zero), "strided")
     assert (wide_out[:, n:] == 0).all()  # the padded tail block is not written past N
 
@@ -124,15 +126,15 @@ def test_gemv_int4_strided_rows_and_output():
 @needs_kernel
 def test_gemv_int4_rejects_what_it_cannot_take():
     codes, scale, zero = random_weight(32, 64)
-    packed, scale_zero = pack_gemv(codes, scale, zero)
+    packed = pack_gemv(codes, scale, zero)
     out = torch.empty(1, 32, dtype=torch.bfloat16)
+    x = torch.randn(1, 64).to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="gemv_int4"):
-        torch.ops.pagedllm.gemv_int4(out, torch.randn(1, 64), packed, scale_zero)  # float32 x
+        torch.ops.pagedllm.gemv_int4(out, x.float(), packed)  # float32 x
     with pytest.raises(RuntimeError, match="gemv_int4"):
-        torch.ops.pagedllm.gemv_int4(out, torch.randn(1, 96).to(torch.bfloat16), packed, scale_zero)  # K
+        torch.ops.pagedllm.gemv_int4(out, torch.randn(1, 96).to(torch.bfloat16), packed)  # K
     with pytest.raises(RuntimeError, match="gemv_int4"):  # N beyond the packed blocks
-        torch.ops.pagedllm.gemv_int4(torch.empty(1, 48, dtype=torch.bfloat16), out[:, :64].new_zeros(1, 64),
-                                     packed, scale_zero)  # fmt: skip
+        torch.ops.pagedllm.gemv_int4(torch.empty(1, 48, dtype=torch.bfloat16), x, packed)
 
 
 @needs_kernel
@@ -141,7 +143,7 @@ def test_int4_weight_runs_the_kernel_and_matches_the_dequantize_path(n, k):
     codes, scale, zero = random_weight(n, k, seed=4)
     q = Int4Weight(Int4Blocks(codes, scale, zero, 32), torch.bfloat16)
     assert q.uses_gemv_kernel and q.layout == "gemv" and q.gemv_max_rows == int4.GEMV_MAX_ROWS
-    assert q.packed.data_ptr() and q.scale_zero.shape == (n // 16, k // 32, 16, 2)
+    assert q.scale_zero is None and q.nbytes == q.packed.nbytes == n * k * 10 // 16
     # The layout round-trips: codes and the dequantized weight are the blocks'.
     assert torch.equal(q.codes_t().t(), codes)
     assert torch.equal(q.dequantize(torch.float32), Int4Blocks(codes, scale, zero, 32).dequantize())
@@ -201,14 +203,20 @@ def test_dequantize_int4_t_slices(n, k):
     """The prefill path's dequantization: rows row_begin.. of W transposed, exactly the blocks'
     weight (float32: (code - 8) * scale + zero rounded once; bf16: that rounded to bf16)."""
     codes, scale, zero = random_weight(n, k, seed=8)
-    packed, scale_zero = pack_gemv(codes, scale, zero)
+    packed = pack_gemv(codes, scale, zero)
     weight = Int4Blocks(codes, scale, zero, 32).dequantize()
-    for start, end in [(0, n), (16, n), (0, min(n, 24)), (min(n, 32) // 16 * 16, min(n, 64))]:
+    for start, end in [
+        (0, n),
+        (16, n),
+        (0, min(n, 24)),
+        (min(n, 32) // 16 * 16, min(n, 64)),
+        (n // 64 * 64, n),
+    ]:
         for dtype in (torch.float32, torch.bfloat16):
             out = torch.empty(k, end - start, dtype=dtype)
-            torch.ops.pagedllm.dequantize_int4_t(out, packed, scale_zero, start)
+            torch.ops.pagedllm.dequantize_int4_t(out, packed, start)
             assert torch.equal(out, weight[start:end].t().to(dtype)), (start, end, dtype)
     with pytest.raises(RuntimeError, match="multiple of 16"):
-        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, 8), packed, scale_zero, 8)
+        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, 8), packed, 8)
     with pytest.raises(RuntimeError, match="layout"):
-        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, n + 16), packed, scale_zero, 0)
+        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, n + 16), packed, 0)

@@ -37,8 +37,11 @@ OP_MAX_ROWS = 64
 # Up to this many rows gemv_int4 runs (the "gemv" layout); more rows dequantize (see
 # benchmarks/quant_kernels.py for the crossover).
 GEMV_MAX_ROWS = 64
-# The gemv layout's block of output rows and its 8 values of k per 64-byte line.
+# The gemv layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block;
+# per block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).
 GEMV_BLOCK_ROWS = 16
+GEMV_SUPER_BLOCKS = 4
+_GROUP_BYTES, _SCALE_BYTES = 256, 64
 LAYOUTS = ("gemv", "torch", "plain")
 # The fused kernel packs output rows in blocks of 64 (tails of 16, 32 or 48).
 _ROW_MULTIPLE = 16
@@ -74,8 +77,9 @@ def quantize_groups(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> Int4B
 class Int4Weight(nn.Module):
     """A [N, K] weight in 4-bit groups: `linear(x)` = x @ W^T, `dequantize()` = W.
 
-    For C++ callers (layout "gemv"): `packed` and `scale_zero` are the arguments of
-    `pagedllm::gemv_int4` (csrc/quant_gemv.h) for up to `gemv_max_rows` rows of bf16 x.
+    For C++ callers (layout "gemv", `uses_gemv_kernel`): `packed` is the weight argument of
+    `pagedllm::gemv_int4` (csrc/quant_gemv.h; codes and scales in one tensor, `scale_zero` is
+    None), which `linear` runs for up to `gemv_max_rows` rows of bf16 x.
     """
 
     def __init__(
@@ -95,8 +99,11 @@ class Int4Weight(nn.Module):
         if layout not in LAYOUTS:
             raise ValueError(f"int4 layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
         self.unpackable = True
+        self.activation_dtype = dtype  # of the scales, and of x for the fused kernels
         if layout == "gemv":
-            packed, scale_zero = pack_gemv(codes, blocks.scale, blocks.zero, dtype)
+            if dtype != torch.bfloat16:
+                raise ValueError(f"the gemv int4 layout takes bf16 activations, not {dtype}")
+            packed, scale_zero = pack_gemv(codes, blocks.scale, blocks.zero), None
         else:
             # [K / g, N, 2]: torch's kernel's layout; the dequantize path reads its two planes.
             scale_zero = torch.stack([blocks.scale, blocks.zero], dim=-1).transpose(0, 1).contiguous()
@@ -118,7 +125,7 @@ class Int4Weight(nn.Module):
 
     @property
     def uses_gemv_kernel(self) -> bool:
-        """Whether `packed` / `scale_zero` are in gemv_int4's layout (see `gemv_max_rows`)."""
+        """Whether `packed` is in gemv_int4's layout (see `gemv_max_rows`)."""
         return self.layout == "gemv"
 
     @property
@@ -128,19 +135,17 @@ class Int4Weight(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        return self.packed.nbytes + self.scale_zero.nbytes
+        return self.packed.nbytes + (0 if self.scale_zero is None else self.scale_zero.nbytes)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] (in the scales' dtype for the fused kernels) -> x @ W^T + bias [..., N]."""
         if x.dim() != 2:
             out = self.linear(x.reshape(-1, self.in_features), bias)
             return out.reshape(*x.shape[:-1], self.out_features)
-        if x.shape[0] <= self.fused_rows and x.dtype == self.scale_zero.dtype:
+        if x.shape[0] <= self.fused_rows and x.dtype == self.activation_dtype:
             if self.layout == "gemv":
                 out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
-                _op("gemv_int4")(
-                    out, x if x.stride(-1) == 1 else x.contiguous(), self.packed, self.scale_zero
-                )
+                _op("gemv_int4")(out, x if x.stride(-1) == 1 else x.contiguous(), self.packed)
             else:
                 out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
         else:
@@ -154,7 +159,7 @@ class Int4Weight(nn.Module):
 
     def dequantize_t(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The transposed weight [K, N], contiguous (the layout the unpacking produces cheaply)."""
-        return self._rows_t(0, self.out_features, dtype or self.scale_zero.dtype)
+        return self._rows_t(0, self.out_features, dtype or self.activation_dtype)
 
     def codes_t(self) -> torch.Tensor:
         """The codes transposed, uint8 [K, N]."""
@@ -169,7 +174,7 @@ class Int4Weight(nn.Module):
             and start % GEMV_BLOCK_ROWS == 0
         ):
             out = torch.empty(k, end - start, dtype=dtype)
-            _op("dequantize_int4_t")(out, self.packed, self.scale_zero, start)
+            _op("dequantize_int4_t")(out, self.packed, start)
             return out
         codes = self._codes_t(start, end).view(k // g, g, end - start)
         scale_zero = self._scale_zero_t(start, end).to(dtype)
@@ -179,17 +184,14 @@ class Int4Weight(nn.Module):
 
     def _scale_zero_t(self, start: int, end: int) -> torch.Tensor:
         """[K / g, end - start, 2] (scale, zero) of rows start..end."""
-        if self.layout != "gemv":
-            return self.scale_zero[:, start:end]
-        first, last = start // GEMV_BLOCK_ROWS, -(-end // GEMV_BLOCK_ROWS)
-        blocks = self.scale_zero[first:last]  # [blocks, K / g, 16, 2]
-        rows = blocks.transpose(0, 1).reshape(blocks.shape[1], -1, 2)
-        return rows[:, start - first * GEMV_BLOCK_ROWS : end - first * GEMV_BLOCK_ROWS]
+        if self.layout == "gemv":
+            return unpack_gemv(self.packed, self.out_features, self.in_features)[1][:, start:end]
+        return self.scale_zero[:, start:end]
 
     def _codes_t(self, start: int, end: int) -> torch.Tensor:
         """uint8 [K, end - start] codes of rows start..end (start a multiple of 64)."""
         if self.layout == "gemv":
-            return unpack_gemv_t(self.packed, self.in_features, start, end)
+            return unpack_gemv(self.packed, self.out_features, self.in_features)[0][:, start:end].contiguous()
         if self.layout == "torch":
             if not self.unpackable:
                 raise RuntimeError("this build's int4 packing layout is not understood; use linear()")
@@ -208,38 +210,62 @@ def default_layout(dtype: torch.dtype, device: torch.device | str) -> str:
     return "gemv" if cpu_kernels.int4_gemv_supported(dtype, device) else "torch"
 
 
-def pack_gemv(
-    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype = torch.bfloat16
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed, scale_zero) in gemv_int4's layout from codes uint8 [N, K] and scale / zero [N, K / 32].
-
-    packed uint8 [ceil(N / 16), K * 8]: per block of 16 rows, per 8 values of k, 16 uint32
-    (one per row) with code[k0 + 2j] in bits 4j..4j+3 and code[k0 + 2j + 1] in bits
-    16+4j..16+4j+3. scale_zero [ceil(N / 16), K / 32, 16, 2] in `dtype`. Rows past N: zeros.
-    """
+def pack_gemv(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """gemv_int4's `packed` (uint8, ceil(N / 16) * K * 10 bytes, see csrc/quant_gemv.h) from
+    codes uint8 [N, K] and scale / zero [N, K / 32] (stored in bf16)."""
     n, k = codes.shape
-    blocks = -(-n // GEMV_BLOCK_ROWS)
+    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
     pad = blocks * GEMV_BLOCK_ROWS - n
     if pad:
         codes = torch.cat([codes, codes.new_zeros(pad, k)])
-        scale = torch.cat([scale, scale.new_zeros(pad, scale.shape[1])])
-        zero = torch.cat([zero, zero.new_zeros(pad, zero.shape[1])])
-    # k = 8 * octet + 4 * j2 + 2 * jl + h -> byte 2 * h + j2 of the row's uint32, nibble jl.
-    c = codes.view(blocks, GEMV_BLOCK_ROWS, k // 8, 2, 2, 2).permute(0, 2, 1, 5, 3, 4)
-    packed = (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, k * 8)
-    scale_zero = torch.stack([scale, zero], dim=-1).to(dtype)  # [N, K / g, 2]
-    scale_zero = scale_zero.view(blocks, GEMV_BLOCK_ROWS, -1, 2).transpose(1, 2).contiguous()
-    return packed, scale_zero
+        scale = torch.cat([scale, scale.new_zeros(pad, groups)])
+        zero = torch.cat([zero, zero.new_zeros(pad, groups)])
+    # k = 32 g + 8 line + 4 j2 + 2 jl + h -> byte 2 h + j2 of the row's uint32, nibble jl.
+    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, 4, 2, 2, 2).permute(0, 2, 3, 1, 6, 4, 5)
+    lines = (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, groups, _GROUP_BYTES)
+    pairs = torch.stack([scale, zero], dim=-1).to(torch.bfloat16).view(torch.uint8)  # [N, groups, 4]
+    pairs = (
+        pairs.view(blocks, GEMV_BLOCK_ROWS, groups, 4).transpose(1, 2).reshape(blocks, groups, _SCALE_BYTES)
+    )
+    full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
+    parts = []
+    for start, end in ((0, full), (full, blocks)):
+        if end > start:  # all full super-blocks at once, then the last (1..3 blocks), if any
+            nb = min(end - start, GEMV_SUPER_BLOCKS)
+            chunks = [t[start:end].view(-1, nb, groups, t.shape[-1]).transpose(1, 2) for t in (lines, pairs)]
+            parts.append(
+                torch.cat([t.reshape(-1, groups, nb * t.shape[-1]) for t in chunks], dim=2).reshape(-1)
+            )
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def unpack_gemv_t(packed: torch.Tensor, k: int, start: int = 0, end: int | None = None) -> torch.Tensor:
-    """uint8 [K, end - start] codes of rows start..end from `pack_gemv`'s layout."""
-    end = packed.shape[0] * GEMV_BLOCK_ROWS if end is None else end
-    first, last = start // GEMV_BLOCK_ROWS, -(-end // GEMV_BLOCK_ROWS)
-    p = packed[first:last].view(last - first, k // 8, GEMV_BLOCK_ROWS, 2, 2)  # block, octet, row, h, j2
+def unpack_gemv(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes_t uint8 [K, N], scale_zero bf16 [K / 32, N, 2]) from `pack_gemv`'s layout."""
+    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
+    full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
+    block_bytes = groups * (_GROUP_BYTES + _SCALE_BYTES)
+    lines, pairs = [], []
+    for start, end in ((0, full), (full, blocks)):
+        if end > start:
+            nb = min(end - start, GEMV_SUPER_BLOCKS)
+            chunk = packed[start * block_bytes : end * block_bytes].view(
+                -1, groups, nb * (_GROUP_BYTES + _SCALE_BYTES)
+            )
+            lines.append(
+                chunk[..., : nb * _GROUP_BYTES].reshape(-1, groups, nb, _GROUP_BYTES).transpose(1, 2)
+            )
+            pairs.append(
+                chunk[..., nb * _GROUP_BYTES :].reshape(-1, groups, nb, _SCALE_BYTES).transpose(1, 2)
+            )
+    lines_t = torch.cat([t.reshape(-1, groups, _GROUP_BYTES) for t in lines]).transpose(
+        0, 1
+    )  # [groups, blocks, 256]
+    pairs_t = torch.cat([t.reshape(-1, groups, _SCALE_BYTES) for t in pairs]).transpose(0, 1)
+    p = lines_t.reshape(groups, blocks, 4, GEMV_BLOCK_ROWS, 2, 2)  # g, block, line, row, h, j2
     codes = torch.stack([p & 15, p >> 4], dim=-1)  # ..., jl
-    codes = codes.permute(1, 4, 5, 3, 0, 2).reshape(k, (last - first) * GEMV_BLOCK_ROWS)
-    return codes[:, start - first * GEMV_BLOCK_ROWS : end - first * GEMV_BLOCK_ROWS]
+    codes_t = codes.permute(0, 2, 5, 6, 4, 1, 3).reshape(k, blocks * GEMV_BLOCK_ROWS)[:, :n]
+    scale_zero = pairs_t.reshape(groups, blocks * GEMV_BLOCK_ROWS, 4).view(torch.bfloat16)
+    return codes_t, scale_zero[:, :n]
 
 
 def _pack_fused(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
