@@ -6,11 +6,12 @@ Storage: the codes packed two per byte (half a byte per weight) and a (scale, ze
 group in the activation dtype (2 values per 32 weights: another eighth of a byte). The layout
 depends on where the weight runs (`Int4Weight.layout`):
 
-- "gemv" (CPU with AVX512-BF16, bf16 activations, compiled kernels): the layout of
-  `torch.ops.pagedllm.gemv_int4` (csrc/quant_gemv.h, `pack_gemv`): output rows in blocks of 16,
-  k-major, so that one kernel streams each block once for every row of x. Up to
-  `GEMV_MAX_ROWS` rows (decode) run it; more rows dequantize slices of the weight for an
-  ordinary matmul (prefill).
+- "gemv" (CPU with AVX512-BF16, bf16 activations, compiled kernels): one uint8 tensor in the
+  layout of `torch.ops.pagedllm.gemv_int4` (csrc/quant_gemv.h, `pack_gemv`): output rows in
+  blocks of 16, k-major, the codes and scales of 64 rows interleaved group by group, so that
+  the kernel reads each thread's rows as one stream, once for up to 64 rows of x. Up to
+  `GEMV_MAX_ROWS` rows (decode, small prefills) run it; more rows dequantize slices of the
+  weight (`dequantize_int4_t`) for an ordinary matmul.
 - "torch" (other CPUs, float32 models, or `PAGEDLLM_CPU_KERNELS=0`): the layout of torch's
   fused kernel (`aten._weight_int4pack_mm_for_cpu`), which runs up to `OP_MAX_ROWS` rows; it
   computes in float32 FMAs and dequantizes again for every 4 rows, so more rows dequantize.
@@ -34,9 +35,12 @@ GROUP_SIZE = 32
 # Up to this many rows torch's fused CPU kernel is faster than unpack + bf16 matmul: the
 # crossover was 75-100 rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
 OP_MAX_ROWS = 64
-# Up to this many rows gemv_int4 runs (the "gemv" layout); more rows dequantize (see
-# benchmarks/quant_kernels.py for the crossover).
-GEMV_MAX_ROWS = 64
+# Up to this many rows gemv_int4 runs (the "gemv" layout); more rows dequantize slices of the
+# weight for a bf16 matmul. The crossover (benchmarks/quant_kernels.py --sweep, one thread,
+# cold weights) was at 100-200 rows on SmolLM2's shapes: at 64 rows the kernel took 115 / 620 /
+# 268 us (576x576 / 3072x576 / 576x1536) against 154 / 823 / 374 dequantizing; at 128 rows
+# 251 / 1311 / 555 against 241 / 1284 / 621; at 256 rows dequantizing won by 1-14%.
+GEMV_MAX_ROWS = 128
 # The gemv layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block;
 # per block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).
 GEMV_BLOCK_ROWS = 16
