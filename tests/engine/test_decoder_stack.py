@@ -78,3 +78,15 @@ def test_smollm2_bf16_matches_python_layers(monkeypatch):
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
     assert _stack_of(fused) is not None
     assert ours == reference
+
+
+def test_smollm2_int4_matches_python_layers(monkeypatch):
+    """4-bit weights in the compiled 4-bit kernel's layout run inside the op too."""
+    prompts = _prompts(49152, [64, 9, 31], seed=7)
+    kwargs = dict(dtype="bfloat16", quantization="int4", max_num_batched_tokens=96, kv_cache_memory=0.25)
+    fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
+    stack = _stack_of(fused)
+    if not fused.engine.executor.runner.model.model.layers[0].self_attn.qkv_proj.quant.uses_gemv_kernel:
+        pytest.skip("4-bit weights are not in the compiled kernel's layout on this CPU")
+    assert stack is not None and stack.max_rows is not None
+    assert ours == reference

@@ -34,7 +34,8 @@ from pagedllm.model.layers.quantization import (
 from pagedllm.model.layers.quantization.int4 import quantize_groups
 
 # The fused CPU kernels take 1 and 3 rows; the last size takes the dequantize path.
-ROWS = (1, 3, max(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS) + 5)
+FUSED_MAX_ROWS = max(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS, int4.GEMV_MAX_ROWS)
+ROWS = (1, 3, FUSED_MAX_ROWS + 5)
 
 
 def random_blocks(rows: int, cols: int, seed: int = 0) -> Int4Blocks:
@@ -49,7 +50,7 @@ def random_blocks(rows: int, cols: int, seed: int = 0) -> Int4Blocks:
 
 
 def test_row_sizes_cover_both_paths():
-    assert min(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS) >= 3 and ROWS[-1] > max(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS)
+    assert min(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS, int4.GEMV_MAX_ROWS) >= 3 and ROWS[-1] > FUSED_MAX_ROWS
 
 
 def assert_matches(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias=None, label="") -> None:
@@ -93,6 +94,7 @@ def test_int4_weight_matches_its_dequantized_weight(dtype, rows, out_features):
     blocks = random_blocks(out_features, 96)
     q = Int4Weight(blocks, dtype)
     assert q.fused and q.unpackable
+    assert q.layout == int4.default_layout(dtype, "cpu")  # bf16: gemv_int4's where it runs
     # The packed codes read back exactly, and the weight is the blocks' (scales in `dtype`).
     assert torch.equal(q.codes_t().t(), blocks.codes)
     tol = 0 if dtype == torch.float32 else 2e-2 * blocks.zero.abs().max().item()

@@ -14,8 +14,9 @@
 //   x = (silu(gate) * up)(x @ Wgate_up^T) @ Wdown^T
 // and the final norm. Linear layers run the kernel the Python layer would: packed bf16 weights
 // the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
-// AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (uint8 packed,
-// with their scales as the "aux" tensor) pagedllm::gemv_int4.
+// AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
+// scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4. `weight_aux` is reserved for
+// formats that keep a second tensor (empty for all of these).
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -73,11 +74,10 @@ const Kernels& kernels() {
   return k;
 }
 
-// 4-bit weights come from another translation unit; looked up on first use only.
-const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
-gemv_int4_handle() {
+// Kernels from other translation units; looked up on first use only.
+const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemv_int4_handle() {
   static const auto handle =
-      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&, const at::Tensor&)>("pagedllm::gemv_int4");
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemv_int4");
   return handle;
 }
 
@@ -100,7 +100,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   }
   if (kind == kInt4) {
     auto out = at::empty({x.size(0), out_features}, x.options());
-    gemv_int4_handle().call(out, x, weight, aux);
+    gemv_int4_handle().call(out, x, weight);
     return out;
   }
   if (kHasSkinnyKernel && x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&

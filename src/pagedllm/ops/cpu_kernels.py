@@ -121,6 +121,14 @@ def gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def int4_gemv_supported(dtype: torch.dtype, device: torch.device | str = "cpu") -> bool:
+    """Whether `torch.ops.pagedllm.gemv_int4` can serve 4-bit weights with `dtype` activations on
+    `device`: bf16 on a CPU with AVX512-BF16, kernels built (else the weights keep torch's layout)."""
+    return (
+        dtype == torch.bfloat16 and torch.device(device).type == "cpu" and has_avx512_bf16() and available()
+    )
+
+
 def has_avx512_bf16() -> bool:
     """Whether the CPU has AVX512-BF16 dot products (the bf16 kernels' instruction set)."""
     if "bf16" not in _state:

@@ -196,5 +196,5 @@ def _linear_entry(linear) -> tuple[torch.Tensor, torch.Tensor, int, int | None] 
     if isinstance(quant, PackedBF16Weight):
         return quant.packed, _EMPTY, PACKED_BF16, None
     if getattr(quant, "uses_gemv_kernel", False):
-        return quant.packed, quant.scale_zero, INT4, quant.gemv_max_rows
+        return quant.packed, _EMPTY, INT4, quant.gemv_max_rows
     return None

@@ -1,0 +1,119 @@
+"""The 4-bit weight matmuls alone on SmolLM2-135M's shapes: old (torch's int4 op) vs new (gemv_int4).
+
+    python benchmarks/quant_kernels.py [--rows 1 4 16] [--threads 2] [--sweep]
+
+For each projection shape and number of rows M: µs per call and the packed weight bytes
+(codes + scales) read per second, for
+
+- `torch op`:  `aten._weight_int4pack_mm_for_cpu` on torch's layout (the previous decode path);
+- `gemv_int4`: `torch.ops.pagedllm.gemv_int4` on its own layout (the decode path now);
+- `deq torch` / `deq gemv`: the prefill path, slices of the weight dequantized from each layout
+  to bf16 for an ordinary matmul;
+- `bf16`: the bf16 weight through `pagedllm.ops.linear` (the unquantized model's path).
+
+Weights are cycled through copies totalling more than the L3 cache, as in a decode step, and
+each figure is the median of single calls. `--sweep` times M = 8..256 to place the row
+threshold (`int4.GEMV_MAX_ROWS`) where the dequantize path starts to win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from pagedllm.model.layers.quantization import Int4Weight
+from pagedllm.model.layers.quantization.chunked import dequantized_matmul
+from pagedllm.model.layers.quantization.int4 import quantize_groups
+from pagedllm.ops import cpu_kernels
+from pagedllm.ops.linear import linear as dense_linear
+
+SHAPES = {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
+COLD_BYTES = 96e6  # > 32 MB L3
+SWEEP_ROWS = (8, 16, 32, 64, 128, 256, 512, 1024)
+BEST = False
+
+
+def _time(calls, budget: float = 0.25) -> float:
+    """Time of one call (µs), cycling through `calls` (one per copy of the weights): the median
+    of single calls, or with --best their minimum (on a machine shared with other work)."""
+    for call in calls[:2]:
+        call()
+    times: list[float] = []
+    spent = 0.0
+    while (spent < budget and len(times) < 2000) or len(times) < 5:
+        start = time.perf_counter()
+        calls[len(times) % len(calls)]()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        spent += elapsed
+    return (min(times) if BEST else statistics.median(times)) * 1e6
+
+
+def _copies(nbytes: float) -> int:
+    return max(1, min(256, round(COLD_BYTES / nbytes)))
+
+
+def _dequantize_path(q: Int4Weight, x: torch.Tensor) -> torch.Tensor:
+    return dequantized_matmul(x, q.out_features, lambda a, b: q._rows_t(a, b, x.dtype))
+
+
+def _gemv(q: Int4Weight, x: torch.Tensor) -> None:
+    out = torch.empty(x.shape[0], q.out_features, dtype=x.dtype)
+    torch.ops.pagedllm.gemv_int4(out, x, q.packed)
+
+
+def _torch_op(q: Int4Weight, x: torch.Tensor) -> None:
+    torch.ops.aten._weight_int4pack_mm_for_cpu(x, q.packed, q.group_size, q.scale_zero)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true", help=f"rows {SWEEP_ROWS}: where dequantizing wins")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--best", action="store_true", help="the fastest call instead of the median")
+    args = parser.parse_args()
+    global BEST
+    BEST = args.best
+    if not cpu_kernels.int4_gemv_supported(torch.bfloat16):
+        raise SystemExit("gemv_int4 is not available here (CPU kernels off, or no AVX512-BF16)")
+    from pagedllm.worker.platform import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    torch.set_num_threads(args.threads)
+    rows = SWEEP_ROWS if args.sweep else args.rows
+    cols = ["torch op", "gemv_int4", "deq torch", "deq gemv", "bf16"]
+    print(
+        f"µs per call (GB/s of packed int4 weight bytes), {torch.get_num_threads()} threads, bf16 x, cold weights"
+    )
+    print(f"{'shape':<9}{'N x K':>10}{'M':>5}" + "".join(f"{c:>17}" for c in cols))
+    gen = torch.Generator().manual_seed(0)
+    for name in args.shapes:
+        n, k = SHAPES[name]
+        blocks = quantize_groups(torch.randn(n, k, generator=gen) * 0.05)
+        nbytes = Int4Weight(blocks, torch.bfloat16, layout="gemv").nbytes
+        copies = _copies(nbytes)
+        old = [Int4Weight(blocks, torch.bfloat16, layout="torch") for _ in range(copies)]
+        new = [Int4Weight(blocks, torch.bfloat16, layout="gemv") for _ in range(copies)]
+        dense = [blocks.dequantize(torch.bfloat16) for _ in range(_copies(2 * n * k))]
+        for m in rows:
+            x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+            timings = [
+                _time([lambda q=q, x=x: _torch_op(q, x) for q in old]),
+                _time([lambda q=q, x=x: _gemv(q, x) for q in new]),
+                _time([lambda q=q, x=x: _dequantize_path(q, x) for q in old]),
+                _time([lambda q=q, x=x: _dequantize_path(q, x) for q in new]),
+                _time([lambda w=w, x=x: dense_linear(x, w) for w in dense]),
+            ]
+            cells = "".join(f"{t:>8.1f} ({nbytes / t / 1e3:>5.1f})" for t in timings)
+            print(f"{name:<9}{f'{n}x{k}':>10}{m:>5}{cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

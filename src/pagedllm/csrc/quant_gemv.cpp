@@ -1,0 +1,299 @@
+// Skinny matmuls on 4-bit group-quantized weights (decode); see quant_gemv.h for the layout.
+//
+// Each weight byte is read once per call (per 64 rows of x), front to back: the codes and
+// scales of a super-block of 64 output rows are interleaved group by group, so that a thread
+// reads one sequential stream (measured 5-15% faster for one row than separate streams for
+// each block's codes and scales). Every 64-byte line of codes serves all rows of x in a tile. Per line: one load, then for
+// each of the 4 k-pairs a shift and a ternary-logic mask / OR that turn the 16 lanes into
+// bf16 pairs (16 + code), and one AVX512-BF16 dot product per row of x. The 16 + code form
+// (instead of code - 8) costs nothing: its offset folds into the per-group term
+// (zero - 24 * scale) * sum(x over the group), applied with the scale once per 32 values of k.
+
+#include "quant_gemv.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+namespace pagedllm {
+
+namespace {
+
+constexpr int64_t kOctetBytes = 64;                                 // 8 values of k for 16 rows
+constexpr int64_t kGroupBytes = kOctetBytes * kInt4GroupSize / 8;  // codes of a block and group
+constexpr int64_t kScaleBytes = kInt4BlockRows * 4;                 // (scale, zero) of a block and group
+constexpr int kMaxTileRows = 8;                                     // rows of x per pass
+constexpr int64_t kRowChunk = 64;                                   // rows of x per sweep over W
+// Groups ahead that a tile prefetches (5 KB for 4 blocks): measured 8-14% less time for one
+// row of x than without (2 threads, cold weights); 2 groups gained half of that, 8 no more.
+constexpr int64_t kPrefetchGroups = 4;
+
+#if defined(__AVX512BF16__)
+
+// Where a tile finds its blocks' data: block b's codes for group g at
+// codes + g * group_stride + b * block_stride, its (scale, zero) lanes at
+// sz + g * sz_group_stride + b * sz_block_stride (all in bytes).
+struct Int4Tile {
+  const uint8_t* codes;
+  int64_t group_stride, block_stride;
+  const uint8_t* sz;
+  int64_t sz_group_stride, sz_block_stride;
+};
+
+// Rows m0..m0 + kM of x against kNB blocks of 16 output rows, over all of K.
+//   xsum: [kM][groups] float sums of x over each group
+template <int kM, int kNB, int kP>
+void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const float* xsum, int64_t groups,
+               uint16_t* out, int64_t out_stride, __mmask16 last_mask) {
+  const __m512i mask = _mm512_set1_epi32(0x00780078);   // mantissa bits 3..6 of both halves
+  const __m512i magic = _mm512_set1_epi32(0x41804180);  // bf16 16.0 in both halves
+  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  const __m512 minus24 = _mm512_set1_ps(-24.0f);
+  __m512 total[kM][kNB];
+  for (int m = 0; m < kM; ++m)
+    for (int b = 0; b < kNB; ++b) total[m][b] = _mm512_setzero_ps();
+
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 acc[kM][kNB][kP];
+    for (int m = 0; m < kM; ++m)
+      for (int b = 0; b < kNB; ++b)
+        for (int p = 0; p < kP; ++p) acc[m][b][p] = _mm512_setzero_ps();
+    const uint8_t* line = t.codes + g * t.group_stride;
+    if (g + kPrefetchGroups < groups) {  // the hardware prefetcher alone ramps up too late
+      for (int b = 0; b < kNB; ++b) {
+        const uint8_t* ahead = line + kPrefetchGroups * t.group_stride + b * t.block_stride;
+        for (int o = 0; o < 4; ++o) _mm_prefetch(reinterpret_cast<const char*>(ahead + o * kOctetBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(t.sz + (g + kPrefetchGroups) * t.sz_group_stride +
+                                                   b * t.sz_block_stride),
+                     _MM_HINT_T0);
+      }
+    }
+    const uint16_t* xg = x + g * kInt4GroupSize;
+#pragma GCC unroll 4
+    for (int o = 0; o < 4; ++o) {
+      __m512i d[kNB];
+      for (int b = 0; b < kNB; ++b) d[b] = _mm512_loadu_si512(line + b * t.block_stride + o * kOctetBytes);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m512bh w[kNB];
+        for (int b = 0; b < kNB; ++b) {
+          __m512i s;
+          switch (j) {
+            case 0: s = _mm512_slli_epi32(d[b], 3); break;
+            case 1: s = _mm512_srli_epi32(d[b], 1); break;
+            case 2: s = _mm512_srli_epi32(d[b], 5); break;
+            default: s = _mm512_srli_epi32(d[b], 9); break;
+          }
+          w[b] = (__m512bh)_mm512_ternarylogic_epi32(s, mask, magic, 0xEA);  // (s & mask) | magic
+        }
+        for (int m = 0; m < kM; ++m) {
+          int32_t pair;
+          __builtin_memcpy(&pair, xg + m * x_stride + o * 8 + 2 * j, sizeof(pair));
+          const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+          for (int b = 0; b < kNB; ++b) acc[m][b][j % kP] = _mm512_dpbf16_ps(acc[m][b][j % kP], xv, w[b]);
+        }
+      }
+    }
+    for (int b = 0; b < kNB; ++b) {
+      const __m512i pairs = _mm512_loadu_si512(t.sz + g * t.sz_group_stride + b * t.sz_block_stride);
+      const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+      const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
+      const __m512 offset = _mm512_fmadd_ps(scale, minus24, zero);  // sum (c - 8) x = A - 24 sum x
+      for (int m = 0; m < kM; ++m) {
+        __m512 a = acc[m][b][0];
+        for (int p = 1; p < kP; ++p) a = _mm512_add_ps(a, acc[m][b][p]);
+        total[m][b] = _mm512_fmadd_ps(a, scale, total[m][b]);
+        total[m][b] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xsum[m * groups + g]), total[m][b]);
+      }
+    }
+  }
+  for (int m = 0; m < kM; ++m)
+    for (int b = 0; b < kNB; ++b) {
+      const __m256i v = (__m256i)_mm512_cvtneps_pbh(total[m][b]);
+      uint16_t* dst = out + m * out_stride + b * kInt4BlockRows;
+      if (b == kNB - 1)
+        _mm256_mask_storeu_epi16(dst, last_mask, v);
+      else
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+    }
+}
+
+using TileFn = void (*)(const Int4Tile&, const uint16_t*, int64_t, const float*, int64_t, uint16_t*, int64_t,
+                        __mmask16);
+
+// Blocks per pass for a tile of kM rows: enough independent accumulators to hide the dot
+// products' latency, few enough to stay in the 32 vector registers.
+// (Measured in cache on one core: 4 blocks for up to 4 rows, 2 beyond, ran 5.6-6.5 G dot
+// products/s against 4.7-4.9 with half as many.) Past 16 accumulators they would spill.
+constexpr int blocks_for(int m) { return m <= 4 ? 4 : 2; }
+
+template <int kM, int kNB>
+constexpr TileFn tile_fn() {
+  return &int4_tile<kM, kNB, (kM * kNB >= 8 ? 1 : 2)>;
+}
+
+// [rows of x - 1][blocks - 1]: the tile for 1..8 rows and 1..4 blocks (4 only where chosen).
+template <int kM>
+constexpr std::array<TileFn, 4> tiles_for_rows() {
+  return {tile_fn<kM, 1>(), tile_fn<kM, std::min(2, blocks_for(kM))>(), tile_fn<kM, std::min(3, blocks_for(kM))>(),
+          tile_fn<kM, std::min(4, blocks_for(kM))>()};
+}
+
+const std::array<std::array<TileFn, 4>, kMaxTileRows> kTiles = {
+    tiles_for_rows<1>(), tiles_for_rows<2>(), tiles_for_rows<3>(), tiles_for_rows<4>(),
+    tiles_for_rows<5>(), tiles_for_rows<6>(), tiles_for_rows<7>(), tiles_for_rows<8>()};
+
+// Where block `blk` (of `blocks`) of a packed weight with `groups` groups starts.
+inline Int4Tile locate(const uint8_t* packed, int64_t blk, int64_t blocks, int64_t groups) {
+  const int64_t first = blk / kInt4SuperBlocks * kInt4SuperBlocks, lane = blk - first;
+  const int64_t nb = std::min(kInt4SuperBlocks, blocks - first), chunk = nb * (kGroupBytes + kScaleBytes);
+  const uint8_t* base = packed + first * groups * (kGroupBytes + kScaleBytes);
+  return {base + lane * kGroupBytes, chunk, kGroupBytes, base + nb * kGroupBytes + lane * kScaleBytes, chunk,
+          kScaleBytes};
+}
+
+#endif  // __AVX512BF16__
+
+}  // namespace
+
+bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+#if defined(__AVX512BF16__)
+  return x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(0) <= kInt4GemvMaxRows && x.stride(1) == 1 &&
+         x.size(1) % kInt4GroupSize == 0 && x.size(1) > 0 && n > 0 && x.device().is_cpu() &&
+         packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu() &&
+         packed.numel() == int4_packed_bytes(n, x.size(1));
+#else
+  (void)x, (void)packed, (void)n;
+  return false;
+#endif
+}
+
+void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
+                  x.dim() == 2 && out.size(0) == x.size(0),
+              "gemv_int4: out must be a bf16 CPU tensor [M, N] with unit stride along N");
+  TORCH_CHECK(gemv_int4_supported(x, packed, out.size(1)),
+              "gemv_int4 takes bf16 x [M <= 65536, K % 32 == 0] and a weight packed for it (see quant_gemv.h)");
+#if defined(__AVX512BF16__)
+  const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
+  if (rows == 0) return;
+  const int64_t groups = k_len / kInt4GroupSize, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* codes = packed.data_ptr<uint8_t>();
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
+
+  // Sums of x over each group of k, for the offset term.
+  constexpr int64_t kStackSums = 1024;
+  float stack_sums[kStackSums];
+  std::vector<float> heap_sums(rows * groups > kStackSums ? rows * groups : 0);
+  float* xs = rows * groups > kStackSums ? heap_sums.data() : stack_sums;
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512i v = _mm512_loadu_si512(xp + m * x_stride + g * kInt4GroupSize);
+      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+      xs[m * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+    }
+  const int tail = static_cast<int>(n_len - (blocks - 1) * kInt4BlockRows);
+  const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
+
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // Rows of x in chunks that stay in L2 while this thread's weight blocks pass over them
+    // (each block is read from memory once per chunk, and from L1 once per tile of rows).
+    for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
+      const int64_t m1 = std::min(rows, m0 + kRowChunk);
+      const int nb_max = blocks_for(static_cast<int>(std::min<int64_t>(m1 - m0, kMaxTileRows)));
+      for (int64_t b = begin; b < end;) {
+        // A pass stays within one super-block (its blocks share one group stride).
+        const int64_t super_end = (b / kInt4SuperBlocks + 1) * kInt4SuperBlocks;
+        const int nb = static_cast<int>(std::min({static_cast<int64_t>(nb_max), end - b, super_end - b}));
+        for (int64_t m = m0; m < m1; m += kMaxTileRows) {
+          const int mt = static_cast<int>(std::min<int64_t>(kMaxTileRows, m1 - m));
+          const int nbt = std::min(nb, blocks_for(mt));
+          // A short last tile of rows may take fewer blocks per pass than the full one.
+          for (int done = 0; done < nb; done += nbt) {
+            const int cnt = std::min(nbt, nb - done);
+            const int64_t blk = b + done;
+            kTiles[mt - 1][cnt - 1](locate(codes, blk, blocks, groups), xp + m * x_stride, x_stride, xs + m * groups,
+                                    groups, op + m * out_stride + blk * kInt4BlockRows, out_stride,
+                                    blk + cnt == blocks ? tail_mask : static_cast<__mmask16>(0xFFFF));
+          }
+        }
+        b += nb;
+      }
+    }
+  });
+#endif
+}
+
+void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin) {
+  TORCH_CHECK(out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
+                  (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
+              "dequantize_int4_t: out must be a bf16 or float32 CPU tensor [K, rows] with unit stride along rows");
+  TORCH_CHECK(row_begin >= 0 && row_begin % kInt4BlockRows == 0,
+              "dequantize_int4_t: row_begin must be a multiple of 16");
+  const int64_t k_len = out.size(0), n_rows = out.size(1);
+  TORCH_CHECK(k_len > 0 && k_len % kInt4GroupSize == 0 && packed.scalar_type() == at::kByte &&
+                  packed.is_contiguous() && packed.numel() % (k_len * 10) == 0 &&
+                  row_begin + n_rows <= packed.numel() / (k_len * 10) * kInt4BlockRows,
+              "dequantize_int4_t: packed is not gemv_int4's layout for these rows (see quant_gemv.h)");
+#if defined(__AVX512BF16__)
+  if (n_rows == 0) return;
+  const int64_t groups = k_len / kInt4GroupSize, all_blocks = packed.numel() / (k_len * 10);
+  const int64_t first = row_begin / kInt4BlockRows, blocks = (n_rows + kInt4BlockRows - 1) / kInt4BlockRows;
+  const auto* codes = packed.data_ptr<uint8_t>();
+  const bool bf16 = out.scalar_type() == at::kBFloat16;
+  char* base = static_cast<char*>(out.data_ptr());
+  const int64_t row_bytes = out.stride(0) * (bf16 ? 2 : 4);
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    const __m512i nibble = _mm512_set1_epi32(15);
+    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+    const __m512 eight = _mm512_set1_ps(8.0f);
+    for (int64_t b = begin; b < end; ++b) {
+      const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
+      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+      const Int4Tile t = locate(codes, first + b, all_blocks, groups);
+      for (int64_t g = 0; g < groups; ++g) {
+        const __m512i pairs = _mm512_loadu_si512(t.sz + g * t.sz_group_stride);
+        const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+        const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
+        for (int o = 0; o < 4; ++o) {
+          const __m512i d = _mm512_loadu_si512(t.codes + g * t.group_stride + o * kOctetBytes);
+          for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+            const __m512i c = _mm512_and_si512(_mm512_srli_epi32(d, 4 * (r / 2) + 16 * (r % 2)), nibble);
+            const __m512 w = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), eight), scale, zero);
+            char* dst = base + ((g * 4 + o) * 8 + r) * row_bytes;
+            if (bf16) {
+              auto* p = reinterpret_cast<uint16_t*>(dst) + b * kInt4BlockRows;
+              _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(w));
+            } else {
+              _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst) + b * kInt4BlockRows, mask, w);
+            }
+          }
+        }
+      }
+    }
+  });
+#else
+  (void)packed, (void)row_begin;
+  TORCH_CHECK(false, "dequantize_int4_t: built without AVX512-BF16");
+#endif
+}
+
+}  // namespace pagedllm
+
+TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
+  m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("gemv_int4", &pagedllm::gemv_int4);
+  m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
+}

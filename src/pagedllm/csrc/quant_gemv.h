@@ -1,0 +1,59 @@
+// Skinny matmuls (decode) on 4-bit group-quantized weights, for CPUs with AVX512-BF16.
+//
+// Declared here so that other translation units can call them directly; they are also
+// registered as torch.ops.pagedllm.gemv_int4 / dequantize_int4_t (quant_gemv.cpp).
+//
+// The weight W [N, K], w[n, k] = (code[n, k] - 8) * scale[n, k / 32] + zero[n, k / 32], is one
+// uint8 tensor `packed` of ceil(N / 16) * K * 10 bytes (made by `pack_gemv` in
+// pagedllm/model/layers/quantization/int4.py), read front to back as one stream:
+//
+//   blocks      16 output rows each (the last one padded with code 0, scale 0, zero 0);
+//   super-blocks of 4 blocks (64 rows; the last one holds the 1..4 blocks left), stored one
+//               after the other; within one of nb blocks, for each group g of 32 values of k
+//               a chunk of nb * 320 bytes: nb * 256 bytes of codes (block by block), then
+//               nb * 64 bytes of (scale, zero) (block by block);
+//   codes       of one block and group: 4 lines of 64 bytes, one per 8 values of k (k0 = 32g +
+//               8 * line); in a line one little-endian uint32 per row i = 0..15 holding
+//               code[k0 + 2j] in bits 4j..4j+3 and code[k0 + 2j + 1] in bits 16+4j..16+4j+3;
+//   (scale, zero) of one block and group: 16 pairs of bf16, row i's at bytes 4i..4i+3.
+//
+// One 32-bit lane yields, with a shift and a mask, the (k, k + 1) pair of one row as two bf16
+// values 16 + code (exact), which AVX512-BF16 dot products multiply by the (x[k], x[k + 1])
+// pair in float32; each group's scale and offset (zero - 24 * scale, times the group's sum of
+// x) are applied once. Products are exact, accumulation is in float32, and the output is
+// rounded to bf16 once.
+
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace pagedllm {
+
+constexpr int64_t kInt4GroupSize = 32;        // values of k per (scale, zero)
+constexpr int64_t kInt4BlockRows = 16;        // output rows per block
+constexpr int64_t kInt4SuperBlocks = 4;       // blocks per super-block
+constexpr int64_t kInt4GemvMaxRows = 1 << 16;  // the most rows of x gemv_int4 takes
+
+// Bytes of `packed` for a weight of n rows and k columns.
+constexpr int64_t int4_packed_bytes(int64_t n, int64_t k) {
+  return (n + kInt4BlockRows - 1) / kInt4BlockRows * k * 10;
+}
+
+// Whether gemv_int4 takes x [M, K] against a weight of n rows packed as above: AVX512-BF16
+// build, x a bf16 CPU tensor with unit stride along K, M <= kInt4GemvMaxRows, K % 32 == 0,
+// `packed` a contiguous uint8 CPU tensor of int4_packed_bytes(n, K) bytes.
+bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n);
+
+// out bf16 [M, N] (unit stride along N) = x bf16 [M, K] @ W^T, W packed as above.
+// Parallel over blocks of output rows (at::parallel_for). Where a caller picks between this
+// and dequantize + matmul: Int4Weight's GEMV_MAX_ROWS (int4.py) is the measured crossover.
+void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed);
+
+// out [K, rows] (bf16 or float32, unit stride along rows) = rows row_begin.. of W, transposed
+// and dequantized ((code - 8) * scale + zero, rounded once): the weight for an ordinary matmul
+// when x has many rows (prefill). row_begin % 16 == 0.
+void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin);
+
+}  // namespace pagedllm

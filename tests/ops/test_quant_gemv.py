@@ -1,0 +1,222 @@
+"""The 4-bit skinny matmul kernel (torch.ops.pagedllm.gemv_int4) and its packed layout.
+
+The kernel multiplies exactly (bf16 x by 4-bit codes) and accumulates in float32, so against a
+float64 product with the dequantized weight its only errors are the bf16 rounding of the
+output (half an ulp, allowed: one ulp) and float32 accumulation (allowed: 1e-5 of the sum of
+|x| |w|, which also covers results that cancel to near zero).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pagedllm.model.layers.quantization import Int4Blocks, Int4Weight, int4
+from pagedllm.model.layers.quantization.int4 import pack_gemv, unpack_gemv
+from pagedllm.ops import cpu_kernels
+
+needs_kernel = pytest.mark.skipif(
+    not cpu_kernels.int4_gemv_supported(torch.bfloat16),
+    reason="gemv_int4 needs the CPU kernels and AVX512-BF16",
+)
+
+# SmolLM2-135M's projections (qkv, o, gate/up, down; 960 rows end in a super-block of 3
+# blocks) and shapes with tails: a padded block (N % 16 != 0), a single block, last
+# super-blocks of 1..3 blocks, a K of one group.
+SMOLLM2_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
+TAIL_SHAPES = [(40, 64), (16, 32), (200, 96), (1000, 128), (8, 32), (112, 64)]
+ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130]
+
+
+def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """codes uint8 [N, K]; scale and zero [N, K / 32], bf16-representable (what the layout stores)."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    scale = (torch.rand(n, k // 32, generator=gen) * 0.02 + 0.001).to(torch.bfloat16).float()
+    zero = (torch.randn(n, k // 32, generator=gen) * 0.05).to(torch.bfloat16).float()
+    return codes, scale, zero
+
+
+def weight_of(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return Int4Blocks(codes, scale, zero, 32).dequantize(torch.float64)
+
+
+def assert_close_to_product(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, label: str) -> None:
+    """bf16 `out` against x @ weight^T in float64: one ulp, plus float32 accumulation error."""
+    expected = x.double() @ weight.double().t()
+    magnitude = x.double().abs() @ weight.double().abs().t()
+    bound = expected.abs() * 2.0**-8 + 1e-5 * magnitude
+    excess = (out.double() - expected).abs() - bound
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape, label
+    assert (excess <= 0).all(), f"{label}: {int((excess > 0).sum())} outputs off, worst by {excess.max():.3g}"
+
+
+def run_kernel(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
+    torch.ops.pagedllm.gemv_int4(out, x, packed)
+    return out
+
+
+@pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
+def test_pack_gemv_round_trip(n, k):
+    codes, scale, zero = random_weight(n, k)
+    packed = pack_gemv(codes, scale, zero)
+    blocks = -(-n // 16)
+    assert packed.dtype == torch.uint8 and packed.shape == (blocks * k * 10,)
+    codes_t, scale_zero = unpack_gemv(packed, n, k)
+    assert torch.equal(codes_t, codes.t())
+    assert torch.equal(scale_zero.float(), torch.stack([scale, zero], -1).transpose(0, 1))
+    # The documented byte positions, in the first super-block (4 blocks, or fewer if N < 64).
+    nb, groups = min(blocks, 4), k // 32
+    chunk = packed[: nb * 320 * groups].view(groups, nb * 320)
+    block, row, g, line = min(1, nb - 1), 3, groups - 1, 2
+    word = int(chunk[g, block * 256 + line * 64 + row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
+    n_idx, k0 = block * 16 + row, 32 * g + 8 * line
+    if n_idx < n:
+        for j in range(4):
+            assert (word >> (4 * j)) & 15 == codes[n_idx, k0 + 2 * j]
+            assert (word >> (16 + 4 * j)) & 15 == codes[n_idx, k0 + 2 * j + 1]
+        pair = chunk[g, nb * 256 + block * 64 + row * 4 :][:4].view(torch.bfloat16).float()
+        assert pair.tolist() == [scale[n_idx, g].item(), zero[n_idx, g].item()]
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
+def test_gemv_int4_matches_float_product(n, k):
+    codes, scale, zero = random_weight(n, k, seed=n + k)
+    packed = pack_gemv(codes, scale, zero)
+    weight = weight_of(codes, scale, zero)
+    gen = torch.Generator().manual_seed(1)
+    for rows in ROWS:
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        assert_close_to_product(run_kernel(x, packed, n), x, weight, f"{n}x{k}, {rows} rows")
+
+
+@needs_kernel
+def test_gemv_int4_exact_on_integers():
+    """Small integer x, scales and zeros: every product and sum is exact in float32, so the
+    output is the exact product rounded once to bf16."""
+    gen = torch.Generator().manual_seed(2)
+    n, k = 48, 96
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    scale = torch.randint(1, 4, (n, k // 32), generator=gen).float()
+    zero = torch.randint(-3, 4, (n, k // 32), generator=gen).float()
+    packed = pack_gemv(codes, scale, zero)
+    x = torch.randint(-2, 3, (5, k), generator=gen).to(torch.bfloat16)
+    expected = x.double() @ weight_of(codes, scale, zero).t()
+    assert torch.equal(run_kernel(x, packed, n), expected.to(torch.bfloat16))
+
+
+@needs_kernel
+def test_gemv_int4_strided_rows_and_output():
+    """x rows and out rows with strides past their width (views into wider tensors)."""
+    n, k = 80, 128
+    codes, scale, zero = random_weight(n, k, seed=3)
+    packed = pack_gemv(codes, scale, zero)
+    wide_x = torch.randn(6, k + 64).to(torch.bfloat16)
+    x = wide_x[:, 32 : 32 + k]
+    wide_out = torch.zeros(6, n + 16, dtype=torch.bfloat16)
+    out = wide_out[:, :n]
+    torch.ops.pagedllm.gemv_int4(out, x, packed)
+    assert_close_to_product(out, x, weight_of(codes, scale, zero), "strided")
+    assert (wide_out[:, n:] == 0).all()  # the padded tail block is not written past N
+
+
+@needs_kernel
+def test_gemv_int4_rejects_what_it_cannot_take():
+    codes, scale, zero = random_weight(32, 64)
+    packed = pack_gemv(codes, scale, zero)
+    out = torch.empty(1, 32, dtype=torch.bfloat16)
+    x = torch.randn(1, 64).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="gemv_int4"):
+        torch.ops.pagedllm.gemv_int4(out, x.float(), packed)  # float32 x
+    with pytest.raises(RuntimeError, match="gemv_int4"):
+        torch.ops.pagedllm.gemv_int4(out, torch.randn(1, 96).to(torch.bfloat16), packed)  # K
+    with pytest.raises(RuntimeError, match="gemv_int4"):  # N beyond the packed blocks
+        torch.ops.pagedllm.gemv_int4(torch.empty(1, 48, dtype=torch.bfloat16), x, packed)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (80, 96)])
+def test_int4_weight_runs_the_kernel_and_matches_the_dequantize_path(n, k):
+    codes, scale, zero = random_weight(n, k, seed=4)
+    q = Int4Weight(Int4Blocks(codes, scale, zero, 32), torch.bfloat16)
+    assert q.uses_gemv_kernel and q.layout == "gemv" and q.gemv_max_rows == int4.GEMV_MAX_ROWS
+    assert q.scale_zero is None and q.nbytes == q.packed.nbytes == n * k * 10 // 16
+    # The layout round-trips: codes and the dequantized weight are the blocks'.
+    assert torch.equal(q.codes_t().t(), codes)
+    assert torch.equal(q.dequantize(torch.float32), Int4Blocks(codes, scale, zero, 32).dequantize())
+    weight = q.dequantize(torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    rows = q.gemv_max_rows + 3
+    x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+    many = q.linear(x)  # the dequantize path (bf16 weight, bf16 matmul)
+    assert_close_to_product_loose(many, x, weight, "dequantize path")
+    for m in (1, 3, 8, 16, q.gemv_max_rows):
+        few = q.linear(x[:m])  # the kernel
+        assert_close_to_product(few, x[:m], weight, f"Int4Weight kernel, {m} rows")
+        # Both paths give the same products to bf16 precision.
+        torch.testing.assert_close(few, many[:m], atol=2e-2 * many.abs().max().item(), rtol=0)
+    bias = torch.randn(n).to(torch.bfloat16)
+    three_d = q.linear(x[:4].view(2, 2, k), bias)
+    torch.testing.assert_close(three_d.view(4, n), q.linear(x[:4]) + bias)
+
+
+def assert_close_to_product_loose(out, x, weight, label):
+    """The dequantize path rounds the weight to bf16 before a bf16 matmul: 2% of the output scale."""
+    expected = F.linear(x.double(), weight.double())
+    err = (out.double() - expected).abs().max().item()
+    assert err <= 2e-2 * expected.abs().max().item(), label
+
+
+@needs_kernel
+def test_large_gemv_weight_dequantizes_in_slices():
+    """Prefill on a weight over a million entries dequantizes 64-row slices from the gemv layout."""
+    codes, scale, zero = random_weight(56 * 64 + 48, 576, seed=6)
+    q = Int4Weight(Int4Blocks(codes, scale, zero, 32), torch.bfloat16)
+    assert q.uses_gemv_kernel
+    x = torch.randn(q.gemv_max_rows + 1, 576).to(torch.bfloat16)
+    assert_close_to_product_loose(q.linear(x), x, weight_of(codes, scale, zero), "sliced")
+
+
+def test_fallback_layouts_without_the_kernel(monkeypatch):
+    """Without the kernels (PAGEDLLM_CPU_KERNELS=0, no AVX512-BF16) bf16 weights keep torch's
+    layout and its fused op; float32 weights always do."""
+    codes, scale, zero = random_weight(64, 64, seed=7)
+    blocks = Int4Blocks(codes, scale, zero, 32)
+    monkeypatch.setattr(cpu_kernels, "int4_gemv_supported", lambda *a, **k: False)
+    for dtype in (torch.bfloat16, torch.float32):
+        q = Int4Weight(blocks, dtype)
+        assert q.layout == "torch" and not q.uses_gemv_kernel and q.gemv_max_rows == 0
+        assert torch.equal(q.codes_t().t(), codes)
+        x = torch.randn(3, 64).to(dtype)
+        assert_close_to_product_loose(q.linear(x), x, blocks.dequantize(), f"torch layout {dtype}")
+    assert Int4Weight(blocks, torch.bfloat16, fused=False).layout == "plain"
+    with pytest.raises(ValueError, match="layout"):
+        Int4Weight(blocks, torch.bfloat16, layout="blocked")
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (200, 96), (40, 64)])
+def test_dequantize_int4_t_slices(n, k):
+    """The prefill path's dequantization: rows row_begin.. of W transposed, exactly the blocks'
+    weight (float32: (code - 8) * scale + zero rounded once; bf16: that rounded to bf16)."""
+    codes, scale, zero = random_weight(n, k, seed=8)
+    packed = pack_gemv(codes, scale, zero)
+    weight = Int4Blocks(codes, scale, zero, 32).dequantize()
+    for start, end in [
+        (0, n),
+        (16, n),
+        (0, min(n, 24)),
+        (min(n, 32) // 16 * 16, min(n, 64)),
+        (n // 64 * 64, n),
+    ]:
+        for dtype in (torch.float32, torch.bfloat16):
+            out = torch.empty(k, end - start, dtype=dtype)
+            torch.ops.pagedllm.dequantize_int4_t(out, packed, start)
+            assert torch.equal(out, weight[start:end].t().to(dtype)), (start, end, dtype)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, 8), packed, 8)
+    with pytest.raises(RuntimeError, match="layout"):
+        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, n + 16), packed, 0)
