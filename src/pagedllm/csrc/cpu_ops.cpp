@@ -14,10 +14,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -435,22 +437,240 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Decode: a work item with one query token (a decoding request, or a chunk's last token
+// alone in its tile). Its rows are the GQA group sharing the KV head, so each K and V block
+// is read once for all of them, in one pass: per block, the group's 16 scores, an online
+// softmax step (running max and sum; the float32 accumulators are rescaled when the max
+// grows) and the probability-weighted values. Decode reads every block of its context once
+// and computes little on it, so it runs at memory speed; block tables scatter the blocks,
+// which the hardware prefetcher cannot follow, so the loop prefetches the blocks kAhead
+// ahead itself, into the next item of the thread's chunk when the current one ends.
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kDecodeAhead = 2;  // blocks (K and V) prefetched ahead of the one in use
+constexpr int kDecodeAccumulators = 24;  // float32 output vectors held in registers
+
+struct DecodeItem {
+  const uint16_t* k;      // the KV head's K blocks
+  const uint16_t* v;      // its V blocks
+  const int32_t* blocks;  // block ids from the first block holding a visible key
+  int64_t num_blocks;
+  int64_t lo, hi;  // visible keys, counted from the first of those blocks' first token
+  int64_t token;   // the query (and output) row
+};
+
+inline DecodeItem decode_item(const AttentionItem& it, const AttentionArgs& a, const uint16_t* k_base,
+                              const uint16_t* v_base, int64_t block_elems) {
+  const int64_t r = it.request;
+  const int64_t q_len = a.starts[r + 1] - a.starts[r];
+  const int64_t pos = a.lens[r] - q_len + it.first_token;
+  const int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+  const int64_t first = lo / kVnniBlock;
+  const int64_t head_offset = static_cast<int64_t>(it.kv_head) * a.num_blocks * block_elems;
+  DecodeItem d;
+  d.k = k_base + head_offset;
+  d.v = v_base + head_offset;
+  d.blocks = a.table + r * a.table_stride + first;
+  d.num_blocks = pos / kVnniBlock - first + 1;
+  d.lo = lo - first * kVnniBlock;
+  d.hi = pos - first * kVnniBlock;
+  d.token = a.starts[r] + it.first_token;
+  return d;
+}
+
+// kN rows (query heads) of one decode item: q_pairs [kN][kD / 2] (bf16 pairs, scaled),
+// outputs to out[i].
+template <int kD, int kN>
+void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_pairs, uint16_t* const* out,
+                 float cap) {
+  constexpr int64_t kPairs = kD / 2, kChunks = kD / 16, kBlockElems = kD * kVnniBlock;
+  static_assert(kPairs * 64 == kBlockElems * 2, "one prefetch per dim pair covers a block");
+  __m512 acc[kN][kChunks];
+  float row_max[kN], row_sum[kN];
+#pragma GCC unroll 8
+  for (int i = 0; i < kN; ++i) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChunks; ++c) acc[i][c] = _mm512_setzero_ps();
+    row_max[i] = -std::numeric_limits<float>::infinity();
+    row_sum[i] = 0.0f;
+  }
+  const int64_t n = d.num_blocks;
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t id = d.blocks[b];
+    const uint16_t* kb = d.k + id * kBlockElems;
+    const uint16_t* vb = d.v + id * kBlockElems;
+    // The block kDecodeAhead on (this item's or the next one's); else this one again (a no-op).
+    const char* pk = reinterpret_cast<const char*>(kb);
+    const char* pv = reinterpret_cast<const char*>(vb);
+    if (b + kDecodeAhead < n) {
+      const int64_t ahead = d.blocks[b + kDecodeAhead];
+      pk = reinterpret_cast<const char*>(d.k + ahead * kBlockElems);
+      pv = reinterpret_cast<const char*>(d.v + ahead * kBlockElems);
+    } else if (next != nullptr && b + kDecodeAhead - n < next->num_blocks) {
+      const int64_t ahead = next->blocks[b + kDecodeAhead - n];
+      pk = reinterpret_cast<const char*>(next->k + ahead * kBlockElems);
+      pv = reinterpret_cast<const char*>(next->v + ahead * kBlockElems);
+    }
+
+    // Scores of the block's 16 keys, one vector per row.
+    __m512 s[kN];
+#pragma GCC unroll 8
+    for (int i = 0; i < kN; ++i) s[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kPairs; ++p) {
+      _mm_prefetch(pk + p * 64, _MM_HINT_T0);
+      _mm_prefetch(pv + p * 64, _MM_HINT_T0);
+      const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + p * 32);
+#pragma GCC unroll 8
+      for (int i = 0; i < kN; ++i) {
+        s[i] = _mm512_dpbf16_ps(s[i], (__m512bh)_mm512_set1_epi32(static_cast<int>(q_pairs[i * kPairs + p])), kv);
+      }
+    }
+
+    // Visible keys of this block: [lo, hi] within it.
+    const int64_t lo = d.lo - b * kVnniBlock, hi = d.hi - b * kVnniBlock;
+    __mmask16 visible = 0xFFFF;
+    if (lo > 0) visible &= static_cast<__mmask16>(0xFFFFu << lo);
+    if (hi < kVnniBlock - 1) visible &= static_cast<__mmask16>(0xFFFFu >> (kVnniBlock - 1 - hi));
+
+    // Online softmax step; probabilities to bf16 pairs (0 for invisible keys).
+    alignas(64) uint32_t probs[kN][kVnniBlock / 2];
+#pragma GCC unroll 8
+    for (int i = 0; i < kN; ++i) {
+      if (cap > 0.0f) {
+        alignas(64) float t[kVnniBlock];
+        _mm512_store_ps(t, s[i]);
+        for (int64_t j = 0; j < kVnniBlock; ++j) t[j] = cap * std::tanh(t[j] / cap);
+        s[i] = _mm512_load_ps(t);
+      }
+      const float block_max = _mm512_mask_reduce_max_ps(visible, s[i]);
+      if (block_max > row_max[i]) {
+        const float alpha = fast_exp(row_max[i] - block_max);  // ~0 for the first block
+        const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 16
+        for (int c = 0; c < kChunks; ++c) acc[i][c] = _mm512_mul_ps(acc[i][c], va);
+        row_sum[i] *= alpha;
+        row_max[i] = block_max;
+      }
+      const __m512 e = _mm512_maskz_mov_ps(visible, fast_exp16(_mm512_sub_ps(s[i], _mm512_set1_ps(row_max[i]))));
+      row_sum[i] += _mm512_reduce_add_ps(e);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(probs[i]), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+
+    // Probability-weighted values: a vector is 16 dims of one token pair.
+    for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
+      __m512bh pv_row[kN];
+#pragma GCC unroll 8
+      for (int i = 0; i < kN; ++i) pv_row[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(probs[i][tp]));
+#pragma GCC unroll 16
+      for (int c = 0; c < kChunks; ++c) {
+        const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + (tp * kD + c * 16) * 2);
+#pragma GCC unroll 8
+        for (int i = 0; i < kN; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv_row[i], vv);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kN; ++i) {
+    const __m512 inv = _mm512_set1_ps(1.0f / row_sum[i]);
+#pragma GCC unroll 16
+    for (int c = 0; c < kChunks; ++c) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[i] + c * 16),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[i][c], inv)));
+    }
+  }
+}
+
+// Every row of a decode item, kRows at a time (rows beyond the first kRows read the item's
+// blocks again, from cache).
+template <int kD>
+void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeItem* next, const AttentionArgs& a,
+                   const uint16_t* q_base, uint16_t* o_base) {
+  constexpr int kPairs = kD / 2;
+  constexpr int kRows = std::max(1, kDecodeAccumulators / (kD / 16));
+  const int64_t group = a.group;
+  alignas(64) uint32_t q_pairs[kRows * kPairs];
+  uint16_t* out[kRows];
+  for (int64_t g0 = 0; g0 < group; g0 += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, group - g0));
+    for (int i = 0; i < rows; ++i) {
+      const int64_t head = it.kv_head * group + g0 + i;
+      const uint16_t* q = q_base + d.token * a.q_stride0 + head * a.q_stride1;
+      for (int p = 0; p < kPairs; ++p) {
+        const float x0 = bf16_to_float(q[2 * p]) * a.scale;
+        const float x1 = bf16_to_float(q[2 * p + 1]) * a.scale;
+        q_pairs[i * kPairs + p] = static_cast<uint32_t>(bf16_bits(x0)) | (static_cast<uint32_t>(bf16_bits(x1)) << 16);
+      }
+      out[i] = o_base + d.token * a.o_stride0 + head * a.o_stride1;
+    }
+    // Rows past the first pass read this item again: prefetch it, not the next one.
+    const DecodeItem* after = g0 + kRows < group ? &d : next;
+    switch (rows) {
+#define PAGEDLLM_DECODE_ROWS(N)                                          \
+  case N:                                                                \
+    if constexpr (N <= kRows) decode_rows<kD, N>(d, after, q_pairs, out, a.cap); \
+    break;
+      PAGEDLLM_DECODE_ROWS(1)
+      PAGEDLLM_DECODE_ROWS(2)
+      PAGEDLLM_DECODE_ROWS(3)
+      PAGEDLLM_DECODE_ROWS(4)
+      PAGEDLLM_DECODE_ROWS(5)
+      PAGEDLLM_DECODE_ROWS(6)
+#undef PAGEDLLM_DECODE_ROWS
+      default:
+        break;
+    }
+  }
+}
+
+// Head sizes with a decode routine; other items (and other sizes) take attend_item_vnni.
+template <int kD>
+constexpr bool kHasDecode = kD == 64 || kD == 128 || kD == 256;
+
 template <int kD>
 void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                           const at::Tensor& value_cache, const AttentionArgs& args,
                           const std::vector<AttentionItem>& items) {
-  const int64_t head_dim = query.size(2);
+  const int64_t head_dim = query.size(2), block_elems = head_dim * kVnniBlock;
   const int64_t num_items = static_cast<int64_t>(items.size());
   const auto* q = reinterpret_cast<const uint16_t*>(query.data_ptr<at::BFloat16>());
   const auto* k = reinterpret_cast<const uint16_t*>(key_cache.data_ptr<at::BFloat16>());
   const auto* v = reinterpret_cast<const uint16_t*>(value_cache.data_ptr<at::BFloat16>());
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_items));
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_items)));
+  auto is_decode = [&](const AttentionItem& it) { return kHasDecode<kD> && it.end_token - it.first_token == 1; };
+  // Guided self-scheduling: chunks of a share of the items left, so a thread prefetches
+  // across the items of its chunk and the last chunks are small enough to balance.
+  std::atomic<int64_t> next_item{0};
 #pragma omp parallel num_threads(threads)
   {
-    VnniScratch scratch(head_dim);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < num_items; ++i) attend_item_vnni<kD>(items[i], args, q, k, v, o, head_dim, scratch);
+    std::unique_ptr<VnniScratch> scratch;  // for the items with several tokens
+    for (;;) {
+      int64_t begin = next_item.load(std::memory_order_relaxed), end;
+      do {
+        end = std::min(num_items, begin + std::max<int64_t>(2, (num_items - begin) / (2 * threads)));
+      } while (begin < num_items && !next_item.compare_exchange_weak(begin, end, std::memory_order_relaxed));
+      if (begin >= num_items) break;
+      DecodeItem current{}, following{};
+      bool have_current = false;
+      for (int64_t i = begin; i < end; ++i) {
+        const AttentionItem& it = items[i];
+        if (!is_decode(it)) {
+          if (!scratch) scratch = std::make_unique<VnniScratch>(head_dim);
+          attend_item_vnni<kD>(it, args, q, k, v, o, head_dim, *scratch);
+          have_current = false;
+          continue;
+        }
+        if constexpr (kHasDecode<kD>) {
+          if (!have_current) current = decode_item(it, args, k, v, block_elems);
+          const bool more = i + 1 < end && is_decode(items[i + 1]);
+          if (more) following = decode_item(items[i + 1], args, k, v, block_elems);
+          attend_decode<kD>(it, current, more ? &following : nullptr, args, q, o);
+          current = following;
+          have_current = more;
+        }
+      }
+    }
   }
 }
 #endif
