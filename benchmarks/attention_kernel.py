@@ -19,6 +19,7 @@ scatters every block.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import time
 
 import numpy as np
@@ -52,6 +53,20 @@ def build_tables(lens: np.ndarray, block_size: int, layout: str, rng) -> tuple[n
     return table, total + 1
 
 
+def huge_page_arena(nbytes: int) -> torch.Tensor:
+    """nbytes of zeroed memory in 2 MiB-aligned transparent huge pages (madvise)."""
+    huge = 2 << 20
+    raw = torch.empty(nbytes + huge, dtype=torch.uint8)
+    offset = -raw.data_ptr() % huge
+    arena = raw[offset : offset + nbytes]
+    libc = ctypes.CDLL(None, use_errno=True)
+    length = -(-nbytes // huge) * huge
+    if libc.madvise(ctypes.c_void_p(arena.data_ptr()), ctypes.c_size_t(length), 14) != 0:  # MADV_HUGEPAGE
+        print("madvise(MADV_HUGEPAGE) failed, errno", ctypes.get_errno())
+    arena.zero_()
+    return arena
+
+
 def run_case(num_seqs, mean_len, args) -> None:
     heads, kv_heads, head_dim, block_size = args.heads, args.kv_heads, args.head_dim, 16
     rng = np.random.default_rng(0)
@@ -70,10 +85,15 @@ def run_case(num_seqs, mean_len, args) -> None:
             ]
         )
     ).to(torch.int64)
+    shape = (2, kv_heads, num_blocks, block_size, head_dim)
+    arena = huge_page_arena(num_layers * cache_bytes) if args.huge_pages else None
     caches = []
-    for _ in range(num_layers):
+    for layer in range(num_layers):
         # Zeroed as the engine allocates it: slots past a sequence's end are multiplied by 0.
-        cache = torch.zeros(2, kv_heads, num_blocks, block_size, head_dim, dtype=torch.bfloat16)
+        if arena is None:
+            cache = torch.zeros(shape, dtype=torch.bfloat16)
+        else:
+            cache = arena[layer * cache_bytes : (layer + 1) * cache_bytes].view(torch.bfloat16).view(shape)
         k = torch.randn(len(slots), kv_heads, head_dim, dtype=torch.bfloat16)
         v = torch.randn(len(slots), kv_heads, head_dim, dtype=torch.bfloat16)
         assert cpu_kernels.vnni_layout(cache[0])
@@ -122,11 +142,12 @@ def main() -> None:
     parser.add_argument("--min-layers", type=int, default=30)
     parser.add_argument("--min-footprint-mb", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--huge-pages", action="store_true", help="caches in transparent huge pages")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     assert cpu_kernels.available(), "CPU kernels unavailable"
-    print(f"threads {torch.get_num_threads()}, layout {args.layout}")
+    print(f"threads {torch.get_num_threads()}, layout {args.layout}, huge pages {args.huge_pages}")
     for case in args.cases.split(","):
         seqs, length = (int(x) for x in case.split("x"))
         run_case(seqs, length, args)

@@ -444,12 +444,13 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
 // softmax step (running max and sum; the float32 accumulators are rescaled when the max
 // grows) and the probability-weighted values. Decode reads every block of its context once
 // and computes little on it, so it runs at memory speed; block tables scatter the blocks,
-// which the hardware prefetcher cannot follow, so the loop prefetches the blocks kAhead
-// ahead itself, into the next item of the thread's chunk when the current one ends.
+// which the hardware prefetcher cannot follow, so the loop prefetches the blocks
+// ahead itself (kDecodeAhead), into the next item of the thread's chunk when the current one ends.
 // ---------------------------------------------------------------------------------------
 
 constexpr int64_t kDecodeAhead = 2;  // blocks (K and V) prefetched ahead of the one in use
-constexpr int kDecodeAccumulators = 24;  // float32 output vectors held in registers
+inline void prefetch_line(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
+constexpr int kDecodeAccumulators = 16;  // float32 output vectors held in registers (of 32)
 
 struct DecodeItem {
   const uint16_t* k;      // the KV head's K blocks
@@ -477,6 +478,16 @@ inline DecodeItem decode_item(const AttentionItem& it, const AttentionArgs& a, c
   d.hi = pos - first * kVnniBlock;
   d.token = a.starts[r] + it.first_token;
   return d;
+}
+
+// cap * tanh(x / cap) on 16 lanes, tanh(y) = sign(y) (1 - 2 / (exp(2|y|) + 1)) (absolute error
+// ~1e-7 cap; no calls, which would spill the accumulators).
+inline __m512 soft_cap16(__m512 x, float cap) {
+  const __m512 y2 = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(2.0f / cap)));
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(fast_exp16(y2), one)));
+  const __m512 sign = _mm512_and_ps(x, _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u))));
+  return _mm512_mul_ps(_mm512_or_ps(t, sign), _mm512_set1_ps(cap));
 }
 
 // kN rows (query heads) of one decode item: q_pairs [kN][kD / 2] (bf16 pairs, scaled),
@@ -513,19 +524,26 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
       pv = reinterpret_cast<const char*>(next->v + ahead * kBlockElems);
     }
 
-    // Scores of the block's 16 keys, one vector per row.
-    __m512 s[kN];
+    // Scores of the block's 16 keys, one vector per row (two partial sums: shorter chains).
+    __m512 s[kN], s_odd[kN];
 #pragma GCC unroll 8
-    for (int i = 0; i < kN; ++i) s[i] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < kPairs; ++p) {
-      _mm_prefetch(pk + p * 64, _MM_HINT_T0);
-      _mm_prefetch(pv + p * 64, _MM_HINT_T0);
-      const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + p * 32);
+    for (int i = 0; i < kN; ++i) s[i] = s_odd[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kPairs; p += 2) {
+      prefetch_line(pk + p * 64);
+      prefetch_line(pv + p * 64);
+      prefetch_line(pk + p * 64 + 64);
+      prefetch_line(pv + p * 64 + 64);
+      const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kb + p * 32);
+      const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kb + p * 32 + 32);
 #pragma GCC unroll 8
       for (int i = 0; i < kN; ++i) {
-        s[i] = _mm512_dpbf16_ps(s[i], (__m512bh)_mm512_set1_epi32(static_cast<int>(q_pairs[i * kPairs + p])), kv);
+        const uint32_t* qp = q_pairs + i * kPairs + p;
+        s[i] = _mm512_dpbf16_ps(s[i], k0, (__m512bh)_mm512_set1_epi32(static_cast<int>(qp[0])));
+        s_odd[i] = _mm512_dpbf16_ps(s_odd[i], k1, (__m512bh)_mm512_set1_epi32(static_cast<int>(qp[1])));
       }
     }
+#pragma GCC unroll 8
+    for (int i = 0; i < kN; ++i) s[i] = _mm512_add_ps(s[i], s_odd[i]);
 
     // Visible keys of this block: [lo, hi] within it.
     const int64_t lo = d.lo - b * kVnniBlock, hi = d.hi - b * kVnniBlock;
@@ -537,12 +555,7 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
     alignas(64) uint32_t probs[kN][kVnniBlock / 2];
 #pragma GCC unroll 8
     for (int i = 0; i < kN; ++i) {
-      if (cap > 0.0f) {
-        alignas(64) float t[kVnniBlock];
-        _mm512_store_ps(t, s[i]);
-        for (int64_t j = 0; j < kVnniBlock; ++j) t[j] = cap * std::tanh(t[j] / cap);
-        s[i] = _mm512_load_ps(t);
-      }
+      if (cap > 0.0f) s[i] = soft_cap16(s[i], cap);
       const float block_max = _mm512_mask_reduce_max_ps(visible, s[i]);
       if (block_max > row_max[i]) {
         const float alpha = fast_exp(row_max[i] - block_max);  // ~0 for the first block
@@ -559,14 +572,13 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
 
     // Probability-weighted values: a vector is 16 dims of one token pair.
     for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
-      __m512bh pv_row[kN];
-#pragma GCC unroll 8
-      for (int i = 0; i < kN; ++i) pv_row[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(probs[i][tp]));
 #pragma GCC unroll 16
       for (int c = 0; c < kChunks; ++c) {
         const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + (tp * kD + c * 16) * 2);
 #pragma GCC unroll 8
-        for (int i = 0; i < kN; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv_row[i], vv);
+        for (int i = 0; i < kN; ++i) {
+          acc[i][c] = _mm512_dpbf16_ps(acc[i][c], vv, (__m512bh)_mm512_set1_epi32(static_cast<int>(probs[i][tp])));
+        }
       }
     }
   }
@@ -614,8 +626,6 @@ void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeIte
       PAGEDLLM_DECODE_ROWS(2)
       PAGEDLLM_DECODE_ROWS(3)
       PAGEDLLM_DECODE_ROWS(4)
-      PAGEDLLM_DECODE_ROWS(5)
-      PAGEDLLM_DECODE_ROWS(6)
 #undef PAGEDLLM_DECODE_ROWS
       default:
         break;
@@ -662,7 +672,17 @@ void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Te
           continue;
         }
         if constexpr (kHasDecode<kD>) {
-          if (!have_current) current = decode_item(it, args, k, v, block_elems);
+          if (!have_current) {  // the first of a run: nothing prefetched its first blocks
+            current = decode_item(it, args, k, v, block_elems);
+            for (int64_t b = 0; b < std::min<int64_t>(kDecodeAhead, current.num_blocks); ++b) {
+              const char* kb = reinterpret_cast<const char*>(current.k + current.blocks[b] * block_elems);
+              const char* vb = reinterpret_cast<const char*>(current.v + current.blocks[b] * block_elems);
+              for (int64_t off = 0; off < block_elems * 2; off += 64) {
+                prefetch_line(kb + off);
+                prefetch_line(vb + off);
+              }
+            }
+          }
           const bool more = i + 1 < end && is_decode(items[i + 1]);
           if (more) following = decode_item(items[i + 1], args, k, v, block_elems);
           attend_decode<kD>(it, current, more ? &following : nullptr, args, q, o);
