@@ -9,7 +9,8 @@ calls `torch.ops.pagedllm.paged_attention` directly. Each call reads another lay
 rotating over enough caches (at least --min-footprint-mb in all, more than L3) that K/V come
 from DRAM as in a real decode step, where ~270 MB of weights pass between two layers'
 attention. Context lengths vary by +-16 tokens around the case's mean. Prints the best mean
-ms per call over the repeats and the effective bandwidth of the K/V bytes the calls must read.
+ms per call over the repeats and the median call (robust to other processes taking a core
+for a while), each with the effective bandwidth of the K/V bytes a call must read.
 
 --layout engine lays each sequence's first 128 tokens' blocks out contiguously (a prompt
 allocated at once) and later blocks interleaved across sequences (decode growth); random
@@ -98,7 +99,7 @@ def run_case(num_seqs, mean_len, args) -> None:
         v = torch.randn(len(slots), kv_heads, head_dim, dtype=torch.bfloat16)
         assert cpu_kernels.vnni_layout(cache[0])
         torch.ops.pagedllm.reshape_and_cache(k, v, cache[0], cache[1], slots, True)
-        caches.append(cache)
+        caches.append((cache[0], cache[1]))
 
     query = torch.randn(num_seqs, heads, head_dim, dtype=torch.bfloat16)
     out = torch.empty_like(query)
@@ -109,21 +110,27 @@ def run_case(num_seqs, mean_len, args) -> None:
     op = torch.ops.pagedllm.paged_attention
 
     def call(layer):
-        c = caches[layer % num_layers]
-        op(out, query, c[0], c[1], block_table, qsl, seq_lens, scale, 0, 0.0, True)
+        key_cache, value_cache = caches[layer % num_layers]
+        op(out, query, key_cache, value_cache, block_table, qsl, seq_lens, scale, 0, 0.0, True)
 
     for i in range(num_layers):  # warm up (and touch every cache once)
         call(i)
     iters = max(args.iters, num_layers)  # each repeat goes round every cache
     best = float("inf")
+    per_call = []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start = last = time.perf_counter()
         for i in range(iters):
             call(i)
-        best = min(best, (time.perf_counter() - start) / iters)
+            now = time.perf_counter()
+            per_call.append(now - last)
+            last = now
+        best = min(best, (last - start) / iters)
+    median = float(np.median(per_call))
     print(
-        f"{num_seqs:>4} seqs x ~{mean_len:<4} tokens: {best * 1e3:7.3f} ms/call  "
-        f"{kv_bytes / best / 1e9:6.1f} GB/s  (K+V {kv_bytes / 1e6:.1f} MB/call, "
+        f"{num_seqs:>4} seqs x ~{mean_len:<4} tokens: {best * 1e3:7.3f} ms/call (best mean) "
+        f"{kv_bytes / best / 1e9:5.1f} GB/s | {median * 1e3:7.3f} ms/call (median) "
+        f"{kv_bytes / median / 1e9:5.1f} GB/s  (K+V {kv_bytes / 1e6:.1f} MB/call, "
         f"{num_layers} caches, {num_layers * cache_bytes / 2**20:.0f} MiB)"
     )
 

@@ -164,11 +164,12 @@ def test_decode_matches_reference(num_seqs, heads, kv_heads, head_dim, window, s
     """Decode steps (one query per sequence): contexts of every length class around the
     16-token blocks, with and without sliding windows and soft caps."""
     rng = np.random.default_rng(num_seqs * 1000 + heads * 10 + kv_heads)
-    lengths = [DECODE_LENGTHS[i % len(DECODE_LENGTHS)] for i in range(num_seqs)]
-    if num_seqs > 1:
-        lengths = list(rng.permutation(lengths))
-    else:
+    if num_seqs == 1:
         lengths = [200]
+    else:  # the classes above, then random lengths: windows start at every offset in a block
+        extra = rng.integers(1, 300, max(0, num_seqs - len(DECODE_LENGTHS)))
+        lengths = DECODE_LENGTHS[:num_seqs] + list(extra)
+        lengths = [int(n) for n in rng.permutation(lengths)]
     requests = [(n - 1, 1) for n in lengths]
     num_blocks = sum(-(-n // 16) for n in lengths) + 8
     ref, out = run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks)
