@@ -187,3 +187,23 @@ def test_single_token_tiles_of_a_chunk_match_reference(heads, kv_heads):
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
     ref, out = run_both(requests, heads, kv_heads, 64, 11, 3.0, num_blocks)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[1100], [2000], [77, 1300], [17, 64, 1500]],  # few long items: the kernel splits them
+)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (7, 1, 64), (8, 2, 128)])
+@pytest.mark.parametrize("window,soft_cap", [(None, None), (150, None), (None, 3.0), (70, 2.0)])
+def test_few_long_decodes_match_reference(lengths, heads, kv_heads, head_dim, window, soft_cap):
+    """Few decode items on several threads: each is cut into block ranges whose partial
+    softmax results are combined."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        requests = [(n - 1, 1) for n in lengths]
+        num_blocks = sum(-(-n // 16) for n in lengths) + 8
+        ref, out = run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)

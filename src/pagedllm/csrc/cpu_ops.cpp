@@ -491,10 +491,11 @@ inline __m512 soft_cap16(__m512 x, float cap) {
 }
 
 // kN rows (query heads) of one decode item: q_pairs [kN][kD / 2] (bf16 pairs, scaled),
-// outputs to out[i].
+// outputs to out[i]; or, for a part of a split item, unnormalised to partial[i] as
+// [kD accumulators, running max, running sum].
 template <int kD, int kN>
 void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_pairs, uint16_t* const* out,
-                 float cap) {
+                 float* partial, float cap) {
   constexpr int64_t kPairs = kD / 2, kChunks = kD / 16, kBlockElems = kD * kVnniBlock;
   static_assert(kPairs * 64 == kBlockElems * 2, "one prefetch per dim pair covers a block");
   __m512 acc[kN][kChunks];
@@ -582,6 +583,17 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
       }
     }
   }
+  if (partial != nullptr) {
+#pragma GCC unroll 8
+    for (int i = 0; i < kN; ++i) {
+      float* dst = partial + i * (kD + 2);
+#pragma GCC unroll 16
+      for (int c = 0; c < kChunks; ++c) _mm512_storeu_ps(dst + c * 16, acc[i][c]);
+      dst[kD] = row_max[i];
+      dst[kD + 1] = row_sum[i];
+    }
+    return;
+  }
 #pragma GCC unroll 8
   for (int i = 0; i < kN; ++i) {
     const __m512 inv = _mm512_set1_ps(1.0f / row_sum[i]);
@@ -597,7 +609,7 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
 // blocks again, from cache).
 template <int kD>
 void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeItem* next, const AttentionArgs& a,
-                   const uint16_t* q_base, uint16_t* o_base) {
+                   const uint16_t* q_base, uint16_t* o_base, float* partial) {
   constexpr int kPairs = kD / 2;
   constexpr int kRows = std::max(1, kDecodeAccumulators / (kD / 16));
   const int64_t group = a.group;
@@ -617,10 +629,11 @@ void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeIte
     }
     // Rows past the first pass read this item again: prefetch it, not the next one.
     const DecodeItem* after = g0 + kRows < group ? &d : next;
+    float* rows_partial = partial != nullptr ? partial + g0 * (kD + 2) : nullptr;
     switch (rows) {
 #define PAGEDLLM_DECODE_ROWS(N)                                          \
   case N:                                                                \
-    if constexpr (N <= kRows) decode_rows<kD, N>(d, after, q_pairs, out, a.cap); \
+    if constexpr (N <= kRows) decode_rows<kD, N>(d, after, q_pairs, out, rows_partial, a.cap); \
     break;
       PAGEDLLM_DECODE_ROWS(1)
       PAGEDLLM_DECODE_ROWS(2)
@@ -637,6 +650,50 @@ void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeIte
 template <int kD>
 constexpr bool kHasDecode = kD == 64 || kD == 128 || kD == 256;
 
+// A decode item's blocks [first_block, end_block); part >= 0 when the item is split (few
+// long decodes: parts run on different threads and are combined after).
+struct DecodeRange {
+  int32_t item, first_block, end_block, part;
+};
+
+constexpr int64_t kSplitMinBlocks = 4;      // blocks per part at least
+constexpr int64_t kSplitThreadBlocks = 32;  // split when the items hold this many blocks per thread
+
+// The block range as an item of its own (visible keys and block ids shifted).
+inline DecodeItem narrow(DecodeItem d, int64_t first_block, int64_t end_block) {
+  d.blocks += first_block;
+  d.num_blocks = end_block - first_block;
+  d.lo -= first_block * kVnniBlock;
+  d.hi -= first_block * kVnniBlock;
+  return d;
+}
+
+// Output rows of a split item from its parts' [accumulators, max, sum]: the parts' sums and
+// accumulators rescaled to the largest max.
+template <int kD>
+void combine_parts(const AttentionItem& it, const DecodeItem& d, const float* partials, int64_t parts,
+                   const AttentionArgs& a, uint16_t* o_base) {
+  const int64_t group = a.group, row_stride = kD + 2, part_stride = group * row_stride;
+  for (int64_t g = 0; g < group; ++g) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t p = 0; p < parts; ++p) m = std::max(m, partials[p * part_stride + g * row_stride + kD]);
+    alignas(64) float acc[kD] = {};
+    float sum = 0.0f;
+    for (int64_t p = 0; p < parts; ++p) {
+      const float* src = partials + p * part_stride + g * row_stride;
+      const float w = std::exp(src[kD] - m);
+      sum += w * src[kD + 1];
+      for (int64_t c = 0; c < kD; ++c) acc[c] += w * src[c];
+    }
+    uint16_t* o = o_base + d.token * a.o_stride0 + (it.kv_head * group + g) * a.o_stride1;
+    const __m512 inv = _mm512_set1_ps(1.0f / sum);
+    for (int64_t c = 0; c < kD; c += 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(acc + c), inv)));
+    }
+  }
+}
+
 template <int kD>
 void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                           const at::Tensor& value_cache, const AttentionArgs& args,
@@ -647,24 +704,55 @@ void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Te
   const auto* k = reinterpret_cast<const uint16_t*>(key_cache.data_ptr<at::BFloat16>());
   const auto* v = reinterpret_cast<const uint16_t*>(value_cache.data_ptr<at::BFloat16>());
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), num_items)));
+  const int64_t max_threads = std::max<int64_t>(1, at::get_num_threads());
   auto is_decode = [&](const AttentionItem& it) { return kHasDecode<kD> && it.end_token - it.first_token == 1; };
-  // Guided self-scheduling: chunks of a share of the items left, so a thread prefetches
-  // across the items of its chunk and the last chunks are small enough to balance.
-  std::atomic<int64_t> next_item{0};
+
+  // Fewer decode items than a few per thread (few sequences) over long contexts: cut them
+  // into block ranges so that every thread streams a share of the context.
+  std::vector<DecodeRange> ranges;
+  std::vector<float> partials;
+  int64_t num_parts = 0, total_blocks = 0;
+  if (kHasDecode<kD> && max_threads > 1 && num_items < 4 * max_threads &&
+      std::all_of(items.begin(), items.end(), is_decode)) {
+    for (const AttentionItem& it : items) total_blocks += decode_item(it, args, k, v, block_elems).num_blocks;
+  }
+  if (total_blocks >= kSplitThreadBlocks * max_threads) {
+    const int64_t per_part = std::max(kSplitMinBlocks, (total_blocks + 8 * max_threads - 1) / (8 * max_threads));
+    for (int64_t i = 0; i < num_items; ++i) {
+      const int64_t n = decode_item(items[i], args, k, v, block_elems).num_blocks;
+      const int64_t parts = (n + per_part - 1) / per_part;
+      for (int64_t p = 0; p < parts; ++p) {
+        ranges.push_back({static_cast<int32_t>(i), static_cast<int32_t>(n * p / parts),
+                          static_cast<int32_t>(n * (p + 1) / parts), parts > 1 ? static_cast<int32_t>(num_parts++) : -1});
+      }
+    }
+    partials.resize(num_parts * args.group * (head_dim + 2));
+  }
+  const bool split = !ranges.empty();
+  const int64_t num_entries = split ? static_cast<int64_t>(ranges.size()) : num_items;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min(max_threads, num_entries)));
+
+  // Guided self-scheduling: chunks of a share of the entries left, so a thread prefetches
+  // across the entries of its chunk and the last chunks are small enough to balance.
+  std::atomic<int64_t> next_entry{0};
 #pragma omp parallel num_threads(threads)
   {
     std::unique_ptr<VnniScratch> scratch;  // for the items with several tokens
+    auto entry_decode = [&](int64_t e) {
+      if (!split) return decode_item(items[e], args, k, v, block_elems);
+      const DecodeRange& r = ranges[e];
+      return narrow(decode_item(items[r.item], args, k, v, block_elems), r.first_block, r.end_block);
+    };
     for (;;) {
-      int64_t begin = next_item.load(std::memory_order_relaxed), end;
+      int64_t begin = next_entry.load(std::memory_order_relaxed), end;
       do {
-        end = std::min(num_items, begin + std::max<int64_t>(2, (num_items - begin) / (2 * threads)));
-      } while (begin < num_items && !next_item.compare_exchange_weak(begin, end, std::memory_order_relaxed));
-      if (begin >= num_items) break;
+        end = std::min(num_entries, begin + std::max<int64_t>(2, (num_entries - begin) / (2 * threads)));
+      } while (begin < num_entries && !next_entry.compare_exchange_weak(begin, end, std::memory_order_relaxed));
+      if (begin >= num_entries) break;
       DecodeItem current{}, following{};
       bool have_current = false;
-      for (int64_t i = begin; i < end; ++i) {
-        const AttentionItem& it = items[i];
+      for (int64_t e = begin; e < end; ++e) {
+        const AttentionItem& it = items[split ? ranges[e].item : e];
         if (!is_decode(it)) {
           if (!scratch) scratch = std::make_unique<VnniScratch>(head_dim);
           attend_item_vnni<kD>(it, args, q, k, v, o, head_dim, *scratch);
@@ -673,7 +761,7 @@ void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Te
         }
         if constexpr (kHasDecode<kD>) {
           if (!have_current) {  // the first of a run: nothing prefetched its first blocks
-            current = decode_item(it, args, k, v, block_elems);
+            current = entry_decode(e);
             for (int64_t b = 0; b < std::min<int64_t>(kDecodeAhead, current.num_blocks); ++b) {
               const char* kb = reinterpret_cast<const char*>(current.k + current.blocks[b] * block_elems);
               const char* vb = reinterpret_cast<const char*>(current.v + current.blocks[b] * block_elems);
@@ -683,13 +771,28 @@ void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Te
               }
             }
           }
-          const bool more = i + 1 < end && is_decode(items[i + 1]);
-          if (more) following = decode_item(items[i + 1], args, k, v, block_elems);
-          attend_decode<kD>(it, current, more ? &following : nullptr, args, q, o);
+          const bool more = e + 1 < end && (split || is_decode(items[e + 1]));
+          if (more) following = entry_decode(e + 1);
+          float* partial = nullptr;
+          if (split && ranges[e].part >= 0) partial = partials.data() + ranges[e].part * args.group * (kD + 2);
+          attend_decode<kD>(it, current, more ? &following : nullptr, args, q, o, partial);
           current = following;
           have_current = more;
         }
       }
+    }
+  }
+  if constexpr (kHasDecode<kD>) {
+    for (int64_t e = 0; e < static_cast<int64_t>(ranges.size());) {  // split items' outputs
+      const DecodeRange& r = ranges[e];
+      int64_t parts = 1;
+      while (e + parts < static_cast<int64_t>(ranges.size()) && ranges[e + parts].item == r.item) ++parts;
+      if (r.part >= 0) {
+        const AttentionItem& it = items[r.item];
+        combine_parts<kD>(it, decode_item(it, args, k, v, block_elems),
+                          partials.data() + r.part * args.group * (kD + 2), parts, args, o);
+      }
+      e += parts;
     }
   }
 }
