@@ -733,7 +733,14 @@ void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Te
   const int threads = static_cast<int>(std::max<int64_t>(1, std::min(max_threads, num_entries)));
 
   // Guided self-scheduling: chunks of a share of the entries left, so a thread prefetches
-  // across the entries of its chunk and the last chunks are small enough to balance.
+  // across the entries of its chunk and the last chunks are small enough to balance. After
+  // the leading decode items (the scheduler puts decodes first), entries go one at a time:
+  // prefill tiles are costly and uneven.
+  int64_t decode_prefix = num_entries;
+  if (!split) {
+    decode_prefix = 0;
+    while (decode_prefix < num_items && is_decode(items[decode_prefix])) ++decode_prefix;
+  }
   std::atomic<int64_t> next_entry{0};
 #pragma omp parallel num_threads(threads)
   {
@@ -746,7 +753,9 @@ void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Te
     for (;;) {
       int64_t begin = next_entry.load(std::memory_order_relaxed), end;
       do {
-        end = std::min(num_entries, begin + std::max<int64_t>(2, (num_entries - begin) / (2 * threads)));
+        end = begin >= decode_prefix
+                  ? begin + 1
+                  : std::min(decode_prefix, begin + std::max<int64_t>(2, (decode_prefix - begin) / (2 * threads)));
       } while (begin < num_entries && !next_entry.compare_exchange_weak(begin, end, std::memory_order_relaxed));
       if (begin >= num_entries) break;
       DecodeItem current{}, following{};
