@@ -128,3 +128,82 @@ def test_row_layout_cache_matches_reference_bit_for_bit():
     write_context(TorchReferenceBackend(), expected, keys, values, slots)
     write_context(CPUPagedBackend(), cache, keys, values, slots)
     assert torch.equal(cache, expected)
+
+
+def run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks, dtype=torch.bfloat16, seed=0):
+    """Outputs of the reference and the kernel (bf16, 16-token blocks) on one step."""
+    torch.manual_seed(seed)
+    num_context = sum(c for c, _ in requests)
+    context_k = torch.randn(num_context, kv_heads, head_dim).to(dtype)
+    context_v = torch.randn(num_context, kv_heads, head_dim).to(dtype)
+    num_tokens = sum(q for _, q in requests)
+    q = torch.randn(num_tokens, heads, head_dim).to(dtype)
+    k = torch.randn(num_tokens, kv_heads, head_dim).to(dtype)
+    v = torch.randn(num_tokens, kv_heads, head_dim).to(dtype)
+    outputs = []
+    for backend in (TorchReferenceBackend(), CPUPagedBackend()):
+        md, context_slots = make_step(backend, requests, num_blocks, seed=seed + 1, block_size=16)
+        cache = torch.zeros(backend.kv_cache_shape(num_blocks, 16, kv_heads, head_dim), dtype=dtype)
+        if num_context:
+            write_context(backend, cache, context_k, context_v, context_slots)
+        outputs.append(backend.forward(q, k, v, cache, md, head_dim**-0.5, window, 0, soft_cap))
+    return outputs
+
+
+DECODE_LENGTHS = [1, 2, 15, 16, 17, 31, 32, 33, 47, 100, 129, 200, 257]
+
+
+@pytest.mark.parametrize("num_seqs", [1, 5, 40])
+@pytest.mark.parametrize(
+    "heads,kv_heads,head_dim",
+    # group sizes 1-8; 7 rows of 64 dims and 4+ of 128 take several passes over the blocks
+    [(9, 3, 64), (4, 4, 64), (8, 2, 64), (7, 1, 64), (8, 1, 128), (4, 2, 128), (2, 1, 256), (6, 2, 32)],
+)
+@pytest.mark.parametrize("window,soft_cap", [(None, None), (20, None), (None, 4.0), (37, 2.0)])
+def test_decode_matches_reference(num_seqs, heads, kv_heads, head_dim, window, soft_cap):
+    """Decode steps (one query per sequence): contexts of every length class around the
+    16-token blocks, with and without sliding windows and soft caps."""
+    rng = np.random.default_rng(num_seqs * 1000 + heads * 10 + kv_heads)
+    if num_seqs == 1:
+        lengths = [200]
+    else:  # the classes above, then random lengths: windows start at every offset in a block
+        extra = rng.integers(1, 300, max(0, num_seqs - len(DECODE_LENGTHS)))
+        lengths = DECODE_LENGTHS[:num_seqs] + list(extra)
+        lengths = [int(n) for n in rng.permutation(lengths)]
+    requests = [(n - 1, 1) for n in lengths]
+    num_blocks = sum(-(-n // 16) for n in lengths) + 8
+    ref, out = run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4), (8, 1)])
+def test_single_token_tiles_of_a_chunk_match_reference(heads, kv_heads):
+    """A chunk whose last tile holds one token (attended as a decode) after cached context,
+    after decodes (which come first, as the scheduler orders them) and next to other chunks."""
+    tokens_per_tile = max(1, 48 // (heads // kv_heads))
+    requests = [(40, 1), (70, 1), (23, tokens_per_tile + 1), (0, 2 * tokens_per_tile + 1), (5, 9)]
+    num_blocks = sum(-(-(c + q) // 16) for c, q in requests) + 8
+    ref, out = run_both(requests, heads, kv_heads, 64, None, None, num_blocks)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    ref, out = run_both(requests, heads, kv_heads, 64, 11, 3.0, num_blocks)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[1100], [2000], [77, 1300], [17, 64, 1500]],  # few long items: the kernel splits them
+)
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (7, 1, 64), (8, 2, 128)])
+@pytest.mark.parametrize("window,soft_cap", [(None, None), (150, None), (None, 3.0), (70, 2.0)])
+def test_few_long_decodes_match_reference(lengths, heads, kv_heads, head_dim, window, soft_cap):
+    """Few decode items on several threads: each is cut into block ranges whose partial
+    softmax results are combined."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        requests = [(n - 1, 1) for n in lengths]
+        num_blocks = sum(-(-n // 16) for n in lengths) + 8
+        ref, out = run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
