@@ -1,6 +1,7 @@
 """The 4-bit weight matmuls alone on SmolLM2-135M's shapes: old (torch's int4 op) vs new (gemv_int4).
 
-    python benchmarks/quant_kernels.py [--rows 1 4 16] [--threads 2] [--sweep]
+    python benchmarks/quant_kernels.py [--rows 1 4 16] [--threads 2] [--sweep] [--best]
+    python benchmarks/quant_kernels.py --decode [--rounds 24]
 
 For each projection shape and number of rows M: µs per call and the packed weight bytes
 (codes + scales) read per second, for
@@ -12,8 +13,13 @@ For each projection shape and number of rows M: µs per call and the packed weig
 - `bf16`: the bf16 weight through `pagedllm.ops.linear` (the unquantized model's path).
 
 Weights are cycled through copies totalling more than the L3 cache, as in a decode step, and
-each figure is the median of single calls. `--sweep` times M = 8..256 to place the row
+each figure is the median of single calls. `--sweep` times M = 8..1024 to place the row
 threshold (`int4.GEMV_MAX_ROWS`) where the dequantize path starts to win.
+
+`--decode`: single-stream decode steps of the default model under `--quantization int4`, in one
+process, with every int4 layer switched between gemv_int4 and torch's int4 kernel every 16
+steps (robust to other work on the machine, which slows both alike); prints quantiles of the
+step time for each.
 """
 
 from __future__ import annotations
@@ -69,6 +75,43 @@ def _torch_op(q: Int4Weight, x: torch.Tensor) -> None:
     torch.ops.aten._weight_int4pack_mm_for_cpu(x, q.packed, q.group_size, q.scale_zero)
 
 
+def run_decode(rounds: int, steps: int = 16) -> None:
+    from pagedllm import LLM, SamplingParams
+    from pagedllm.model.layers.quantization import Int4Blocks
+
+    engine = LLM(quantization="int4").engine
+    swaps = []
+    for module in engine.executor.runner.model.modules():
+        q = getattr(module, "quant", None)
+        if isinstance(q, Int4Weight) and q.uses_gemv_kernel:
+            scale_zero = q._scale_zero_t(0, q.out_features).float().transpose(0, 1)  # [N, K / 32, 2]
+            blocks = Int4Blocks(q.codes_t().t(), scale_zero[..., 0], scale_zero[..., 1], q.group_size)
+            swaps.append(
+                (module, {"gemv_int4": q, "torch op": Int4Weight(blocks, q.activation_dtype, layout="torch")})
+            )
+    if not swaps:
+        raise SystemExit("no int4 layer runs gemv_int4 here")
+    params = SamplingParams(temperature=0, max_tokens=2 * rounds * steps + 16, ignore_eos=True)
+    engine.add_request("decode", {"prompt_token_ids": list(range(100, 164))}, params)
+    for _ in range(9):  # prefill and warm-up
+        engine.step()
+    times: dict[str, list[float]] = {"gemv_int4": [], "torch op": []}
+    for r in range(2 * rounds):
+        kind = list(times)[r % 2]
+        for module, weights in swaps:
+            module.quant = weights[kind]
+        for _ in range(steps):
+            start = time.perf_counter()
+            engine.step()
+            times[kind].append((time.perf_counter() - start) * 1e3)
+    print(f"single-stream decode, {len(swaps)} int4 layers, ms per step ({torch.get_num_threads()} threads):")
+    for kind, ts in times.items():
+        deciles = statistics.quantiles(ts, n=10)
+        print(
+            f"  {kind:<10} min {min(ts):.2f}  p10 {deciles[0]:.2f}  median {statistics.median(ts):.2f}  ({len(ts)} steps)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +121,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help=f"rows {SWEEP_ROWS}: where dequantizing wins")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--best", action="store_true", help="the fastest call instead of the median")
+    parser.add_argument("--decode", action="store_true", help="decode steps: gemv_int4 vs torch's kernel")
+    parser.add_argument("--rounds", type=int, default=24, help="--decode: 16-step rounds per kernel")
     args = parser.parse_args()
     global BEST
     BEST = args.best
@@ -87,6 +132,9 @@ def main() -> None:
 
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
+    if args.decode:
+        run_decode(args.rounds)
+        return
     rows = SWEEP_ROWS if args.sweep else args.rows
     cols = ["torch op", "gemv_int4", "deq torch", "deq gemv", "bf16"]
     print(
