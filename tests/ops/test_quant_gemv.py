@@ -121,6 +121,10 @@ def test_gemv_int4_strided_rows_and_output():
     torch.ops.pagedllm.gemv_int4(out, x, packed)
     assert_close_to_product(out, x, weight_of(codes, scale, zero), "strided")
     assert (wide_out[:, n:] == 0).all()  # the padded tail block is not written past N
+    # The functional form (what Int4Weight.linear calls) takes any x, even with K strided.
+    assert torch.equal(torch.ops.pagedllm.int4_linear(x, packed, n), out)
+    x_t = x.t().contiguous().t()  # unit stride along M, not K
+    assert x_t.stride(1) != 1 and torch.equal(torch.ops.pagedllm.int4_linear(x_t, packed, n), out)
 
 
 @needs_kernel

@@ -238,6 +238,13 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
 #endif
 }
 
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  const at::Tensor xc = x.dim() == 2 && x.stride(1) != 1 ? x.contiguous() : x;
+  at::Tensor out = at::empty({xc.size(0), n}, xc.options());
+  gemv_int4(out, xc, packed);
+  return out;
+}
+
 void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin) {
   TORCH_CHECK(out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
                   (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
@@ -296,10 +303,12 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("gemv_int4", &pagedllm::gemv_int4);
+  m.impl("int4_linear", &pagedllm::int4_linear);
   m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
 }

@@ -51,6 +51,9 @@ bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t 
 // and dequantize + matmul: Int4Weight's GEMV_MAX_ROWS (int4.py) is the measured crossover.
 void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed);
 
+// gemv_int4 into a new tensor: x [M, K] (made contiguous if needed) -> bf16 [M, n].
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n);
+
 // out [K, rows] (bf16 or float32, unit stride along rows) = rows row_begin.. of W, transposed
 // and dequantized ((code - 8) * scale + zero, rounded once): the weight for an ordinary matmul
 // when x has many rows (prefill). row_begin % 16 == 0.

@@ -147,9 +147,9 @@ class Int4Weight(nn.Module):
             out = self.linear(x.reshape(-1, self.in_features), bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         if x.shape[0] <= self.fused_rows and x.dtype == self.activation_dtype:
+            # (The buffer read from _buffers: a module attribute lookup cost 0.5 us per call.)
             if self.layout == "gemv":
-                out = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
-                _op("gemv_int4")(out, x if x.stride(-1) == 1 else x.contiguous(), self.packed)
+                out = _op("int4_linear")(x, self._buffers["packed"], self.out_features)
             else:
                 out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
         else:
