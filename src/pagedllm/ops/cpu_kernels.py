@@ -1,9 +1,9 @@
 """Compiled CPU kernels (src/pagedllm/csrc/*.cpp), built on first use and cached on disk.
 
-The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (about a
-minute; 21 s measured for the five sources) with the host's own instruction set into `<cache>/kernels/<key>/`, where `<key>`
-covers the source, torch's version and the CPU's flags, so later starts only load the
-library. Where no compiler is available the build fails once, a warning says why, and
+The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (21 s
+measured for the five sources on 2 cores) with the host's own instruction set into
+`<cache>/kernels/<key>/`, where `<key>` covers the sources, torch's version and the CPU's
+flags, so later starts only load the library. Where no compiler is available the build fails once, a warning says why, and
 callers keep their torch code paths (`available()` is False).
 
 `PAGEDLLM_CPU_KERNELS=0` turns the kernels off (the pure torch paths then run everywhere).
