@@ -42,9 +42,10 @@ SWEEP_ROWS = (8, 16, 32, 64, 128, 256, 512, 1024)
 BEST = False
 
 
-def _time(calls, budget: float = 0.25) -> float:
-    """Time of one call (µs), cycling through `calls` (one per copy of the weights): the median
-    of single calls, or with --best their minimum (on a machine shared with other work)."""
+def time_per_call(calls, budget: float = 0.25, best: bool | None = None) -> float:
+    """Time of one call (µs), cycling through `calls` (one per copy of the weights, so each call
+    reads its weights from memory): the median of single calls (an occasional preemption stays
+    out of it), or with `best` (default: --best) their minimum. quant_quality.py uses it too."""
     for call in calls[:2]:
         call()
     times: list[float] = []
@@ -55,7 +56,8 @@ def _time(calls, budget: float = 0.25) -> float:
         elapsed = time.perf_counter() - start
         times.append(elapsed)
         spent += elapsed
-    return (min(times) if BEST else statistics.median(times)) * 1e6
+    use_min = BEST if best is None else best
+    return (min(times) if use_min else statistics.median(times)) * 1e6
 
 
 def _copies(nbytes: float) -> int:
@@ -153,11 +155,11 @@ def main() -> None:
         for m in rows:
             x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
             timings = [
-                _time([lambda q=q, x=x: _torch_op(q, x) for q in old]),
-                _time([lambda q=q, x=x: _gemv(q, x) for q in new]),
-                _time([lambda q=q, x=x: _dequantize_path(q, x) for q in old]),
-                _time([lambda q=q, x=x: _dequantize_path(q, x) for q in new]),
-                _time([lambda w=w, x=x: dense_linear(x, w) for w in dense]),
+                time_per_call([lambda q=q, x=x: _torch_op(q, x) for q in old]),
+                time_per_call([lambda q=q, x=x: _gemv(q, x) for q in new]),
+                time_per_call([lambda q=q, x=x: _dequantize_path(q, x) for q in old]),
+                time_per_call([lambda q=q, x=x: _dequantize_path(q, x) for q in new]),
+                time_per_call([lambda w=w, x=x: dense_linear(x, w) for w in dense]),
             ]
             cells = "".join(f"{t:>8.1f} ({nbytes / t / 1e3:>5.1f})" for t in timings)
             print(f"{name:<9}{f'{n}x{k}':>10}{m:>5}{cells}", flush=True)

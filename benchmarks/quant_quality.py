@@ -30,6 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from quant_kernels import time_per_call  # benchmarks/ is on sys.path when run as a script
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.bench.throughput import random_prompts
@@ -164,23 +165,6 @@ SHAPES = {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down
 COLD_BYTES = 96e6  # > 32 MB L3
 
 
-def _time(calls, budget: float = 0.3) -> float:
-    """Median time of one call (µs), cycling through `calls` (copies of the weights, so that
-    each call reads its weights from memory); the median of single calls, not of loops, keeps
-    an occasional preemption by another process out of the figure."""
-    for call in calls[:2]:
-        call()
-    times: list[float] = []
-    spent = 0.0
-    while (spent < budget and len(times) < 2000) or len(times) < 5:
-        start = time.perf_counter()
-        calls[len(times) % len(calls)]()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        spent += elapsed
-    return statistics.median(times) * 1e6
-
-
 def _copies(nbytes: float) -> int:
     return max(1, min(256, round(COLD_BYTES / nbytes)))
 
@@ -225,27 +209,29 @@ def run_kernels(args) -> None:
 def _row_timings(x, bf16, int8, int4, ops) -> list[float]:
     aten = torch.ops.aten
     return [
-        _time([lambda w=w: F.linear(x, w) for w in bf16]),
-        _time([lambda q=q: aten._weight_int8pack_mm(x, q.qweight, q.scale) for q in int8]),
-        _time([lambda q=q: F.linear(x, q.dequantize()) for q in int8]),
+        time_per_call([lambda w=w: F.linear(x, w) for w in bf16]),
+        time_per_call([lambda q=q: aten._weight_int8pack_mm(x, q.qweight, q.scale) for q in int8]),
+        time_per_call([lambda q=q: F.linear(x, q.dequantize()) for q in int8]),
         *(
-            _time([lambda a=a, g=g: aten._weight_int4pack_mm_for_cpu(x, a[0], g, a[1]) for a in ops[g]])
+            time_per_call(
+                [lambda a=a, g=g: aten._weight_int4pack_mm_for_cpu(x, a[0], g, a[1]) for a in ops[g]]
+            )
             if g in ops
             else float("nan")
             for g in (32, 64, 128)
         ),
-        _time([lambda q=q: torch.mm(x, q.dequantize_t()) for q in int4]),
-        _time([lambda q=q: q.linear(x) for q in int8]),
-        _time([lambda q=q: q.linear(x) for q in int4]),
+        time_per_call([lambda q=q: torch.mm(x, q.dequantize_t()) for q in int4]),
+        time_per_call([lambda q=q: q.linear(x) for q in int8]),
+        time_per_call([lambda q=q: q.linear(x) for q in int4]),
     ]
 
 
 def _bandwidths(x, bf16, int8, int4) -> dict[str, float]:
     """Weight bytes read per second by one row's matmul (bf16 F.linear, the int8 and int4 layers)."""
     return {
-        "bf16": bf16[0].nbytes / _time([lambda w=w: F.linear(x, w) for w in bf16]) / 1e3,
-        "int8": int8[0].nbytes / _time([lambda q=q: q.linear(x) for q in int8]) / 1e3,
-        "int4": int4[0].nbytes / _time([lambda q=q: q.linear(x) for q in int4]) / 1e3,
+        "bf16": bf16[0].nbytes / time_per_call([lambda w=w: F.linear(x, w) for w in bf16]) / 1e3,
+        "int8": int8[0].nbytes / time_per_call([lambda q=q: q.linear(x) for q in int8]) / 1e3,
+        "int4": int4[0].nbytes / time_per_call([lambda q=q: q.linear(x) for q in int4]) / 1e3,
     }
 
 
