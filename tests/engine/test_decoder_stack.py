@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.model.models.cpu_decoder_stack import DISABLE_ENV
+from pagedllm.model.models.cpu_decoder_stack import DISABLE_ENV, CPUDecoderStack
+from pagedllm.model.models.decoder import DecoderModel
 from pagedllm.ops import cpu_kernels
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
@@ -39,12 +40,31 @@ def _run(llm: LLM, prompts: list[list[int]], max_tokens: int):
 
 
 def _both(monkeypatch, prompts, max_tokens, **llm_kwargs):
+    """(fused engine, its outputs, the Python layers' outputs); fails unless every step of the
+    fused engine went through the op."""
     monkeypatch.delenv(DISABLE_ENV, raising=False)
     fused = LLM(**llm_kwargs)
     monkeypatch.setenv(DISABLE_ENV, "0")
     layers = LLM(**llm_kwargs)
     assert _stack_of(layers) is None
-    return fused, _run(fused, prompts, max_tokens), _run(layers, prompts, max_tokens)
+    op_calls, forwards = [], []
+    op, forward = CPUDecoderStack.__call__, DecoderModel.forward
+
+    def counted_op(self, *args):
+        op_calls.append(1)
+        return op(self, *args)
+
+    def counted_forward(self, *args):
+        forwards.append(1)
+        return forward(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CPUDecoderStack, "__call__", counted_op)
+        patch.setattr(DecoderModel, "forward", counted_forward)
+        ours = _run(fused, prompts, max_tokens)
+    # Every step of these prompts (prefill chunks beside decodes, prefix hits) fits the op.
+    assert len(forwards) >= max_tokens and len(op_calls) == len(forwards)
+    return fused, ours, _run(layers, prompts, max_tokens)
 
 
 def _prompts(vocab: int, lengths: list[int], seed: int) -> list[list[int]]:
@@ -84,9 +104,9 @@ def test_smollm2_int4_matches_python_layers(monkeypatch):
     """4-bit weights in the compiled 4-bit kernel's layout run inside the op too."""
     prompts = _prompts(49152, [64, 9, 31], seed=7)
     kwargs = dict(dtype="bfloat16", quantization="int4", max_num_batched_tokens=96, kv_cache_memory=0.25)
+    if not cpu_kernels.int4_gemv_supported(torch.bfloat16):
+        pytest.skip("4-bit weights are not in the compiled kernel's layout on this CPU")
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
     stack = _stack_of(fused)
-    if not fused.engine.executor.runner.model.model.layers[0].self_attn.qkv_proj.quant.uses_gemv_kernel:
-        pytest.skip("4-bit weights are not in the compiled kernel's layout on this CPU")
     assert stack is not None and stack.max_rows is not None
     assert ours == reference

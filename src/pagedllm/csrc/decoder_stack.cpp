@@ -15,8 +15,7 @@
 // and the final norm. Linear layers run the kernel the Python layer would: packed bf16 weights
 // the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
 // AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
-// scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4. `weight_aux` is reserved for
-// formats that keep a second tensor (empty for all of these).
+// scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -91,7 +90,7 @@ const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Ten
 enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2 };
 
 // x [M, K] @ W^T -> [M, out_features].
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& aux, int64_t kind,
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
                   int64_t out_features) {
   if (kind == kPackedBf16) {
     auto out = at::empty({x.size(0), out_features}, x.options());
@@ -113,7 +112,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& positions, const at::Tensor& cos_sin_cache,
-                         TensorList weights, TensorList weight_aux, c10::IntArrayRef weight_kinds, TensorList kv_caches,
+                         TensorList weights, c10::IntArrayRef weight_kinds, TensorList kv_caches,
                          c10::IntArrayRef layer_groups, c10::IntArrayRef windows, TensorList block_tables,
                          TensorList slot_mappings, const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                          int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t intermediate_size,
@@ -121,8 +120,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
   const int64_t num_layers = static_cast<int64_t>(kv_caches.size());
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == num_layers * kTensorsPerLayer + 1,
               "decoder_stack: expected 6 weights per layer plus the final norm");
-  TORCH_CHECK(weight_aux.size() == weights.size() && weight_kinds.size() == weights.size(),
-              "decoder_stack: one aux tensor and kind per weight");
+  TORCH_CHECK(weight_kinds.size() == weights.size(), "decoder_stack: one kind per weight");
   TORCH_CHECK(static_cast<int64_t>(layer_groups.size()) == num_layers &&
                   static_cast<int64_t>(windows.size()) == num_layers,
               "decoder_stack: one KV-cache group and window per layer");
@@ -143,7 +141,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
     } else {
       k.fused_add_rms_norm.call(x, residual, weights[w0], eps);
     }
-    at::Tensor qkv = linear(x, weights[w0 + 1], weight_aux[w0 + 1], weight_kinds[w0 + 1], q_size + 2 * kv_size);
+    at::Tensor qkv = linear(x, weights[w0 + 1], weight_kinds[w0 + 1], q_size + 2 * kv_size);
     k.rotary.call(qkv.narrow(1, 0, q_size + kv_size), positions, cos_sin_cache, head_dim, rotary_dim);
     const at::Tensor q = qkv.narrow(1, 0, q_size).view({tokens, num_heads, head_dim});
     const at::Tensor key = qkv.narrow(1, q_size, kv_size).view({tokens, num_kv_heads, head_dim});
@@ -155,12 +153,12 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
     at::Tensor attn = at::empty({tokens, num_heads, head_dim}, hidden_in.options());
     k.paged_attention.call(attn, q, key_cache, value_cache, block_tables[group], query_start_loc, seq_lens, scale,
                            windows[layer], 0.0, vnni);
-    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_aux[w0 + 2], weight_kinds[w0 + 2], hidden_size);
+    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_kinds[w0 + 2], hidden_size);
     k.fused_add_rms_norm.call(x, residual, weights[w0 + 3], eps);
-    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_aux[w0 + 4], weight_kinds[w0 + 4], 2 * intermediate_size);
+    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_kinds[w0 + 4], 2 * intermediate_size);
     at::Tensor act = at::empty({tokens, intermediate_size}, hidden_in.options());
     k.silu_and_mul.call(act, gate_up);
-    x = linear(act, weights[w0 + 5], weight_aux[w0 + 5], weight_kinds[w0 + 5], hidden_size);
+    x = linear(act, weights[w0 + 5], weight_kinds[w0 + 5], hidden_size);
   }
   k.fused_add_rms_norm.call(x, residual, weights[num_layers * kTensorsPerLayer], eps);
   return x;
@@ -171,7 +169,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def(
-      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, Tensor[] weight_aux, int[] weight_kinds, "
+      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, int[] weight_kinds, "
       "Tensor(a!)[] kv_caches, int[] layer_groups, int[] windows, Tensor[] block_tables, Tensor[] slot_mappings, "
       "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
       "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");

@@ -30,7 +30,6 @@ from pagedllm.ops.packed_linear import PackedBF16Weight
 logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "PAGEDLLM_DECODER_STACK"
-_EMPTY = torch.empty(0)
 # Weight kinds, as csrc/decoder_stack.cpp's WeightKind.
 PLAIN, PACKED_BF16, INT4 = 0, 1, 2
 
@@ -38,9 +37,7 @@ PLAIN, PACKED_BF16, INT4 = 0, 1, 2
 class CPUDecoderStack:
     """The layers and final norm of a `DecoderModel`, bound to their KV caches, as one op call."""
 
-    def __init__(
-        self, model: DecoderModel, weights, weight_aux, weight_kinds, max_rows: int | None, vnni: bool
-    ):
+    def __init__(self, model: DecoderModel, weights, weight_kinds, max_rows: int | None, vnni: bool):
         first = model.layers[0]
         attn: LlamaAttention = first.self_attn
         self.num_heads = attn.attn.num_heads
@@ -51,7 +48,6 @@ class CPUDecoderStack:
         self.intermediate_size = first.mlp.down_proj.input_size
         self.cos_sin_cache = attn.rotary_emb.cos_sin_cache
         self.weights = weights
-        self.weight_aux = weight_aux
         self.weight_kinds = weight_kinds
         self.kv_caches = [layer.self_attn.attn.kv_cache for layer in model.layers]
         self.layer_groups = [layer.self_attn.attn.kv_group for layer in model.layers]
@@ -78,7 +74,6 @@ class CPUDecoderStack:
             positions,
             self.cos_sin_cache,
             self.weights,
-            self.weight_aux,
             self.weight_kinds,
             self.kv_caches,
             self.layer_groups,
@@ -118,7 +113,6 @@ def _build(decoder: DecoderModel, backend) -> CPUDecoderStack | None:
     if not cpu_kernels.available() or not hasattr(torch.ops.pagedllm, "decoder_stack"):
         return None
     weights: list[torch.Tensor] = []
-    aux: list[torch.Tensor] = []
     kinds: list[int] = []
     max_rows: int | None = None
     reference = decoder.layers[0]
@@ -137,23 +131,20 @@ def _build(decoder: DecoderModel, backend) -> CPUDecoderStack | None:
         for part in parts:
             if isinstance(part, RMSNorm):
                 weights.append(part.weight)
-                aux.append(_EMPTY)
                 kinds.append(PLAIN)
                 continue
             entry = _linear_entry(part)
             if entry is None:
                 return None
-            weight, extra, kind, rows = entry
+            weight, kind, rows = entry
             weights.append(weight)
-            aux.append(extra)
             kinds.append(kind)
             if rows is not None:
                 max_rows = rows if max_rows is None else min(max_rows, rows)
     weights.append(decoder.norm.weight)
-    aux.append(_EMPTY)
     kinds.append(PLAIN)
     key_cache = reference.self_attn.attn.kv_cache[0]
-    return CPUDecoderStack(decoder, weights, aux, kinds, max_rows, cpu_kernels.vnni_layout(key_cache))
+    return CPUDecoderStack(decoder, weights, kinds, max_rows, cpu_kernels.vnni_layout(key_cache))
 
 
 def _layer_qualifies(layer, reference) -> bool:
@@ -185,16 +176,16 @@ def _layer_qualifies(layer, reference) -> bool:
     return all(lin.bias is None and lin.tp_size == 1 for lin in linears)
 
 
-def _linear_entry(linear) -> tuple[torch.Tensor, torch.Tensor, int, int | None] | None:
-    """(weight, aux, kind, max rows) the op takes for a linear layer; None if it cannot take it."""
+def _linear_entry(linear) -> tuple[torch.Tensor, int, int | None] | None:
+    """(weight, kind, max rows) the op takes for a linear layer; None if it cannot take it."""
     quant = linear.quant
     if quant is None:
         weight = linear.weight
         if weight is None or not weight.is_contiguous() or weight.device.type != "cpu":
             return None
-        return weight, _EMPTY, PLAIN, None
+        return weight, PLAIN, None
     if isinstance(quant, PackedBF16Weight):
-        return quant.packed, _EMPTY, PACKED_BF16, None
+        return quant.packed, PACKED_BF16, None
     if getattr(quant, "uses_gemv_kernel", False):
-        return quant.packed, _EMPTY, INT4, quant.gemv_max_rows
+        return quant.packed, INT4, quant.gemv_max_rows
     return None
