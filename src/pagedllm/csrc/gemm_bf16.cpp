@@ -57,14 +57,28 @@ at::Tensor pack_weight_bf16(const at::Tensor& w) {
 #if defined(__AVX512BF16__)
 // A kMB x (kNV x 16) tile of outputs from rows x[0..kMB) and the columns [v0*16, (v0+kNV)*16)
 // of a panel `width` columns wide.
+// The next panel a thread will stream, fetched into L1/L2 a few k-pair rows at a time while the
+// current panel's row tiles run from cache. Without it, the first row tile of every panel
+// waits on DRAM and compute and memory take turns: at 16-64 rows that costs 15-20%.
+struct NextPanel {
+  const char* base = nullptr;  // nullptr: nothing to fetch
+  int64_t row_bytes = 0;       // one k-pair row of the panel (width x 4 bytes)
+  int64_t first_row = 0;       // the rows this tile fetches: first_row, first_row + 1, ...
+  int64_t every = 1;           // one row per `every` k pairs of this tile
+};
+
 template <int kMB, int kNV>
 inline void tile(const uint16_t* x, int64_t x_stride, const uint32_t* panel, int64_t width, int64_t v0,
-                 int64_t pairs, uint16_t* out, int64_t out_stride) {
+                 int64_t pairs, uint16_t* out, int64_t out_stride, const NextPanel& next) {
   __m512 acc[kMB][kNV];
   for (int m = 0; m < kMB; ++m)
     for (int v = 0; v < kNV; ++v) acc[m][v] = _mm512_setzero_ps();
   const uint32_t* w = panel + v0 * kVec;
   for (int64_t j = 0; j < pairs; ++j, w += width) {
+    if (next.base != nullptr && j % next.every == 0) {
+      const char* row = next.base + (next.first_row + j / next.every) * next.row_bytes;
+      for (int64_t line = 0; line < next.row_bytes; line += 64) _mm_prefetch(row + line, _MM_HINT_T0);
+    }
     __m512bh wv[kNV];
     for (int v = 0; v < kNV; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(w + v * kVec);
     for (int m = 0; m < kMB; ++m) {
@@ -81,18 +95,25 @@ inline void tile(const uint16_t* x, int64_t x_stride, const uint32_t* panel, int
 
 template <int kNV>
 void rows_of_panel(const uint16_t* x, int64_t x_stride, int64_t rows, const uint32_t* panel, int64_t width,
-                   int64_t v0, int64_t pairs, uint16_t* out, int64_t out_stride) {
+                   int64_t v0, int64_t pairs, uint16_t* out, int64_t out_stride, NextPanel next) {
+  // Every row tile fetches an equal share of the next panel, spread over its k loop.
+  const int64_t tiles = (rows + kRowBlock - 1) / kRowBlock;
+  next.every = tiles;
   int64_t m = 0;
-  for (; m + kRowBlock <= rows; m += kRowBlock)
-    tile<kRowBlock, kNV>(x + m * x_stride, x_stride, panel, width, v0, pairs, out + m * out_stride, out_stride);
+  for (; m + kRowBlock <= rows; m += kRowBlock) {
+    next.first_row = (m / kRowBlock) * pairs / tiles;
+    tile<kRowBlock, kNV>(x + m * x_stride, x_stride, panel, width, v0, pairs, out + m * out_stride, out_stride,
+                         next);
+  }
+  next.first_row = (m / kRowBlock) * pairs / tiles;
   const uint16_t* xr = x + m * x_stride;
   uint16_t* o = out + m * out_stride;
   switch (rows - m) {
-    case 1: tile<1, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride); break;
-    case 2: tile<2, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride); break;
-    case 3: tile<3, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride); break;
-    case 4: tile<4, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride); break;
-    case 5: tile<5, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride); break;
+    case 1: tile<1, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride, next); break;
+    case 2: tile<2, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride, next); break;
+    case 3: tile<3, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride, next); break;
+    case 4: tile<4, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride, next); break;
+    case 5: tile<5, kNV>(xr, x_stride, panel, width, v0, pairs, o, out_stride, next); break;
     default: break;
   }
 }
@@ -126,11 +147,17 @@ void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& pac
         const uint32_t* panel = wp + c0 * pairs;
         const uint16_t* xr = xp + m0 * x_stride;
         uint16_t* o = op + m0 * out_stride + v * kVec;
+        NextPanel next;
+        if (v + count < end) {  // the thread's next panel (another thread's range is not fetched)
+          const int64_t next_c0 = c0 + kPanel;
+          next.base = reinterpret_cast<const char*>(wp + next_c0 * pairs);
+          next.row_bytes = std::min(kPanel, n_len - next_c0) * 4;
+        }
         switch (count) {
-          case 4: rows_of_panel<4>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride); break;
-          case 3: rows_of_panel<3>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride); break;
-          case 2: rows_of_panel<2>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride); break;
-          default: rows_of_panel<1>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride); break;
+          case 4: rows_of_panel<4>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride, next); break;
+          case 3: rows_of_panel<3>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride, next); break;
+          case 2: rows_of_panel<2>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride, next); break;
+          default: rows_of_panel<1>(xr, x_stride, chunk, panel, width, v_in, pairs, o, out_stride, next); break;
         }
         v += count;
       }
