@@ -916,7 +916,7 @@ void reshape_and_cache_kernel(const at::Tensor& key, const at::Tensor& value, at
   T* kc = key_cache.data_ptr<T>();
   T* vc = value_cache.data_ptr<T>();
   const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
-  at::parallel_for(0, num_tokens, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_tokens, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t slot = slots[t];
       if (slot < 0) continue;
@@ -939,7 +939,7 @@ void reshape_and_cache_vnni(const at::Tensor& key, const at::Tensor& value, at::
   auto* kc = reinterpret_cast<uint16_t*>(key_cache.data_ptr<at::BFloat16>());
   auto* vc = reinterpret_cast<uint16_t*>(value_cache.data_ptr<at::BFloat16>());
   const int64_t ks0 = key.stride(0), ks1 = key.stride(1), vs0 = value.stride(0), vs1 = value.stride(1);
-  at::parallel_for(0, num_tokens, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_tokens, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t slot = slots[t];
       if (slot < 0) continue;

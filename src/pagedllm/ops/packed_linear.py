@@ -77,13 +77,13 @@ class PackedBF16Weight(nn.Module):
         flat_ids = ids.reshape(-1).long()
         panel, column = flat_ids // PANEL, flat_ids % PANEL
         width = (self.out_features - panel * PANEL).clamp(max=PANEL)
-        # Element (n, 2j + t) sits at panel_start + j * 2 * width + 2 * column + t.
-        start = panel * PANEL * k + 2 * column
+        # The pair (n, 2j), (n, 2j + 1) is one 32-bit word at panel_start / 2 + j * width + column:
+        # gathering words halves the index (T x K/2 int64) against gathering elements.
+        start = panel * (PANEL * k // 2) + column
         pair = torch.arange(k // 2, device=ids.device)
-        index = (start[:, None] + pair[None, :] * (2 * width)[:, None]).unsqueeze(-1)
-        index = index + torch.arange(2, device=ids.device)
-        rows = self.packed.reshape(-1)[index.reshape(-1)]
-        return rows.view(*ids.shape, k)
+        index = start[:, None] + pair[None, :] * width[:, None]
+        words = self.packed.reshape(-1).view(torch.int32)[index.reshape(-1)]
+        return words.view(torch.bfloat16).view(*ids.shape, k)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight [N, K]."""
