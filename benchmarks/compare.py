@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -156,6 +157,7 @@ class Context:
     vocab_size: int
     flops: dict[str, float]
     peak_gflops: float
+    read_gbps: list[float]  # memory read bandwidth probes: before the engines ran (and after)
     pagedllm_args: list[str]
     llamacpp_args: list[str]
     startup_timeout: float
@@ -490,6 +492,27 @@ def measure_peak_gflops(config, rows: int = 2048, seconds: float = 2.0) -> float
     return flops * iterations / elapsed / 1e9
 
 
+def measure_read_gbps(megabytes: int = 512, repeats: int = 5) -> float:
+    """GB/s of a streaming read (torch sum over a float32 tensor far larger than the caches),
+    best of `repeats`: the bound on bandwidth-limited decode, which on this shared machine
+    moves between runs."""
+    import torch
+
+    data = torch.ones(megabytes * (1 << 20) // 4, dtype=torch.float32)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
+
+
+def bf16_bytes_per_token(ctx: Context) -> float:
+    """Weight bytes one bf16 decode step reads: every matmul parameter plus the LM head (2
+    FLOPs per parameter and 2 bytes per parameter, so the same number)."""
+    return ctx.flops["matmul"] + ctx.flops["lm_head"]
+
+
 def load_config(gguf: Path):
     hf = setup_peers.hf_model_dir()
     from transformers import AutoConfig
@@ -523,6 +546,12 @@ def notes(ctx: Context, columns: list[Column]) -> list[str]:
         f"measured now). Per token: 2 x non-embedding matmul params = {f['matmul'] / 1e9:.3f} GFLOP, "
         f"+ LM head {f['lm_head'] / 1e9:.3f} for output tokens, + attention 4 x heads x head_dim x "
         f"layers x mean causal context. llama.cpp's runs on Q4_1 weights.",
+        "Memory read bandwidth (torch sum over 512 MB, measured "
+        + (" and ".join(f"{g:.0f} GB/s" for g in ctx.read_gbps) + " before and after the engines ran")
+        + f"): the bf16 single-stream bound is that / {bf16_bytes_per_token(ctx) / 1e6:.0f} MB of weights "
+        "per token = "
+        + " and ".join(f"{g * 1e9 / bf16_bytes_per_token(ctx):.0f}" for g in ctx.read_gbps)
+        + " tok/s.",
     ]
     if any(c.label.endswith(" *") for c in columns):
         lines.append("* figures from an earlier run (--merge), not measured in this one.")
@@ -651,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     wait_until_quiet(args.quiet_wait)
     peak = max(measure_peak_gflops(config, seconds=1.0) for _ in range(3))
     print(f"bf16 matmul on the model's shapes (M=2048, torch {THREADS} threads): {peak:.0f} GFLOP/s")
+    read_gbps = [measure_read_gbps()]
+    print(f"memory read bandwidth: {read_gbps[0]:.0f} GB/s")
     ctx = Context(
         sizes=sizes,
         workdir=workdir,
@@ -658,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size=config.vocab_size,
         flops=model_flops(config, sizes),
         peak_gflops=peak,
+        read_gbps=read_gbps,
         pagedllm_args=args.pagedllm_args.split(),
         llamacpp_args=args.llamacpp_args.split(),
         startup_timeout=args.startup_timeout,
@@ -673,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         columns += merged_columns(Path(args.merge), sizes, {(c.engine, c.quantization) for c in columns})
         columns.sort(key=lambda c: (ENGINES.index(c.engine), c.quantization is not None))
+    read_gbps.append(measure_read_gbps())
     table = build_table(columns, table_rows(sizes, args.workload_set))
     print(f"\n(all runs took {time.perf_counter() - start:.0f} s)\n")
     print(format_plain(table))
@@ -688,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "sizes": dataclasses.asdict(sizes),
             "peak_bf16_gflops": peak,
+            "read_gbps": read_gbps,
             "flops_per_token": ctx.flops,
             "columns": [c.__dict__ for c in columns],
         }
