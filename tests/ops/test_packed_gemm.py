@@ -82,3 +82,5 @@ def test_embedding_rows_from_the_packed_table():
         packed = PackedBF16Weight(w)
         ids = torch.tensor([[0, n - 1, 63, 64], [65, n // 2, 17, 0]])
         assert torch.equal(packed.embed(ids), w[ids])
+        with pytest.raises(RuntimeError, match="outside"):
+            packed.embed(torch.tensor([1, n]))

@@ -168,15 +168,42 @@ void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& pac
 #endif
 }
 
+// out[t] = W[ids[t]]: rows of the weight read back out of its packed layout (an embedding
+// lookup in a table tied to a packed LM head). Row n's k pair j is one 32-bit word of its panel.
+void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tensor& ids) {
+  check_packable(packed);
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.is_contiguous(),
+              "packed embedding: ids must be a contiguous int64 vector");
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.dim() == 2 &&
+                  out.size(0) == ids.size(0) && out.size(1) == packed.size(1),
+              "packed embedding: out must be contiguous bf16 [len(ids), K]");
+  const int64_t n_len = packed.size(0), pairs = packed.size(1) / 2, tokens = ids.size(0);
+  const int64_t* id = ids.data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(id[t] >= 0 && id[t] < n_len, "packed embedding: id ", id[t], " is outside [0, ", n_len, ")");
+  const auto* wp = reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint32_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = id[t] / kPanel * kPanel, width = std::min(kPanel, n_len - c0);
+      const uint32_t* column = wp + c0 * pairs + (id[t] - c0);
+      uint32_t* row = op + t * pairs;
+      for (int64_t j = 0; j < pairs; ++j) row[j] = column[j * width];
+    }
+  });
+}
+
 }  // namespace
 }  // namespace pagedllm
 
 TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
   m.def("pack_weight_bf16(Tensor weight) -> Tensor");
   m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
   m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
+  m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
 }

@@ -73,17 +73,10 @@ class PackedBF16Weight(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` of W (an embedding lookup in a table tied to a packed LM head)."""
-        k = self.in_features
-        flat_ids = ids.reshape(-1).long()
-        panel, column = flat_ids // PANEL, flat_ids % PANEL
-        width = (self.out_features - panel * PANEL).clamp(max=PANEL)
-        # The pair (n, 2j), (n, 2j + 1) is one 32-bit word at panel_start / 2 + j * width + column:
-        # gathering words halves the index (T x K/2 int64) against gathering elements.
-        start = panel * (PANEL * k // 2) + column
-        pair = torch.arange(k // 2, device=ids.device)
-        index = start[:, None] + pair[None, :] * width[:, None]
-        words = self.packed.reshape(-1).view(torch.int32)[index.reshape(-1)]
-        return words.view(torch.bfloat16).view(*ids.shape, k)
+        flat_ids = ids.reshape(-1).to(torch.int64).contiguous()
+        out = torch.empty((flat_ids.shape[0], self.in_features), dtype=torch.bfloat16, device=ids.device)
+        torch.ops.pagedllm.embed_packed_bf16(out, self.packed, flat_ids)
+        return out.view(*ids.shape, self.in_features)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight [N, K]."""

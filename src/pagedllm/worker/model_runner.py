@@ -157,7 +157,11 @@ class ModelRunner:
 
     def _sample(self, states, sampling: list[int], inputs, hidden, output: ModelRunnerOutput) -> None:
         rows = inputs.query_start_loc[1:][sampling] - 1
-        logits = self.model.compute_logits(hidden[torch.from_numpy(rows).to(self.device)])
+        # Rows rise strictly (one per request), so as many rows as tokens means every row: a
+        # decode-only step needs no gather.
+        if len(rows) != hidden.shape[0]:
+            hidden = hidden[torch.from_numpy(rows).to(self.device)]
+        logits = self.model.compute_logits(hidden)
         sample_states = [states[i] for i in sampling]
         metadata = build_sampling_metadata(
             [
