@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import math
 import os
 import re
 import subprocess
@@ -47,6 +46,13 @@ from compare_table import (  # noqa: E402
     format_markdown,
     format_plain,
     table_rows,
+)
+from hardware_bounds import (  # noqa: E402
+    bf16_bytes_per_token,
+    measure_peak_gflops,
+    measure_read_gbps,
+    model_flops,
+    model_flops_utilization,
 )
 from processes import Server, free_port, fresh_connections, peer_env, run_logged, tail  # noqa: E402
 
@@ -165,8 +171,7 @@ class Context:
 
 
 def mfu(ctx: Context, output_tps: float, total_tps: float) -> float:
-    achieved = (total_tps - output_tps) * ctx.flops["prompt"] + output_tps * ctx.flops["output"]
-    return 100.0 * achieved / (ctx.peak_gflops * 1e9)
+    return model_flops_utilization(ctx.flops, ctx.peak_gflops, output_tps, total_tps)
 
 
 def record_a(column: Column, ctx: Context, output_tps: float, total_tps: float) -> None:
@@ -444,75 +449,6 @@ def quantization_choices() -> list[str] | None:
     return _QUANT_SUPPORT[1].split(",") if _QUANT_SUPPORT[1] else None
 
 
-def model_flops(config, sizes: Sizes) -> dict[str, float]:
-    """FLOPs per prompt token and per output token (matmuls 2 x params, plus attention)."""
-    h, layers = config.hidden_size, config.num_hidden_layers
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    inter, vocab = config.intermediate_size, config.vocab_size
-    q, kv = heads * head_dim, kv_heads * head_dim
-    per_layer = h * (q + 2 * kv) + q * h + 2 * h * inter + inter * h
-    matmul = 2.0 * layers * per_layer
-    lm_head = 2.0 * vocab * h
-    # Attention (QK^T and PV): 4 x heads x head_dim FLOPs per context position, causal, per layer.
-    attn = 4.0 * layers * heads * head_dim
-    prompt_ctx = (sizes.a_input + 1) / 2  # mean context of a prompt token
-    output_ctx = sizes.a_input + (sizes.a_output + 1) / 2  # mean context of an output token
-    return {
-        "matmul": matmul,
-        "lm_head": lm_head,
-        "prompt": matmul + attn * prompt_ctx,
-        "output": matmul + lm_head + attn * output_ctx,
-    }
-
-
-def measure_peak_gflops(config, rows: int = 2048, seconds: float = 2.0) -> float:
-    """bf16 GFLOP/s of torch matmuls on one layer's projection shapes, `rows` tokens at once."""
-    import torch
-
-    h, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
-    inter = config.intermediate_size
-    shapes = [(h, q + 2 * kv), (q, h), (h, 2 * inter), (inter, h)]  # qkv, o, gate_up, down
-    pairs = [
-        (torch.randn(rows, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16))
-        for k, n in shapes
-    ]
-    flops = sum(2.0 * rows * k * n for k, n in shapes)
-    with torch.inference_mode():
-        for x, w in pairs * 3:
-            torch.nn.functional.linear(x, w)
-        iterations, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            for x, w in pairs:
-                torch.nn.functional.linear(x, w)
-            iterations += 1
-        elapsed = time.perf_counter() - start
-    return flops * iterations / elapsed / 1e9
-
-
-def measure_read_gbps(megabytes: int = 512, repeats: int = 5) -> float:
-    """GB/s of a streaming read (torch sum over a float32 tensor far larger than the caches),
-    best of `repeats`: the bound on bandwidth-limited decode, which on this shared machine
-    moves between runs."""
-    import torch
-
-    data = torch.ones(megabytes * (1 << 20) // 4, dtype=torch.float32)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - start)
-    return data.nbytes / best / 1e9
-
-
-def bf16_bytes_per_token(ctx: Context) -> float:
-    """Weight bytes one bf16 decode step reads: every matmul parameter plus the LM head (2
-    FLOPs per parameter and 2 bytes per parameter, so the same number)."""
-    return ctx.flops["matmul"] + ctx.flops["lm_head"]
-
-
 def load_config(gguf: Path):
     hf = setup_peers.hf_model_dir()
     from transformers import AutoConfig
@@ -548,9 +484,9 @@ def notes(ctx: Context, columns: list[Column]) -> list[str]:
         f"layers x mean causal context. llama.cpp's runs on Q4_1 weights.",
         "Memory read bandwidth (torch sum over 512 MB, measured "
         + (" and ".join(f"{g:.0f} GB/s" for g in ctx.read_gbps) + " before and after the engines ran")
-        + f"): the bf16 single-stream bound is that / {bf16_bytes_per_token(ctx) / 1e6:.0f} MB of weights "
+        + f"): the bf16 single-stream bound is that / {bf16_bytes_per_token(ctx.flops) / 1e6:.0f} MB of weights "
         "per token = "
-        + " and ".join(f"{g * 1e9 / bf16_bytes_per_token(ctx):.0f}" for g in ctx.read_gbps)
+        + " and ".join(f"{g * 1e9 / bf16_bytes_per_token(ctx.flops):.0f}" for g in ctx.read_gbps)
         + " tok/s.",
     ]
     if any(c.label.endswith(" *") for c in columns):

@@ -55,8 +55,6 @@ at::Tensor pack_weight_bf16(const at::Tensor& w) {
 }
 
 #if defined(__AVX512BF16__)
-// A kMB x (kNV x 16) tile of outputs from rows x[0..kMB) and the columns [v0*16, (v0+kNV)*16)
-// of a panel `width` columns wide.
 // The next panel a thread will stream, fetched into L1/L2 a few k-pair rows at a time while the
 // current panel's row tiles run from cache. Without it, the first row tile of every panel
 // waits on DRAM and compute and memory take turns: at 16-64 rows that costs 15-20%.
@@ -67,6 +65,8 @@ struct NextPanel {
   int64_t every = 1;           // one row per `every` k pairs of this tile
 };
 
+// A kMB x (kNV x 16) tile of outputs from rows x[0..kMB) and the columns [v0*16, (v0+kNV)*16)
+// of a panel `width` columns wide.
 template <int kMB, int kNV>
 inline void tile(const uint16_t* x, int64_t x_stride, const uint32_t* panel, int64_t width, int64_t v0,
                  int64_t pairs, uint16_t* out, int64_t out_stride, const NextPanel& next) {
