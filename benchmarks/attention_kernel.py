@@ -3,9 +3,10 @@
 Usage: python benchmarks/attention_kernel.py [--cases 128x192,32x192,1x200] [--iters 200]
                                              [--repeats 5] [--layout engine|random]
 
-Builds bf16 caches in the kernel's blocked layout (written by `reshape_and_cache`) for the
-SmolLM2-135M attention shape (9 query heads, 3 KV heads, head_dim 64, 16-token blocks) and
-calls `torch.ops.pagedllm.paged_attention` directly. Each call reads another layer's cache,
+Builds bf16 caches as the CPU paged backend lays them out (`CPUPagedBackend.kv_cache_layout`:
+the blocked bf16 element order; written by `reshape_and_cache`) for the SmolLM2-135M attention
+shape (9 query heads, 3 KV heads, head_dim 64, 16-token blocks) and calls
+`torch.ops.pagedllm.paged_attention` directly. Each call reads another layer's cache,
 rotating over enough caches (at least --min-footprint-mb in all, more than L3) that K/V come
 from DRAM as in a real decode step, where ~270 MB of weights pass between two layers'
 attention. Context lengths vary by +-16 tokens around the case's mean. Prints the best mean
@@ -21,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import time
 
 import numpy as np
 import torch
 
+from pagedllm.attention.backends.base import BLOCKED_BF16
+from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
 from pagedllm.ops import cpu_kernels
 
 
@@ -75,7 +79,10 @@ def run_case(num_seqs, mean_len, args) -> None:
     lens = np.clip(rng.integers(mean_len - spread, mean_len + spread + 1, num_seqs), 1, None)
     table, num_blocks = build_tables(lens, block_size, args.layout, rng)
     kv_bytes = int(lens.sum()) * kv_heads * head_dim * 2 * 2  # K and V, bf16
-    cache_bytes = 2 * kv_heads * num_blocks * block_size * head_dim * 2
+    layout = CPUPagedBackend().kv_cache_layout(num_blocks, block_size, kv_heads, head_dim, torch.bfloat16)
+    assert layout.element_order == BLOCKED_BF16, "the blocked bf16 KV order needs an AVX512-BF16 CPU"
+    shape = layout.shape  # [2, kv_heads, num_blocks, block_size, head_dim]
+    cache_bytes = math.prod(shape) * layout.dtype.itemsize
     num_layers = max(args.min_layers, -(-args.min_footprint_mb * 2**20 // cache_bytes))
 
     slots = torch.from_numpy(
@@ -86,19 +93,17 @@ def run_case(num_seqs, mean_len, args) -> None:
             ]
         )
     ).to(torch.int64)
-    shape = (2, kv_heads, num_blocks, block_size, head_dim)
     arena = huge_page_arena(num_layers * cache_bytes) if args.huge_pages else None
     caches = []
     for layer in range(num_layers):
         # Zeroed as the engine allocates it: slots past a sequence's end are multiplied by 0.
         if arena is None:
-            cache = torch.zeros(shape, dtype=torch.bfloat16)
+            cache = torch.zeros(shape, dtype=layout.dtype)
         else:
-            cache = arena[layer * cache_bytes : (layer + 1) * cache_bytes].view(torch.bfloat16).view(shape)
-        k = torch.randn(len(slots), kv_heads, head_dim, dtype=torch.bfloat16)
-        v = torch.randn(len(slots), kv_heads, head_dim, dtype=torch.bfloat16)
-        assert cpu_kernels.vnni_layout(cache[0])
-        torch.ops.pagedllm.reshape_and_cache(k, v, cache[0], cache[1], slots, True)
+            cache = arena[layer * cache_bytes : (layer + 1) * cache_bytes].view(layout.dtype).view(shape)
+        k = torch.randn(len(slots), kv_heads, head_dim, dtype=layout.dtype)
+        v = torch.randn(len(slots), kv_heads, head_dim, dtype=layout.dtype)
+        cpu_kernels.op("reshape_and_cache")(k, v, cache[0], cache[1], slots, True)
         caches.append((cache[0], cache[1]))
 
     query = torch.randn(num_seqs, heads, head_dim, dtype=torch.bfloat16)
@@ -107,7 +112,7 @@ def run_case(num_seqs, mean_len, args) -> None:
     qsl = torch.arange(num_seqs + 1, dtype=torch.int32)
     seq_lens = torch.from_numpy(lens.astype(np.int32))
     scale = head_dim**-0.5
-    op = torch.ops.pagedllm.paged_attention
+    op = cpu_kernels.op("paged_attention")
 
     def call(layer):
         key_cache, value_cache = caches[layer % num_layers]

@@ -7,19 +7,23 @@ For each projection shape and number of rows M: µs per call and the packed weig
 (codes + scales) read per second, for
 
 - `torch op`:  `aten._weight_int4pack_mm_for_cpu` on torch's layout (the previous decode path);
-- `gemv_int4`: `torch.ops.pagedllm.gemv_int4` on its own layout (the decode path now);
+- `gemv_int4`: `torch.ops.pagedllm.gemv_int4` on its own layout (`GemvInt4Weight`, the decode
+  path now);
 - `deq torch` / `deq gemv`: the prefill path, slices of the weight dequantized from each layout
   to bf16 for an ordinary matmul;
-- `bf16`: the bf16 weight through `pagedllm.ops.linear` (the unquantized model's path).
+- `bf16`: the bf16 weight through `pagedllm.ops.linear.skinny_linear` (the unquantized model's
+  path).
 
 Weights are cycled through copies totalling more than the L3 cache, as in a decode step, and
 each figure is the median of single calls. `--sweep` times M = 8..1024 to place the row
-threshold (`int4.GEMV_MAX_ROWS`) where the dequantize path starts to win.
+threshold (`pagedllm.ops.int4_gemv.GEMV_MAX_ROWS`) where the dequantize path starts to win.
 
 `--decode`: single-stream decode steps of the default model under `--quantization int4`, in one
 process, with every int4 layer switched between gemv_int4 and torch's int4 kernel every 16
 steps (robust to other work on the machine, which slows both alike); prints quantiles of the
-step time for each.
+step time for each. The step compiler is off there (`LLM(step_compiler=False)`): the compiled
+step reads the weights once, when it is built, so switching the layers' weights would not
+reach it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ import time
 
 import torch
 
-from pagedllm.model.layers.quantization import Int4Weight
-from pagedllm.model.layers.quantization.chunked import dequantized_matmul
+from pagedllm.model.layers.quantization import Int4Blocks, Int4Weight
 from pagedllm.model.layers.quantization.int4 import quantize_groups
 from pagedllm.ops import cpu_kernels
-from pagedllm.ops.linear import linear as dense_linear
+from pagedllm.ops.dequantized_matmul import dequantized_matmul
+from pagedllm.ops.int4_gemv import GemvInt4Weight, unpack_gemv
+from pagedllm.ops.linear import skinny_linear
 
 SHAPES = {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
 COLD_BYTES = 96e6  # > 32 MB L3
@@ -64,33 +69,48 @@ def _copies(nbytes: float) -> int:
     return max(1, min(256, round(COLD_BYTES / nbytes)))
 
 
-def _dequantize_path(q: Int4Weight, x: torch.Tensor) -> torch.Tensor:
+def gemv_int4_available() -> bool:
+    """Whether gemv_int4 runs here: the CPU kernels built (and not turned off) on an AVX512-BF16 CPU."""
+    return cpu_kernels.available() and cpu_kernels.has_avx512_bf16()
+
+
+def _dequantize_path(q: Int4Weight | GemvInt4Weight, x: torch.Tensor) -> torch.Tensor:
     return dequantized_matmul(x, q.out_features, lambda a, b: q._rows_t(a, b, x.dtype))
 
 
-def _gemv(q: Int4Weight, x: torch.Tensor) -> None:
+def _gemv(q: GemvInt4Weight, x: torch.Tensor) -> None:
     out = torch.empty(x.shape[0], q.out_features, dtype=x.dtype)
-    torch.ops.pagedllm.gemv_int4(out, x, q.packed)
+    cpu_kernels.op("gemv_int4")(out, x, q.packed)
 
 
 def _torch_op(q: Int4Weight, x: torch.Tensor) -> None:
     torch.ops.aten._weight_int4pack_mm_for_cpu(x, q.packed, q.group_size, q.scale_zero)
 
 
+def _torch_layout(q: GemvInt4Weight) -> Int4Weight:
+    """The same 4-bit weight in torch's int4 kernel's layout."""
+    codes_t, scale_zero = unpack_gemv(q.packed, q.out_features, q.in_features)  # [K, N], [K / 32, N, 2]
+    scale_zero = scale_zero.float().transpose(0, 1)  # [N, K / 32, 2]
+    blocks = Int4Blocks(
+        codes_t.t().contiguous(),
+        scale_zero[..., 0].contiguous(),
+        scale_zero[..., 1].contiguous(),
+        q.group_size,
+    )
+    return Int4Weight(blocks, q.activation_dtype, layout="torch")
+
+
 def run_decode(rounds: int, steps: int = 16) -> None:
     from pagedllm import LLM, SamplingParams
-    from pagedllm.model.layers.quantization import Int4Blocks
 
-    engine = LLM(quantization="int4").engine
+    # The compiled step binds the weights when it is built: off, so that the swaps below reach
+    # every layer of every step.
+    engine = LLM(quantization="int4", step_compiler=False).engine
     swaps = []
     for module in engine.executor.runner.model.modules():
         q = getattr(module, "quant", None)
-        if isinstance(q, Int4Weight) and q.uses_gemv_kernel:
-            scale_zero = q._scale_zero_t(0, q.out_features).float().transpose(0, 1)  # [N, K / 32, 2]
-            blocks = Int4Blocks(q.codes_t().t(), scale_zero[..., 0], scale_zero[..., 1], q.group_size)
-            swaps.append(
-                (module, {"gemv_int4": q, "torch op": Int4Weight(blocks, q.activation_dtype, layout="torch")})
-            )
+        if isinstance(q, GemvInt4Weight):
+            swaps.append((module, {"gemv_int4": q, "torch op": _torch_layout(q)}))
     if not swaps:
         raise SystemExit("no int4 layer runs gemv_int4 here")
     params = SamplingParams(temperature=0, max_tokens=2 * rounds * steps + 16, ignore_eos=True)
@@ -128,9 +148,9 @@ def main() -> None:
     args = parser.parse_args()
     global BEST
     BEST = args.best
-    if not cpu_kernels.int4_gemv_supported(torch.bfloat16):
+    if not gemv_int4_available():
         raise SystemExit("gemv_int4 is not available here (CPU kernels off, or no AVX512-BF16)")
-    from pagedllm.worker.platform import tune_cpu_allocator
+    from pagedllm.platforms.cpu_threads import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)
@@ -147,10 +167,10 @@ def main() -> None:
     for name in args.shapes:
         n, k = SHAPES[name]
         blocks = quantize_groups(torch.randn(n, k, generator=gen) * 0.05)
-        nbytes = Int4Weight(blocks, torch.bfloat16, layout="gemv").nbytes
+        nbytes = GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero).nbytes
         copies = _copies(nbytes)
         old = [Int4Weight(blocks, torch.bfloat16, layout="torch") for _ in range(copies)]
-        new = [Int4Weight(blocks, torch.bfloat16, layout="gemv") for _ in range(copies)]
+        new = [GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero) for _ in range(copies)]
         dense = [blocks.dequantize(torch.bfloat16) for _ in range(_copies(2 * n * k))]
         for m in rows:
             x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
@@ -159,7 +179,7 @@ def main() -> None:
                 time_per_call([lambda q=q, x=x: _gemv(q, x) for q in new]),
                 time_per_call([lambda q=q, x=x: _dequantize_path(q, x) for q in old]),
                 time_per_call([lambda q=q, x=x: _dequantize_path(q, x) for q in new]),
-                time_per_call([lambda w=w, x=x: dense_linear(x, w) for w in dense]),
+                time_per_call([lambda w=w, x=x: skinny_linear(x, w) for w in dense]),
             ]
             cells = "".join(f"{t:>8.1f} ({nbytes / t / 1e3:>5.1f})" for t in timings)
             print(f"{name:<9}{f'{n}x{k}':>10}{m:>5}{cells}", flush=True)

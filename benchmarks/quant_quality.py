@@ -36,6 +36,8 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.bench.throughput import random_prompts
 from pagedllm.model.layers.quantization import SCHEMES, Int4Weight, Int8Weight, QuantScheme, quantized_nbytes
 from pagedllm.model.layers.quantization.int4 import quantize_groups
+from pagedllm.ops import cpu_kernels
+from pagedllm.ops.int4_gemv import GemvInt4Weight
 
 PROMPTS = [
     "The capital of France is",
@@ -169,6 +171,15 @@ def _copies(nbytes: float) -> int:
     return max(1, min(256, round(COLD_BYTES / nbytes)))
 
 
+def _layer_int4(weight: torch.Tensor):
+    """The 4-bit format the CPU platform gives bf16 layers: gemv_int4's where the kernels run on an
+    AVX512-BF16 CPU, else torch's int4 kernel's."""
+    blocks = quantize_groups(weight)
+    if cpu_kernels.available() and cpu_kernels.has_avx512_bf16():
+        return GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
+    return Int4Weight(blocks, torch.bfloat16)
+
+
 def _int4_op_args(weight: torch.Tensor, group: int):
     blocks = quantize_groups(weight, group)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(blocks.codes.to(torch.int32), 1)
@@ -177,7 +188,7 @@ def _int4_op_args(weight: torch.Tensor, group: int):
 
 
 def run_kernels(args) -> None:
-    from pagedllm.worker.platform import tune_cpu_allocator
+    from pagedllm.platforms.cpu_threads import tune_cpu_allocator
 
     tune_cpu_allocator()  # as the engine does: large buffers reused, not page-faulted afresh
     torch.set_num_threads(args.threads)
@@ -192,7 +203,7 @@ def run_kernels(args) -> None:
             (torch.randn(n, k, generator=gen) * 0.05).to(torch.bfloat16) for _ in range(_copies(2 * n * k))
         ]
         int8 = [Int8Weight.from_float(w) for w in bf16[: _copies(n * k)]]
-        int4 = [Int4Weight(quantize_groups(w), torch.bfloat16) for w in bf16[: _copies(n * k / 2)]]
+        int4 = [_layer_int4(w) for w in bf16[: _copies(n * k / 2)]]
         ops = {
             g: [_int4_op_args(w, g) for w in bf16[: _copies(n * k / 2)]] for g in (32, 64, 128) if k % g == 0
         }

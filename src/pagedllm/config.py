@@ -74,6 +74,13 @@ class EngineConfig:
     chat_template: str | None = None
     # Weight-only quantization of linear layers and the LM head: None/"none", "int8" or "int4".
     quantization: str | None = None
+    # The platform's fast paths (environment variables override, read once at start-up):
+    # compiled CPU kernels (PAGEDLLM_CPU_KERNELS; off = the pure-torch path), bf16 weights packed
+    # for the compiled matmul (PAGEDLLM_PACKED_WEIGHTS), the step compiler that runs a whole
+    # decoder stack as one call (PAGEDLLM_DECODER_STACK).
+    cpu_kernels: bool = True
+    packed_weights: bool = True
+    step_compiler: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pagedllm.attention.backends.base import BLOCKED_BF16, ROW
 from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
 from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
 from pagedllm.attention.metadata import AttentionMetadata
@@ -48,7 +49,6 @@ def make_step(backend, requests, num_blocks, seed, block_size):
         query_start_loc_cpu=qsl,
         seq_lens_cpu=seq_lens,
         block_size=block_size,
-        backend=backend,
     )
     backend.plan(md)
     # Slots of every request's cached context, in the same order as the context K/V rows.
@@ -98,21 +98,23 @@ def test_kernel_matches_reference(dtype, block_size, step, heads, kv_heads, wind
     outputs = []
     for backend in (TorchReferenceBackend(), CPUPagedBackend()):
         md, context_slots = make_step(backend, requests, num_blocks, seed=1, block_size=block_size)
-        cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
+        layout = backend.kv_cache_layout(num_blocks, block_size, kv_heads, head_dim, dtype)
+        cache = torch.zeros(layout.shape, dtype=dtype)
         if num_context:
-            write_context(backend, cache, context_k, context_v, context_slots)
-        outputs.append(backend.forward(q, k, v, cache, md, scale, window, 0, soft_cap))
+            write_context(backend, cache, layout, context_k, context_v, context_slots)
+        outputs.append(backend.forward(q, k, v, cache, layout, md, scale, window, 0, soft_cap))
     # The reference rounds scores and probabilities to bf16; the kernel keeps float32 scores.
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(outputs[1].float(), outputs[0].float(), atol=tol, rtol=tol)
 
 
-def write_context(backend, cache, keys, values, slots):
-    """Store earlier tokens' K/V the way each backend stores them."""
+def write_context(backend, cache, layout, keys, values, slots):
+    """Store earlier tokens' K/V the way each backend stores them (its declared layout)."""
     if isinstance(backend, CPUPagedBackend):
-        vnni = cpu_kernels.vnni_layout(cache[0])
-        torch.ops.pagedllm.reshape_and_cache(keys, values, cache[0], cache[1], slots, vnni)
+        blocked = layout.element_order == BLOCKED_BF16
+        torch.ops.pagedllm.reshape_and_cache(keys, values, cache[0], cache[1], slots, blocked)
         return
+    assert layout.element_order == ROW
     heads, dim = cache.shape[1], cache.shape[-1]
     cache[0].view(heads, -1, dim).index_copy_(1, slots, keys.transpose(0, 1))
     cache[1].view(heads, -1, dim).index_copy_(1, slots, values.transpose(0, 1))
@@ -125,9 +127,28 @@ def test_row_layout_cache_matches_reference_bit_for_bit():
     keys, values = torch.randn(5, 2, 32), torch.randn(5, 2, 32)
     slots = torch.tensor([3, 9, 10, 17, 30])
     expected = cache.clone()
-    write_context(TorchReferenceBackend(), expected, keys, values, slots)
-    write_context(CPUPagedBackend(), cache, keys, values, slots)
+    reference, kernel = TorchReferenceBackend(), CPUPagedBackend()
+    layout = kernel.kv_cache_layout(8, 4, 2, 32, torch.float32)
+    assert layout.element_order == ROW and layout == reference.kv_cache_layout(8, 4, 2, 32, torch.float32)
+    write_context(reference, expected, layout, keys, values, slots)
+    write_context(kernel, cache, layout, keys, values, slots)
     assert torch.equal(cache, expected)
+
+
+def test_kernel_backend_declares_the_blocked_order_where_it_uses_it():
+    """bf16 caches of 16-token blocks with head_dim % 32 == 0 on AVX512-BF16 CPUs are blocked;
+    the shape stays the reference's."""
+    kernel, reference = CPUPagedBackend(), TorchReferenceBackend()
+    blocked = kernel.kv_cache_layout(9, 16, 3, 64, torch.bfloat16)
+    assert blocked.shape == reference.kv_cache_layout(9, 16, 3, 64, torch.bfloat16).shape
+    expected = BLOCKED_BF16 if cpu_kernels.has_avx512_bf16() else ROW
+    assert blocked.element_order == expected
+    for other in (
+        (9, 8, 3, 64, torch.bfloat16),
+        (9, 16, 3, 48, torch.bfloat16),
+        (9, 16, 3, 64, torch.float32),
+    ):
+        assert kernel.kv_cache_layout(*other).element_order == ROW
 
 
 def run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks, dtype=torch.bfloat16, seed=0):
@@ -143,10 +164,11 @@ def run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks, 
     outputs = []
     for backend in (TorchReferenceBackend(), CPUPagedBackend()):
         md, context_slots = make_step(backend, requests, num_blocks, seed=seed + 1, block_size=16)
-        cache = torch.zeros(backend.kv_cache_shape(num_blocks, 16, kv_heads, head_dim), dtype=dtype)
+        layout = backend.kv_cache_layout(num_blocks, 16, kv_heads, head_dim, dtype)
+        cache = torch.zeros(layout.shape, dtype=dtype)
         if num_context:
-            write_context(backend, cache, context_k, context_v, context_slots)
-        outputs.append(backend.forward(q, k, v, cache, md, head_dim**-0.5, window, 0, soft_cap))
+            write_context(backend, cache, layout, context_k, context_v, context_slots)
+        outputs.append(backend.forward(q, k, v, cache, layout, md, head_dim**-0.5, window, 0, soft_cap))
     return outputs
 
 

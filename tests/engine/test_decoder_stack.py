@@ -1,9 +1,9 @@
-"""The compiled decoder stack (one C++ op for all layers) gives the same bits as the Python layers.
+"""The CPU step compiler (the whole decoder stack as one C++ op) gives the Python layers' bits.
 
-Each case runs the same requests through two engines, one with `PAGEDLLM_DECODER_STACK=0`, and
-compares sampled tokens, sample logprobs and prompt logprobs exactly: the op runs the same
-kernels in the same order, so any difference is a bug. Mixed steps (prefill chunks beside
-decodes), prefix hits and sliding windows all go through it.
+Each case runs the same requests through two engines, one with the step compiler off
+(`step_compiler=False`), and compares sampled tokens, sample logprobs and prompt logprobs
+exactly: the op runs the same kernels in the same order, so any difference is a bug. Mixed
+steps (prefill chunks beside decodes), prefix hits and sliding windows all go through it.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from pagedllm import LLM, SamplingParams
-from pagedllm.model.models.cpu_decoder_stack import DISABLE_ENV, CPUDecoderStack
-from pagedllm.model.models.decoder import DecoderModel
 from pagedllm.ops import cpu_kernels
+from pagedllm.platforms.cpu_step_compiler import CpuDecoderStack
+from pagedllm.worker.model_runner import ModelRunner
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
 
 
 def _stack_of(llm: LLM):
-    return llm.engine.executor.runner.model.model.fused_stack
+    return llm.engine.executor.runner.compiled_step
 
 
 def _run(llm: LLM, prompts: list[list[int]], max_tokens: int):
@@ -42,13 +42,11 @@ def _run(llm: LLM, prompts: list[list[int]], max_tokens: int):
 def _both(monkeypatch, prompts, max_tokens, **llm_kwargs):
     """(fused engine, its outputs, the Python layers' outputs); fails unless every step of the
     fused engine went through the op."""
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
     fused = LLM(**llm_kwargs)
-    monkeypatch.setenv(DISABLE_ENV, "0")
-    layers = LLM(**llm_kwargs)
+    layers = LLM(**llm_kwargs, step_compiler=False)
     assert _stack_of(layers) is None
     op_calls, forwards = [], []
-    op, forward = CPUDecoderStack.__call__, DecoderModel.forward
+    op, forward = CpuDecoderStack.__call__, ModelRunner._forward
 
     def counted_op(self, *args):
         op_calls.append(1)
@@ -59,8 +57,8 @@ def _both(monkeypatch, prompts, max_tokens, **llm_kwargs):
         return forward(self, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(CPUDecoderStack, "__call__", counted_op)
-        patch.setattr(DecoderModel, "forward", counted_forward)
+        patch.setattr(CpuDecoderStack, "__call__", counted_op)
+        patch.setattr(ModelRunner, "_forward", counted_forward)
         ours = _run(fused, prompts, max_tokens)
     # Every step of these prompts (prefill chunks beside decodes, prefix hits) fits the op.
     assert len(forwards) >= max_tokens and len(op_calls) == len(forwards)
@@ -86,10 +84,17 @@ def test_tiny_models_match_python_layers(fixture, dtype, request, monkeypatch):
     assert ours == reference
 
 
-def test_qwen2_biases_keep_the_python_layers(tiny_qwen2_dir, monkeypatch):
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
+def test_qwen2_biases_keep_the_python_layers(tiny_qwen2_dir):
     llm = LLM(str(tiny_qwen2_dir), dtype="float32", num_kv_blocks=32, block_size=8)
     assert _stack_of(llm) is None
+
+
+def test_environment_switch_overrides_the_config(tiny_llama_dir, monkeypatch):
+    kwargs = dict(model=str(tiny_llama_dir), dtype="float32", num_kv_blocks=32, block_size=16)
+    monkeypatch.delenv("PAGEDLLM_DECODER_STACK", raising=False)
+    assert _stack_of(LLM(**kwargs)) is not None
+    monkeypatch.setenv("PAGEDLLM_DECODER_STACK", "0")
+    assert _stack_of(LLM(**kwargs)) is None
 
 
 def test_smollm2_bf16_matches_python_layers(monkeypatch):
@@ -104,7 +109,7 @@ def test_smollm2_int4_matches_python_layers(monkeypatch):
     """4-bit weights in the compiled 4-bit kernel's layout run inside the op too."""
     prompts = _prompts(49152, [64, 9, 31], seed=7)
     kwargs = dict(dtype="bfloat16", quantization="int4", max_num_batched_tokens=96, kv_cache_memory=0.25)
-    if not cpu_kernels.int4_gemv_supported(torch.bfloat16):
+    if not cpu_kernels.has_avx512_bf16():
         pytest.skip("4-bit weights are not in the compiled kernel's layout on this CPU")
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
     stack = _stack_of(fused)

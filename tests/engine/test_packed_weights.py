@@ -13,7 +13,7 @@ import pytest
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.ops import cpu_kernels
-from pagedllm.ops.packed_linear import DISABLE_ENV, PackedBF16Weight
+from pagedllm.ops.packed_linear import PackedBF16Weight
 
 pytestmark = pytest.mark.skipif(
     not (cpu_kernels.available() and cpu_kernels.has_avx512_bf16()), reason="needs the AVX512-BF16 kernels"
@@ -39,7 +39,7 @@ def _generate(llm: LLM):
 
 
 def test_packed_weights_match_plain_weights(monkeypatch):
-    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    monkeypatch.delenv("PAGEDLLM_PACKED_WEIGHTS", raising=False)
     packed_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25)
     model = packed_llm.engine.executor.runner.model
     assert isinstance(model.model.layers[0].self_attn.qkv_proj.quant, PackedBF16Weight)
@@ -47,8 +47,7 @@ def test_packed_weights_match_plain_weights(monkeypatch):
     assert model.model.embed_tokens.quant is model.lm_head.quant  # tied: one packed table
     packed = _generate(packed_llm)
     del packed_llm
-    monkeypatch.setenv(DISABLE_ENV, "0")
-    plain_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25)
+    plain_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25, packed_weights=False)
     assert plain_llm.engine.executor.runner.model.lm_head.quant is None
     plain = _generate(plain_llm)
 

@@ -32,9 +32,10 @@ def bind_kv_caches(model: torch.nn.Module, num_blocks: int, block_size: int, dty
     layers = _attention_layers(model)
     _, layer_groups = group_layers([layer.sliding_window for layer in layers])
     for layer, group in zip(layers, layer_groups):
-        shape = backend.kv_cache_shape(num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim)
-        layer.kv_cache = torch.zeros(shape, dtype=dtype)
-        layer.kv_group = group
+        layout = backend.kv_cache_layout(
+            num_blocks + 1, block_size, layer.num_kv_heads, layer.head_dim, dtype
+        )
+        layer.bind_kv_cache(backend, torch.zeros(layout.shape, dtype=dtype), layout, group)
 
 
 def assign_blocks(max_lens: list[int], block_size: int) -> list[list[int]]:
@@ -79,7 +80,6 @@ def build_step(
         query_start_loc_cpu=qsl,
         seq_lens_cpu=seq,
         block_size=block_size,
-        backend=backend,
     )
     backend.plan(md)
     return torch.from_numpy(positions).long(), md

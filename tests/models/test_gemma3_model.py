@@ -192,7 +192,8 @@ def test_attention_soft_cap_and_window_against_plain_math(window):
     gen = torch.Generator().manual_seed(0)
     heads, kv_heads, dim, cap, scale = 4, 2, 8, 2.0, 0.9
     backend = TorchReferenceBackend()
-    cache = torch.zeros(backend.kv_cache_shape(12, BLOCK_SIZE, kv_heads, dim))
+    layout = backend.kv_cache_layout(12, BLOCK_SIZE, kv_heads, dim, torch.float32)
+    cache = torch.zeros(layout.shape)
     tables = [[1, 2, 3], [4, 5, 6, 7]]
     keys, values = [[], []], [[], []]
 
@@ -201,7 +202,7 @@ def test_attention_soft_cap_and_window_against_plain_math(window):
         k = torch.randn(sum(query_lens), kv_heads, dim, generator=gen) * 3
         v = torch.randn(sum(query_lens), kv_heads, dim, generator=gen)
         _, md = build_step(query_lens, seq_lens, tables, BLOCK_SIZE, num_decodes)
-        out = backend.forward(q, k, v, cache, md, scale, window, 0, cap)
+        out = backend.forward(q, k, v, cache, layout, md, scale, window, 0, cap)
         start = 0
         for r, (n, total) in enumerate(zip(query_lens, seq_lens)):
             keys[r].append(k[start : start + n])

@@ -32,9 +32,10 @@ from pagedllm.model.layers.quantization import (
     scheme_for,
 )
 from pagedllm.model.layers.quantization.int4 import quantize_groups
+from pagedllm.ops.int4_gemv import GEMV_MAX_ROWS
 
 # The fused CPU kernels take 1 and 3 rows; the last size takes the dequantize path.
-FUSED_MAX_ROWS = max(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS, int4.GEMV_MAX_ROWS)
+FUSED_MAX_ROWS = max(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS, GEMV_MAX_ROWS)
 ROWS = (1, 3, FUSED_MAX_ROWS + 5)
 
 
@@ -50,7 +51,7 @@ def random_blocks(rows: int, cols: int, seed: int = 0) -> Int4Blocks:
 
 
 def test_row_sizes_cover_both_paths():
-    assert min(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS, int4.GEMV_MAX_ROWS) >= 3 and ROWS[-1] > FUSED_MAX_ROWS
+    assert min(int8.OP_MAX_ROWS, int4.OP_MAX_ROWS, GEMV_MAX_ROWS) >= 3 and ROWS[-1] > FUSED_MAX_ROWS
 
 
 def assert_matches(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias=None, label="") -> None:
@@ -94,7 +95,7 @@ def test_int4_weight_matches_its_dequantized_weight(dtype, rows, out_features):
     blocks = random_blocks(out_features, 96)
     q = Int4Weight(blocks, dtype)
     assert q.fused and q.unpackable
-    assert q.layout == int4.default_layout(dtype, "cpu")  # bf16: gemv_int4's where it runs
+    assert q.layout == int4.default_layout("cpu") == "torch"  # the portable format on CPU tensors
     # The packed codes read back exactly, and the weight is the blocks' (scales in `dtype`).
     assert torch.equal(q.codes_t().t(), blocks.codes)
     tol = 0 if dtype == torch.float32 else 2e-2 * blocks.zero.abs().max().item()

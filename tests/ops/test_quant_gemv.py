@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pagedllm.model.layers.quantization import Int4Blocks, Int4Weight, int4
-from pagedllm.model.layers.quantization.int4 import pack_gemv, unpack_gemv
+from pagedllm.config import EngineConfig
+from pagedllm.model.layers.quantization import Int4Blocks, Int4Weight
 from pagedllm.ops import cpu_kernels
+from pagedllm.ops.int4_gemv import GEMV_MAX_ROWS, GemvInt4Weight, pack_gemv, unpack_gemv
+from pagedllm.platforms import resolve_platform
 
 needs_kernel = pytest.mark.skipif(
-    not cpu_kernels.int4_gemv_supported(torch.bfloat16),
+    not (cpu_kernels.available() and cpu_kernels.has_avx512_bf16()),
     reason="gemv_int4 needs the CPU kernels and AVX512-BF16",
 )
 
@@ -145,21 +147,22 @@ def test_gemv_int4_rejects_what_it_cannot_take():
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (80, 96)])
 def test_int4_weight_runs_the_kernel_and_matches_the_dequantize_path(n, k):
     codes, scale, zero = random_weight(n, k, seed=4)
-    q = Int4Weight(Int4Blocks(codes, scale, zero, 32), torch.bfloat16)
-    assert q.uses_gemv_kernel and q.layout == "gemv" and q.gemv_max_rows == int4.GEMV_MAX_ROWS
-    assert q.scale_zero is None and q.nbytes == q.packed.nbytes == n * k * 10 // 16
+    q = GemvInt4Weight(codes, scale, zero)
+    spec = q.weight_spec()
+    assert spec.kind == "int4_gemv" and spec.tensor is q.packed and spec.max_rows == GEMV_MAX_ROWS
+    assert q.nbytes == q.packed.nbytes == n * k * 10 // 16
     # The layout round-trips: codes and the dequantized weight are the blocks'.
     assert torch.equal(q.codes_t().t(), codes)
     assert torch.equal(q.dequantize(torch.float32), Int4Blocks(codes, scale, zero, 32).dequantize())
     weight = q.dequantize(torch.float32)
     gen = torch.Generator().manual_seed(5)
-    rows = q.gemv_max_rows + 3
+    rows = GEMV_MAX_ROWS + 3
     x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
     many = q.linear(x)  # the dequantize path (bf16 weight, bf16 matmul)
     assert_close_to_product_loose(many, x, weight, "dequantize path")
-    for m in (1, 3, 8, 16, q.gemv_max_rows):
+    for m in (1, 3, 8, 16, GEMV_MAX_ROWS):
         few = q.linear(x[:m])  # the kernel
-        assert_close_to_product(few, x[:m], weight, f"Int4Weight kernel, {m} rows")
+        assert_close_to_product(few, x[:m], weight, f"GemvInt4Weight kernel, {m} rows")
         # Both paths give the same products to bf16 precision.
         torch.testing.assert_close(few, many[:m], atol=2e-2 * many.abs().max().item(), rtol=0)
     bias = torch.randn(n).to(torch.bfloat16)
@@ -178,21 +181,31 @@ def assert_close_to_product_loose(out, x, weight, label):
 def test_large_gemv_weight_dequantizes_in_slices():
     """Prefill on a weight over a million entries dequantizes 64-row slices from the gemv layout."""
     codes, scale, zero = random_weight(56 * 64 + 48, 576, seed=6)
-    q = Int4Weight(Int4Blocks(codes, scale, zero, 32), torch.bfloat16)
-    assert q.uses_gemv_kernel
-    x = torch.randn(q.gemv_max_rows + 1, 576).to(torch.bfloat16)
+    q = GemvInt4Weight(codes, scale, zero)
+    x = torch.randn(GEMV_MAX_ROWS + 1, 576).to(torch.bfloat16)
     assert_close_to_product_loose(q.linear(x), x, weight_of(codes, scale, zero), "sliced")
 
 
-def test_fallback_layouts_without_the_kernel(monkeypatch):
-    """Without the kernels (PAGEDLLM_CPU_KERNELS=0, no AVX512-BF16) bf16 weights keep torch's
-    layout and its fused op; float32 weights always do."""
+def test_platform_int4_formats():
+    """The CPU platform gives bf16 models the kernel's format where it runs, float32 models
+    the portable one; without the kernels (cpu_kernels off) every 4-bit weight is portable."""
     codes, scale, zero = random_weight(64, 64, seed=7)
     blocks = Int4Blocks(codes, scale, zero, 32)
-    monkeypatch.setattr(cpu_kernels, "int4_gemv_supported", lambda *a, **k: False)
+    with_kernels = resolve_platform(EngineConfig(device="cpu")).layer_ops(torch.bfloat16)
+    if cpu_kernels.available() and cpu_kernels.has_avx512_bf16():
+        assert isinstance(with_kernels.int4_weight(blocks, torch.bfloat16), GemvInt4Weight)
+        assert isinstance(with_kernels.int4_weight(blocks, torch.float32), Int4Weight)
+    without = resolve_platform(EngineConfig(device="cpu", cpu_kernels=False)).layer_ops(torch.bfloat16)
+    assert without.int4_weight is None and without.name == "native"
+
+
+def test_portable_layouts():
+    """bf16 and float32 weights on CPU tensors keep torch's layout and its fused op."""
+    codes, scale, zero = random_weight(64, 64, seed=7)
+    blocks = Int4Blocks(codes, scale, zero, 32)
     for dtype in (torch.bfloat16, torch.float32):
         q = Int4Weight(blocks, dtype)
-        assert q.layout == "torch" and not q.uses_gemv_kernel and q.gemv_max_rows == 0
+        assert q.layout == "torch" and not hasattr(q, "weight_spec")
         assert torch.equal(q.codes_t().t(), codes)
         x = torch.randn(3, 64).to(dtype)
         assert_close_to_product_loose(q.linear(x), x, blocks.dequantize(), f"torch layout {dtype}")

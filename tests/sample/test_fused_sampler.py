@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pagedllm.ops import cpu_kernels
+from pagedllm.ops.sampling import sample_tokens
 from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
 from pagedllm.sample.sampler import Sampler, draw_uniforms, fused_sampling_applies
 from pagedllm.sampling_params import SamplingParams
@@ -21,7 +22,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative distance of u * total to a CDF boundary below which a row is not compared: 10x the
 # rounding of float32 exps (kernel: < 2e-7 relative each) summed over a row.
 MARGIN = 2e-6
-sampler = Sampler()
+sampler = Sampler(sample_tokens)  # as the CPU platform builds it
 
 
 def fused(logits: torch.Tensor, temperature, uniform) -> torch.Tensor:

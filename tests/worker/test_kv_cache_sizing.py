@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 import tiny_models
-from pagedllm.config import CacheConfig, SchedulerConfig
+from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec, request_capacity_blocks
 from pagedllm.model.loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.platforms import resolve_platform
 from pagedllm.worker import kv_cache
 
 
@@ -40,15 +41,14 @@ def test_gemma3_groups_from_a_memory_budget(tmp_path):
     # One block of 4 tokens: K and V of 1 head x 24 floats per layer; 1 full and 3 sliding layers.
     assert kv_cache.group_bytes_per_block(model, 4, torch.float32) == [768, 3 * 768]
     cache = CacheConfig(block_size=4, kv_cache_memory=1 / 1024)  # 1 MiB
-    groups = kv_cache.determine_kv_cache_groups(
-        model, cache, scheduler, 128, torch.float32, torch.device("cpu")
-    )
+    platform = resolve_platform(EngineConfig(device="cpu"))
+    groups = kv_cache.determine_kv_cache_groups(model, cache, scheduler, 128, torch.float32, platform)
     # Sliding: 2 seats x (2 window blocks + 2) + 4 blocks of one step = 12. Full attention could
     # take the rest of the MiB (1329 blocks) but 2 seats x 128 blocks is all it can ever use.
     assert groups == [KVCacheGroupSpec(None, 256), KVCacheGroupSpec(8, 12)]
     assert request_capacity_blocks(groups, 4, 16, 512) == 256
     exact = kv_cache.determine_kv_cache_groups(
-        model, CacheConfig(block_size=4, num_kv_blocks=9), scheduler, 128, torch.float32, torch.device("cpu")
+        model, CacheConfig(block_size=4, num_kv_blocks=9), scheduler, 128, torch.float32, platform
     )
     assert exact == [KVCacheGroupSpec(None, 9), KVCacheGroupSpec(8, 9)]
     caches = kv_cache.allocate_kv_caches(model, _backend(), groups, 4, torch.float32, torch.device("cpu"))

@@ -21,13 +21,10 @@ read them. A model without sliding windows has exactly one group.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from pagedllm.attention.backends.base import AttentionBackend
 
 
 @dataclass
@@ -47,7 +44,6 @@ class AttentionMetadata:
     query_start_loc_cpu: np.ndarray
     seq_lens_cpu: np.ndarray
     block_size: int
-    backend: AttentionBackend
     # Backend-private tensors built once per step and shared by all layers.
     plan: Any = None
 

@@ -60,7 +60,7 @@ class AsyncLLM:
         self.dead_error: BaseException | None = None
         if engine_process:
             from pagedllm.engine.engine_process import start_engine_process
-            from pagedllm.worker.platform import configure_frontend_threads
+            from pagedllm.platforms import configure_frontend_threads
 
             # The front end needs the tokenizer and limits only; the model loads in the child.
             configure_frontend_threads()

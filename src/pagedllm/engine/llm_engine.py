@@ -21,12 +21,12 @@ from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.outputs import RequestOutput
+from pagedllm.platforms import resolve_platform
 from pagedllm.request import Request, RequestStatus
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.tokenizer import load_tokenizer
 from pagedllm.worker.executor import UniProcExecutor
 from pagedllm.worker.model_runner import ModelRunner
-from pagedllm.worker.platform import select_device, select_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +58,20 @@ class LLMEngine:
             num_kv_blocks=config.num_kv_blocks,
             kv_cache_memory=config.kv_cache_memory,
         )
-        self.device = select_device(config.device)
-        self.dtype = select_dtype(config.dtype, self.device)
+        self.platform = resolve_platform(config)
+        self.device = self.platform.device
+        self.dtype = self.platform.select_dtype(config.dtype)
         self._ids = itertools.count()
         if frontend_only:
             self.num_kv_blocks = 0  # set from the engine process once it has sized its cache
             return
         runner = ModelRunner(
-            self.model_config, self.scheduler_config, self.cache_config, self.device, self.dtype, config.seed
+            self.model_config,
+            self.scheduler_config,
+            self.cache_config,
+            self.platform,
+            self.dtype,
+            config.seed,
         )
         self.executor = UniProcExecutor(runner)
         # One block pool per KV-cache group (layers grouped by sliding window).

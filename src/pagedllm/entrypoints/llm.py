@@ -35,6 +35,9 @@ class LLM:
         device: str | None = None,
         chat_template: str | None = None,
         quantization: str | None = None,
+        cpu_kernels: bool = True,
+        packed_weights: bool = True,
+        step_compiler: bool = True,
     ):
         self.engine = LLMEngine(
             EngineConfig(
@@ -51,6 +54,9 @@ class LLM:
                 device=device,
                 chat_template=chat_template,
                 quantization=quantization,
+                cpu_kernels=cpu_kernels,
+                packed_weights=packed_weights,
+                step_compiler=step_compiler,
             )
         )
 

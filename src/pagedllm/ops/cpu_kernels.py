@@ -6,7 +6,10 @@ measured for the five sources on 2 cores) with the host's own instruction set in
 flags, so later starts only load the library. Where no compiler is available the build fails once, a warning says why, and
 callers keep their torch code paths (`available()` is False).
 
-`PAGEDLLM_CPU_KERNELS=0` turns the kernels off (the pure torch paths then run everywhere).
+`PAGEDLLM_CPU_KERNELS=0` turns the kernels off for the whole process (read once): the CPU
+platform then runs the pure torch paths everywhere, which is what other devices start from.
+Which kernel serves which layer is the platform's decision (pagedllm/platforms/cpu.py), made
+once at start-up; this module only builds, loads and describes the library.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import logging
 import os
 import platform
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,6 +42,7 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+_ops: dict[str, Callable] = {}
 
 
 def _cpu_fingerprint() -> str:
@@ -67,9 +73,14 @@ def _load() -> bool:
     key = _build_key()
     build_dir = cache_dir() / "kernels" / key
     build_dir.mkdir(parents=True, exist_ok=True)
+    name = f"pagedllm_cpu_ops_{key}"
+    compiling = not (build_dir / f"{name}.so").exists()
+    if compiling:
+        logger.info("compiling the CPU kernels for this machine (once; cached in %s) ...", build_dir)
+    start = time.perf_counter()
     # torch.utils.cpp_extension serialises concurrent builds of one folder with a lock file.
     load(
-        name=f"pagedllm_cpu_ops_{key}",
+        name=name,
         sources=[str(p) for p in _sources()],
         extra_cflags=_FLAGS,
         extra_ldflags=["-fopenmp"],
@@ -77,6 +88,8 @@ def _load() -> bool:
         is_python_module=False,
         verbose=False,
     )
+    if compiling:
+        logger.info("compiled the CPU kernels in %.1f s", time.perf_counter() - start)
     return hasattr(torch.ops.pagedllm, "paged_attention")
 
 
@@ -97,36 +110,12 @@ def available() -> bool:
     return bool(_state["ok"])
 
 
-def use_for(tensor: torch.Tensor) -> bool:
-    """Whether a CPU kernel should handle `tensor` (on the CPU, kernels built)."""
-    return tensor.device.type == "cpu" and available()
-
-
-GEMV_MAX_ROWS = 256  # the kernel's limit; ops/linear.py picks where it pays off
-
-
-def gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `torch.ops.pagedllm.gemv_bf16` takes x @ weight^T: bf16 on a CPU with AVX512-BF16,
-    at most GEMV_MAX_ROWS rows, K a multiple of 32 (else callers use F.linear)."""
-    return (
-        x.dtype == torch.bfloat16
-        and weight.dtype == torch.bfloat16
-        and x.dim() == 2
-        and x.shape[0] <= GEMV_MAX_ROWS
-        and x.shape[1] % 32 == 0
-        and x.stride(1) == 1
-        and weight.is_contiguous()
-        and has_avx512_bf16()
-        and use_for(x)
-    )
-
-
-def int4_gemv_supported(dtype: torch.dtype, device: torch.device | str = "cpu") -> bool:
-    """Whether `torch.ops.pagedllm.gemv_int4` can serve 4-bit weights with `dtype` activations on
-    `device`: bf16 on a CPU with AVX512-BF16, kernels built (else the weights keep torch's layout)."""
-    return (
-        dtype == torch.bfloat16 and torch.device(device).type == "cpu" and has_avx512_bf16() and available()
-    )
+def op(name: str) -> Callable:
+    """`torch.ops.pagedllm.<name>.default`, looked up once (call after `available()`)."""
+    handle = _ops.get(name)
+    if handle is None:
+        handle = _ops[name] = getattr(torch.ops.pagedllm, name).default
+    return handle
 
 
 def has_avx512_bf16() -> bool:
@@ -134,14 +123,3 @@ def has_avx512_bf16() -> bool:
     if "bf16" not in _state:
         _state["bf16"] = "avx512_bf16" in _cpu_fingerprint()
     return bool(_state["bf16"])
-
-
-def vnni_layout(cache: torch.Tensor) -> bool:
-    """Whether a [kv_heads, blocks, block_size, head_dim] cache uses the blocked bf16 layout the
-    attention kernel reads with AVX512-BF16 dot products (bf16, 16-token blocks, head_dim % 32)."""
-    return (
-        cache.dtype == torch.bfloat16
-        and cache.shape[2] == 16
-        and cache.shape[3] % 32 == 0
-        and has_avx512_bf16()
-    )

@@ -8,35 +8,36 @@ threads, quiet machine): ~1000 GFLOP/s from 32 to 512 rows, where oneDNN ran 460
 row-dot-product skinny kernel 610-640; one row streams the weight at memory bandwidth. The
 packed tensor replaces the float weight (same size); `dequantize()` gives W back.
 
-`PAGEDLLM_PACKED_WEIGHTS=0` keeps plain weights (oneDNN / the skinny kernel).
+The CPU platform packs every packable weight after loading unless weight packing is off
+(`--no-packed-weights`, `PAGEDLLM_PACKED_WEIGHTS=0`: plain weights, oneDNN and the skinny kernel).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-from pagedllm.ops import cpu_kernels
+from pagedllm.ops.cpu_kernels import op
+from pagedllm.ops.weight_spec import WeightSpec
 
-DISABLE_ENV = "PAGEDLLM_PACKED_WEIGHTS"
 PANEL = 64  # output columns per panel, as in gemm_bf16.cpp
 
 
 def packable(weight: torch.Tensor) -> bool:
-    """Whether `weight [N, K]` can be packed: bf16 on an AVX512-BF16 CPU with the kernels built,
-    N a multiple of 16, K of 32."""
+    """Whether the kernel takes `weight [N, K]`: bf16 on the CPU, N a multiple of 16, K of 32
+    (the platform has checked that the kernels are built and the CPU has AVX512-BF16)."""
     return (
-        os.environ.get(DISABLE_ENV, "1") != "0"
-        and weight.dim() == 2
+        weight.dim() == 2
         and weight.dtype == torch.bfloat16
+        and weight.device.type == "cpu"
         and weight.shape[0] % 16 == 0
         and weight.shape[1] % 32 == 0
-        and cpu_kernels.has_avx512_bf16()
-        and cpu_kernels.use_for(weight)
-        and hasattr(torch.ops.pagedllm, "gemm_packed_bf16")
     )
+
+
+def pack_if_packable(weight: torch.Tensor) -> PackedBF16Weight | None:
+    """The packed form of `weight`, or None where the kernel cannot take it."""
+    return PackedBF16Weight(weight.data) if packable(weight) else None
 
 
 class PackedBF16Weight(nn.Module):
@@ -47,9 +48,7 @@ class PackedBF16Weight(nn.Module):
         if not packable(weight):
             raise ValueError(f"cannot pack a {tuple(weight.shape)} {weight.dtype} weight for the bf16 kernel")
         self.out_features, self.in_features = weight.shape
-        self.register_buffer(
-            "packed", torch.ops.pagedllm.pack_weight_bf16(weight.contiguous()), persistent=True
-        )
+        self.register_buffer("packed", op("pack_weight_bf16")(weight.contiguous()), persistent=True)
 
     def extra_repr(self) -> str:
         return f"{self.out_features}x{self.in_features}, bf16 packed"
@@ -57,6 +56,10 @@ class PackedBF16Weight(nn.Module):
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes
+
+    def weight_spec(self) -> WeightSpec:
+        """What a step compiler passes to the packed matmul (any number of rows)."""
+        return WeightSpec(kind="packed_bf16", tensor=self.packed)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] -> x @ W^T + bias [..., N]."""
@@ -68,14 +71,14 @@ class PackedBF16Weight(nn.Module):
         if x.stride(1) != 1:
             x = x.contiguous()
         out = torch.empty((x.shape[0], self.out_features), dtype=x.dtype, device=x.device)
-        torch.ops.pagedllm.gemm_packed_bf16(out, x, self.packed)
+        op("gemm_packed_bf16")(out, x, self.packed)
         return out if bias is None else out.add_(bias)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` of W (an embedding lookup in a table tied to a packed LM head)."""
         flat_ids = ids.reshape(-1).to(torch.int64).contiguous()
         out = torch.empty((flat_ids.shape[0], self.in_features), dtype=torch.bfloat16, device=ids.device)
-        torch.ops.pagedllm.embed_packed_bf16(out, self.packed, flat_ids)
+        op("embed_packed_bf16")(out, self.packed, flat_ids)
         return out.view(*ids.shape, self.in_features)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -6,20 +6,21 @@ logits; greedy rows take the argmax; random rows go through temperature, top-k,
 top-p and min-p and draw by inverse CDF: one uniform number per row located in the
 row's cumulative distribution.
 
-On the CPU, a batch that needs only greedy choice and temperature (no logprobs, logits
-processors, penalties, top-k, top-p or min-p) goes to one fused kernel instead
-(torch.ops.pagedllm.sample_tokens): it reads the LM head's logits in their own dtype and
-applies the same inverse-CDF rule to the same uniform numbers, without [R, V] intermediates.
+A platform may hand the sampler a fused kernel (`sample_kernel`; the CPU platform's is
+ops/sampling.py): a batch that needs only greedy choice and temperature (no logprobs, logits
+processors, penalties, top-k, top-p or min-p) then goes to it instead. It reads the LM head's
+logits in their own dtype and applies the same inverse-CDF rule to the same uniform numbers,
+without [R, V] intermediates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from pagedllm.core.sched_output import TokenLogprobs
-from pagedllm.ops import cpu_kernels
 from pagedllm.sample.logprobs import gather_token_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.penalties import apply_penalties
@@ -37,13 +38,23 @@ class SamplerOutput:
     logprobs: TokenLogprobs | None
 
 
+# (out [R] int64, logits [R, V], temperature [R] float32 (0: greedy), uniform [R] float32) -> None
+SampleKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
 class Sampler:
-    """Stateless and batched: per-step Python work is O(number of requests)."""
+    """Stateless and batched: per-step Python work is O(number of requests).
+
+    `sample_kernel`: the platform's fused greedy/temperature kernel (None: torch only)."""
+
+    def __init__(self, sample_kernel: SampleKernel | None = None):
+        self.sample_kernel = sample_kernel
 
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """Sample one token per row of `logits [R, V]`; the input tensor is not modified."""
-        if fused_sampling_applies(logits, md):
-            return SamplerOutput(sampled_token_ids=fused_sample(logits, md), logprobs=None)
+        if self.sample_kernel is not None and fused_sampling_applies(logits, md):
+            sampled = fused_sample(logits, md, self.sample_kernel)
+            return SamplerOutput(sampled_token_ids=sampled, logprobs=None)
         # Half-precision logits are upcast, which already makes a private copy.
         owned = logits.dtype != torch.float32
         logits = logits.float()
@@ -77,7 +88,7 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
-    """Whether the fused CPU kernel can sample this batch: greedy and temperature rows only."""
+    """Whether a fused kernel can sample this batch: greedy and temperature rows only."""
     return (
         md.max_num_logprobs is None
         and md.allowed_mask is None
@@ -91,12 +102,11 @@ def fused_sampling_applies(logits: torch.Tensor, md: SamplingMetadata) -> bool:
         and logits.shape[1] > 0
         and logits.stride(1) == 1
         and logits.dtype in _FUSED_DTYPES
-        and cpu_kernels.use_for(logits)
     )
 
 
-def fused_sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-    """The fused kernel's tokens: argmax on greedy rows, else the inverse CDF of
+def fused_sample(logits: torch.Tensor, md: SamplingMetadata, kernel: SampleKernel) -> torch.Tensor:
+    """`kernel`'s tokens: argmax on greedy rows, else the inverse CDF of
     softmax(logits / T) at the row's uniform number (drawn as `inverse_cdf_sample` draws it)."""
     num_rows = logits.shape[0]
     if md.all_greedy:
@@ -108,7 +118,7 @@ def fused_sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         if md.greedy_mask is not None:  # greedy rows hold 1.0 for the torch path
             temperature = temperature.masked_fill(md.greedy_mask, 0.0)
     sampled = torch.empty(num_rows, dtype=torch.long)
-    torch.ops.pagedllm.sample_tokens(sampled, logits, temperature, uniform)
+    kernel(sampled, logits, temperature, uniform)
     return sampled
 
 

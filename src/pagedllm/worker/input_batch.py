@@ -44,7 +44,7 @@ def build_step_inputs(
     device: torch.device,
 ) -> StepInputs:
     """Flat token ids and positions, query_start_loc, seq_lens, and per KV-cache group the
-    block table and slot mapping."""
+    block table and slot mapping; `backend` plans its per-step tensors from them."""
     num_reqs = len(states)
     num_scheduled = np.asarray(num_scheduled_list, dtype=np.int64)
     starts = np.fromiter((s.num_computed_tokens for s in states), dtype=np.int64, count=num_reqs)
@@ -90,7 +90,6 @@ def build_step_inputs(
         query_start_loc_cpu=query_start_loc,
         seq_lens_cpu=seq_lens,
         block_size=block_size,
-        backend=backend,
     )
     backend.plan(md)
     return StepInputs(

@@ -20,12 +20,11 @@ from pagedllm.attention.backends.base import AttentionBackend
 from pagedllm.config import CacheConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec, cdiv, group_layers
 from pagedllm.model.layers.attention import Attention
+from pagedllm.platforms.interface import Platform
 
 logger = logging.getLogger(__name__)
 
 _GiB = 1 << 30
-# CPU default when no budget is given: like vLLM-CPU's 4 GiB, never more than half of what is free.
-_CPU_DEFAULT_BYTES = 4 * _GiB
 
 
 def attention_layers(model: nn.Module) -> list[Attention]:
@@ -53,29 +52,6 @@ def group_bytes_per_block(model: nn.Module, block_size: int, dtype: torch.dtype)
     for layer, group in zip(attention_layers(model), layer_groups):
         sizes[group] += layer_bytes_per_block(layer, block_size, dtype)
     return sizes
-
-
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * _GiB
-
-
-def kv_cache_budget(cache_config: CacheConfig, device: torch.device) -> int:
-    """Bytes for the whole KV cache: the configured GiB, else a share of free memory."""
-    if cache_config.kv_cache_memory is not None:
-        return int(cache_config.kv_cache_memory * _GiB)
-    if device.type == "cuda":
-        return int(available_memory(device) * cache_config.kv_cache_memory_fraction)
-    return min(_CPU_DEFAULT_BYTES, available_memory(device) // 2)
 
 
 def useful_blocks(
@@ -115,16 +91,16 @@ def determine_kv_cache_groups(
     scheduler_config: SchedulerConfig,
     max_blocks_per_req: int,
     dtype: torch.dtype,
-    device: torch.device,
+    platform: Platform,
 ) -> list[KVCacheGroupSpec]:
-    """One spec per group: exactly `num_kv_blocks` blocks each if set, else the memory budget
+    """One spec per group: exactly `num_kv_blocks` blocks each if set, else the platform's budget
     split as the module docstring says (capped where more blocks could never be used; a tiny
     model would otherwise get millions of blocks that only slow start-up)."""
     bs = cache_config.block_size
     windows, _ = kv_cache_groups(model)
     if cache_config.num_kv_blocks is not None:
         return [KVCacheGroupSpec(window, cache_config.num_kv_blocks) for window in windows]
-    budget = kv_cache_budget(cache_config, device)
+    budget = platform.kv_cache_budget(cache_config)
     block_bytes = group_bytes_per_block(model, bs, dtype)
     caps = [useful_blocks(window, bs, scheduler_config, max_blocks_per_req) for window in windows]
     counts = split_budget(budget, block_bytes, caps)
@@ -144,7 +120,8 @@ def allocate_kv_caches(
     dtype: torch.dtype,
     device: torch.device,
 ) -> list[torch.Tensor]:
-    """Allocate each layer's cache of its group's num_blocks + 1 blocks and bind it and the group.
+    """Allocate each layer's cache of its group's num_blocks + 1 blocks, laid out as `backend`
+    says, and bind the backend, the cache and the group to the layer.
 
     Block 0 is the null block the block pool never hands out. Zeroed, not empty: masked
     context slots are multiplied by 0 and must not hold NaN.
@@ -155,9 +132,8 @@ def allocate_kv_caches(
     caches = []
     for layer, group in zip(attention_layers(model), layer_groups):
         num_blocks = groups[group].num_blocks + 1
-        shape = backend.kv_cache_shape(num_blocks, block_size, layer.num_kv_heads, layer.head_dim)
-        cache = torch.zeros(shape, dtype=dtype, device=device)
-        layer.kv_cache = cache
-        layer.kv_group = group
+        layout = backend.kv_cache_layout(num_blocks, block_size, layer.num_kv_heads, layer.head_dim, dtype)
+        cache = torch.zeros(layout.shape, dtype=layout.dtype, device=device)
+        layer.bind_kv_cache(backend, cache, layout, group)
         caches.append(cache)
     return caches

@@ -6,49 +6,52 @@ import logging
 
 import torch
 
-from pagedllm.attention.selector import get_attention_backend
 from pagedllm.config import CacheConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from pagedllm.model.loader import load_model
 from pagedllm.model.model_config import ModelConfig
-from pagedllm.model.models.cpu_decoder_stack import bind_decoder_stack
+from pagedllm.platforms.interface import Platform
+from pagedllm.platforms.step_compiler import CompiledStep
 from pagedllm.sample.logprobs import compute_token_logprobs
 from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
 from pagedllm.sample.sampler import Sampler
 from pagedllm.worker import kv_cache
 from pagedllm.worker.block_table import PersistentBlockTable
 from pagedllm.worker.input_batch import build_step_inputs, order_decodes_first
-from pagedllm.worker.platform import configure_model_threads, tune_cpu_allocator
 from pagedllm.worker.request_state import RunnerRequestState
 
 logger = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    """Owns the model, its KV cache and the per-request state the runner needs between steps."""
+    """Owns the model, its KV cache and the per-request state the runner needs between steps.
+
+    Everything device-specific comes from `platform`, asked once here: process set-up, the
+    layers' implementations and weight formats, the attention backend, the sampler's kernel and
+    the step compiler (which, once the caches are bound, may take over the model's forward)."""
 
     def __init__(
         self,
         model_config: ModelConfig,
         scheduler_config: SchedulerConfig,
         cache_config: CacheConfig,
-        device: torch.device,
+        platform: Platform,
         dtype: torch.dtype,
         seed: int = 0,
     ):
         self.model_config = model_config
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
-        self.device = device
+        self.platform = platform
+        self.device = platform.device
         self.dtype = dtype
         self.block_size = cache_config.block_size
-        if device.type == "cpu":
-            tune_cpu_allocator()
-            logger.info("CPU model threads: %d", configure_model_threads())
-        self.model = load_model(model_config, device, dtype)
-        self.backend = get_attention_backend(device)
-        self.sampler = Sampler()
+        platform.configure_model_process()
+        self.model = load_model(model_config, self.device, dtype, layer_ops=platform.layer_ops(dtype))
+        self.backend = platform.attention_backend()
+        self.sampler = Sampler(platform.sample_kernel())
+        self.compiled_step: CompiledStep | None = None
         self.vocab_size = model_config.vocab_size
         max_blocks = -(-scheduler_config.max_model_len // self.block_size)
         # Attention layers grouped by sliding window; each group has its own pool and table.
@@ -60,7 +63,7 @@ class ModelRunner:
         # Seeded generators outlive preemption so a resumed request continues the same stream.
         self.generators: dict[str, torch.Generator] = {}
         # Unseeded sampling draws from one generator seeded by the engine seed.
-        self.default_generator = torch.Generator(device=device)
+        self.default_generator = torch.Generator(device=self.device)
         self.default_generator.manual_seed(seed)
         self.kv_cache_groups: list[KVCacheGroupSpec] = []
 
@@ -75,14 +78,17 @@ class ModelRunner:
             self.scheduler_config,
             self.block_table.max_blocks_per_req,
             self.dtype,
-            self.device,
+            self.platform,
         )
 
     def initialize_kv_cache(self, groups: list[KVCacheGroupSpec]) -> None:
         kv_cache.allocate_kv_caches(
             self.model, self.backend, groups, self.block_size, self.dtype, self.device
         )
-        bind_decoder_stack(self.model, self.backend)
+        compiler = self.platform.step_compiler(self.dtype)
+        self.compiled_step = None if compiler is None else compiler.compile(self.model)
+        compiled = None if self.compiled_step is None else self.compiled_step.name
+        logger.info(self.platform.describe(self.dtype, compiled))
         self.kv_cache_groups = list(groups)
         if len(groups) > 1 or groups[0].sliding_window is not None:
             logger.info(
@@ -143,7 +149,7 @@ class ModelRunner:
         inputs = build_step_inputs(
             states, num_scheduled, num_decodes, self.block_table, self.block_size, self.backend, self.device
         )
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+        hidden = self._forward(inputs.input_ids, inputs.positions, inputs.attn_metadata)
 
         output = ModelRunnerOutput()
         ends = inputs.start_positions + inputs.num_scheduled
@@ -154,6 +160,13 @@ class ModelRunner:
         for state, n in zip(states, num_scheduled):
             state.num_computed_tokens += n
         return output
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
+        """The model's hidden states: through the compiled step where it takes this step."""
+        step = self.compiled_step
+        if step is not None and step.applies(positions, md):
+            return step(input_ids, positions, md)
+        return self.model(input_ids, positions, md)
 
     def _sample(self, states, sampling: list[int], inputs, hidden, output: ModelRunnerOutput) -> None:
         rows = inputs.query_start_loc[1:][sampling] - 1

@@ -1,12 +1,33 @@
-"""The interface an attention backend implements."""
+"""The interface an attention backend implements, and the KV-cache layout it declares."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from pagedllm.attention.metadata import AttentionMetadata
+
+# Element orders inside a block (`KVCacheLayout.element_order`).
+ROW = "row"  # K and V as [block_size tokens][head_dim] rows, what the torch reference reads
+# bf16 blocks of 16 tokens laid out for AVX512-BF16 dot products (attention/backends/cpu_paged.py)
+BLOCKED_BF16 = "blocked_bf16"
+
+
+@dataclass(frozen=True, slots=True)
+class KVCacheLayout:
+    """One layer's KV cache as a backend stores it.
+
+    `shape` is the tensor's, block 0 included (the null block); `element_order` says how the
+    values of one (kv head, block) are ordered in its `block_size * head_dim` elements. The
+    runner allocates by `shape`; anything reading the cache itself (a step compiler) reads
+    `element_order`.
+    """
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    element_order: str = ROW
 
 
 class AttentionBackend(ABC):
@@ -15,10 +36,10 @@ class AttentionBackend(ABC):
     name: str = "abstract"
 
     @abstractmethod
-    def kv_cache_shape(
-        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
-    ) -> tuple[int, ...]:
-        """Shape of one layer's cache holding `num_blocks` blocks (block 0 is the null block)."""
+    def kv_cache_layout(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> KVCacheLayout:
+        """The layout of one layer's cache holding `num_blocks` blocks (block 0 is the null block)."""
 
     @abstractmethod
     def plan(self, metadata: AttentionMetadata) -> None:
@@ -30,7 +51,8 @@ class AttentionBackend(ABC):
         query: torch.Tensor,  # [T, num_heads, head_dim]
         key: torch.Tensor,  # [T, num_kv_heads, head_dim]
         value: torch.Tensor,  # [T, num_kv_heads, head_dim]
-        kv_cache: torch.Tensor,  # laid out as `kv_cache_shape` says
+        kv_cache: torch.Tensor,  # allocated as `layout` says
+        layout: KVCacheLayout,
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pagedllm.attention.backends.base import AttentionBackend
+from pagedllm.attention.backends.base import ROW, AttentionBackend, KVCacheLayout
 from pagedllm.attention.metadata import AttentionMetadata
 
 
@@ -72,10 +72,10 @@ class TorchReferenceBackend(AttentionBackend):
 
     name = "torch"
 
-    def kv_cache_shape(self, num_blocks, block_size, num_kv_heads, head_dim):
+    def kv_cache_layout(self, num_blocks, block_size, num_kv_heads, head_dim, dtype) -> KVCacheLayout:
         # Heads outermost: gathering a batch's blocks then yields [kv_heads, R, context, head_dim]
         # contiguous, which batched matmuls consume without another copy.
-        return (2, num_kv_heads, num_blocks, block_size, head_dim)
+        return KVCacheLayout((2, num_kv_heads, num_blocks, block_size, head_dim), dtype, ROW)
 
     def plan(self, md: AttentionMetadata) -> None:
         md.plan = _Plan(self._plan_decode(md), self._plan_prefill(md))
@@ -125,7 +125,17 @@ class TorchReferenceBackend(AttentionBackend):
         return group_plan
 
     def forward(
-        self, query, key, value, kv_cache, md, scale, sliding_window=None, kv_group=0, logits_soft_cap=None
+        self,
+        query,
+        key,
+        value,
+        kv_cache,
+        layout,
+        md,
+        scale,
+        sliding_window=None,
+        kv_group=0,
+        logits_soft_cap=None,
     ):
         num_tokens = md.num_actual_tokens
         key_cache, value_cache = kv_cache[0], kv_cache[1]

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pagedllm.model.layers.direct_call import DirectCall
-from pagedllm.ops import cpu_kernels
+from pagedllm.model.layers.custom_op import CustomOp
 
 
-class SiluAndMul(DirectCall, nn.Module):
+class SiluAndMul(CustomOp):
     """[..., 2d] holding (gate, up) -> silu(gate) * up of shape [..., d]."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.stride(1) == 1 and cpu_kernels.use_for(x):
-            out = torch.empty((x.shape[0], x.shape[1] // 2), dtype=x.dtype)
-            torch.ops.pagedllm.silu_and_mul(out, x)
-            return out
+    op_name = "silu_and_mul"
+
+    def forward_native(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
 

@@ -1,10 +1,11 @@
-"""The attention module model files use; the backend and cache are bound by the runner."""
+"""The attention module model files use; the runner binds its backend and KV cache."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from pagedllm.attention.backends.base import AttentionBackend, KVCacheLayout
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.model.layers.direct_call import DirectCall
 
@@ -12,9 +13,10 @@ from pagedllm.model.layers.direct_call import DirectCall
 class Attention(DirectCall, nn.Module):
     """Paged causal attention over one layer's KV cache.
 
-    Takes flat projections [T, heads * head_dim]; the model runner binds `kv_cache` (laid out
-    as the backend says) and sets `kv_group`, the KV-cache group whose block table and slot
-    mapping the layer uses (layers are grouped by sliding window), before the first step.
+    Takes flat projections [T, heads * head_dim]. Before the first step the model runner binds
+    (`bind_kv_cache`) the attention backend, the layer's cache (laid out as the backend's
+    `kv_cache_layout` says) and `kv_group`, the KV-cache group whose block table and slot
+    mapping the layer uses (layers are grouped by sliding window).
     `logits_soft_cap` c maps attention scores s to c * tanh(s / c) (None: no capping).
     """
 
@@ -37,19 +39,30 @@ class Attention(DirectCall, nn.Module):
         self.sliding_window = sliding_window
         self.logits_soft_cap = logits_soft_cap
         self.kv_cache: torch.Tensor | None = None
+        self.kv_layout: KVCacheLayout | None = None
         self.kv_group = 0
+        self.backend: AttentionBackend | None = None
+
+    def bind_kv_cache(
+        self, backend: AttentionBackend, kv_cache: torch.Tensor, layout: KVCacheLayout, kv_group: int
+    ) -> None:
+        """Attend with `backend` over `kv_cache` (allocated as `layout` says) of group `kv_group`."""
+        if tuple(kv_cache.shape) != layout.shape or kv_cache.dtype != layout.dtype:
+            raise ValueError(f"KV cache {tuple(kv_cache.shape)} {kv_cache.dtype} does not match {layout}")
+        self.backend, self.kv_cache, self.kv_layout, self.kv_group = backend, kv_cache, layout, kv_group
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, md: AttentionMetadata
     ) -> torch.Tensor:
-        if self.kv_cache is None:
+        if self.backend is None:
             raise RuntimeError("Attention layer has no KV cache bound; the model runner binds it at start-up")
         t = q.shape[0]
-        out = md.backend.forward(
+        out = self.backend.forward(
             q.view(t, self.num_heads, self.head_dim),
             k.view(t, self.num_kv_heads, self.head_dim),
             v.view(t, self.num_kv_heads, self.head_dim),
             self.kv_cache,
+            self.kv_layout,
             md,
             self.scale,
             self.sliding_window,

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model.layers.direct_call import DirectCall
+from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
 from pagedllm.model.layers.parallel import all_gather_last_dim, all_reduce, new_parameter
 from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
-from pagedllm.ops.linear import linear as dense_linear
-from pagedllm.ops.packed_linear import PackedBF16Weight, packable
 
 
 class VocabParallelEmbedding(DirectCall, nn.Module):
@@ -58,10 +57,12 @@ class VocabParallelEmbedding(DirectCall, nn.Module):
         param.data[:rows].copy_(loaded_weight[self.vocab_start : self.vocab_end])
         param.data[rows:].zero_()
 
-    def process_weights_after_loading(self, scheme: QuantScheme | None, shared: SharedWeights) -> None:
+    def process_weights_after_loading(
+        self, scheme: QuantScheme | None, shared: SharedWeights, layer_ops: LayerOps = NATIVE
+    ) -> None:
         """Quantize the table as `scheme` says (None: keep it as it is)."""
         if scheme is not None:
-            self.quant = quantize_weight(self._quant_format(scheme), self.weight, None, shared)
+            self.quant = quantize_weight(self._quant_format(scheme), self.weight, None, shared, layer_ops)
             self.weight = None
 
     def _quant_format(self, scheme: QuantScheme) -> str:
@@ -98,14 +99,21 @@ class ParallelLMHead(VocabParallelEmbedding):
         super().__init__(vocab_size, embedding_dim, tp_rank, tp_size, weight)
         # A plain list so the embedding is not registered a second time as a submodule.
         self._tied_to = [tied_to] if tied_to is not None else []
+        self.dense_linear = F.linear  # the logits matmul of a float table (the platform's, once loaded)
 
-    def process_weights_after_loading(self, scheme: QuantScheme | None, shared: SharedWeights) -> None:
-        """As the embedding's; with no scheme, a bf16 table is packed for the compiled matmul
-        (ops/packed_linear.py) and a tied embedding looks its rows up in the packed table."""
-        if scheme is not None or self.weight is None or not packable(self.weight):
-            super().process_weights_after_loading(scheme, shared)
+    def process_weights_after_loading(
+        self, scheme: QuantScheme | None, shared: SharedWeights, layer_ops: LayerOps = NATIVE
+    ) -> None:
+        """As the embedding's; with no scheme, the table takes the platform's format if it has one
+        (a tied embedding then looks its rows up in that table), else the platform's matmul."""
+        if scheme is not None or self.weight is None:
+            super().process_weights_after_loading(scheme, shared, layer_ops)
             return
-        self.quant = PackedBF16Weight(self.weight.data)
+        platform_weight = layer_ops.pack_float_weight(self.weight)
+        if platform_weight is None:
+            self.dense_linear = layer_ops.dense_linear
+            return
+        self.quant = platform_weight
         self.weight = None
         for embedding in self._tied_to:
             embedding.quant = self.quant
@@ -116,7 +124,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] in the weight's dtype (callers upcast as they need)."""
-        local = dense_linear(hidden, self.weight) if self.quant is None else self.quant.linear(hidden)
+        local = self.dense_linear(hidden, self.weight) if self.quant is None else self.quant.linear(hidden)
         logits = all_gather_last_dim(local, self.tp_size)
         return logits[..., : self.vocab_size]
 

@@ -9,19 +9,22 @@ checkpoint tensor into place. A checkpoint weight may also arrive as 4-bit group
 (`Int4Blocks`, GGUF Q4_0/Q4_1 under `--quantization int4`): the same slicing applies, and the
 groups are kept aside (`Int4Staging`) until `process_weights_after_loading` quantizes the layer
 (see `quantization/`); from then on `forward` runs the quantized matmul and `weight` is None.
+Unquantized weights take the platform's format there (`LayerOps.pack_float_weight`) or keep
+their float weight and the platform's dense matmul (`LayerOps.dense_linear`), chosen once.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.model.layers.direct_call import DirectCall
+from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
 from pagedllm.model.layers.parallel import all_reduce, divide, new_parameter
 from pagedllm.model.layers.quantization import QuantScheme, SharedWeights, quantize_weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks, Int4Staging
-from pagedllm.ops.linear import linear as dense_linear
-from pagedllm.ops.packed_linear import PackedBF16Weight, packable
+from pagedllm.ops.weight_spec import WeightSpec
 
 Checkpoint = torch.Tensor | Int4Blocks
 
@@ -54,7 +57,8 @@ class LinearBase(DirectCall, nn.Module):
         if bias:
             self.bias = new_parameter(output_size)
             self.bias.weight_loader = self.weight_loader
-        self.quant: nn.Module | None = None  # the quantized weight, once processed
+        self.quant: nn.Module | None = None  # the weight in a quantized or platform format
+        self.dense_linear = F.linear  # the matmul of a float weight (the platform's, once loaded)
         self._int4_staging: Int4Staging | None = None
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id=None) -> None:
@@ -76,30 +80,43 @@ class LinearBase(DirectCall, nn.Module):
             source = source.dequantize()
         _copy_checked(target, source, name)
 
-    def process_weights_after_loading(self, scheme: QuantScheme | None, shared: SharedWeights) -> None:
-        """Quantize the weight as `scheme` says (None: keep floats, taking in any 4-bit groups)."""
+    def process_weights_after_loading(
+        self, scheme: QuantScheme | None, shared: SharedWeights, layer_ops: LayerOps = NATIVE
+    ) -> None:
+        """Quantize the weight as `scheme` says (None: keep floats, taking in any 4-bit groups,
+        in the platform's format if it has one)."""
         staging, self._int4_staging = self._int4_staging, None
         if scheme is None:
             if staging is not None:
                 staging.write_into(self.weight.data)
-            if packable(self.weight):
-                # Same bytes, laid out for the compiled bf16 matmul (ops/packed_linear.py).
-                self.quant = PackedBF16Weight(self.weight.data)
+            platform_weight = layer_ops.pack_float_weight(self.weight)
+            if platform_weight is not None:
+                self.quant = platform_weight
                 self.weight = None
+            else:
+                self.dense_linear = layer_ops.dense_linear
             return
-        self.quant = quantize_weight(scheme.linear, self.weight, staging, shared)
+        self.quant = quantize_weight(scheme.linear, self.weight, staging, shared, layer_ops)
         self.weight = None
+
+    def weight_spec(self) -> WeightSpec | None:
+        """The weight as a step compiler may take it (see ops/weight_spec.py); None for formats
+        no compiled step takes (int8, torch's 4-bit layout)."""
+        if self.quant is None:
+            return WeightSpec(kind="plain", tensor=self.weight)
+        describe = getattr(self.quant, "weight_spec", None)
+        return None if describe is None else describe()
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W^T without the bias."""
         if self.quant is not None:
             return self.quant.linear(x)
-        return dense_linear(x, self.weight)
+        return self.dense_linear(x, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
             return self.quant.linear(x, self.bias)
-        return dense_linear(x, self.weight, self.bias)
+        return self.dense_linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):

@@ -45,9 +45,13 @@ class PartialRotaryEmbedding(RotaryEmbedding):
         super().__init__(head_dim, max_position, inv_freq)
         self.rotary_dim = rotary_dim
 
-    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def fusion_table(self) -> None:
+        # Partial rotation (and LongRoPE's per-request table offset) is not a plain table.
+        return None
+
+    def rotate_native(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.rotary_dim == self.head_dim:
-            return super().rotate(positions, x)
+            return super().rotate_native(positions, x)
         cos, sin = self._cos_sin(positions, x.dtype)
         shape = x.shape
         x = x.view(shape[0], -1, self.head_dim)

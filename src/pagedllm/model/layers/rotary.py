@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from pagedllm.ops import cpu_kernels
+from pagedllm.model.layers.custom_op import CustomOp
 
 
 def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
@@ -45,8 +44,16 @@ def linear_inv_freq(head_dim: int, base: float, scaling: dict) -> torch.Tensor:
 _SCALED_INV_FREQ = {"llama3": llama3_inv_freq, "linear": linear_inv_freq}
 
 
-class RotaryEmbedding(nn.Module):
-    """Applies rotary embedding to flat q [T, heads * d] and k [T, kv_heads * d] at `positions`."""
+class RotaryEmbedding(CustomOp):
+    """Applies rotary embedding to flat q [T, heads * d] and k [T, kv_heads * d] at `positions`.
+
+    `rotate` is the operation a platform may implement (its reference is `rotate_native`); a
+    platform implementation may rotate x in place and return it: callers pass (slices of) the
+    projection they just computed and do not read the unrotated values again.
+    """
+
+    op_name = "rotary_embedding"
+    op_method = "rotate"
 
     def __init__(self, head_dim: int, max_position: int, inv_freq: torch.Tensor):
         super().__init__()
@@ -69,30 +76,20 @@ class RotaryEmbedding(nn.Module):
         return self.rotate(positions, query), self.rotate(positions, key)
 
     def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rotate flat [T, n * head_dim] (q, k, or q and k side by side) at `positions`.
+        """Rotate flat [T, n * head_dim] (q, k, or q and k side by side) at `positions`."""
+        return self.rotate_native(positions, x)
 
-        On CPU the compiled kernel rotates x in place and returns it: callers pass (slices of)
-        the projection they just computed and do not read the unrotated values again.
-        """
-        if self._use_kernel(positions, x):
-            torch.ops.pagedllm.rotary_embedding(
-                x, positions, self.cos_sin_cache, self.head_dim, self.cos_sin_cache.shape[1]
-            )
-            return x
+    def rotate_native(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         cos, sin = self._cos_sin(positions, x.dtype)
         shape = x.shape
         x = x.view(shape[0], -1, self.head_dim)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).view(shape)
 
-    def _use_kernel(self, positions: torch.Tensor, x: torch.Tensor) -> bool:
-        return (
-            x.dim() == 2
-            and x.stride(1) == 1
-            and positions.dtype == torch.int64
-            and positions.is_contiguous()
-            and cpu_kernels.use_for(x)
-        )
+    def fusion_table(self) -> torch.Tensor | None:
+        """The float32 [max_position, head_dim] cos | sin table a step compiler may index by
+        position to rotate every channel of each head (see fusion_spec.py)."""
+        return self.cos_sin_cache if self.cos_sin_cache.shape[1] == self.head_dim else None
 
     def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # Every layer of a step passes the same positions tensor: gather and cast once per step.

@@ -21,6 +21,7 @@ from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.direct_call import DirectCall
 from pagedllm.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.model.layers.fusion_spec import DecoderStackSpec, PreNormSwiGLULayerSpec
 from pagedllm.model.layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from pagedllm.model.layers.norm import RMSNorm
 from pagedllm.model.loader.weights import default_weight_loader
@@ -64,6 +65,15 @@ class SwiGLUMLP(DirectCall, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
+    def fusion_spec(self):
+        """(gate_up, down) weight specs for a step compiler, or None (biases, sharding, or a
+        weight format no compiled step takes)."""
+        linears = (self.gate_up_proj, self.down_proj)
+        if any(lin.bias is not None or lin.tp_size != 1 for lin in linears):
+            return None
+        gate_up, down = self.gate_up_proj.weight_spec(), self.down_proj.weight_spec()
+        return None if gate_up is None or down is None else (gate_up, down)
+
 
 class PreNormDecoderLayer(DirectCall, nn.Module):
     """RMSNorm -> attention -> RMSNorm -> MLP, each block added to the residual stream."""
@@ -90,6 +100,28 @@ class PreNormDecoderLayer(DirectCall, nn.Module):
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
+    def fusion_spec(self) -> PreNormSwiGLULayerSpec | None:
+        """This layer as a "prenorm_swiglu" layer (fusion_spec.py), if its parts all describe
+        themselves so (a MoE MLP, a Qwen3 or biased attention, Gemma's norms do not)."""
+        parts = []
+        for part in (self.self_attn, self.mlp, self.input_layernorm, self.post_attention_layernorm):
+            describe = getattr(part, "fusion_spec", None)
+            parts.append(None if describe is None else describe())
+        attn, mlp, input_norm, post_norm = parts
+        if attn is None or mlp is None or input_norm is None or post_norm is None:
+            return None
+        (qkv, attention, o), (gate_up, down) = attn, mlp
+        return PreNormSwiGLULayerSpec(
+            input_norm=input_norm,
+            qkv=qkv,
+            attention=attention,
+            o=o,
+            post_attention_norm=post_norm,
+            gate_up=gate_up,
+            down=down,
+            intermediate_size=self.mlp.down_proj.input_size,
+        )
+
 
 class DecoderModel(nn.Module):
     """Embedding, `num_hidden_layers` layers from `make_layer(i)` and the final norm.
@@ -111,8 +143,6 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(make_layer(i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.step_positions = step_positions
-        # Set by cpu_decoder_stack.bind_decoder_stack when the layers can run as one C++ op.
-        self.fused_stack = None
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
@@ -120,13 +150,27 @@ class DecoderModel(nn.Module):
         if self.step_positions is not None:
             positions = self.step_positions(positions, md)
         hidden, residual = self.embed_tokens(input_ids), None
-        stack = self.fused_stack
-        if stack is not None and stack.applies(hidden, positions, md):
-            return stack(hidden, positions, md)
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual, md)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def fusion_spec(self) -> DecoderStackSpec | None:
+        """The stack for a step compiler (fusion_spec.py), or None: positions remapped per step
+        (LongRoPE), or a layer that does not describe itself as "prenorm_swiglu"."""
+        if self.step_positions is not None or not len(self.layers):
+            return None
+        layers = []
+        for layer in self.layers:
+            describe = getattr(layer, "fusion_spec", None)
+            spec = None if describe is None else describe()
+            if spec is None:
+                return None
+            layers.append(spec)
+        final_norm = self.norm.fusion_spec()
+        if final_norm is None:
+            return None
+        return DecoderStackSpec("prenorm_swiglu", self.embed_tokens, layers, final_norm)
 
 
 class DecoderForCausalLM(nn.Module):
@@ -150,6 +194,10 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
+
+    def fusion_spec(self) -> DecoderStackSpec | None:
+        """The decoder stack (embedding to final norm) for a step compiler; see fusion_spec.py."""
+        return self.model.fusion_spec()
 
     def param_for(self, name: str) -> tuple[str, object] | None:
         """The parameter (and shard id) a checkpoint tensor loads into; None skips it."""

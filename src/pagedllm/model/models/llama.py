@@ -15,6 +15,7 @@ from transformers import PretrainedConfig
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.model.layers.attention import Attention
 from pagedllm.model.layers.direct_call import DirectCall
+from pagedllm.model.layers.fusion_spec import AttentionSpec
 from pagedllm.model.layers.linear import QKVParallelLinear, RowParallelLinear
 from pagedllm.model.layers.rotary import RotaryEmbedding, get_rope
 from pagedllm.model.model_config import head_dim_of, rope_parameters_of, sliding_windows_of
@@ -52,6 +53,37 @@ class LlamaAttention(DirectCall, nn.Module):
         qk, v = qkv.split([q_size + kv_size, kv_size], dim=-1)
         q, k = self.rotary_emb.rotate(positions, qk).split([q_size, kv_size], dim=-1)
         return self.o_proj(self.attn(q, k, v, md))
+
+    def fusion_spec(self):
+        """(qkv, attention, o) specs for a step compiler, or None where this layer computes
+        more than fusion_spec.py's "prenorm_swiglu" attention (biases, soft cap, sharding,
+        a rotary that is not a plain table)."""
+        attn, table = self.attn, self.rotary_emb.fusion_table()
+        linears = (self.qkv_proj, self.o_proj)
+        if (
+            table is None
+            or attn.backend is None
+            or attn.logits_soft_cap is not None
+            or any(lin.bias is not None or lin.tp_size != 1 for lin in linears)
+            or self.qkv_proj.q_size != attn.num_heads * attn.head_dim
+        ):
+            return None
+        qkv, o = self.qkv_proj.weight_spec(), self.o_proj.weight_spec()
+        if qkv is None or o is None:
+            return None
+        spec = AttentionSpec(
+            num_heads=attn.num_heads,
+            num_kv_heads=attn.num_kv_heads,
+            head_dim=attn.head_dim,
+            scale=attn.scale,
+            sliding_window=attn.sliding_window,
+            backend=attn.backend,
+            kv_cache=attn.kv_cache,
+            kv_layout=attn.kv_layout,
+            kv_group=attn.kv_group,
+            rotary_cos_sin=table,
+        )
+        return qkv, spec, o
 
 
 class LlamaForCausalLM(DecoderForCausalLM):

@@ -19,6 +19,10 @@ from pagedllm.model.models.llama import LlamaAttention
 class Qwen3Attention(LlamaAttention):
     """Llama attention plus `q_norm` / `k_norm`: RMSNorm over head_dim, shared by all heads."""
 
+    def fusion_spec(self) -> None:
+        # The per-head q/k norms are not part of the "prenorm_swiglu" attention.
+        return None
+
     def __init__(
         self,
         config: PretrainedConfig,

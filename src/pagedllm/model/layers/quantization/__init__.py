@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pagedllm.config import QUANTIZATION_METHODS
+from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
 from pagedllm.model.layers.quantization import int4
 from pagedllm.model.layers.quantization.int4 import Int4Weight
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks, Int4Staging
@@ -59,9 +60,14 @@ def scheme_for(method: str | None) -> QuantScheme | None:
 
 
 def quantize_weight(
-    kind: str, param: torch.Tensor, staging: Int4Staging | None, shared: SharedWeights
+    kind: str,
+    param: torch.Tensor,
+    staging: Int4Staging | None,
+    shared: SharedWeights,
+    layer_ops: LayerOps = NATIVE,
 ) -> nn.Module:
-    """The `kind` ("int8" | "int4") form of a float [N, K] weight, plus any 4-bit checkpoint groups."""
+    """The `kind` ("int8" | "int4") form of a float [N, K] weight, plus any 4-bit checkpoint groups;
+    4-bit weights in the platform's format where it has one (`LayerOps.int4_weight`)."""
     weight = param.data
     if kind == "int4" and not int4.supports(*weight.shape):
         kind = "int8"
@@ -69,7 +75,8 @@ def quantize_weight(
     if key in shared and staging is None:
         return shared[key]
     if kind == "int4":
-        quantized = Int4Weight(_merge_int4(weight, staging), weight.dtype)
+        make_int4 = layer_ops.int4_weight or Int4Weight
+        quantized = make_int4(_merge_int4(weight, staging), weight.dtype)
     elif kind == "int8":
         if staging is not None:
             staging.write_into(weight)
@@ -101,15 +108,16 @@ def _merge_int4(weight: torch.Tensor, staging: Int4Staging | None) -> Int4Blocks
 
 
 @torch.no_grad()
-def process_weights_after_loading(model: nn.Module, method: str | None) -> None:
+def process_weights_after_loading(model: nn.Module, method: str | None, layer_ops: LayerOps = NATIVE) -> None:
     """Once all weights are loaded: quantize every layer that takes part (or, with no method,
-    write any 4-bit checkpoint groups a layer received into its float weight)."""
+    write any 4-bit checkpoint groups a layer received into its float weight), each weight in
+    the formats `layer_ops` (the platform's) gives."""
     scheme = scheme_for(method)
     shared: SharedWeights = {}
     for module in list(model.modules()):
         hook = getattr(module, "process_weights_after_loading", None)
         if hook is not None:
-            hook(scheme, shared)
+            hook(scheme, shared, layer_ops)
 
 
 def quantized_nbytes(model: nn.Module) -> int:

@@ -3,19 +3,16 @@
     w[n, k] = (code[n, k] - 8) * scale[k // 32, n] + zero[k // 32, n]        code in 0..15
 
 Storage: the codes packed two per byte (half a byte per weight) and a (scale, zero) pair per
-group in the activation dtype (2 values per 32 weights: another eighth of a byte). The layout
-depends on where the weight runs (`Int4Weight.layout`):
+group in the activation dtype (2 values per 32 weights: another eighth of a byte). This module
+holds the portable formats (`Int4Weight.layout`):
 
-- "gemv" (CPU with AVX512-BF16, bf16 activations, compiled kernels): one uint8 tensor in the
-  layout of `torch.ops.pagedllm.gemv_int4` (csrc/quant_gemv.h, `pack_gemv`): output rows in
-  blocks of 16, k-major, the codes and scales of 64 rows interleaved group by group, so that
-  the kernel reads each thread's rows as one stream, once for up to 64 rows of x. Up to
-  `GEMV_MAX_ROWS` rows (decode, small prefills) run it; more rows dequantize slices of the
-  weight (`dequantize_int4_t`) for an ordinary matmul.
-- "torch" (other CPUs, float32 models, or `PAGEDLLM_CPU_KERNELS=0`): the layout of torch's
-  fused kernel (`aten._weight_int4pack_mm_for_cpu`), which runs up to `OP_MAX_ROWS` rows; it
-  computes in float32 FMAs and dequantizes again for every 4 rows, so more rows dequantize.
-- "plain" (CUDA): byte j of a row holds codes 2j and 2j + 1; every matmul dequantizes.
+- "torch" (tensors on the CPU): the layout of torch's fused kernel
+  (`aten._weight_int4pack_mm_for_cpu`), which runs up to `OP_MAX_ROWS` rows; it computes in
+  float32 FMAs and dequantizes again for every 4 rows, so more rows dequantize.
+- "plain" (other devices): byte j of a row holds codes 2j and 2j + 1; every matmul dequantizes.
+
+A platform may hand the layers a format of its own instead (`LayerOps.int4_weight`; the CPU
+platform's lives in ops/int4_gemv.py) built from the same `Int4Blocks`.
 """
 
 from __future__ import annotations
@@ -25,41 +22,21 @@ import logging
 import torch
 from torch import nn
 
-from pagedllm.model.layers.quantization.chunked import dequantized_matmul
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
-from pagedllm.ops import cpu_kernels
+from pagedllm.ops.dequantized_matmul import dequantized_matmul
 
 logger = logging.getLogger(__name__)
 
 GROUP_SIZE = 32
-# Up to this many rows torch's fused CPU kernel is faster than unpack + bf16 matmul: the
+# Up to this many rows torch's fused int4 op is faster than unpack + bf16 matmul: the
 # crossover was 75-100 rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
 OP_MAX_ROWS = 64
-# Up to this many rows gemv_int4 runs (the "gemv" layout); more rows dequantize slices of the
-# weight for a bf16 matmul. The crossover (benchmarks/quant_kernels.py --sweep, one thread,
-# cold weights) was at 100-200 rows on SmolLM2's shapes: at 64 rows the kernel took 115 / 620 /
-# 268 us (576x576 / 3072x576 / 576x1536) against 154 / 823 / 374 dequantizing; at 128 rows
-# 251 / 1311 / 555 against 241 / 1284 / 621; at 256 rows dequantizing won by 1-14%.
-GEMV_MAX_ROWS = 128
-# The gemv layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block;
-# per block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).
-GEMV_BLOCK_ROWS = 16
-GEMV_SUPER_BLOCKS = 4
-_GROUP_BYTES, _SCALE_BYTES = 256, 64
-LAYOUTS = ("gemv", "torch", "plain")
+LAYOUTS = ("torch", "plain")
 # The fused kernel packs output rows in blocks of 64 (tails of 16, 32 or 48).
 _ROW_MULTIPLE = 16
 # (rows % 64, cols) layouts whose unpacking has been checked against the kernel's packing.
 _checked_layouts: dict[tuple[int, int], bool] = {}
 _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
-_ops: dict[str, object] = {}
-
-
-def _op(name: str):
-    """torch.ops.pagedllm.<name> (looked up once: the ops exist once the kernels are built)."""
-    if name not in _ops:
-        _ops[name] = getattr(torch.ops.pagedllm, name).default
-    return _ops[name]
 
 
 def supports(out_features: int, in_features: int) -> bool:
@@ -79,17 +56,12 @@ def quantize_groups(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> Int4B
 
 
 class Int4Weight(nn.Module):
-    """A [N, K] weight in 4-bit groups: `linear(x)` = x @ W^T, `dequantize()` = W.
-
-    For C++ callers (layout "gemv", `uses_gemv_kernel`): `packed` is the weight argument of
-    `pagedllm::gemv_int4` (csrc/quant_gemv.h; codes and scales in one tensor, `scale_zero` is
-    None), which `linear` runs for up to `gemv_max_rows` rows of bf16 x.
-    """
+    """A [N, K] weight in 4-bit groups: `linear(x)` = x @ W^T, `dequantize()` = W."""
 
     def __init__(
         self, blocks: Int4Blocks, dtype: torch.dtype, fused: bool | None = None, layout: str | None = None
     ):
-        """`layout`: one of LAYOUTS (default: the best one the device and `dtype` allow);
+        """`layout`: one of LAYOUTS (default: "torch" for CPU tensors, else "plain");
         `fused=False` asks for the plain layout (the dequantize path only)."""
         super().__init__()
         out_features, in_features = blocks.shape
@@ -99,47 +71,32 @@ class Int4Weight(nn.Module):
         self.group_size = blocks.group_size
         codes = blocks.codes
         if layout is None:
-            layout = default_layout(dtype, codes.device) if fused is not False else "plain"
+            layout = default_layout(codes.device) if fused is not False else "plain"
         if layout not in LAYOUTS:
             raise ValueError(f"int4 layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
         self.unpackable = True
-        self.activation_dtype = dtype  # of the scales, and of x for the fused kernels
-        if layout == "gemv":
-            if dtype != torch.bfloat16:
-                raise ValueError(f"the gemv int4 layout takes bf16 activations, not {dtype}")
-            packed, scale_zero = pack_gemv(codes, blocks.scale, blocks.zero), None
+        self.activation_dtype = dtype  # of the scales, and of x for the fused kernel
+        # [K / g, N, 2]: torch's kernel's layout; the dequantize path reads its two planes.
+        scale_zero = torch.stack([blocks.scale, blocks.zero], dim=-1).transpose(0, 1).contiguous()
+        scale_zero = scale_zero.to(dtype)
+        if layout == "torch":
+            packed, self.unpackable = _pack_fused(codes)
         else:
-            # [K / g, N, 2]: torch's kernel's layout; the dequantize path reads its two planes.
-            scale_zero = torch.stack([blocks.scale, blocks.zero], dim=-1).transpose(0, 1).contiguous()
-            scale_zero = scale_zero.to(dtype)
-            if layout == "torch":
-                packed, self.unpackable = _pack_fused(codes)
-            else:
-                packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+            packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
         self.layout = layout
         self.fused = layout != "plain"
         self.register_buffer("packed", packed, persistent=True)
         self.register_buffer("scale_zero", scale_zero, persistent=True)
         # Rows up to which a fused kernel runs (all rows if the packing cannot be unpacked).
-        rows = {"gemv": GEMV_MAX_ROWS, "torch": OP_MAX_ROWS if self.unpackable else 1 << 62, "plain": 0}
+        rows = {"torch": OP_MAX_ROWS if self.unpackable else 1 << 62, "plain": 0}
         self.fused_rows = rows[layout]
 
     def extra_repr(self) -> str:
         return f"{self.out_features}x{self.in_features}, group {self.group_size}, {self.layout} layout"
 
     @property
-    def uses_gemv_kernel(self) -> bool:
-        """Whether `packed` is in gemv_int4's layout (see `gemv_max_rows`)."""
-        return self.layout == "gemv"
-
-    @property
-    def gemv_max_rows(self) -> int:
-        """Up to this many rows of bf16 x, `linear` runs gemv_int4 (0: it never does)."""
-        return self.fused_rows if self.layout == "gemv" else 0
-
-    @property
     def nbytes(self) -> int:
-        return self.packed.nbytes + (0 if self.scale_zero is None else self.scale_zero.nbytes)
+        return self.packed.nbytes + self.scale_zero.nbytes
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., K] (in the scales' dtype for the fused kernels) -> x @ W^T + bias [..., N]."""
@@ -147,11 +104,7 @@ class Int4Weight(nn.Module):
             out = self.linear(x.reshape(-1, self.in_features), bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         if x.shape[0] <= self.fused_rows and x.dtype == self.activation_dtype:
-            # (The buffer read from _buffers: a module attribute lookup cost 0.5 us per call.)
-            if self.layout == "gemv":
-                out = _op("int4_linear")(x, self._buffers["packed"], self.out_features)
-            else:
-                out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
+            out = _INT4_MM(x.contiguous(), self.packed, self.group_size, self.scale_zero)
         else:
             rows_t = lambda a, b: self._rows_t(a, b, x.dtype)  # noqa: E731
             out = dequantized_matmul(x, self.out_features, rows_t)
@@ -172,14 +125,6 @@ class Int4Weight(nn.Module):
     def _rows_t(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start..end of the weight, transposed: [K, end - start]."""
         k, g = self.in_features, self.group_size
-        if (
-            self.layout == "gemv"
-            and dtype in (torch.bfloat16, torch.float32)
-            and start % GEMV_BLOCK_ROWS == 0
-        ):
-            out = torch.empty(k, end - start, dtype=dtype)
-            _op("dequantize_int4_t")(out, self.packed, start)
-            return out
         codes = self._codes_t(start, end).view(k // g, g, end - start)
         scale_zero = self._scale_zero_t(start, end).to(dtype)
         scale = scale_zero[..., 0].contiguous()  # a strided scale would slow the multiply 10x
@@ -188,14 +133,10 @@ class Int4Weight(nn.Module):
 
     def _scale_zero_t(self, start: int, end: int) -> torch.Tensor:
         """[K / g, end - start, 2] (scale, zero) of rows start..end."""
-        if self.layout == "gemv":
-            return unpack_gemv(self.packed, self.out_features, self.in_features)[1][:, start:end]
         return self.scale_zero[:, start:end]
 
     def _codes_t(self, start: int, end: int) -> torch.Tensor:
         """uint8 [K, end - start] codes of rows start..end (start a multiple of 64)."""
-        if self.layout == "gemv":
-            return unpack_gemv(self.packed, self.out_features, self.in_features)[0][:, start:end].contiguous()
         if self.layout == "torch":
             if not self.unpackable:
                 raise RuntimeError("this build's int4 packing layout is not understood; use linear()")
@@ -207,69 +148,10 @@ class Int4Weight(nn.Module):
         return codes.view(end - start, self.in_features).t().contiguous()
 
 
-def default_layout(dtype: torch.dtype, device: torch.device | str) -> str:
-    """The layout an Int4Weight takes by default for `dtype` activations on `device`."""
-    if torch.device(device).type != "cpu":
-        return "plain"
-    return "gemv" if cpu_kernels.int4_gemv_supported(dtype, device) else "torch"
-
-
-def pack_gemv(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """gemv_int4's `packed` (uint8, ceil(N / 16) * K * 10 bytes, see csrc/quant_gemv.h) from
-    codes uint8 [N, K] and scale / zero [N, K / 32] (stored in bf16)."""
-    n, k = codes.shape
-    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
-    pad = blocks * GEMV_BLOCK_ROWS - n
-    if pad:
-        codes = torch.cat([codes, codes.new_zeros(pad, k)])
-        scale = torch.cat([scale, scale.new_zeros(pad, groups)])
-        zero = torch.cat([zero, zero.new_zeros(pad, groups)])
-    # k = 32 g + 8 line + 4 j2 + 2 jl + h -> byte 2 h + j2 of the row's uint32, nibble jl.
-    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, 4, 2, 2, 2).permute(0, 2, 3, 1, 6, 4, 5)
-    lines = (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, groups, _GROUP_BYTES)
-    pairs = torch.stack([scale, zero], dim=-1).to(torch.bfloat16).view(torch.uint8)  # [N, groups, 4]
-    pairs = (
-        pairs.view(blocks, GEMV_BLOCK_ROWS, groups, 4).transpose(1, 2).reshape(blocks, groups, _SCALE_BYTES)
-    )
-    full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
-    parts = []
-    for start, end in ((0, full), (full, blocks)):
-        if end > start:  # all full super-blocks at once, then the last (1..3 blocks), if any
-            nb = min(end - start, GEMV_SUPER_BLOCKS)
-            chunks = [t[start:end].view(-1, nb, groups, t.shape[-1]).transpose(1, 2) for t in (lines, pairs)]
-            parts.append(
-                torch.cat([t.reshape(-1, groups, nb * t.shape[-1]) for t in chunks], dim=2).reshape(-1)
-            )
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
-def unpack_gemv(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes_t uint8 [K, N], scale_zero bf16 [K / 32, N, 2]) from `pack_gemv`'s layout."""
-    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
-    full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
-    block_bytes = groups * (_GROUP_BYTES + _SCALE_BYTES)
-    lines, pairs = [], []
-    for start, end in ((0, full), (full, blocks)):
-        if end > start:
-            nb = min(end - start, GEMV_SUPER_BLOCKS)
-            chunk = packed[start * block_bytes : end * block_bytes].view(
-                -1, groups, nb * (_GROUP_BYTES + _SCALE_BYTES)
-            )
-            lines.append(
-                chunk[..., : nb * _GROUP_BYTES].reshape(-1, groups, nb, _GROUP_BYTES).transpose(1, 2)
-            )
-            pairs.append(
-                chunk[..., nb * _GROUP_BYTES :].reshape(-1, groups, nb, _SCALE_BYTES).transpose(1, 2)
-            )
-    lines_t = torch.cat([t.reshape(-1, groups, _GROUP_BYTES) for t in lines]).transpose(
-        0, 1
-    )  # [groups, blocks, 256]
-    pairs_t = torch.cat([t.reshape(-1, groups, _SCALE_BYTES) for t in pairs]).transpose(0, 1)
-    p = lines_t.reshape(groups, blocks, 4, GEMV_BLOCK_ROWS, 2, 2)  # g, block, line, row, h, j2
-    codes = torch.stack([p & 15, p >> 4], dim=-1)  # ..., jl
-    codes_t = codes.permute(0, 2, 5, 6, 4, 1, 3).reshape(k, blocks * GEMV_BLOCK_ROWS)[:, :n]
-    scale_zero = pairs_t.reshape(groups, blocks * GEMV_BLOCK_ROWS, 4).view(torch.bfloat16)
-    return codes_t, scale_zero[:, :n]
+def default_layout(device: torch.device | str) -> str:
+    """The layout an Int4Weight takes by default for weights on `device`: torch's fused CPU
+    kernel's on the CPU, the plain one elsewhere."""
+    return "torch" if torch.device(device).type == "cpu" else "plain"
 
 
 def _pack_fused(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagedllm.model.layers.quantization.chunked import dequantized_matmul
+from pagedllm.ops.dequantized_matmul import dequantized_matmul
 
-# Up to this many rows the fused CPU kernel beats dequantize + matmul: the crossover was 25-45
+# Up to this many rows torch's fused int8 op beats dequantize + matmul: the crossover was 25-45
 # rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
 OP_MAX_ROWS = 32
 _OP_K_MULTIPLE = 16
@@ -26,7 +26,7 @@ class Int8Weight(nn.Module):
     """A [N, K] weight in int8 with per-row scales: `linear(x)` = x @ W^T, `embed(ids)` = W[ids]."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, fused: bool | None = None):
-        """`fused`: use the CPU kernel for few rows (default: on CPU when K allows it)."""
+        """`fused`: use torch's fused int8 op for few rows (default: for CPU tensors when K allows it)."""
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.register_buffer("qweight", qweight, persistent=True)

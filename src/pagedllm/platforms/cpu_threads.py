@@ -1,4 +1,4 @@
-"""Device and dtype selection: nothing else in the code hard-codes either."""
+"""CPU process set-up: threads, the allocator, and whether bf16 is fast here."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ import contextlib
 import os
 
 import torch
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def select_device(requested: str | None) -> torch.device:
-    """CUDA when present, else CPU; an explicit request wins (and is checked)."""
-    if requested is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -28,15 +16,6 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def select_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` picks bf16 where the hardware runs it fast, else float16 (old GPUs) or float32."""
-    if requested != "auto":
-        return _DTYPES[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 _M_TRIM_THRESHOLD = -1

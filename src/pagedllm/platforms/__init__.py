@@ -1,0 +1,42 @@
+"""Platforms: the device decision, made once (see interface.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from pagedllm.config import EngineConfig
+from pagedllm.platforms.cpu import CpuPlatform
+from pagedllm.platforms.cpu_threads import configure_frontend_threads
+from pagedllm.platforms.cuda import CudaPlatform
+from pagedllm.platforms.interface import Platform, PlatformOptions
+
+
+def select_device(requested: str | None) -> torch.device:
+    """CUDA when present, else CPU; an explicit request wins (and is checked)."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def resolve_platform(config: EngineConfig) -> Platform:
+    """The platform of `config.device` (default: CUDA when present, else CPU) with the config's
+    switches (environment variables override them, read here once)."""
+    device = select_device(config.device)
+    options = PlatformOptions.resolve(config)
+    if device.type == "cuda":
+        return CudaPlatform(device, options)
+    return CpuPlatform(device, options)
+
+
+__all__ = [
+    "CpuPlatform",
+    "CudaPlatform",
+    "Platform",
+    "PlatformOptions",
+    "configure_frontend_threads",
+    "resolve_platform",
+    "select_device",
+]

@@ -1,0 +1,126 @@
+"""The CPU platform: compiled kernels where they build, the pure-torch path where not.
+
+With the kernels (csrc/, built once per machine; `cpu_kernels` option / PAGEDLLM_CPU_KERNELS)
+the layers get the element-wise kernels, the skinny bf16 matmul and, on AVX512-BF16 CPUs,
+packed bf16 weights and the compiled 4-bit format; attention runs the paged CPU kernel, the
+sampler its fused kernel, and Llama-family stacks the compiled decoder stack. Without them
+everything is the torch reference, exactly what another device starts from.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pagedllm.attention.backends.base import AttentionBackend
+from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
+from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
+from pagedllm.config import CacheConfig
+from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
+from pagedllm.model.layers.quantization.int4 import Int4Weight
+from pagedllm.ops import cpu_kernels, elementwise, sampling
+from pagedllm.ops.int4_gemv import GemvInt4Weight
+from pagedllm.ops.linear import skinny_linear
+from pagedllm.ops.packed_linear import pack_if_packable
+from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
+from pagedllm.platforms.cpu_threads import configure_model_threads, cpu_has_fast_bf16, tune_cpu_allocator
+from pagedllm.platforms.interface import Platform
+
+logger = logging.getLogger(__name__)
+
+_GiB = 1 << 30
+# Default KV budget: like vLLM-CPU's 4 GiB, never more than half of what is free.
+_DEFAULT_KV_BYTES = 4 * _GiB
+
+
+def _int4_gemv_or_portable(blocks, dtype: torch.dtype):
+    """The compiled kernel's 4-bit format for bf16 activations; the portable one otherwise."""
+    if dtype != torch.bfloat16:
+        return Int4Weight(blocks, dtype)
+    return GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
+
+
+class CpuPlatform(Platform):
+    """See the module docstring."""
+
+    name = "cpu"
+
+    def __init__(self, device, options):
+        super().__init__(device, options)
+        self._kernels: bool | None = None
+        self._layer_ops: dict[torch.dtype, LayerOps] = {}
+        self._backend: AttentionBackend | None = None
+
+    @property
+    def kernels(self) -> bool:
+        """Whether the compiled kernels run (building them on first use)."""
+        if self._kernels is None:
+            self._kernels = self.options.cpu_kernels and cpu_kernels.available()
+        return self._kernels
+
+    def default_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+    def configure_model_process(self) -> None:
+        tune_cpu_allocator()
+        logger.info("CPU model threads: %d", configure_model_threads())
+
+    def available_memory(self) -> int:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 8 * _GiB
+
+    def default_kv_cache_budget(self, cache_config: CacheConfig) -> int:
+        return min(_DEFAULT_KV_BYTES, self.available_memory() // 2)
+
+    def attention_backend(self) -> AttentionBackend:
+        if self._backend is None:
+            self._backend = CPUPagedBackend() if self.kernels else TorchReferenceBackend()
+        return self._backend
+
+    def layer_ops(self, dtype: torch.dtype) -> LayerOps:
+        if dtype not in self._layer_ops:
+            self._layer_ops[dtype] = self._build_layer_ops()
+        return self._layer_ops[dtype]
+
+    def _build_layer_ops(self) -> LayerOps:
+        if not self.kernels:
+            return NATIVE
+        bf16 = cpu_kernels.has_avx512_bf16()
+        return LayerOps(
+            name="cpu",
+            # The bf16 matmul kernels need AVX512-BF16 dot products.
+            dense_linear=skinny_linear if bf16 else LayerOps.dense_linear,
+            pack_float_weight=pack_if_packable
+            if bf16 and self.options.packed_weights
+            else NATIVE.pack_float_weight,
+            int4_weight=_int4_gemv_or_portable if bf16 else None,
+            layer_impls={
+                "rms_norm": elementwise.rms_norm,
+                "silu_and_mul": elementwise.silu_and_mul,
+                "rotary_embedding": elementwise.rotary_embedding,
+            },
+        )
+
+    def weight_packing_label(self, ops: LayerOps) -> str:
+        return "bf16 panels" if ops.pack_float_weight is pack_if_packable else "off"
+
+    def sample_kernel(self):
+        return sampling.sample_tokens if self.kernels else None
+
+    def step_compiler(self, dtype: torch.dtype):
+        if not (self.kernels and self.options.step_compiler):
+            return None
+        skinny = self.layer_ops(dtype).dense_linear is skinny_linear
+        return CpuDecoderStackCompiler(skinny_linear_used=skinny)
+
+    def kernels_label(self) -> str:
+        if not self.kernels:
+            return "off (torch reference)"
+        return "compiled" + (" (AVX512-BF16)" if cpu_kernels.has_avx512_bf16() else "")

@@ -1,0 +1,127 @@
+"""The platform seam: everything that depends on the device, decided once at start-up.
+
+A `Platform` owns the default dtype, the attention backend, the KV-cache memory budget, the
+process set-up (threads, allocator), which compiled ops and weight formats the model layers get
+(`layer_ops`), the sampler's fused kernel and the step compiler. The engine resolves one from
+the device (`pagedllm.platforms.resolve_platform`); nothing below it asks which device it is on.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.attention.backends.base import AttentionBackend
+from pagedllm.config import CacheConfig, EngineConfig
+from pagedllm.model.layers.layer_ops import LayerOps
+from pagedllm.platforms.step_compiler import StepCompiler
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_GiB = 1 << 30
+
+# Environment switches that override the config fields (read once, in `PlatformOptions.resolve`).
+CPU_KERNELS_ENV = "PAGEDLLM_CPU_KERNELS"
+PACKED_WEIGHTS_ENV = "PAGEDLLM_PACKED_WEIGHTS"
+STEP_COMPILER_ENV = "PAGEDLLM_DECODER_STACK"
+
+
+def _switch(env: str, configured: bool) -> bool:
+    value = os.environ.get(env)
+    return configured if value is None else value.strip().lower() not in ("0", "false", "off", "no")
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformOptions:
+    """The user's switches for the fast paths (each on by default).
+
+    - `cpu_kernels`: the compiled CPU kernels (off: the pure-torch path other devices start from).
+    - `packed_weights`: bf16 weights repacked for the compiled matmul.
+    - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
+    """
+
+    cpu_kernels: bool = True
+    packed_weights: bool = True
+    step_compiler: bool = True
+
+    @classmethod
+    def resolve(cls, config: EngineConfig) -> PlatformOptions:
+        """The config's switches, each overridden by its environment variable if set
+        (`PAGEDLLM_CPU_KERNELS`, `PAGEDLLM_PACKED_WEIGHTS`, `PAGEDLLM_DECODER_STACK`; 0 = off)."""
+        return cls(
+            cpu_kernels=_switch(CPU_KERNELS_ENV, config.cpu_kernels),
+            packed_weights=_switch(PACKED_WEIGHTS_ENV, config.packed_weights),
+            step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
+        )
+
+
+class Platform(ABC):
+    """One kind of device and how pagedllm runs on it; see the module docstring."""
+
+    name: str = "abstract"
+
+    def __init__(self, device: torch.device, options: PlatformOptions):
+        self.device = device
+        self.options = options
+
+    def select_dtype(self, requested: str) -> torch.dtype:
+        """The model dtype: `requested`, or for "auto" the platform's default."""
+        if requested != "auto":
+            return _DTYPES[requested]
+        return self.default_dtype()
+
+    @abstractmethod
+    def default_dtype(self) -> torch.dtype:
+        """What "auto" means here."""
+
+    def configure_model_process(self) -> None:  # noqa: B027 (most platforms need nothing)
+        """Set up the process that runs the model (threads, allocator); once, before loading."""
+
+    @abstractmethod
+    def available_memory(self) -> int:
+        """Bytes free for the KV cache on the device."""
+
+    def kv_cache_budget(self, cache_config: CacheConfig) -> int:
+        """Bytes for the whole KV cache: the configured GiB, else the platform's share."""
+        if cache_config.kv_cache_memory is not None:
+            return int(cache_config.kv_cache_memory * _GiB)
+        return self.default_kv_cache_budget(cache_config)
+
+    @abstractmethod
+    def default_kv_cache_budget(self, cache_config: CacheConfig) -> int:
+        """The budget when the user gave none."""
+
+    @abstractmethod
+    def attention_backend(self) -> AttentionBackend:
+        """The attention backend every layer binds."""
+
+    @abstractmethod
+    def layer_ops(self, dtype: torch.dtype) -> LayerOps:
+        """The implementations and weight formats the model layers get (see LayerOps)."""
+
+    def sample_kernel(self):
+        """The sampler's fused greedy/temperature kernel, or None (torch only)."""
+        return None
+
+    def step_compiler(self, dtype: torch.dtype) -> StepCompiler | None:
+        """What compiles whole steps of a loaded model, or None."""
+        return None
+
+    def describe(self, dtype: torch.dtype, compiled_step: str | None) -> str:
+        """The start-up log line: platform, dtype, attention backend, kernels, packing, step compiler."""
+        ops = self.layer_ops(dtype)
+        return (
+            f"platform {self.name} ({self.device}): dtype {str(dtype).removeprefix('torch.')}, "
+            f"attention {self.attention_backend().name}, kernels {self.kernels_label()}, "
+            f"weight packing {self.weight_packing_label(ops)}, step compiler {compiled_step or 'off'}"
+        )
+
+    def weight_packing_label(self, ops: LayerOps) -> str:
+        """How the log names the weight formats float weights take ("off": kept as loaded)."""
+        return "off"
+
+    def kernels_label(self) -> str:
+        """How the log names this platform's kernels ("off": the pure-torch path)."""
+        return "off"
