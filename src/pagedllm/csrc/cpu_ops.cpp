@@ -13,6 +13,8 @@
 #include <omp.h>
 #include <torch/library.h>
 
+#include "vec.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -25,104 +27,6 @@
 
 namespace pagedllm {
 namespace {
-
-template <typename T>
-inline float to_float(T x) {
-  return static_cast<float>(x);
-}
-
-// Round a float to T's precision and back (what storing an intermediate in T does).
-template <typename T>
-inline float round_to(float x) {
-  return static_cast<float>(static_cast<T>(x));
-}
-
-template <typename T>
-inline void load_row(const T* src, float* dst, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
-}
-
-// exp(x) as 2^(x log2 e): range reduction to [0, 1) and a degree-6 polynomial (relative
-// error ~2e-7), clamped to float's range. Plain arithmetic, so loops over it vectorise;
-// libm's expf does not.
-inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float t = x * 1.4426950408889634f;
-  const float whole = std::floor(t);
-  const float f = t - whole;
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(whole) << 23;
-  std::memcpy(&p, &bits, sizeof(bits));
-  return p;
-}
-
-#if defined(__AVX512F__)
-// fast_exp on 16 lanes (the compiler does not vectorise the scalar version's bit casts).
-inline __m512 fast_exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  const __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, whole);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  const __m512i exponent = _mm512_slli_epi32(_mm512_cvtps_epi32(whole), 23);
-  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), exponent));
-}
-#endif
-
-// s[i] = exp(s[i] - shift) for i < n; returns their sum.
-inline float exp_shifted_sum(float* s, int64_t n, float shift) {
-  int64_t i = 0;
-  float sum = 0.0f;
-#if defined(__AVX512F__)
-  __m512 total = _mm512_setzero_ps();
-  const __m512 m = _mm512_set1_ps(shift);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = fast_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), m));
-    _mm512_storeu_ps(s + i, e);
-    total = _mm512_add_ps(total, e);
-  }
-  sum = _mm512_reduce_add_ps(total);
-#endif
-  for (; i < n; ++i) {
-    s[i] = fast_exp(s[i] - shift);
-    sum += s[i];
-  }
-  return sum;
-}
-
-#if defined(__AVX512BF16__)
-// 16 bf16 <-> float32 lanes; `round_bf16` is what storing a float32 result in bf16 does (RNE).
-inline __m512 load_bf16x16(const uint16_t* p) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-inline __m256i to_bf16x16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
-inline __m512 round_bf16(__m512 x) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16x16(x)), 16));
-}
-inline void store_bf16x16(uint16_t* p, __m512 x) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16x16(x));
-}
-#endif
-
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-}
 
 // ---------------------------------------------------------------------------------------
 // Paged attention: every request's new query tokens over its context, read in place
@@ -333,15 +237,6 @@ struct VnniScratch {
   explicit VnniScratch(int64_t head_dim) : q_pairs(kTileRows * head_dim / 2) {}
 };
 
-inline uint16_t bf16_bits(float x) { return c10::BFloat16(x).x; }
-
-inline float bf16_to_float(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 template <int kD>
 void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
                       const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, int64_t runtime_head_dim,
@@ -411,7 +306,7 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
     for (int64_t j = hi + 1; j < span; ++j) s[j] = 0.0f;
     uint16_t* pr = w.probs.data() + row * span;
     for (int64_t j = 0; j < span; j += 16) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(s + j)));
+      store_bf16x16(pr + j, _mm512_loadu_ps(s + j));
     }
   }
 
@@ -432,7 +327,7 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
           acc = _mm512_dpbf16_ps(acc, pv, (__m512bh)_mm512_loadu_si512(vb + tp * head_dim * 2));
         }
       }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc, inv)));
+      store_bf16x16(o + c, _mm512_mul_ps(acc, inv));
     }
   }
 }
@@ -568,7 +463,7 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
       }
       const __m512 e = _mm512_maskz_mov_ps(visible, fast_exp16(_mm512_sub_ps(s[i], _mm512_set1_ps(row_max[i]))));
       row_sum[i] += _mm512_reduce_add_ps(e);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(probs[i]), (__m256i)_mm512_cvtneps_pbh(e));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(probs[i]), to_bf16x16(e));
     }
 
     // Probability-weighted values: a vector is 16 dims of one token pair.
@@ -599,8 +494,7 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const uint32_t* q_
     const __m512 inv = _mm512_set1_ps(1.0f / row_sum[i]);
 #pragma GCC unroll 16
     for (int c = 0; c < kChunks; ++c) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[i] + c * 16),
-                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[i][c], inv)));
+      store_bf16x16(out[i] + c * 16, _mm512_mul_ps(acc[i][c], inv));
     }
   }
 }
@@ -688,8 +582,7 @@ void combine_parts(const AttentionItem& it, const DecodeItem& d, const float* pa
     uint16_t* o = o_base + d.token * a.o_stride0 + (it.kv_head * group + g) * a.o_stride1;
     const __m512 inv = _mm512_set1_ps(1.0f / sum);
     for (int64_t c = 0; c < kD; c += 16) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c),
-                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(acc + c), inv)));
+      store_bf16x16(o + c, _mm512_mul_ps(_mm512_load_ps(acc + c), inv));
     }
   }
 }
@@ -1176,10 +1069,7 @@ void gemv_bf16_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, uint
       }
     }
     for (int m = 0; m < kM; ++m)
-      for (int r = 0; r < kR; ++r) {
-        const c10::BFloat16 v(_mm512_reduce_add_ps(acc[m][r]));
-        out[m * out_stride + n + r] = v.x;
-      }
+      for (int r = 0; r < kR; ++r) out[m * out_stride + n + r] = bf16_bits(_mm512_reduce_add_ps(acc[m][r]));
   }
   for (; n < n_end; ++n) {
     __m512 acc[kM];
@@ -1189,7 +1079,7 @@ void gemv_bf16_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, uint
       for (int m = 0; m < kM; ++m)
         acc[m] = _mm512_dpbf16_ps(acc[m], (__m512bh)_mm512_loadu_si512(x + m * x_stride + k), wv);
     }
-    for (int m = 0; m < kM; ++m) out[m * out_stride + n] = c10::BFloat16(_mm512_reduce_add_ps(acc[m])).x;
+    for (int m = 0; m < kM; ++m) out[m * out_stride + n] = bf16_bits(_mm512_reduce_add_ps(acc[m]));
   }
 }
 #endif

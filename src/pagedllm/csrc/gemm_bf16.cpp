@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "vec.h"
+
 namespace pagedllm {
 namespace {
 
@@ -89,8 +91,7 @@ inline void tile(const uint16_t* x, int64_t x_stride, const uint32_t* panel, int
   }
   for (int m = 0; m < kMB; ++m)
     for (int v = 0; v < kNV; ++v)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m * out_stride + v * kVec),
-                          (__m256i)_mm512_cvtneps_pbh(acc[m][v]));
+      store_bf16x16(out + m * out_stride + v * kVec, acc[m][v]);
 }
 
 template <int kNV>
