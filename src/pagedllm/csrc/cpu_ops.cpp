@@ -1119,18 +1119,6 @@ void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
 }  // namespace
 }  // namespace pagedllm
 
-TORCH_LIBRARY(pagedllm, m) {
-  m.def(
-      "paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
-      "Tensor query_start_loc, Tensor seq_lens, float scale, int window, float soft_cap, bool vnni) -> ()");
-  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping, bool vnni) -> ()");
-  m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
-  m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
-  m.def("silu_and_mul(Tensor(a!) out, Tensor x) -> ()");
-  m.def("gemv_bf16(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
-  m.def("rotary_embedding(Tensor(a!) x, Tensor positions, Tensor cos_sin_cache, int head_dim, int rotary_dim) -> ()");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("paged_attention", &pagedllm::paged_attention);
   m.impl("reshape_and_cache", &pagedllm::reshape_and_cache);

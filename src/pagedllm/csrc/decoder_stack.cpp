@@ -167,12 +167,4 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
 }  // namespace
 }  // namespace pagedllm
 
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def(
-      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, int[] weight_kinds, "
-      "Tensor(a!)[] kv_caches, int[] layer_groups, int[] windows, Tensor[] block_tables, Tensor[] slot_mappings, "
-      "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
-      "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("decoder_stack", &pagedllm::decoder_stack); }

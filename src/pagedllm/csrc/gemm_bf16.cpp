@@ -197,12 +197,6 @@ void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tenso
 }  // namespace
 }  // namespace pagedllm
 
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("pack_weight_bf16(Tensor weight) -> Tensor");
-  m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
-  m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
   m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);

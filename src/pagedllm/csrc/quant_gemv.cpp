@@ -298,12 +298,6 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
 
 }  // namespace pagedllm
 
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
-  m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("gemv_int4", &pagedllm::gemv_int4);
   m.impl("int4_linear", &pagedllm::int4_linear);

@@ -245,8 +245,4 @@ void sample_tokens(at::Tensor out, const at::Tensor& logits, const at::Tensor& t
 }  // namespace
 }  // namespace pagedllm
 
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("sample_tokens(Tensor(a!) out, Tensor logits, Tensor temperature, Tensor uniform) -> ()");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("sample_tokens", &pagedllm::sample_tokens); }
