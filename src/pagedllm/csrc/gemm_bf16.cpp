@@ -108,6 +108,16 @@ void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
 #endif
 }
 
+// The most rows of x gemv_bf16 takes (ops/cpu_kernels.py's GEMV_MAX_ROWS); 0 when the kernel
+// is not compiled in (no AVX512-BF16: gemv_supported is always false).
+int64_t gemv_bf16_max_rows() {
+#if defined(__AVX512BF16__)
+  return kGemvMaxRows;
+#else
+  return 0;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------
 // Packed weights (pack_weight_bf16, gemm_packed_bf16, embed_packed_bf16).
 //
@@ -300,4 +310,9 @@ TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
   m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
   m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
+}
+
+// No tensor arguments, so no backend to dispatch on: one kernel for every key.
+TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
+  m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
 }
