@@ -16,6 +16,16 @@
 // the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
 // AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
 // scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4.
+//
+// The constants the Python side must agree with (weights per layer, the skinny kernel's row
+// limit, the weight-kind codes) are exported by pagedllm::decoder_stack_info() -> int[], in
+// this fixed order (new entries only ever go at the end):
+//   [0] tensors_per_layer  weights per layer in `weights` (the final norm follows the last layer)
+//   [1] skinny_max_rows    rows up to which plain bf16 weights take gemv_bf16; 0 when the skinny
+//                          kernel is not compiled in (no AVX512-BF16)
+//   [2] kind_plain         weight_kinds code of a plain weight [N, K]
+//   [3] kind_packed_bf16   code of a bf16 weight packed by pack_weight_bf16
+//   [4] kind_int4          code of a 4-bit weight in gemv_int4's layout
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -26,7 +36,8 @@
 namespace pagedllm {
 namespace {
 
-// Must match ops/linear.py's SKINNY_MAX_ROWS: both paths choose the same kernel per shape.
+// Must match ops/linear.py's SKINNY_MAX_ROWS: both paths choose the same kernel per shape
+// (exported by decoder_stack_info so that Python can check).
 constexpr int64_t kSkinnyMaxRows = 64;
 #if defined(__AVX512BF16__)
 constexpr bool kHasSkinnyKernel = true;
@@ -86,7 +97,8 @@ const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Ten
   return handle;
 }
 
-// How a linear layer's weight is stored (cpu_decoder_stack.py passes one code per weight).
+// How a linear layer's weight is stored (cpu_decoder_stack.py passes one code per weight;
+// exported by decoder_stack_info).
 enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2 };
 
 // x [M, K] @ W^T -> [M, out_features].
@@ -164,15 +176,18 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
   return x;
 }
 
+// [tensors_per_layer, skinny_max_rows, kind_plain, kind_packed_bf16, kind_int4]: see the file
+// header. The order is part of the op's interface.
+std::vector<int64_t> decoder_stack_info() {
+  return {kTensorsPerLayer, kHasSkinnyKernel ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4};
+}
+
 }  // namespace
 }  // namespace pagedllm
 
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def(
-      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, int[] weight_kinds, "
-      "Tensor(a!)[] kv_caches, int[] layer_groups, int[] windows, Tensor[] block_tables, Tensor[] slot_mappings, "
-      "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
-      "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("decoder_stack", &pagedllm::decoder_stack); }
+
+// No tensor arguments, so no backend to dispatch on: one kernel for every key.
+TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
+  m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
+}

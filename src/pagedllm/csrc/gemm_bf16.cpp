@@ -1,9 +1,129 @@
-// bf16 matmul with the weight prepacked for AVX512-BF16 dot products (vdpbf16ps).
+// bf16 matmuls for AVX512-BF16 dot products (vdpbf16ps): out[M, N] = x[M, K] @ W[N, K]^T.
 //
-// out[M, N] = x[M, K] @ W[N, K]^T. The skinny kernel in cpu_ops.cpp multiplies rows of W with
-// rows of x and ends every output with a horizontal sum; that is fine for one row (memory
-// bound) but leaves a third of the arithmetic unused at 8-128 rows, where oneDNN does not do
-// better on these narrow shapes. Here W is stored so that one 64-byte load holds 16 output
+//   gemv_bf16         the skinny kernel, on W as loaded ([N, K], row major): decode steps.
+//                     It does not depend on weight packing (ops/linear.py and decoder_stack.cpp
+//                     use it for plain bf16 weights whether packing is on or off).
+//   pack_weight_bf16, gemm_packed_bf16, embed_packed_bf16
+//                     W prepacked for more rows (8-128 and beyond), and rows of a packed table
+//                     read back out (embedding lookups tied to a packed LM head).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "vec.h"
+
+namespace pagedllm {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Skinny matmul on plain weights (gemv_bf16), for decode: rows of x in groups of 4 (up to
+// kGemvMaxRows in all) against W[N, K] as loaded.
+//
+// One decode token reads every weight once, so this is bound by memory bandwidth: each
+// weight row is loaded once and used for all M rows with AVX512-BF16 dot products
+// (products exact in float32, float32 accumulation). oneDNN's general path ran a
+// 576x960 bf16 projection at about 48 GFLOP/s for one row here, a fraction of bandwidth.
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kGemvMaxRows = 256;
+
+bool gemv_supported(const at::Tensor& x, const at::Tensor& weight) {
+#if defined(__AVX512BF16__)
+  return x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 && x.dim() == 2 &&
+         x.size(0) <= kGemvMaxRows && x.size(1) % 32 == 0 && x.stride(1) == 1 && weight.is_contiguous();
+#else
+  return false;
+#endif
+}
+
+#if defined(__AVX512BF16__)
+template <int kM>
+void gemv_bf16_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, uint16_t* out, int64_t out_stride,
+                    int64_t n_begin, int64_t n_end, int64_t k_len) {
+  constexpr int kR = 4;  // weight rows per pass
+  int64_t n = n_begin;
+  for (; n + kR <= n_end; n += kR) {
+    __m512 acc[kM][kR];
+    for (int m = 0; m < kM; ++m)
+      for (int r = 0; r < kR; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < k_len; k += 32) {
+      __m512bh wv[kR];
+      for (int r = 0; r < kR; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(w + (n + r) * k_len + k);
+      for (int m = 0; m < kM; ++m) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * x_stride + k);
+        for (int r = 0; r < kR; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+      }
+    }
+    for (int m = 0; m < kM; ++m)
+      for (int r = 0; r < kR; ++r) out[m * out_stride + n + r] = bf16_bits(_mm512_reduce_add_ps(acc[m][r]));
+  }
+  for (; n < n_end; ++n) {
+    __m512 acc[kM];
+    for (int m = 0; m < kM; ++m) acc[m] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < k_len; k += 32) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + n * k_len + k);
+      for (int m = 0; m < kM; ++m)
+        acc[m] = _mm512_dpbf16_ps(acc[m], (__m512bh)_mm512_loadu_si512(x + m * x_stride + k), wv);
+    }
+    for (int m = 0; m < kM; ++m) out[m * out_stride + n] = bf16_bits(_mm512_reduce_add_ps(acc[m]));
+  }
+}
+#endif
+
+void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
+  check_cpu(x, "x");
+  TORCH_CHECK(gemv_supported(x, weight), "gemv_bf16 takes bf16 x [M <= 256, K % 32 == 0] and contiguous W [N, K]");
+  TORCH_CHECK(weight.size(1) == x.size(1), "x and weight differ in K");
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.size(0) == x.size(0) &&
+                  out.size(1) == weight.size(0) && out.stride(1) == 1,
+              "out must be bf16 [M, N]");
+#if defined(__AVX512BF16__)
+  const int64_t rows = x.size(0), n_len = weight.size(0), k_len = x.size(1);
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
+  // Chunks of 64 output rows: enough work per thread to cover the parallel region's cost.
+  at::parallel_for(0, n_len, 64, [&](int64_t begin, int64_t end) {
+    // Blocks of 64 weight rows stay in L1/L2 while every group of 4 input rows passes over them.
+    for (int64_t n0 = begin; n0 < end; n0 += 64) {
+      const int64_t n1 = std::min(end, n0 + 64);
+      int64_t m = 0;
+      for (; m + 4 <= rows; m += 4)
+        gemv_bf16_rows<4>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len);
+      switch (rows - m) {
+        case 1: gemv_bf16_rows<1>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 2: gemv_bf16_rows<2>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 3: gemv_bf16_rows<3>(xp + m * x_stride, x_stride, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        default: break;
+      }
+    }
+  });
+#endif
+}
+
+// The most rows of x gemv_bf16 takes (ops/cpu_kernels.py's GEMV_MAX_ROWS); 0 when the kernel
+// is not compiled in (no AVX512-BF16: gemv_supported is always false).
+int64_t gemv_bf16_max_rows() {
+#if defined(__AVX512BF16__)
+  return kGemvMaxRows;
+#else
+  return 0;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Packed weights (pack_weight_bf16, gemm_packed_bf16, embed_packed_bf16).
+//
+// The skinny kernel above multiplies rows of W with rows of x and ends every output with a
+// horizontal sum; that is fine for one row (memory bound) but leaves a third of the arithmetic
+// unused at 8-128 rows, where oneDNN does not do better on these narrow shapes. Here W is stored so that one 64-byte load holds 16 output
 // columns x 2 consecutive k: each instruction then adds x[m, k:k+2] (broadcast) times 16
 // columns into 16 float32 accumulators, no reduction at the end.
 //
@@ -13,17 +133,7 @@
 //     packed[p][j][c][t] = W[64p + c][2j + t]
 // A tile of up to kRowBlock x 64 outputs keeps its accumulators in registers while streaming
 // the panel once; a panel (K x 64 x 2 bytes, 72-192 KB here) stays in L2 across row tiles.
-
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <immintrin.h>
-#include <torch/library.h>
-
-#include <algorithm>
-#include <cstdint>
-
-namespace pagedllm {
-namespace {
+// ---------------------------------------------------------------------------------------
 
 constexpr int64_t kPanel = 64;     // output columns per panel
 constexpr int64_t kVec = 16;       // float32 lanes per vector
@@ -89,8 +199,7 @@ inline void tile(const uint16_t* x, int64_t x_stride, const uint32_t* panel, int
   }
   for (int m = 0; m < kMB; ++m)
     for (int v = 0; v < kNV; ++v)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + m * out_stride + v * kVec),
-                          (__m256i)_mm512_cvtneps_pbh(acc[m][v]));
+      store_bf16x16(out + m * out_stride + v * kVec, acc[m][v]);
 }
 
 template <int kNV>
@@ -196,14 +305,14 @@ void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tenso
 }  // namespace
 }  // namespace pagedllm
 
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("pack_weight_bf16(Tensor weight) -> Tensor");
-  m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
-  m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
-}
-
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("gemv_bf16", &pagedllm::gemv_bf16);
   m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
   m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
   m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
+}
+
+// No tensor arguments, so no backend to dispatch on: one kernel for every key.
+TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
+  m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
 }

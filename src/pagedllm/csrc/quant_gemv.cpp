@@ -18,13 +18,14 @@
 #include "quant_gemv.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <vector>
+
+#include "vec.h"
 
 namespace pagedllm {
 
@@ -58,7 +59,6 @@ void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const flo
                uint16_t* out, int64_t out_stride, __mmask16 last_mask) {
   const __m512i mask = _mm512_set1_epi32(0x00780078);   // mantissa bits 3..6 of both halves
   const __m512i magic = _mm512_set1_epi32(0x41804180);  // bf16 16.0 in both halves
-  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
   const __m512 minus24 = _mm512_set1_ps(-24.0f);
   __m512 total[kM][kNB];
   for (int m = 0; m < kM; ++m)
@@ -107,8 +107,8 @@ void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const flo
     }
     for (int b = 0; b < kNB; ++b) {
       const __m512i pairs = _mm512_loadu_si512(t.sz + g * t.sz_group_stride + b * t.sz_block_stride);
-      const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
-      const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
+      const __m512 scale = low_bf16_to_float(pairs);
+      const __m512 zero = high_bf16_to_float(pairs);
       const __m512 offset = _mm512_fmadd_ps(scale, minus24, zero);  // sum (c - 8) x = A - 24 sum x
       for (int m = 0; m < kM; ++m) {
         __m512 a = acc[m][b][0];
@@ -120,7 +120,7 @@ void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const flo
   }
   for (int m = 0; m < kM; ++m)
     for (int b = 0; b < kNB; ++b) {
-      const __m256i v = (__m256i)_mm512_cvtneps_pbh(total[m][b]);
+      const __m256i v = to_bf16x16(total[m][b]);
       uint16_t* dst = out + m * out_stride + b * kInt4BlockRows;
       if (b == kNB - 1)
         _mm256_mask_storeu_epi16(dst, last_mask, v);
@@ -202,9 +202,7 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t g = 0; g < groups; ++g) {
       const __m512i v = _mm512_loadu_si512(xp + m * x_stride + g * kInt4GroupSize);
-      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
-      xs[m * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+      xs[m * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(low_bf16_to_float(v), high_bf16_to_float(v)));
     }
   const int tail = static_cast<int>(n_len - (blocks - 1) * kInt4BlockRows);
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
@@ -266,7 +264,6 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
   const int64_t row_bytes = out.stride(0) * (bf16 ? 2 : 4);
   at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
     const __m512i nibble = _mm512_set1_epi32(15);
-    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
     const __m512 eight = _mm512_set1_ps(8.0f);
     for (int64_t b = begin; b < end; ++b) {
       const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
@@ -274,8 +271,8 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
       const Int4Tile t = locate(codes, first + b, all_blocks, groups);
       for (int64_t g = 0; g < groups; ++g) {
         const __m512i pairs = _mm512_loadu_si512(t.sz + g * t.sz_group_stride);
-        const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
-        const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
+        const __m512 scale = low_bf16_to_float(pairs);
+        const __m512 zero = high_bf16_to_float(pairs);
         for (int o = 0; o < 4; ++o) {
           const __m512i d = _mm512_loadu_si512(t.codes + g * t.group_stride + o * kOctetBytes);
           for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
@@ -284,7 +281,7 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
             char* dst = base + ((g * 4 + o) * 8 + r) * row_bytes;
             if (bf16) {
               auto* p = reinterpret_cast<uint16_t*>(dst) + b * kInt4BlockRows;
-              _mm256_mask_storeu_epi16(p, mask, (__m256i)_mm512_cvtneps_pbh(w));
+              _mm256_mask_storeu_epi16(p, mask, to_bf16x16(w));
             } else {
               _mm512_mask_storeu_ps(reinterpret_cast<float*>(dst) + b * kInt4BlockRows, mask, w);
             }
@@ -300,12 +297,6 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
 }
 
 }  // namespace pagedllm
-
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
-  m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
-}
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("gemv_int4", &pagedllm::gemv_int4);

@@ -18,7 +18,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>
 #include <torch/library.h>
@@ -29,6 +28,8 @@
 #include <limits>
 #include <vector>
 
+#include "vec.h"
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define PAGEDLLM_SAMPLING_AVX512 1
 #endif
@@ -38,7 +39,6 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // tokens per partial sum
 constexpr float kGreedyTemperature = 1e-5f;  // temperatures below it mean greedy (as SamplingParams)
-constexpr float kMinExponent = -87.0f;  // exp of anything lower counts as 0 (float's normal range ends at -87.3)
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 #if defined(PAGEDLLM_SAMPLING_AVX512)
@@ -48,35 +48,11 @@ inline __mmask16 lanes(int64_t remaining) {
 
 // 16 tokens as float32; lanes outside the mask read as 0.
 inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-inline __m512 load16(const at::BFloat16* p, __mmask16 k) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(k, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+inline __m512 load16(const at::BFloat16* p, __mmask16 k) { return bf16x16_to_float(_mm256_maskz_loadu_epi16(k, p)); }
 inline __m512 load16(const at::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
 
-// exp(y) on the lanes of `k` (0 elsewhere), for y <= 0: y = n ln2 + r with |r| <= ln2 / 2,
-// exp(r) by its degree-6 Taylor polynomial (relative error below 2e-7), scaled by 2^n.
-// Lanes below kMinExponent, -inf and NaN included, give exactly 0.
-inline __m512 exp_nonpositive16(__m512 y, __mmask16 k) {
-  const __m512 lowest = _mm512_set1_ps(kMinExponent);
-  const __mmask16 live = _mm512_mask_cmp_ps_mask(k, y, lowest, _CMP_GE_OQ);
-  y = _mm512_max_ps(y, lowest);  // NaN lanes become `lowest` (max returns its second operand)
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.4426950408889634f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // ln2 in two parts: n * the first is exact, so r keeps its low bits.
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), y);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.4286068203094172e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
-
-// The unnormalised probabilities exp((x - max) * scale) of 16 tokens (0 outside `k`).
+// The unnormalised probabilities exp((x - max) * scale) of 16 tokens (0 outside `k`;
+// exp_nonpositive16 in vec.h gives no mass to NaN or very negative lanes).
 template <typename T>
 inline __m512 weights16(const T* x, __mmask16 k, __m512 max, __m512 scale) {
   return exp_nonpositive16(_mm512_mul_ps(_mm512_sub_ps(load16(x, k), max), scale), k);
@@ -85,7 +61,7 @@ inline __m512 weights16(const T* x, __mmask16 k, __m512 max, __m512 scale) {
 template <typename T>
 inline float weight(T x, float max, float scale) {
   const float y = (static_cast<float>(x) - max) * scale;
-  return y >= kMinExponent ? std::exp(y) : 0.0f;  // NaN compares false: no mass
+  return y >= kExpLowest ? std::exp(y) : 0.0f;  // NaN compares false: no mass
 }
 #endif
 
@@ -268,9 +244,5 @@ void sample_tokens(at::Tensor out, const at::Tensor& logits, const at::Tensor& t
 
 }  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_FRAGMENT(pagedllm, m) {
-  m.def("sample_tokens(Tensor(a!) out, Tensor logits, Tensor temperature, Tensor uniform) -> ()");
-}
 
 TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("sample_tokens", &pagedllm::sample_tokens); }

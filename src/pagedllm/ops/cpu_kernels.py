@@ -34,7 +34,7 @@ _SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
 
 def _sources() -> list[Path]:
-    """Every translation unit (cpu_ops.cpp defines the op library, the others add fragments)."""
+    """Every translation unit (registration.cpp declares the op schemas, the others implement them)."""
     return sorted(_SOURCE_DIR.glob("*.cpp"))
 
 

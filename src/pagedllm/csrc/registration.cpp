@@ -1,0 +1,46 @@
+// The pagedllm operator library: every op's schema, in one place.
+//
+// Each source registers its own implementations (TORCH_LIBRARY_IMPL(pagedllm, CPU, m) at its
+// end); this file only declares what torch.ops.pagedllm.* takes and returns. Schemas are part
+// of the Python interface (ops/, attention/, model/ call them by name): change them together.
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(pagedllm, m) {
+  // Paged attention and the KV-cache write (attention.cpp, cache_write.cpp).
+  m.def(
+      "paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
+      "Tensor query_start_loc, Tensor seq_lens, float scale, int window, float soft_cap, bool vnni) -> ()");
+  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping, bool vnni) -> ()");
+
+  // Element-wise kernels (elementwise.cpp).
+  m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
+  m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  m.def("silu_and_mul(Tensor(a!) out, Tensor x) -> ()");
+  m.def("rotary_embedding(Tensor(a!) x, Tensor positions, Tensor cos_sin_cache, int head_dim, int rotary_dim) -> ()");
+
+  // bf16 matmuls: the skinny one on plain weights and the packed-weight ones (gemm_bf16.cpp).
+  m.def("gemv_bf16(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
+  m.def("gemv_bf16_max_rows() -> int");  // the most rows gemv_bf16 takes; 0 without AVX512-BF16
+  m.def("pack_weight_bf16(Tensor weight) -> Tensor");
+  m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
+
+  // 4-bit weights (quant_gemv.cpp; layout in quant_gemv.h).
+  m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
+
+  // Token sampling (sampling.cpp).
+  m.def("sample_tokens(Tensor(a!) out, Tensor logits, Tensor temperature, Tensor uniform) -> ()");
+
+  // The whole decoder stack as one op (decoder_stack.cpp).
+  m.def(
+      "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, int[] weight_kinds, "
+      "Tensor(a!)[] kv_caches, int[] layer_groups, int[] windows, Tensor[] block_tables, Tensor[] slot_mappings, "
+      "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
+      "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");
+  // Its constants, for Python to check at load, in this fixed order: [tensors_per_layer,
+  // skinny_max_rows (0 without AVX512-BF16), kind_plain, kind_packed_bf16, kind_int4].
+  m.def("decoder_stack_info() -> int[]");
+}
