@@ -18,12 +18,12 @@ from pagedllm.engine.input_processor import (
     tokenize_prompt,
 )
 from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.engine.tokenizer import load_tokenizer
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.outputs import RequestOutput
 from pagedllm.request import Request, RequestStatus
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.tokenizer import load_tokenizer
 from pagedllm.worker.executor import UniProcExecutor
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.platform import select_device, select_dtype
