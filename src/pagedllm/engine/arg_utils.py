@@ -1,4 +1,7 @@
-"""Command-line flags shared by every subcommand that starts an engine."""
+"""Command-line flags shared by every subcommand that starts an engine, and the `EngineConfig`
+(and sampling flags) they parse into.
+
+In the engine layer so that both the CLI and the benchmarks it runs can use it."""
 
 from __future__ import annotations
 
