@@ -6,7 +6,6 @@ import json
 import re
 
 import tiny_models
-
 from pagedllm.entrypoints.cli import main
 
 KEYS = {
