@@ -85,7 +85,7 @@ def pagedllm_generate(spec: dict) -> Generate:
     import argparse
     import dataclasses
 
-    from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+    from pagedllm.engine.arg_utils import add_engine_args, engine_config_from_args
     from pagedllm.entrypoints.llm import LLM
     from pagedllm.sampling_params import SamplingParams
 

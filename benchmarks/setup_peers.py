@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pagedllm.model.loader.cache import cache_dir
+from pagedllm.cache_dir import cache_dir
 
 DEFAULT_ALIAS = "smollm2-135m-instruct"
 TORCH_VERSION = "2.13.0"

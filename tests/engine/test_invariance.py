@@ -12,8 +12,8 @@ import torch
 
 from numerics import assert_greedy_match
 from pagedllm import LLM, SamplingParams
+from pagedllm.engine.tokenizer import load_tokenizer
 from pagedllm.model.loader.resolve import resolve_model
-from pagedllm.tokenizer import load_tokenizer
 
 MAX_TOKENS = 16
 BLOCK = 16

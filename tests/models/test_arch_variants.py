@@ -16,7 +16,7 @@ from paged_batch import (
 from test_tensor_parallel import _rank, free_port, logits_for
 
 import tiny_models
-from pagedllm.model.loader import load_model
+from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 

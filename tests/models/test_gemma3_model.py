@@ -24,7 +24,7 @@ from paged_batch import (
 )
 
 import tiny_models
-from pagedllm.model.loader import load_model
+from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.gguf import gguf_to_hf_name, iterate_gguf_weights
 from pagedllm.model.loader.gguf_reader import GGUFFile
 from pagedllm.model.loader.resolve import resolve_model

@@ -257,7 +257,7 @@ def test_lm_head_and_embedding(tied):
 def test_cli_flag_reaches_the_engine_config():
     import argparse
 
-    from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+    from pagedllm.engine.arg_utils import add_engine_args, engine_config_from_args
 
     parser = argparse.ArgumentParser()
     add_engine_args(parser)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from paged_batch import assign_blocks, bind_kv_caches, run_step
 
-from pagedllm.model.loader import load_model
+from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 

@@ -18,7 +18,7 @@ from paged_batch import (
     run_step,
 )
 
-from pagedllm.model.loader import load_model
+from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 

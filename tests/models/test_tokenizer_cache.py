@@ -5,10 +5,10 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-import pagedllm.tokenizer as tokenizer_module
+import pagedllm.engine.tokenizer as tokenizer_module
+from pagedllm.engine.tokenizer import converted_tokenizer_dir, get_chat_template, load_tokenizer
 from pagedllm.model.loader.gguf_reader import GGUFFile
 from pagedllm.model.loader.resolve import ResolvedModel
-from pagedllm.tokenizer import converted_tokenizer_dir, get_chat_template, load_tokenizer
 
 
 def test_second_load_uses_the_converted_tokenizer(smollm2, tmp_path, monkeypatch):

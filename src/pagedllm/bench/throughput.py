@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from pagedllm.entrypoints.engine_args import engine_config_from_args
+from pagedllm.engine.arg_utils import engine_config_from_args
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -28,17 +28,15 @@ def random_prompts(num_prompts: int, input_len: int, vocab_size: int, seed: int)
 
 
 def run_throughput_benchmark(args: argparse.Namespace) -> dict:
-    from pagedllm.entrypoints.llm import LLM
+    from pagedllm.engine.llm_engine import LLMEngine
 
-    llm = LLM.from_engine_config(engine_config_from_args(args))
-    engine = llm.engine
+    engine = LLMEngine(engine_config_from_args(args))
     prompts = random_prompts(args.num_prompts, args.input_len, engine.model_config.vocab_size, args.seed)
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.output_len, ignore_eos=True)
-    llm.generate(
-        prompts[: min(4, len(prompts))], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False
-    )
+    warmup = prompts[: min(4, len(prompts))]
+    engine.run_to_completion(warmup, [SamplingParams(max_tokens=4, ignore_eos=True)] * len(warmup))
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = engine.run_to_completion(prompts, [params] * len(prompts))
     elapsed = time.perf_counter() - start
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
     output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
@@ -18,13 +19,13 @@ from pagedllm.engine.input_processor import (
     tokenize_prompt,
 )
 from pagedllm.engine.output_processor import OutputProcessor
+from pagedllm.engine.tokenizer import load_tokenizer
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.outputs import RequestOutput
 from pagedllm.platforms import resolve_platform
 from pagedllm.request import Request, RequestStatus
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.tokenizer import load_tokenizer
 from pagedllm.worker.executor import UniProcExecutor
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -202,6 +203,37 @@ class LLMEngine:
 
     def get_num_unfinished_requests(self) -> int:
         return self.scheduler.get_num_unfinished_requests()
+
+    def run_to_completion(
+        self,
+        prompts: Sequence[PromptType],
+        params: Sequence[SamplingParams],
+        on_finished: Callable[[RequestOutput], None] | None = None,
+    ) -> list[RequestOutput]:
+        """Queue `prompts` (with one `params` each), step until no request is left unfinished,
+        and return their final outputs in input order; `on_finished` sees each as it finishes.
+
+        On any error (KeyboardInterrupt included) the requests queued so far are aborted.
+        """
+        if len(prompts) != len(params):
+            raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+        request_ids: list[str] = []
+        try:
+            for prompt, request_params in zip(prompts, params):
+                request_id = self.new_request_id()
+                self.add_request(request_id, prompt, request_params)
+                request_ids.append(request_id)
+            finished: dict[str, RequestOutput] = {}
+            while self.has_unfinished_requests():
+                for output in self.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        if on_finished is not None:
+                            on_finished(output)
+            return [finished[r] for r in request_ids]
+        except BaseException:
+            self.abort_request(request_ids)
+            raise
 
     # ---- the step -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

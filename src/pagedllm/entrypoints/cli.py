@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from pagedllm.entrypoints.engine_args import (
+from pagedllm.engine.arg_utils import (
     DEFAULT_MODEL,
     add_engine_args,
     add_sampling_args,

@@ -90,28 +90,10 @@ class LLM:
                 raise ValueError(
                     f"got {len(params_list)} sampling params for {len(prompts)} prompts; pass one or one each"
                 )
-        request_ids = []
-        try:
-            for prompt, params in zip(prompts, params_list):
-                request_id = self.engine.new_request_id()
-                self.engine.add_request(request_id, prompt, params)
-                request_ids.append(request_id)
-            return self._run(request_ids, use_tqdm)
-        except BaseException:
-            self.engine.abort_request(request_ids)
-            raise
-
-    def _run(self, request_ids: list[str], use_tqdm: bool | None) -> list[RequestOutput]:
         if use_tqdm is None:
-            use_tqdm = len(request_ids) >= _PROGRESS_MIN_PROMPTS
-        finished: dict[str, RequestOutput] = {}
-        with tqdm(total=len(request_ids), desc="Generating", disable=not use_tqdm, unit="req") as bar:
-            while self.engine.has_unfinished_requests():
-                for output in self.engine.step():
-                    if output.finished:
-                        finished[output.request_id] = output
-                        bar.update(1)
-        return [finished[r] for r in request_ids]
+            use_tqdm = len(prompts) >= _PROGRESS_MIN_PROMPTS
+        with tqdm(total=len(prompts), desc="Generating", disable=not use_tqdm, unit="req") as bar:
+            return self.engine.run_to_completion(prompts, params_list, on_finished=lambda _: bar.update(1))
 
     def chat(
         self,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from pagedllm.model.loader.cache import cache_dir
+from pagedllm.cache_dir import cache_dir
 
 logger = logging.getLogger(__name__)
 

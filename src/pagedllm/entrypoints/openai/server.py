@@ -130,7 +130,7 @@ def run_server(args: argparse.Namespace) -> int:
     """Load the engine, then serve until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
-    from pagedllm.entrypoints.engine_args import engine_config_from_args
+    from pagedllm.engine.arg_utils import engine_config_from_args
 
     served_model_name = args.served_model_name or args.model
     if args.max_num_batched_tokens is None:

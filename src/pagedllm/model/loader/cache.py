@@ -1,5 +1,7 @@
 """Where pagedllm keeps downloaded models and files converted from them.
 
+The root (`<cache>` below) is `pagedllm.cache_dir.cache_dir()`.
+
     <cache>/models/<alias>/<file>          assembled once from registry packages
     <cache>/converted/<key>/config.json    a GGUF's config, parsed once
     <cache>/converted/<key>/tokenizer/     a GGUF's tokenizer, built once
@@ -17,13 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-CACHE_ENV = "PAGEDLLM_CACHE"
-
-
-def cache_dir() -> Path:
-    """The cache root: `$PAGEDLLM_CACHE`, else `~/.cache/pagedllm`."""
-    configured = os.environ.get(CACHE_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "pagedllm"
+from pagedllm.cache_dir import cache_dir
 
 
 def converted_dir(gguf_path: Path, root: Path | None = None) -> Path:

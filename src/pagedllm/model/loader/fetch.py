@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
+from pagedllm.cache_dir import cache_dir
 from pagedllm.model.loader.aliases import ModelAlias, PackagePart
-from pagedllm.model.loader.cache import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,7 @@
-"""Command-line flags shared by every subcommand that starts an engine."""
+"""Command-line flags shared by every subcommand that starts an engine, and the `EngineConfig`
+(and sampling flags) they parse into.
+
+In the engine layer so that both the CLI and the benchmarks it runs can use it."""
 
 from __future__ import annotations
 
@@ -36,6 +39,22 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         help="weight-only quantization of the linear layers and LM head (int4: 4-bit groups of 32, "
         "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int8: per-row int8)",
     )
+    fast = parser.add_argument_group("platform fast paths (each on by default)")
+    fast.add_argument(
+        "--no-cpu-kernels",
+        action="store_true",
+        help="run the pure-torch path instead of the compiled CPU kernels ($PAGEDLLM_CPU_KERNELS=0)",
+    )
+    fast.add_argument(
+        "--no-packed-weights",
+        action="store_true",
+        help="keep bf16 weights as loaded instead of packed for the compiled matmul ($PAGEDLLM_PACKED_WEIGHTS=0)",
+    )
+    fast.add_argument(
+        "--no-step-compiler",
+        action="store_true",
+        help="run the decoder layers from Python instead of as one compiled call ($PAGEDLLM_DECODER_STACK=0)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace, model: str | None = None) -> EngineConfig:
@@ -57,6 +76,9 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         device=args.device,
         chat_template=chat_template,
         quantization=None if args.quantization == "none" else args.quantization,
+        cpu_kernels=not args.no_cpu_kernels,
+        packed_weights=not args.no_packed_weights,
+        step_compiler=not args.no_step_compiler,
     )
 
 

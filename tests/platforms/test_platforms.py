@@ -1,0 +1,140 @@
+"""The platform seam: the device decision made once, the switches, and layers bound once.
+
+Bound implementations are compared with the layers' own torch references (`forward_native`,
+`rotate_native`) on the same inputs: the kernels round where the eager code does, so the bits
+agree (float32 RMSNorm up to summation order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import pytest
+import torch
+
+import tiny_models
+from pagedllm import LLM
+from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
+from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
+from pagedllm.config import EngineConfig
+from pagedllm.engine.arg_utils import add_engine_args, engine_config_from_args
+from pagedllm.model.layers.activation import SiluAndMul
+from pagedllm.model.layers.custom_op import CustomOp, bind_layer_ops
+from pagedllm.model.layers.layer_ops import NATIVE
+from pagedllm.model.layers.norm import GemmaRMSNorm, RMSNorm
+from pagedllm.model.layers.rotary import get_rope
+from pagedllm.ops import cpu_kernels
+from pagedllm.platforms import CpuPlatform, resolve_platform
+
+kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
+SWITCH_ENVS = ("PAGEDLLM_CPU_KERNELS", "PAGEDLLM_PACKED_WEIGHTS", "PAGEDLLM_DECODER_STACK")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in SWITCH_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_cli_flags_become_config_fields_and_env_overrides_them(clean_env):
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    defaults = engine_config_from_args(parser.parse_args([]))
+    assert (defaults.cpu_kernels, defaults.packed_weights, defaults.step_compiler) == (True, True, True)
+    off = engine_config_from_args(
+        parser.parse_args(["--no-cpu-kernels", "--no-packed-weights", "--no-step-compiler"])
+    )
+    assert (off.cpu_kernels, off.packed_weights, off.step_compiler) == (False, False, False)
+    assert resolve_platform(off).options == type(resolve_platform(off).options)(False, False, False)
+    clean_env.setenv("PAGEDLLM_PACKED_WEIGHTS", "0")
+    clean_env.setenv("PAGEDLLM_DECODER_STACK", "1")
+    options = resolve_platform(EngineConfig(step_compiler=False)).options
+    assert (options.cpu_kernels, options.packed_weights, options.step_compiler) == (True, False, True)
+
+
+def test_cpu_is_chosen_here_and_cuda_refused_without_a_gpu(clean_env):
+    platform = resolve_platform(EngineConfig())
+    if not torch.cuda.is_available():
+        assert isinstance(platform, CpuPlatform) and platform.device.type == "cpu"
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_platform(EngineConfig(device="cuda"))
+    assert platform.select_dtype("float32") == torch.float32
+
+
+def test_pure_torch_path_has_no_platform_pieces(clean_env):
+    platform = resolve_platform(EngineConfig(device="cpu", cpu_kernels=False))
+    assert platform.layer_ops(torch.bfloat16) is NATIVE
+    assert isinstance(platform.attention_backend(), TorchReferenceBackend)
+    assert platform.sample_kernel() is None and platform.step_compiler(torch.bfloat16) is None
+    assert "kernels off" in platform.describe(torch.bfloat16, None)
+
+
+@kernels
+def test_kernel_platform_pieces(clean_env):
+    platform = resolve_platform(EngineConfig(device="cpu"))
+    assert isinstance(platform.attention_backend(), CPUPagedBackend)
+    ops = platform.layer_ops(torch.bfloat16)
+    assert set(ops.layer_impls) == {"rms_norm", "silu_and_mul", "rotary_embedding"}
+    assert platform.sample_kernel() is not None and platform.step_compiler(torch.bfloat16) is not None
+    no_packing = resolve_platform(EngineConfig(device="cpu", packed_weights=False)).layer_ops(torch.bfloat16)
+    assert no_packing.pack_float_weight(torch.zeros(64, 64, dtype=torch.bfloat16)) is None
+
+
+def _bind(layer: CustomOp) -> CustomOp:
+    ops = resolve_platform(EngineConfig(device="cpu")).layer_ops(torch.bfloat16)
+    bind_layer_ops(layer, ops.layer_impls, ops.name)
+    return layer
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bound_norm_and_activation_match_their_references(dtype):
+    torch.manual_seed(0)
+    norm = RMSNorm(576, 1e-5).to(dtype)
+    norm.weight.data = (torch.rand(576) + 0.5).to(dtype)
+    _bind(norm)
+    assert norm.implementation == "cpu"
+    x, residual = torch.randn(9, 576).to(dtype), torch.randn(9, 576).to(dtype)
+    close = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0, "rtol": 1e-2}
+    torch.testing.assert_close(norm(x), norm.forward_native(x), **close)
+    ref_out, ref_res = norm.forward_native(x.clone(), residual.clone())
+    out, res = norm(x.clone(), residual.clone())  # in place in the inputs
+    torch.testing.assert_close(res, ref_res, atol=0, rtol=0)
+    torch.testing.assert_close(out, ref_out, **close)
+    # A strided input is outside the kernel's preconditions: the reference answers.
+    strided = torch.randn(9, 1152).to(dtype)[:, ::2]
+    assert torch.equal(norm(strided), norm.forward_native(strided))
+
+    act = _bind(SiluAndMul())
+    assert act.implementation == "cpu"
+    gate_up = torch.randn(9, 256).to(dtype)
+    ulp = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(act(gate_up), act.forward_native(gate_up), **ulp)
+
+
+@kernels
+def test_bound_rotary_matches_its_reference_and_gemma_norm_stays_native():
+    torch.manual_seed(1)
+    rope = _bind(get_rope(64, 256, 10000.0))
+    assert rope.implementation == "cpu"
+    positions = torch.randint(0, 256, (7,))
+    x = torch.randn(7, 3 * 64).to(torch.bfloat16)
+    assert torch.equal(rope.rotate(positions, x.clone()), rope.rotate_native(positions, x.clone()))
+    gemma = _bind(GemmaRMSNorm(64))
+    assert gemma.implementation == "native" and gemma.fusion_spec() is None
+
+
+def test_engine_logs_one_platform_line(tmp_path, clean_env, caplog):
+    path = tiny_models.save_tiny(tiny_models.llama_config(), tmp_path / "tiny")
+    with caplog.at_level(logging.INFO, logger="pagedllm.worker.model_runner"):
+        llm = LLM(str(path), dtype="float32", num_kv_blocks=16, cpu_kernels=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("platform ")]
+    assert lines == [
+        "platform cpu (cpu): dtype float32, attention torch, kernels off (torch reference), "
+        "weight packing off, step compiler off"
+    ]
+    runner = llm.engine.executor.runner
+    norms = [m for m in runner.model.modules() if isinstance(m, RMSNorm)]
+    assert norms and all(m.implementation == "native" for m in norms)
