@@ -16,9 +16,9 @@ from paged_batch import (
 from test_tensor_parallel import _rank, free_port, logits_for
 
 import tiny_models
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 
 BLOCK_SIZE = 4
 PROMPT_LENS = (5, 17, 30)

@@ -24,11 +24,11 @@ from paged_batch import (
 )
 
 import tiny_models
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.gguf import gguf_to_hf_name, iterate_gguf_weights
 from pagedllm.model.loader.gguf_reader import GGUFFile
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 from pagedllm.model.models.gemma3 import layer_types_of, rope_parameters_for
 
 BLOCK_SIZE = 4

@@ -9,9 +9,9 @@ from paged_batch import assign_blocks, bind_kv_caches, run_step
 
 import tiny_models
 from pagedllm.model.layers.moe import FusedMoE, expert_param_name
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 
 HIDDEN, INTER, EXPERTS, TOP_K = 32, 24, 8, 2
 

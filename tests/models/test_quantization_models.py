@@ -18,10 +18,10 @@ from numerics import assert_greedy_match
 from pagedllm import LLM, SamplingParams
 from pagedllm.model.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
 from pagedllm.model.layers.quantization import Int4Weight, Int8Weight
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.gguf import decode_int4, iterate_gguf_weights
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 from pagedllm.ops.int4_gemv import GemvInt4Weight
 
 BLOCK_SIZE = 4

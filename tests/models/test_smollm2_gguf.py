@@ -9,10 +9,10 @@ import transformers
 from paged_batch import assign_blocks, bind_kv_caches, run_step
 
 from pagedllm.engine.tokenizer import load_tokenizer
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.gguf import unpermute_rows
 from pagedllm.model.loader.gguf_reader import GGUFFile
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then it ran into the dark forest to find its way home again."
 

@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from paged_batch import assign_blocks, bind_kv_caches, run_step
 
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 
 PROMPTS = [[5, 9, 33, 200, 7, 1, 64], [300, 2, 11, 90, 45]]
 BLOCK_SIZE = 4

@@ -18,9 +18,9 @@ from paged_batch import (
     run_step,
 )
 
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 
 BLOCK_SIZE = 4
 PROMPT_LENS = (5, 17, 11)

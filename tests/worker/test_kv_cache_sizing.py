@@ -7,9 +7,9 @@ import torch
 import tiny_models
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec, request_capacity_blocks
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 from pagedllm.platforms import resolve_platform
 from pagedllm.worker import kv_cache
 

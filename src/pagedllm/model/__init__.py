@@ -5,9 +5,9 @@ config = ModelConfig.from_resolved(resolved)
 model = load_model(config, device, dtype)              # hidden = model(ids, positions, md)
 """
 
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.loader.resolve import ModelNotFoundError, ResolvedModel, resolve_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 from pagedllm.model.registry import UnsupportedArchitectureError, get_model_class, supported_architectures
 
 __all__ = [

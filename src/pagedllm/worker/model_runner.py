@@ -9,8 +9,8 @@ import torch
 from pagedllm.config import CacheConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
-from pagedllm.model.model_loader import load_model
 from pagedllm.model.model_config import ModelConfig
+from pagedllm.model.model_loader import load_model
 from pagedllm.platforms.interface import Platform
 from pagedllm.platforms.step_compiler import CompiledStep
 from pagedllm.sample.logprobs import compute_token_logprobs
