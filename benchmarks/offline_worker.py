@@ -85,7 +85,10 @@ def pagedllm_generate(spec: dict) -> Generate:
     import argparse
     import dataclasses
 
-    from pagedllm.engine.arg_utils import add_engine_args, engine_config_from_args
+    try:
+        from pagedllm.engine.arg_utils import add_engine_args, engine_config_from_args
+    except ImportError:  # a checkout from before the module moved (ab.py runs older commits)
+        from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
     from pagedllm.entrypoints.llm import LLM
     from pagedllm.sampling_params import SamplingParams
 
