@@ -7,8 +7,9 @@
 // tokens (prefill). Decode items over the blocked layout, and the scheduling of all of its
 // work items, are in attention_decode.cpp.
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>

@@ -5,8 +5,8 @@
 // split into block ranges when there are too few for the threads, and items of several tokens
 // handed to attend_item_vnni (attention.cpp).
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 #include <omp.h>

@@ -2,8 +2,9 @@
 // the paged caches, in the plain layout or the blocked one (kv_layout.h). Slots < 0 (tokens
 // that write nothing) are skipped.
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>

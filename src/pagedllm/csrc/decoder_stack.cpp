@@ -27,8 +27,11 @@
 //   [3] kind_packed_bf16   code of a bf16 weight packed by pack_weight_bf16
 //   [4] kind_int4          code of a 4-bit weight in gemv_int4's layout
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/linear.h>
 #include <torch/library.h>
 
 #include <vector>

@@ -5,8 +5,9 @@
 // results to the activation dtype at the same points as the eager torch code they replace, so
 // they give the same bits.
 
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>

@@ -7,8 +7,9 @@
 //                     W prepacked for more rows (8-128 and beyond), and rows of a packed table
 //                     read back out (embedding lookups tied to a packed LM head).
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 #include <torch/library.h>

@@ -18,6 +18,7 @@
 #include "quant_gemv.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <immintrin.h>
 #include <torch/library.h>
 

@@ -16,8 +16,8 @@
 // -inf or NaN, or some +inf) takes the first max (+inf) or token 0. Rounding can put u * total
 // at or past the summed mass; the row's last token with mass is taken then, never one with none.
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>
 #include <torch/library.h>
