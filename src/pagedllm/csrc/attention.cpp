@@ -14,7 +14,6 @@
 #include <c10/util/Half.h>
 #include <immintrin.h>
 #include <omp.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +23,7 @@
 
 #include "attention.h"
 #include "kv_layout.h"
+#include "ops.h"
 #include "vec.h"
 
 namespace pagedllm {
@@ -307,8 +307,6 @@ template void attend_item_vnni<0>(const AttentionItem&, const AttentionArgs&, co
                                   const uint16_t*, const uint16_t*, uint16_t*, int64_t, VnniScratch&);
 #endif
 
-namespace {
-
 void paged_attention(
     at::Tensor out,
     const at::Tensor& query,
@@ -397,7 +395,4 @@ void paged_attention(
   });
 }
 
-}  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("paged_attention", &pagedllm::paged_attention); }

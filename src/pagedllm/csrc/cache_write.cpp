@@ -7,12 +7,12 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <torch/library.h>
 
 #include <cstdint>
 #include <cstring>
 
 #include "kv_layout.h"
+#include "ops.h"
 #include "vec.h"
 
 namespace pagedllm {
@@ -73,6 +73,8 @@ void reshape_and_cache_vnni(const at::Tensor& key, const at::Tensor& value, at::
   });
 }
 
+}  // namespace
+
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor key_cache,
                        at::Tensor value_cache, const at::Tensor& slot_mapping, bool vnni) {
   check_cpu(key, "key");
@@ -92,7 +94,4 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
   });
 }
 
-}  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("reshape_and_cache", &pagedllm::reshape_and_cache); }

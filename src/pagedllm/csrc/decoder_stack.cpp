@@ -32,9 +32,10 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
-#include <torch/library.h>
 
 #include <vector>
+
+#include "ops.h"
 
 namespace pagedllm {
 namespace {
@@ -126,6 +127,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
   return at::linear(x, weight);
 }
 
+}  // namespace
+
 at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& positions, const at::Tensor& cos_sin_cache,
                          TensorList weights, c10::IntArrayRef weight_kinds, TensorList kv_caches,
                          c10::IntArrayRef layer_groups, c10::IntArrayRef windows, TensorList block_tables,
@@ -185,12 +188,4 @@ std::vector<int64_t> decoder_stack_info() {
   return {kTensorsPerLayer, kHasSkinnyKernel ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4};
 }
 
-}  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("decoder_stack", &pagedllm::decoder_stack); }
-
-// No tensor arguments, so no backend to dispatch on: one kernel for every key.
-TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
-  m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
-}

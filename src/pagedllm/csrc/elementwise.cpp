@@ -11,12 +11,12 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "ops.h"
 #include "vec.h"
 
 namespace pagedllm {
@@ -34,6 +34,8 @@ inline void rms_norm_row(const T* x, const T* weight, T* y, int64_t n, float eps
   const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(round_to<T>(to_float(x[i]) * inv) * to_float(weight[i]));
 }
+
+}  // namespace
 
 void rms_norm(at::Tensor out, const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_cpu(x, "x");
@@ -76,6 +78,8 @@ void fused_add_rms_norm(at::Tensor x, at::Tensor residual, const at::Tensor& wei
   });
 }
 
+namespace {
+
 // out = T(silu(gate)) * up for x = [gate | up] rows.
 template <typename T>
 void silu_and_mul_kernel(at::Tensor& out, const at::Tensor& x) {
@@ -110,6 +114,8 @@ void silu_and_mul_kernel(at::Tensor& out, const at::Tensor& x) {
   });
 }
 
+}  // namespace
+
 void silu_and_mul(at::Tensor out, const at::Tensor& x) {
   check_cpu(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && out.is_contiguous(), "silu_and_mul takes [T, 2d] rows");
@@ -118,6 +124,8 @@ void silu_and_mul(at::Tensor out, const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_and_mul",
                                   [&] { silu_and_mul_kernel<scalar_t>(out, x); });
 }
+
+namespace {
 
 // Rotate-half rotary embedding in place on x = [T, heads * head_dim] (row stride free),
 // rotating the first `rotary_dim` dims of each head: with c, s = T(cos), T(sin),
@@ -160,6 +168,8 @@ void rotary_embedding_kernel(at::Tensor& x, const int64_t* pos, const float* tab
   });
 }
 
+}  // namespace
+
 void rotary_embedding(at::Tensor x, const at::Tensor& positions, const at::Tensor& cos_sin_cache,
                       int64_t head_dim, int64_t rotary_dim) {
   check_cpu(x, "x");
@@ -178,12 +188,4 @@ void rotary_embedding(at::Tensor x, const at::Tensor& positions, const at::Tenso
                                   [&] { rotary_embedding_kernel<scalar_t>(x, pos, table, head_dim, rotary_dim); });
 }
 
-}  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
-  m.impl("rms_norm", &pagedllm::rms_norm);
-  m.impl("fused_add_rms_norm", &pagedllm::fused_add_rms_norm);
-  m.impl("silu_and_mul", &pagedllm::silu_and_mul);
-  m.impl("rotary_embedding", &pagedllm::rotary_embedding);
-}

@@ -12,11 +12,11 @@
 #include <ATen/ops/empty_like.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "ops.h"
 #include "vec.h"
 
 namespace pagedllm {
@@ -77,6 +77,8 @@ void gemv_bf16_rows(const uint16_t* x, int64_t x_stride, const uint16_t* w, uint
 }
 #endif
 
+}  // namespace
+
 void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
   check_cpu(x, "x");
   TORCH_CHECK(gemv_supported(x, weight), "gemv_bf16 takes bf16 x [M <= 256, K % 32 == 0] and contiguous W [N, K]");
@@ -119,6 +121,8 @@ int64_t gemv_bf16_max_rows() {
 #endif
 }
 
+namespace {
+
 // ---------------------------------------------------------------------------------------
 // Packed weights (pack_weight_bf16, gemm_packed_bf16, embed_packed_bf16).
 //
@@ -148,6 +152,8 @@ void check_packable(const at::Tensor& w) {
               "packed bf16 matmul: N must be a multiple of 16 and K of 32, got ", w.sizes());
 }
 
+}  // namespace
+
 at::Tensor pack_weight_bf16(const at::Tensor& w) {
   check_packable(w);
   const int64_t n_len = w.size(0), k_len = w.size(1), pairs = k_len / 2;
@@ -164,6 +170,8 @@ at::Tensor pack_weight_bf16(const at::Tensor& w) {
   });
   return packed;
 }
+
+namespace {
 
 #if defined(__AVX512BF16__)
 // The next panel a thread will stream, fetched into L1/L2 a few k-pair rows at a time while the
@@ -228,6 +236,8 @@ void rows_of_panel(const uint16_t* x, int64_t x_stride, int64_t rows, const uint
   }
 }
 #endif
+
+}  // namespace
 
 void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   check_packable(packed);
@@ -303,17 +313,4 @@ void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tenso
   });
 }
 
-}  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
-  m.impl("gemv_bf16", &pagedllm::gemv_bf16);
-  m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
-  m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
-  m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
-}
-
-// No tensor arguments, so no backend to dispatch on: one kernel for every key.
-TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
-  m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
-}

@@ -20,12 +20,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <immintrin.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <vector>
 
+#include "ops.h"
 #include "vec.h"
 
 namespace pagedllm {
@@ -298,9 +298,3 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
 }
 
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
-  m.impl("gemv_int4", &pagedllm::gemv_int4);
-  m.impl("int4_linear", &pagedllm::int4_linear);
-  m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
-}

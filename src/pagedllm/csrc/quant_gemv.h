@@ -1,7 +1,7 @@
 // Skinny matmuls (decode) on 4-bit group-quantized weights, for CPUs with AVX512-BF16.
 //
 // Declared here so that other translation units can call them directly; they are also
-// registered as torch.ops.pagedllm.gemv_int4 / dequantize_int4_t (quant_gemv.cpp).
+// registered as torch.ops.pagedllm.gemv_int4 / int4_linear / dequantize_int4_t (registration.cpp).
 //
 // The weight W [N, K], w[n, k] = (code[n, k] - 8) * scale[n, k / 32] + zero[n, k / 32], is one
 // uint8 tensor `packed` of ceil(N / 16) * K * 10 bytes (made by `pack_gemv` in

@@ -1,10 +1,14 @@
-// The pagedllm operator library: every op's schema, in one place.
+// The pagedllm operator library: every op's schema and the function that implements it, in
+// one place.
 //
-// Each source registers its own implementations (TORCH_LIBRARY_IMPL(pagedllm, CPU, m) at its
-// end); this file only declares what torch.ops.pagedllm.* takes and returns. Schemas are part
-// of the Python interface (ops/, attention/, model/ call them by name): change them together.
+// The sources define the ops' entry points (declared in ops.h); this file declares what
+// torch.ops.pagedllm.* takes and returns and binds each op to its entry point. It is the only
+// translation unit that includes <torch/library.h> (see ops.h). Schemas are part of the
+// Python interface (ops/, attention/, model/ call them by name): change them together.
 
 #include <torch/library.h>
+
+#include "ops.h"
 
 TORCH_LIBRARY(pagedllm, m) {
   // Paged attention and the KV-cache write (attention.cpp, cache_write.cpp).
@@ -43,4 +47,33 @@ TORCH_LIBRARY(pagedllm, m) {
   // Its constants, for Python to check at load, in this fixed order: [tensors_per_layer,
   // skinny_max_rows (0 without AVX512-BF16), kind_plain, kind_packed_bf16, kind_int4].
   m.def("decoder_stack_info() -> int[]");
+}
+
+TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+  m.impl("paged_attention", &pagedllm::paged_attention);
+  m.impl("reshape_and_cache", &pagedllm::reshape_and_cache);
+
+  m.impl("rms_norm", &pagedllm::rms_norm);
+  m.impl("fused_add_rms_norm", &pagedllm::fused_add_rms_norm);
+  m.impl("silu_and_mul", &pagedllm::silu_and_mul);
+  m.impl("rotary_embedding", &pagedllm::rotary_embedding);
+
+  m.impl("gemv_bf16", &pagedllm::gemv_bf16);
+  m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
+  m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
+  m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
+
+  m.impl("gemv_int4", &pagedllm::gemv_int4);
+  m.impl("int4_linear", &pagedllm::int4_linear);
+  m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
+
+  m.impl("sample_tokens", &pagedllm::sample_tokens);
+
+  m.impl("decoder_stack", &pagedllm::decoder_stack);
+}
+
+// No tensor arguments, so no backend to dispatch on: one kernel for every key.
+TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
+  m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
+  m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
 }

@@ -20,7 +20,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +27,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops.h"
 #include "vec.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -222,6 +222,8 @@ void check_rows(const at::Tensor& t, int64_t rows, const char* name) {
               " must be a contiguous float32 CPU tensor with one value per row");
 }
 
+}  // namespace
+
 void sample_tokens(at::Tensor out, const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& uniform) {
   TORCH_CHECK(logits.device().is_cpu(), "logits must be a CPU tensor");
   TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "logits must be [R, V] with contiguous rows");
@@ -242,7 +244,4 @@ void sample_tokens(at::Tensor out, const at::Tensor& logits, const at::Tensor& t
   }
 }
 
-}  // namespace
 }  // namespace pagedllm
-
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) { m.impl("sample_tokens", &pagedllm::sample_tokens); }
