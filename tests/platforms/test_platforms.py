@@ -25,7 +25,7 @@ from pagedllm.model.layers.layer_ops import NATIVE
 from pagedllm.model.layers.norm import GemmaRMSNorm, RMSNorm
 from pagedllm.model.layers.rotary import get_rope
 from pagedllm.ops import cpu_kernels
-from pagedllm.platforms import CpuPlatform, resolve_platform
+from pagedllm.platforms import CpuPlatform, PlatformOptions, resolve_platform
 
 kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
 SWITCH_ENVS = ("PAGEDLLM_CPU_KERNELS", "PAGEDLLM_PACKED_WEIGHTS", "PAGEDLLM_DECODER_STACK")
@@ -47,7 +47,7 @@ def test_cli_flags_become_config_fields_and_env_overrides_them(clean_env):
         parser.parse_args(["--no-cpu-kernels", "--no-packed-weights", "--no-step-compiler"])
     )
     assert (off.cpu_kernels, off.packed_weights, off.step_compiler) == (False, False, False)
-    assert resolve_platform(off).options == type(resolve_platform(off).options)(False, False, False)
+    assert resolve_platform(off).options == PlatformOptions(False, False, False)
     clean_env.setenv("PAGEDLLM_PACKED_WEIGHTS", "0")
     clean_env.setenv("PAGEDLLM_DECODER_STACK", "1")
     options = resolve_platform(EngineConfig(step_compiler=False)).options

@@ -1,7 +1,7 @@
 """Compiled CPU kernels (src/pagedllm/csrc/*.cpp), built on first use and cached on disk.
 
-The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (~24 s
-measured for the nine sources on 2 cores) with the host's own instruction set into
+The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (the cold
+build time is in docs/architecture.md) with the host's own instruction set into
 `<cache>/kernels/<key>/`, where `<key>` covers the sources, torch's version and the CPU's
 flags, so later starts only load the library. Where no compiler is available the build fails once, a warning says why, and
 callers keep their torch code paths (`available()` is False).

@@ -96,7 +96,7 @@ class CpuPlatform(Platform):
         return LayerOps(
             name="cpu",
             # The bf16 matmul kernels need AVX512-BF16 dot products.
-            dense_linear=skinny_linear if bf16 else LayerOps.dense_linear,
+            dense_linear=skinny_linear if bf16 else NATIVE.dense_linear,
             pack_float_weight=pack_if_packable
             if bf16 and self.options.packed_weights
             else NATIVE.pack_float_weight,

@@ -17,20 +17,23 @@ import torch
 from pagedllm.attention.backends.base import AttentionBackend
 from pagedllm.config import CacheConfig, EngineConfig
 from pagedllm.model.layers.layer_ops import LayerOps
+from pagedllm.ops import cpu_kernels
 from pagedllm.platforms.step_compiler import StepCompiler
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _GiB = 1 << 30
 
 # Environment switches that override the config fields (read once, in `PlatformOptions.resolve`).
-CPU_KERNELS_ENV = "PAGEDLLM_CPU_KERNELS"
+# The kernels' own switch is the one `cpu_kernels.available()` honours, so kernel tests skip too.
+CPU_KERNELS_ENV = cpu_kernels.DISABLE_ENV
 PACKED_WEIGHTS_ENV = "PAGEDLLM_PACKED_WEIGHTS"
 STEP_COMPILER_ENV = "PAGEDLLM_DECODER_STACK"
 
 
 def _switch(env: str, configured: bool) -> bool:
+    """ "0" turns a fast path off, any other value on (as `cpu_kernels.available()` reads it)."""
     value = os.environ.get(env)
-    return configured if value is None else value.strip().lower() not in ("0", "false", "off", "no")
+    return configured if value is None else value.strip() != "0"
 
 
 @dataclass(frozen=True, slots=True)
