@@ -41,9 +41,10 @@ def wrap(obj, attr: str, name: str) -> None:
 
 def instrument(llm: LLM) -> None:
     engine = llm.engine
-    runner = engine.executor.runner
-    wrap(engine.scheduler, "schedule", "schedule")
-    wrap(engine.scheduler, "update_from_output", "update_from_output")
+    core = engine.engine_core
+    runner = core.executor.runner
+    wrap(core.scheduler, "schedule", "schedule")
+    wrap(core.scheduler, "update_from_output", "update_from_output")
     wrap(engine.output_processor, "process_outputs", "output_processing")
     wrap(model_runner, "build_step_inputs", "prepare_inputs")
     wrap(runner.model, "compute_logits", "compute_logits")
@@ -62,8 +63,10 @@ def run_phase(llm: LLM, label: str, steps: int | None, decode_only: bool) -> Non
         count += 1
         if (
             not decode_only
-            and all(r.num_computed_tokens >= r.num_prompt_tokens for r in engine.scheduler.running)
-            and not engine.scheduler.waiting
+            and all(
+                r.num_computed_tokens >= r.num_prompt_tokens for r in engine.engine_core.scheduler.running
+            )
+            and not engine.engine_core.scheduler.waiting
         ):
             break
     total = time.perf_counter() - start

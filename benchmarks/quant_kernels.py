@@ -107,7 +107,7 @@ def run_decode(rounds: int, steps: int = 16) -> None:
     # every layer of every step.
     engine = LLM(quantization="int4", step_compiler=False).engine
     swaps = []
-    for module in engine.executor.runner.model.modules():
+    for module in engine.engine_core.executor.runner.model.modules():
         q = getattr(module, "quant", None)
         if isinstance(q, GemvInt4Weight):
             swaps.append((module, {"gemv_int4": q, "torch op": _torch_layout(q)}))

@@ -118,7 +118,7 @@ def run_models(args) -> None:
     reference = None
     for method in METHODS:
         llm = make_llm(args, method)
-        model_mb = quantized_nbytes(llm.engine.executor.runner.model) / 1e6
+        model_mb = quantized_nbytes(llm.engine.engine_core.executor.runner.model) / 1e6
         row = {"MB": model_mb}
         if not args.skip_quality:
             prompts = [chat_ids(llm, p) for p in PROMPTS]

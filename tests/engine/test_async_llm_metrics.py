@@ -30,8 +30,12 @@ async def _drive(llm: AsyncLLM) -> None:
     async for _ in stream:
         break  # the client goes away after its first token
     await stream.aclose()
-    for _ in range(200):  # the abort reaches the engine thread asynchronously
-        if _values(llm)[("pagedllm:request_success_total", "abort")] == 1:
+    for _ in range(200):  # the abort reaches the core, and its new state the gauges, asynchronously
+        v = _values(llm)
+        if (
+            v[("pagedllm:request_success_total", "abort")] == 1
+            and v[("pagedllm:num_requests_running", None)] == 0
+        ):
             break
         await asyncio.sleep(0.01)
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels
 
 
 def _stack_of(llm: LLM):
-    return llm.engine.executor.runner.compiled_step
+    return llm.engine.engine_core.executor.runner.compiled_step
 
 
 def _run(llm: LLM, prompts: list[list[int]], max_tokens: int):

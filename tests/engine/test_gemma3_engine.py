@@ -73,7 +73,7 @@ def test_matches_transformers(gemma3, budget):
     llm = LLM(
         str(folder), dtype="float32", max_num_batched_tokens=budget, num_kv_blocks=128, block_size=BLOCK
     )
-    assert [g.sliding_window for g in llm.engine.kv_cache_groups] == [None, WINDOW]
+    assert [g.sliding_window for g in llm.engine.engine_core.kv_cache_groups] == [None, WINDOW]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params(prompt_logprobs=1))
     check(outputs, gemma3, f"gemma3 budget={budget}")
 
@@ -101,7 +101,8 @@ def test_sliding_layers_hold_at_most_their_window(gemma3):
     folder, prompts, greedy, _ = gemma3
     llm = LLM(str(folder), dtype="float32", num_kv_blocks=128, block_size=BLOCK, max_num_batched_tokens=16)
     engine = llm.engine
-    kv = engine.scheduler.kv_cache_manager
+    core = engine.engine_core
+    kv = core.scheduler.kv_cache_manager
     full, sliding = kv.groups
     assert (full.sliding_window, sliding.sliding_window) == (None, WINDOW)
     bound = -(-WINDOW // BLOCK) + 1
@@ -113,7 +114,7 @@ def test_sliding_layers_hold_at_most_their_window(gemma3):
             if out.finished:
                 finished[out.request_id] = out
         steps += 1
-        for request in engine.scheduler.running:
+        for request in core.scheduler.running:
             rid = request.request_id
             held = sliding.num_held_blocks(rid)
             assert held <= bound, f"step {steps}: request {rid} holds {held} sliding blocks (bound {bound})"

@@ -59,7 +59,9 @@ def _run_invariance(model: str, prompts: list, num_kv_blocks_small: int, **kwarg
 
     small = LLM(model, dtype="float32", block_size=BLOCK, num_kv_blocks=num_kv_blocks_small, **kwargs)
     preempted = small.generate(prompts, params)
-    assert small.engine.scheduler.num_preemptions > 0, "the small cache was meant to force preemption"
+    assert small.engine.engine_core.scheduler.num_preemptions > 0, (
+        "the small cache was meant to force preemption"
+    )
     _check_same(alone, preempted, "preempted")
 
     cached = LLM(model, enable_prefix_caching=True, **roomy)

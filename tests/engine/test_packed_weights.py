@@ -41,14 +41,14 @@ def _generate(llm: LLM):
 def test_packed_weights_match_plain_weights(monkeypatch):
     monkeypatch.delenv("PAGEDLLM_PACKED_WEIGHTS", raising=False)
     packed_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25)
-    model = packed_llm.engine.executor.runner.model
+    model = packed_llm.engine.engine_core.executor.runner.model
     assert isinstance(model.model.layers[0].self_attn.qkv_proj.quant, PackedBF16Weight)
     assert isinstance(model.lm_head.quant, PackedBF16Weight)
     assert model.model.embed_tokens.quant is model.lm_head.quant  # tied: one packed table
     packed = _generate(packed_llm)
     del packed_llm
     plain_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25, packed_weights=False)
-    assert plain_llm.engine.executor.runner.model.lm_head.quant is None
+    assert plain_llm.engine.engine_core.executor.runner.model.lm_head.quant is None
     plain = _generate(plain_llm)
 
     identical = 0

@@ -53,7 +53,7 @@ def test_greedy_tokens_and_prompt_logprobs_match_transformers(llm):
 
 
 def test_kv_cache_groups_and_no_chat_template(llm):
-    groups = llm.engine.kv_cache_groups
+    groups = llm.engine.engine_core.kv_cache_groups
     assert [g.sliding_window for g in groups] == [None, 512]
     # A small budget: the sliding pool is not capped by its windows, so both get equal blocks.
     assert groups[1].num_blocks == groups[0].num_blocks == llm.engine.num_kv_blocks

@@ -83,7 +83,7 @@ def test_engine_generates_with_quantized_weights(method, tiny_model_dir):
     """The engine (float32) decodes the same greedy tokens as transformers on the dequantized weights."""
     folder = tiny_model_dir("llama")
     llm = LLM(str(folder), dtype="float32", quantization=method, num_kv_blocks=64, max_num_seqs=4)
-    model = llm.engine.executor.runner.model
+    model = llm.engine.engine_core.executor.runner.model
     reference = reference_with(folder, dequantized_state_dict(model))
     prompt = [1, 17, 250, 33, 90, 7]
     out = llm.generate(
@@ -127,7 +127,7 @@ def test_smollm2_quantized_knows_the_capital_of_france(smollm2_quantized):
     method, llm = smollm2_quantized
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=8))
     assert "Paris" in out[0].outputs[0].text, (method, out[0].outputs[0].text)
-    model = llm.engine.executor.runner.model
+    model = llm.engine.engine_core.executor.runner.model
     gate_up = model.model.layers[0].mlp.gate_up_proj
     # 4-bit: the portable format, or the compiled kernel's where the CPU platform has it.
     assert isinstance(gate_up.quant, (Int4Weight, GemvInt4Weight) if method == "int4" else Int8Weight)

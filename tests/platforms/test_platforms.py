@@ -135,6 +135,6 @@ def test_engine_logs_one_platform_line(tmp_path, clean_env, caplog):
         "platform cpu (cpu): dtype float32, attention torch, kernels off (torch reference), "
         "weight packing off, step compiler off"
     ]
-    runner = llm.engine.executor.runner
+    runner = llm.engine.engine_core.executor.runner
     norms = [m for m in runner.model.modules() if isinstance(m, RMSNorm)]
     assert norms and all(m.implementation == "native" for m in norms)

@@ -42,8 +42,8 @@ def run_throughput_benchmark(args: argparse.Namespace) -> dict:
     output_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     result = {
         "model": engine.config.model,
-        "dtype": str(engine.dtype).removeprefix("torch."),
-        "device": str(engine.device),
+        "dtype": engine.info.dtype,
+        "device": engine.info.device,
         "num_prompts": args.num_prompts,
         "input_len": args.input_len,
         "output_len": args.output_len,
@@ -53,7 +53,7 @@ def run_throughput_benchmark(args: argparse.Namespace) -> dict:
         "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed,
         "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
-        "num_preemptions": engine.scheduler.num_preemptions,
+        "num_preemptions": engine.engine_core.scheduler.num_preemptions,
     }
     print(
         f"Throughput: {result['requests_per_s']:.2f} requests/s, "

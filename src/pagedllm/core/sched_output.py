@@ -1,8 +1,15 @@
-"""Messages between the scheduler (core) and the model runner (worker); plain data, no torch."""
+"""Messages between the scheduler (core) and the model runner (worker); plain data, no torch.
+
+`TokenLogprobs` and `EngineCoreOutput` also leave the engine core for its front end, possibly
+in another process: they are msgspec structs encoded as arrays (field order is the wire
+schema, versioned in `pagedllm.engine.wire`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import msgspec
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -53,8 +60,7 @@ class SchedulerOutput:
         return self.total_num_scheduled_tokens == 0
 
 
-@dataclass(slots=True)
-class TokenLogprobs:
+class TokenLogprobs(msgspec.Struct, array_like=True, gc=False):
     """Logprobs for some positions: row i holds the chosen token first, then the top-k.
 
     token_ids[i][0] is the chosen (sampled or prompt) token, token_ids[i][1:] the top-k;
@@ -79,9 +85,8 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, tuple[int, TokenLogprobs]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class EngineCoreOutput:
-    """What the core reports about one request after a step."""
+class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """What the core reports about one request after a step: token ids, never text."""
 
     request_id: str
     new_token_ids: list[int]

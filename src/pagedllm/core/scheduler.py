@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from pagedllm.config import CacheConfig, SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
@@ -20,8 +21,7 @@ from pagedllm.core.sched_output import (
 from pagedllm.request import Request, RequestStatus
 
 
-@dataclass(slots=True)
-class SchedulerStats:
+class SchedulerStats(msgspec.Struct, array_like=True, gc=False):
     """A snapshot of the scheduler's load and cache counters (prefix counters in tokens)."""
 
     num_running: int

@@ -1,25 +1,24 @@
-"""AsyncLLM: one async output stream per request over an engine loop that never blocks HTTP.
+"""AsyncLLM: one async output stream per request, over an `LLMEngine` front end.
 
-The event loop tokenizes and validates on its own thread, then hands the request to the engine
-loop as a command; results come back with `call_soon_threadsafe`. The loop runs either on a
-background thread of this process (torch releases the GIL inside its kernels, so the event
-loop keeps serving while a step runs) or in a separate engine process (`engine_process=True`).
+The event loop tokenizes and validates on its own thread and hands the request to the core
+through the engine's client. One receive thread takes every step's outputs from the client,
+turns them into request outputs and wakes the streams with `call_soon_threadsafe`. The core runs
+in a process of its own (`engine_process=True`, the server's default) or in this one, driven by
+that same receive thread (`engine_process=False`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from pagedllm.config import EngineConfig
-from pagedllm.engine.engine_loop import EngineLoop, StepResult
-from pagedllm.engine.input_processor import InvalidRequestError, PromptType
+from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
+from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.metrics import EngineMetrics
 from pagedllm.outputs import RequestOutput
@@ -27,9 +26,10 @@ from pagedllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["AsyncLLM", "EngineDeadError"]
 
-class EngineDeadError(RuntimeError):
-    """The engine loop stopped on an error; requests cannot be served any more."""
+# How long the receive thread waits for a step before checking whether it should stop.
+_RECEIVE_TIMEOUT_S = 0.5
 
 
 @dataclass
@@ -43,43 +43,43 @@ def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
         stream_queue.put_nowait(item)
 
 
+def make_client(config: EngineConfig, engine_process: bool) -> EngineCoreClient:
+    """The core in its own process (started now, loading while the caller goes on) or here."""
+    if engine_process:
+        from pagedllm.engine.mp_client import MultiprocClient
+        from pagedllm.platforms import configure_frontend_threads
+
+        # The front end keeps one torch thread; the cores belong to the core's process.
+        configure_frontend_threads()
+        return MultiprocClient(config)
+    from pagedllm.engine.engine_core import EngineCore
+
+    return InprocClient(EngineCore(config))
+
+
 class AsyncLLM:
     """Serve many concurrent requests from async code (the HTTP server)."""
 
     def __init__(
         self,
         config: EngineConfig,
-        engine: LLMEngine | None = None,
         model_name: str | None = None,
         engine_process: bool = False,
     ):
         self.engine_process = engine_process
+        self.engine = LLMEngine(config, make_client(config, engine_process))
+        self.tokenizer = self.engine.tokenizer
+        self.model_config = self.engine.model_config
         self._streams: dict[str, _Stream] = {}
         self._streams_lock = threading.Lock()
         self._stopped = threading.Event()
         self.dead_error: BaseException | None = None
-        if engine_process:
-            from pagedllm.engine.engine_process import start_engine_process
-            from pagedllm.platforms import configure_frontend_threads
-
-            # The front end needs the tokenizer and limits only; the model loads in the child.
-            configure_frontend_threads()
-            self.engine = LLMEngine(config, frontend_only=True)
-            self._process, self._conn, self.engine.num_kv_blocks = start_engine_process(
-                config, logging.getLogger().getEffectiveLevel()
-            )
-            self._send_lock = threading.Lock()
-            target = self._receive_results
-        else:
-            self.engine = engine or LLMEngine(config)
-            self._commands: queue.SimpleQueue = queue.SimpleQueue()
-            target = self._run_loop
-        self.tokenizer = self.engine.tokenizer
-        self.model_config = self.engine.model_config
-        # Prometheus metrics (labelled with the served model name) and the periodic log line.
-        self.metrics = EngineMetrics(model_name or self.engine.config.model)
+        # Prometheus metrics (labelled with the served model name) and the periodic log line;
+        # recorded from the receive thread and, for aborts, from the event loop.
+        self.metrics = EngineMetrics(model_name or config.model)
+        self._metrics_lock = threading.Lock()
         self._last_stats = None
-        self._thread = threading.Thread(target=target, name="pagedllm-engine", daemon=True)
+        self._thread = threading.Thread(target=self._receive_loop, name="pagedllm-receive", daemon=True)
         self._thread.start()
 
     # ---- public API (event-loop side) ------------------------------------------------------------
@@ -93,22 +93,22 @@ class AsyncLLM:
     ) -> AsyncIterator[RequestOutput]:
         """Yield outputs as the engine produces them; closing the iterator early aborts the request."""
         self._check_alive()
-        processed = self.engine.process_request(
-            request_id, prompt, params, time.time(), output_kind=output_kind, cache_salt=cache_salt
-        )
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._streams_lock:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
-        self._submit("add", processed)
         finished = False
         try:
+            self.engine.add_request(
+                request_id, prompt, params, time.time(), output_kind=output_kind, cache_salt=cache_salt
+            )
             # Checked again once registered: an engine that died in between never fails this stream.
             self._check_alive()
             while True:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
+                    finished = True  # the engine has forgotten it already
                     raise item
                 finished = item.finished
                 yield item
@@ -119,11 +119,14 @@ class AsyncLLM:
                 self._streams.pop(request_id, None)
             if not finished:
                 # The client went away (or the caller stopped iterating): free its blocks now.
-                self._submit("abort", request_id)
+                self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
         """Abort from any thread; unknown or finished ids are ignored."""
-        self._submit("abort", request_id)
+        num_sequences = self.engine.abort_request(request_id)
+        with self._metrics_lock:
+            # Aborts produce no output: count the sequences they ended here.
+            self.metrics.record_abort(request_id, num_sequences)
 
     def stats(self):
         """The scheduler's state after the latest step (None before the first)."""
@@ -131,73 +134,40 @@ class AsyncLLM:
 
     @property
     def is_running(self) -> bool:
-        alive = self._thread.is_alive()
-        if self.engine_process:
-            alive = alive and self._process.is_alive()
-        return alive and self.dead_error is None
+        return self._thread.is_alive() and self.engine.client.is_alive and self.dead_error is None
 
     def shutdown(self) -> None:
         self._stopped.set()
-        if self.engine_process:
-            with contextlib.suppress(OSError, ValueError):  # the pipe may already be gone
-                self._submit("shutdown", None)
-            self._process.join(timeout=10)
-            if self._process.is_alive():
-                self._process.kill()
-        else:
-            self._commands.put(("wake", None))
+        self.engine.shutdown()
         self._thread.join(timeout=10)
 
     def _check_alive(self) -> None:
         if self.dead_error is not None:
-            raise EngineDeadError(f"the engine stopped after an error: {self.dead_error!r}")
+            raise EngineDeadError(f"the engine stopped after an error: {self.dead_error}")
 
-    def _submit(self, kind: str, payload) -> None:
-        if self.engine_process:
-            with self._send_lock:
-                self._conn.send((kind, payload))
-        else:
-            self._commands.put((kind, payload))
-
-    # ---- engine side --------------------------------------------------------------------------
-    def _run_loop(self) -> None:
-        """Thread mode: drive the engine here."""
-        try:
-            EngineLoop(self.engine, self._commands, self._on_result).run(self._stopped)
-        except BaseException as exc:  # surface to every waiting stream, then stop
-            logger.exception("engine loop failed")
-            self._die(exc)
-
-    def _receive_results(self) -> None:
-        """Process mode: relay what the engine process sends."""
+    # ---- the receive thread -------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        """The one receive path: the core's outputs, whatever client brings them, to the streams."""
         try:
             while not self._stopped.is_set():
-                message = self._conn.recv()
-                if isinstance(message, StepResult):
-                    self._on_result(message)
-                elif message[0] == "failed":
-                    self._die(RuntimeError(message[1]))
-                    return
-        except (EOFError, OSError) as exc:
+                step = self.engine.receive(_RECEIVE_TIMEOUT_S)
+                if step is None:
+                    continue
+                # Metrics first: whoever sees a token finds it already counted.
+                with self._metrics_lock:
+                    self._last_stats = step.stats
+                    self.metrics.record_step(step.stats, step.request_outputs)
+                    self.metrics.log_if_due()
+                deliveries: list[tuple[str, RequestOutput | BaseException]] = list(step.errors)
+                deliveries.extend((output.request_id, output) for output in step.request_outputs)
+                self._deliver(deliveries)
+        except EngineDeadError as exc:
             if not self._stopped.is_set():
+                logger.error("%s", exc)
                 self._die(exc)
-        except Exception as exc:  # a bug on this side: fail every stream rather than leave them hanging
-            logger.exception("relaying engine results failed")
+        except BaseException as exc:  # a bug on this side: fail every stream rather than leave them hanging
+            logger.exception("receiving engine outputs failed")
             self._die(exc)
-
-    def _on_result(self, result: StepResult) -> None:
-        deliveries: list[tuple[str, RequestOutput | BaseException]] = [
-            (request_id, InvalidRequestError(param, message))
-            for request_id, param, message in result.rejected
-        ]
-        deliveries.extend((output.request_id, output) for output in result.outputs)
-        self._deliver(deliveries)
-        # Aborts produce no output: count the sequences they ended here.
-        for request_id, num_sequences in result.aborted:
-            self.metrics.record_abort(request_id, num_sequences)
-        self._last_stats = result.stats
-        self.metrics.record_step(result.stats, result.outputs)
-        self.metrics.log_if_due()
 
     def _deliver(self, deliveries: list[tuple[str, RequestOutput | BaseException]]) -> None:
         # One wake-up per event loop for the whole step, not one per request: each

@@ -1,11 +1,11 @@
-"""Turns user prompts into validated token ids at the engine's boundary."""
+"""Turns user prompts into validated engine-core requests (the front end's input side)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pagedllm.request import Request
+from pagedllm.engine.core_messages import EngineCoreInfo, EngineCoreRequest
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -27,10 +27,64 @@ class ProcessedRequest:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    params: SamplingParams
-    children: list[Request]
+    params: SamplingParams  # max_tokens resolved
+    core_requests: list[EngineCoreRequest]
     arrival_time: float
     output_kind: str
+
+
+class InputProcessor:
+    """Tokenizes and validates prompts against the model's vocabulary and the core's limits.
+
+    Everything a core would refuse is refused here, with the parameter to blame, before the
+    request reaches the core: the core may be in another process.
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, info: EngineCoreInfo):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.max_model_len = info.max_model_len
+        self.kv_capacity_tokens = info.kv_capacity_tokens
+
+    def process(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams,
+        arrival_time: float,
+        output_kind: str = "final",
+        cache_salt: str | None = None,
+    ) -> ProcessedRequest:
+        """Tokenize, check and split into core requests; touches no engine state."""
+        text, token_ids = tokenize_prompt(prompt, self.tokenizer, self.vocab_size)
+        params.validate_vocab(self.vocab_size)
+        max_tokens = check_length(
+            len(token_ids), params.max_tokens, self.max_model_len, self.kv_capacity_tokens
+        )
+        check_fits_cache(len(token_ids) + max_tokens, self.kv_capacity_tokens)
+        if max_tokens != params.max_tokens:
+            params = replace(params, max_tokens=max_tokens)
+        if params.n == 1:
+            core_requests = [
+                EngineCoreRequest(request_id, token_ids, params, arrival_time, cache_salt=cache_salt)
+            ]
+        else:
+            core_requests = []
+            for index in range(params.n):
+                # Siblings differ in their seed so that n seeded samples are not n copies.
+                seed = None if params.seed is None else params.seed + index
+                core_requests.append(
+                    EngineCoreRequest(
+                        f"{request_id}-{index}",
+                        token_ids,
+                        replace(params, n=1, seed=seed),
+                        arrival_time,
+                        cache_salt=cache_salt,
+                        # The first sample prefills the prompt; the others share its blocks.
+                        prefix_leader_id=f"{request_id}-0" if index else None,
+                    )
+                )
+        return ProcessedRequest(request_id, text, token_ids, params, core_requests, arrival_time, output_kind)
 
 
 def tokenize_prompt(prompt: PromptType, tokenizer, vocab_size: int) -> tuple[str | None, list[int]]:

@@ -1,120 +1,97 @@
-"""LLMEngine: the synchronous heart. add_request, step(), abort; outputs as RequestOutput."""
+"""LLMEngine: the front end over an engine core, wherever the core runs.
+
+Input processing (tokenization, validation, limits, n > 1 split into core requests) happens
+before a request reaches the core; output processing (incremental detokenization, stop strings,
+logprobs, n > 1 merge, output kinds) after its token ids come back. A stop string found here
+aborts the sequence in the core, which applies it before its next step. The core sits behind an
+`EngineCoreClient`: in this process by default (the offline `LLM`), in its own process for the
+server (`MultiprocClient`).
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field
 
-from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
-from pagedllm.core.kv_cache_spec import request_capacity_blocks
-from pagedllm.core.scheduler import Scheduler
-from pagedllm.engine.input_processor import (
-    ProcessedRequest,
-    PromptType,
-    check_fits_cache,
-    check_length,
-    tokenize_prompt,
-)
+from pagedllm.config import EngineConfig
+from pagedllm.core.scheduler import SchedulerStats
+from pagedllm.engine.core_client import EngineCoreClient, InprocClient
+from pagedllm.engine.core_messages import EngineCoreInfo
+from pagedllm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.tokenizer import load_tokenizer
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.outputs import RequestOutput
-from pagedllm.platforms import resolve_platform
-from pagedllm.request import Request, RequestStatus
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.executor import UniProcExecutor
-from pagedllm.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_BATCHED_TOKENS = 2048
+
+@dataclass
+class EngineStep:
+    """What one core step became on the front end's side."""
+
+    request_outputs: list[RequestOutput]
+    # (user request id, why) for each request the core refused after the front end accepted it.
+    errors: list[tuple[str, InvalidRequestError]] = field(default_factory=list)
+    stats: SchedulerStats | None = None
 
 
 class LLMEngine:
-    """Owns tokenizer, scheduler, executor and output processor; one `step()` is one batch."""
+    """Add requests, `step()`, abort: outputs as `RequestOutput`s, the core behind a client.
 
-    def __init__(self, config: EngineConfig, frontend_only: bool = False):
-        """`frontend_only` loads just what `process_request` needs (tokenizer, limits): the
-        front end of a server whose model runs in an engine process."""
+    `add_request` and `abort_request` may be called from any thread; `step`/`receive` from one.
+    """
+
+    def __init__(self, config: EngineConfig, client: EngineCoreClient | None = None):
+        """Without a `client` the core is built here, in this process."""
         self.config = config
-        start = time.perf_counter()
-        self.resolved = resolve_model(config.model)
-        self.model_config = ModelConfig.from_resolved(self.resolved, quantization=config.quantization)
-        self.tokenizer = load_tokenizer(self.resolved)
-        if config.chat_template is not None:
-            self.tokenizer.chat_template = config.chat_template
-        max_model_len = self._max_model_len()
-        self.scheduler_config = SchedulerConfig(
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens or _DEFAULT_BATCHED_TOKENS,
-            max_model_len=max_model_len,
-        )
-        self.cache_config = CacheConfig(
-            block_size=config.block_size,
-            enable_prefix_caching=config.enable_prefix_caching,
-            num_kv_blocks=config.num_kv_blocks,
-            kv_cache_memory=config.kv_cache_memory,
-        )
-        self.platform = resolve_platform(config)
-        self.device = self.platform.device
-        self.dtype = self.platform.select_dtype(config.dtype)
-        self._ids = itertools.count()
-        if frontend_only:
-            self.num_kv_blocks = 0  # set from the engine process once it has sized its cache
-            return
-        runner = ModelRunner(
-            self.model_config,
-            self.scheduler_config,
-            self.cache_config,
-            self.platform,
-            self.dtype,
-            config.seed,
-        )
-        self.executor = UniProcExecutor(runner)
-        # One block pool per KV-cache group (layers grouped by sliding window).
-        self.kv_cache_groups = self.executor.determine_kv_cache_groups()
-        self.executor.initialize_kv_cache(self.kv_cache_groups)
-        # In blocks: the longest request every group can hold (its full-attention pool's size).
-        self.num_kv_blocks = request_capacity_blocks(
-            self.kv_cache_groups,
-            config.block_size,
-            self.scheduler_config.max_num_batched_tokens,
-            self.scheduler_config.max_model_len,
-        )
-        self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
-        self.output_processor = OutputProcessor(self.tokenizer)
-        logger.info(
-            "engine ready in %.1f s: %s on %s (%s), KV cache %d blocks x %d tokens = %d tokens",
-            time.perf_counter() - start,
-            self.model_config.architecture,
-            self.device,
-            str(self.dtype).removeprefix("torch."),
-            self.num_kv_blocks,
-            self.cache_config.block_size,
-            self.kv_capacity_tokens,
-        )
+        if client is None:
+            from pagedllm.engine.engine_core import EngineCore
 
-    def _max_model_len(self) -> int:
-        limit = self.model_config.max_position_embeddings
-        if self.config.max_model_len is None:
-            return limit
-        if self.config.max_model_len > limit:
-            raise ValueError(
-                f"max_model_len={self.config.max_model_len} exceeds the model's context length {limit}"
-            )
-        return self.config.max_model_len
+            client = InprocClient(EngineCore(config))
+        self.client = client
+        try:
+            # A core in another process loads its model meanwhile.
+            resolved = resolve_model(config.model)
+            self.model_config = ModelConfig.from_resolved(resolved, quantization=config.quantization)
+            self.tokenizer = load_tokenizer(resolved)
+            if config.chat_template is not None:
+                self.tokenizer.chat_template = config.chat_template
+            self.info: EngineCoreInfo = client.wait_ready()
+        except BaseException:
+            client.shutdown()
+            raise
+        self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size, self.info)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        # Guards the output processor: requests arrive on one thread, outputs on another.
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+
+    # ---- the core's limits --------------------------------------------------------------------
+    @property
+    def max_model_len(self) -> int:
+        return self.info.max_model_len
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.info.num_kv_blocks
 
     @property
     def kv_capacity_tokens(self) -> int:
-        return self.num_kv_blocks * self.cache_config.block_size
+        return self.info.kv_capacity_tokens
 
     @property
-    def max_model_len(self) -> int:
-        return self.scheduler_config.max_model_len
+    def engine_core(self):
+        """The core itself, when it runs in this process (tests and tools inspect it)."""
+        if not isinstance(self.client, InprocClient):
+            raise AttributeError(f"the engine core runs behind {type(self.client).__name__}, not here")
+        return self.client.core
 
     def new_request_id(self) -> str:
         return str(next(self._ids))
@@ -130,79 +107,81 @@ class LLMEngine:
         cache_salt: str | None = None,
     ) -> None:
         """Validate and queue one prompt; n > 1 becomes n core requests sharing the prompt's blocks."""
-        self.add_processed_request(
-            self.process_request(request_id, prompt, params, arrival_time, output_kind, cache_salt)
+        processed = self.input_processor.process(
+            request_id,
+            prompt,
+            params or SamplingParams(),
+            arrival_time or time.time(),
+            output_kind,
+            cache_salt,
         )
-
-    def process_request(
-        self,
-        request_id: str,
-        prompt: PromptType,
-        params: SamplingParams | None = None,
-        arrival_time: float | None = None,
-        output_kind: str = "final",
-        cache_salt: str | None = None,
-    ) -> ProcessedRequest:
-        """Tokenize and validate without touching engine state (safe off the engine thread)."""
-        params = params or SamplingParams()
-        arrival_time = arrival_time or time.time()
-        text, token_ids = tokenize_prompt(prompt, self.tokenizer, self.model_config.vocab_size)
-        params.validate_vocab(self.model_config.vocab_size)
-        max_tokens = check_length(
-            len(token_ids), params.max_tokens, self.max_model_len, self.kv_capacity_tokens
-        )
-        check_fits_cache(len(token_ids) + max_tokens, self.kv_capacity_tokens)
-        if max_tokens != params.max_tokens:
-            params = replace(params, max_tokens=max_tokens)
-        child_ids = [request_id] if params.n == 1 else [f"{request_id}-{i}" for i in range(params.n)]
-        children, leader = [], None
-        for index, child_id in enumerate(child_ids):
-            child_params = params
-            if params.n > 1:
-                # Siblings differ in their seed so that n seeded samples are not n copies.
-                seed = None if params.seed is None else params.seed + index
-                child_params = replace(params, n=1, seed=seed)
-            request = Request(
-                request_id=child_id,
-                prompt_token_ids=token_ids,
-                sampling_params=child_params,
-                eos_token_id=self.model_config.eos_token_id,
-                arrival_time=arrival_time,
-                cache_salt=cache_salt,
-                prefix_leader=leader,
+        with self._lock:
+            self.output_processor.add_request(
+                processed.request_id,
+                processed.prompt,
+                processed.prompt_token_ids,
+                processed.params,
+                [r.request_id for r in processed.core_requests],
+                processed.arrival_time,
+                output_kind=processed.output_kind,
             )
-            children.append(request)
-            leader = leader or request
-        return ProcessedRequest(request_id, text, token_ids, params, children, arrival_time, output_kind)
+        try:
+            self.client.add_requests(processed.core_requests)
+        except BaseException:
+            with self._lock:
+                self.output_processor.abort_request(request_id)
+            raise
 
-    def add_processed_request(self, processed: ProcessedRequest) -> None:
-        """Queue a request made by `process_request` (on the thread that runs `step`)."""
-        p = processed
-        self.output_processor.add_request(
-            p.request_id,
-            p.prompt,
-            p.prompt_token_ids,
-            p.params,
-            [c.request_id for c in p.children],
-            p.arrival_time,
-            output_kind=p.output_kind,
-        )
-        for child in p.children:
-            self.scheduler.add_request(child)
-
-    def abort_request(self, request_ids: str | list[str]) -> None:
-        """Stop requests now and free their blocks (safe for unknown or finished ids)."""
+    def abort_request(self, request_ids: str | list[str]) -> int:
+        """Stop requests now (safe for unknown or finished ids); returns the sequences it ended."""
         if isinstance(request_ids, str):
             request_ids = [request_ids]
-        for request_id in request_ids:
-            child_ids = self.output_processor.abort_request(request_id)
-            self.scheduler.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
+        with self._lock:
+            core_ids = [c for r in request_ids for c in self.output_processor.abort_request(r)]
+        if core_ids:
+            self.client.abort_requests(core_ids)
+        return len(core_ids)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.output_processor.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
-        return self.scheduler.get_num_unfinished_requests()
+        return self.output_processor.get_num_unfinished_requests()
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def receive(self, timeout: float | None = None) -> EngineStep | None:
+        """Turn the core's next step into request outputs (None if none came within `timeout`)."""
+        core_outputs = self.client.get_outputs(timeout)
+        if core_outputs is None:
+            return None
+        now = time.time()
+        errors = []
+        with self._lock:
+            processed = self.output_processor.process_outputs(core_outputs.outputs, now)
+            to_abort = processed.reqs_to_abort
+            for rejected in core_outputs.rejected:
+                request_id, siblings = self.output_processor.reject(rejected.request_id)
+                if request_id is not None:
+                    errors.append((request_id, InvalidRequestError(rejected.param, rejected.message)))
+                    to_abort.extend(siblings)
+        if to_abort:
+            # Sequences a stop string ended here: the core stops them before its next step.
+            self.client.abort_requests(to_abort)
+        return EngineStep(processed.request_outputs, errors, core_outputs.stats)
+
+    def step(self) -> list[RequestOutput]:
+        """Run (or wait for) one core step and return the outputs it made due.
+
+        Raises `InvalidRequestError` for a request the core refused.
+        """
+        if not self.has_unfinished_requests():
+            return []
+        result = self.receive()
+        if result is None:
+            return []
+        if result.errors:
+            raise result.errors[0][1]
+        return result.request_outputs
 
     def run_to_completion(
         self,
@@ -235,13 +214,6 @@ class LLMEngine:
             self.abort_request(request_ids)
             raise
 
-    # ---- the step -----------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, and turn the results into request outputs."""
-        scheduler_output = self.scheduler.schedule()
-        runner_output = self.executor.execute_model(scheduler_output)
-        core_outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
-        processed = self.output_processor.process_outputs(core_outputs, time.time())
-        if processed.reqs_to_abort:
-            self.scheduler.finish_requests(processed.reqs_to_abort, RequestStatus.FINISHED_STOPPED)
-        return processed.request_outputs
+    def shutdown(self) -> None:
+        """Stop the core (its process, if it has one)."""
+        self.client.shutdown()

@@ -207,7 +207,7 @@ class ParentState:
 
 
 class OutputProcessor:
-    """Keeps the text-side state of every live request (engine side, no torch)."""
+    """Keeps the text-side state of every live request (the front end's side; no torch)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -259,6 +259,15 @@ class OutputProcessor:
             return []
         self._forget_children(parent)
         return [cid for cid, child in parent.children.items() if not child.finished]
+
+    def reject(self, child_request_id: str) -> tuple[str | None, list[str]]:
+        """The core refused one core request: forget its user request; return that request's
+        id (None if unknown) and its other unfinished core requests, for the core to abort."""
+        parent = self._parent_of.get(child_request_id)
+        if parent is None:
+            return None, []
+        siblings = self.abort_request(parent.request_id)
+        return parent.request_id, [c for c in siblings if c != child_request_id]
 
     def process_outputs(self, outputs: list[EngineCoreOutput], now: float) -> ProcessedOutputs:
         """Apply one step's core outputs; return the RequestOutputs due and children to stop."""

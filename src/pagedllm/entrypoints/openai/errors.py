@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pagedllm.engine.async_llm import EngineDeadError
+from pagedllm.engine.core_client import EngineDeadError
 from pagedllm.engine.input_processor import InvalidRequestError
 from pagedllm.entrypoints.chat_utils import ChatTemplateError
 from pagedllm.sampling_params import SamplingParamsError

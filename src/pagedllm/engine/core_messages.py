@@ -1,0 +1,61 @@
+"""What crosses the seam between a front end and its engine core: token ids, never text.
+
+A front end turns a user's prompt into one `EngineCoreRequest` per sample; the core answers
+each step with one `EngineCoreOutputs`. Both are msgspec structs (field order is the wire
+schema, `pagedllm.engine.wire.SCHEMA_VERSION`), so the same values travel unchanged within
+a process or across one.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from pagedllm.core.sched_output import EngineCoreOutput
+from pagedllm.core.scheduler import SchedulerStats
+from pagedllm.sampling_params import SamplingParams
+
+
+class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One sequence for the core to generate: a validated prompt and how to sample it.
+
+    `max_tokens` in `sampling_params` is already resolved (never None). For n > 1 the front end
+    sends n requests; `prefix_leader_id` names the sibling whose prompt blocks this one waits
+    to share.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    arrival_time: float
+    cache_salt: str | None = None
+    prefix_leader_id: str | None = None
+
+
+class RejectedRequest(msgspec.Struct, array_like=True):
+    """A request the core refused when it was added; `param` names the offending field."""
+
+    request_id: str
+    param: str
+    message: str
+
+
+class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One step's results: new tokens per request, the scheduler's counters, refusals."""
+
+    outputs: list[EngineCoreOutput] = msgspec.field(default_factory=list)
+    stats: SchedulerStats | None = None
+    rejected: list[RejectedRequest] = msgspec.field(default_factory=list)
+
+
+class EngineCoreInfo(msgspec.Struct, array_like=True):
+    """What a front end needs to know about its core once the core has sized its KV cache."""
+
+    max_model_len: int
+    num_kv_blocks: int  # the longest request every KV-cache group can hold, in blocks
+    block_size: int
+    device: str
+    dtype: str
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_kv_blocks * self.block_size

@@ -1,0 +1,114 @@
+"""The engine core's own process: reads client messages, steps, writes outputs.
+
+A reader thread decodes what arrives over the connection into a queue, so the core's loop
+never waits on the pipe while it has work; the loop applies every queued message between steps
+(an abort therefore wastes at most the step already running) and sends one `Outputs` per step.
+The connection is any `multiprocessing.connection.Connection`: a pipe to the parent here, a
+socket for a core on another machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from multiprocessing.connection import Connection
+
+from pagedllm.config import EngineConfig
+from pagedllm.engine.core_messages import EngineCoreOutputs
+from pagedllm.engine.wire import (
+    SCHEMA_VERSION,
+    AbortRequests,
+    AddRequests,
+    Failed,
+    Outputs,
+    Ready,
+    Shutdown,
+    core_codec,
+)
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()  # queued by the reader when the client asked to shut down or went away
+
+
+def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: int) -> None:
+    """The process's entry point: load the core, announce it, serve until shut down."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pagedllm.engine.engine_core import EngineCore
+
+    codec = core_codec()
+    try:
+        core = EngineCore(config)
+    except Exception as exc:
+        logger.exception("the engine core failed to start")
+        conn.send_bytes(codec.encode(Failed(repr(exc))))
+        return
+    conn.send_bytes(codec.encode(Ready(SCHEMA_VERSION, core.info)))
+    try:
+        EngineCoreLoop(core, conn).run()
+    except Exception as exc:
+        logger.exception("the engine core failed")
+        # The client may be gone already; then there is no one left to tell.
+        with contextlib.suppress(OSError):
+            conn.send_bytes(codec.encode(Failed(repr(exc))))
+        raise SystemExit(1) from exc
+
+
+class EngineCoreLoop:
+    """Messages in, one step at a time, outputs out, until `Shutdown` or a closed connection."""
+
+    def __init__(self, core, conn: Connection):
+        self.core = core
+        self.conn = conn
+        self.codec = core_codec()
+        self.inputs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="pagedllm-core-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        codec = core_codec()  # the loop's codec encodes on the other thread
+        try:
+            while True:
+                message = codec.decode(self.conn.recv_bytes())
+                if isinstance(message, Shutdown):
+                    break
+                self.inputs.put(message)
+        except (EOFError, OSError):
+            pass  # the client went away: stop as if asked to
+        except Exception:
+            logger.exception("reading a client message failed")
+        self.inputs.put(_STOP)
+
+    def run(self) -> None:
+        core = self.core
+        while True:
+            # Idle: sleep until a message arrives. Busy: take what has arrived, then step.
+            messages = [] if core.has_unfinished_requests() else [self.inputs.get()]
+            messages.extend(self._drain())
+            rejected = []
+            for message in messages:
+                if message is _STOP:
+                    return
+                if isinstance(message, AddRequests):
+                    rejected.extend(core.add_requests(message.requests))
+                elif isinstance(message, AbortRequests):
+                    core.abort_requests(message.request_ids)
+            if core.has_unfinished_requests():
+                outputs = core.step()
+                outputs.rejected.extend(rejected)
+            elif messages:
+                # Nothing left to step (an abort emptied the queue, or every add was refused):
+                # the client still learns of refusals and of the scheduler's new state.
+                outputs = EngineCoreOutputs(rejected=rejected, stats=core.scheduler.make_stats())
+            else:
+                continue
+            self.conn.send_bytes(self.codec.encode(Outputs(outputs)))
+
+    def _drain(self) -> list:
+        messages = []
+        while True:
+            try:
+                messages.append(self.inputs.get_nowait())
+            except queue.Empty:
+                return messages

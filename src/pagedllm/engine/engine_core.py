@@ -1,0 +1,143 @@
+"""EngineCore: the scheduler and the executor behind one `step()`, nothing textual.
+
+The core takes `EngineCoreRequest`s (token ids and sampling parameters) and answers each step
+with `EngineCoreOutputs` (new token ids, logprobs, finish reasons, the scheduler's counters).
+Tokenizing, detokenizing and stop strings belong to the front end (`LLMEngine`), which reaches
+the core through an `EngineCoreClient`: in its own process, or in another. The core is the unit
+later work replicates (data parallel) and places (on other machines).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
+from pagedllm.core.kv_cache_spec import request_capacity_blocks
+from pagedllm.core.scheduler import Scheduler
+from pagedllm.engine.core_messages import (
+    EngineCoreInfo,
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    RejectedRequest,
+)
+from pagedllm.model.loader.resolve import resolve_model
+from pagedllm.model.model_config import ModelConfig
+from pagedllm.platforms import resolve_platform
+from pagedllm.request import Request, RequestStatus
+from pagedllm.worker.executor import UniProcExecutor
+from pagedllm.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+# The offline token budget per step when none is configured (the server sets its own).
+DEFAULT_BATCHED_TOKENS = 2048
+
+
+def resolve_max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
+    """The configured context length, checked against the model's own."""
+    limit = model_config.max_position_embeddings
+    if config.max_model_len is None:
+        return limit
+    if config.max_model_len > limit:
+        raise ValueError(f"max_model_len={config.max_model_len} exceeds the model's context length {limit}")
+    return config.max_model_len
+
+
+class EngineCore:
+    """Loads the model, sizes the KV cache, and runs one scheduled batch per `step()`."""
+
+    def __init__(self, config: EngineConfig):
+        start = time.perf_counter()
+        self.config = config
+        resolved = resolve_model(config.model)
+        self.model_config = ModelConfig.from_resolved(resolved, quantization=config.quantization)
+        self.scheduler_config = SchedulerConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens or DEFAULT_BATCHED_TOKENS,
+            max_model_len=resolve_max_model_len(config, self.model_config),
+        )
+        self.cache_config = CacheConfig(
+            block_size=config.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+            num_kv_blocks=config.num_kv_blocks,
+            kv_cache_memory=config.kv_cache_memory,
+        )
+        self.platform = resolve_platform(config)
+        self.device = self.platform.device
+        self.dtype = self.platform.select_dtype(config.dtype)
+        runner = ModelRunner(
+            self.model_config,
+            self.scheduler_config,
+            self.cache_config,
+            self.platform,
+            self.dtype,
+            config.seed,
+        )
+        self.executor = UniProcExecutor(runner)
+        # One block pool per KV-cache group (layers grouped by sliding window).
+        self.kv_cache_groups = self.executor.determine_kv_cache_groups()
+        self.executor.initialize_kv_cache(self.kv_cache_groups)
+        self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
+        self.info = EngineCoreInfo(
+            max_model_len=self.scheduler_config.max_model_len,
+            # The longest request every group can hold (its full-attention pool's size).
+            num_kv_blocks=request_capacity_blocks(
+                self.kv_cache_groups,
+                config.block_size,
+                self.scheduler_config.max_num_batched_tokens,
+                self.scheduler_config.max_model_len,
+            ),
+            block_size=config.block_size,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
+        logger.info(
+            "engine core ready in %.1f s: %s on %s (%s), KV cache %d blocks x %d tokens = %d tokens",
+            time.perf_counter() - start,
+            self.model_config.architecture,
+            self.info.device,
+            self.info.dtype,
+            self.info.num_kv_blocks,
+            self.info.block_size,
+            self.info.kv_capacity_tokens,
+        )
+
+    # ---- requests -----------------------------------------------------------------------------
+    def add_requests(self, requests: list[EngineCoreRequest]) -> list[RejectedRequest]:
+        """Queue requests; those the scheduler refuses come back, the others are queued."""
+        rejected = []
+        for core_request in requests:
+            leader = None
+            if core_request.prefix_leader_id is not None:
+                leader = self.scheduler.requests.get(core_request.prefix_leader_id)
+            request = Request(
+                request_id=core_request.request_id,
+                prompt_token_ids=core_request.prompt_token_ids,
+                sampling_params=core_request.sampling_params,
+                eos_token_id=self.model_config.eos_token_id,
+                arrival_time=core_request.arrival_time,
+                cache_salt=core_request.cache_salt,
+                prefix_leader=leader,
+            )
+            try:
+                self.scheduler.add_request(request)
+            except ValueError as exc:
+                param = getattr(exc, "param", "prompt")
+                rejected.append(RejectedRequest(core_request.request_id, param, str(exc)))
+        return rejected
+
+    def abort_requests(self, request_ids: list[str]) -> None:
+        """Finish requests now and free their blocks (unknown or finished ids are ignored)."""
+        self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # ---- the step -----------------------------------------------------------------------------
+    def step(self) -> EngineCoreOutputs:
+        """Schedule, run the model once, and report what each request gained."""
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.executor.execute_model(scheduler_output)
+        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        return EngineCoreOutputs(outputs=outputs, stats=self.scheduler.make_stats())
