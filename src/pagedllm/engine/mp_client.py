@@ -47,6 +47,7 @@ class MultiprocClient(EngineCoreClient):
         )
         self._process.start()
         child_conn.close()  # so that the core's death reads as end-of-file here
+        logger.info("engine core process started (pid %d)", self._process.pid)
         self._send_codec = client_codec()
         self._receive_codec = client_codec()
         self._send_lock = threading.Lock()

@@ -121,3 +121,11 @@ def templated_server(tiny_model_dir, tmp_path_factory):
     template.write_text(TINY_TEMPLATE)
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
     yield from _start(args + _TINY_ENGINE, folder / "server.log")
+
+
+@pytest.fixture
+def doomed_server(tiny_model_dir, tmp_path):
+    """A tiny-model server of its own, for a test that kills its engine core."""
+    yield from _start(
+        [str(tiny_model_dir), "--served-model-name", TINY_NAME, *_TINY_ENGINE], tmp_path / "log"
+    )

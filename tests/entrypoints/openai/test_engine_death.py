@@ -1,0 +1,37 @@
+"""A server whose engine core process dies: the open stream ends with an `engine_dead` error
+event, /health answers 503, and new requests are refused instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import httpx
+
+TINY_NAME = "tiny"
+
+
+def test_killed_core_ends_streams_and_health_says_503(doomed_server):
+    match = re.search(r"engine core process started \(pid (\d+)\)", doomed_server.log())
+    assert match, doomed_server.log()[-2000:]
+    core_pid = int(match.group(1))
+    assert httpx.get(f"{doomed_server.url}/health").status_code == 200
+    body = {"model": TINY_NAME, "prompt": "The quick", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    events = []
+    with httpx.stream("POST", f"{doomed_server.url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[len("data: ") :])
+            if len(events) == 3:
+                os.kill(core_pid, signal.SIGKILL)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "engine_dead" and "died" in error["message"], error
+    health = httpx.get(f"{doomed_server.url}/health")
+    assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
+    late = httpx.post(f"{doomed_server.url}/v1/completions", json={**body, "stream": False}, timeout=30)
+    assert late.status_code == 503, late.text
