@@ -17,14 +17,13 @@ from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError
 from pagedllm.engine.core_messages import EngineCoreInfo, EngineCoreOutputs, EngineCoreRequest
 from pagedllm.engine.core_process import run_engine_core_process
 from pagedllm.engine.wire import (
-    SCHEMA_VERSION,
     AbortRequests,
     AddRequests,
     Failed,
     Outputs,
-    Ready,
     Shutdown,
     client_codec,
+    expect_ready,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,16 +66,11 @@ class MultiprocClient(EngineCoreClient):
             message = self._receive_codec.decode(self._conn.recv_bytes())
         except (EOFError, OSError):
             message = Failed(f"the engine core process exited with code {self._exit_code()} while starting")
-        if isinstance(message, Failed):
+        try:
+            self.info = expect_ready(message)
+        except RuntimeError:
             self.shutdown()
-            raise RuntimeError(f"the engine core failed to start: {message.message}")
-        if not isinstance(message, Ready) or message.schema_version != SCHEMA_VERSION:
-            self.shutdown()
-            raise RuntimeError(
-                f"the engine core speaks wire schema {getattr(message, 'schema_version', '?')}, "
-                f"this front end {SCHEMA_VERSION}; run the same pagedllm version on both sides"
-            )
-        self.info = message.info
+            raise
         return self.info
 
     # ---- sending (any thread) -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The engine core's wire format: typed messages encoded as msgpack arrays.
 
 Token ids travel as integer arrays and structs as arrays of their fields (no field names, no
-pickling), so one step's outputs for 32 decoding requests take well under a kilobyte.
+pickling, no text): a decoding request's output in a step is its id plus about twenty bytes.
 `SCHEMA_VERSION` names the layout: the core announces it in `Ready`, and a client refuses a
 core that speaks another, instead of misreading its messages.
 
@@ -70,6 +70,20 @@ class Codec:
                 f"undecodable engine message ({exc}); are both sides the same pagedllm version "
                 f"(wire schema {SCHEMA_VERSION})?"
             ) from exc
+
+
+def expect_ready(message: CoreMessage) -> EngineCoreInfo:
+    """The core's first message, checked: its info, or RuntimeError saying why not."""
+    if isinstance(message, Failed):
+        raise RuntimeError(f"the engine core failed to start: {message.message}")
+    if not isinstance(message, Ready):
+        raise RuntimeError(f"the engine core sent {type(message).__name__} before Ready")
+    if message.schema_version != SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the engine core speaks wire schema {message.schema_version}, this front end "
+            f"{SCHEMA_VERSION}; run the same pagedllm version on both sides"
+        )
+    return message.info
 
 
 def client_codec() -> Codec:
