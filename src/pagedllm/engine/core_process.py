@@ -47,7 +47,7 @@ def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: i
         return
     conn.send_bytes(codec.encode(Ready(SCHEMA_VERSION, core.info)))
     try:
-        CoreSideOutputLoop(core, conn, config).run()
+        EngineCoreLoop(core, conn).run()
     except Exception as exc:
         logger.exception("the engine core failed")
         # The client may be gone already; then there is no one left to tell.
@@ -112,45 +112,3 @@ class EngineCoreLoop:
                 messages.append(self.inputs.get_nowait())
             except queue.Empty:
                 return messages
-
-
-class CoreSideOutputLoop(EngineCoreLoop):
-    """Experiment: a front end's output processing runs here, after each step."""
-
-    def __init__(self, core, conn, config):
-        super().__init__(core, conn)
-        import pickle
-
-        from pagedllm.engine.core_client import InprocClient
-        from pagedllm.engine.llm_engine import LLMEngine
-
-        self._pickle = pickle
-        self.engine = LLMEngine(config, InprocClient(core))
-
-    def run(self) -> None:
-        from pagedllm.engine.wire import AbortPrompt, AddPrompt, ProcessedStep
-
-        engine = self.engine
-        client = engine.client
-        while True:
-            messages = [] if self.core.has_unfinished_requests() else [self.inputs.get()]
-            messages.extend(self._drain())
-            for message in messages:
-                if message is _STOP:
-                    return
-                if isinstance(message, AddPrompt):
-                    engine.add_request(
-                        message.request_id,
-                        {"prompt_token_ids": message.prompt_token_ids},
-                        message.params,
-                        message.arrival_time,
-                        message.output_kind,
-                        message.cache_salt,
-                    )
-                elif isinstance(message, AbortPrompt):
-                    engine.abort_request(message.request_id)
-            step = engine.receive(timeout=0.0) if not client._inputs.empty() or self.core.has_unfinished_requests() else None
-            if step is None:
-                continue
-            payload = self._pickle.dumps((step.request_outputs, step.errors, step.stats), protocol=5)
-            self.conn.send_bytes(self.codec.encode(ProcessedStep(payload)))

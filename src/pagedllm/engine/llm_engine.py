@@ -72,9 +72,6 @@ class LLMEngine:
         # Guards the output processor: requests arrive on one thread, outputs on another.
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        # Experiment: with a core in another process, output processing runs there.
-        self._core_side = type(client).__name__ == "MultiprocClient"
-        self._live: set[str] = set()
 
     # ---- the core's limits --------------------------------------------------------------------
     @property
@@ -118,21 +115,6 @@ class LLMEngine:
             output_kind,
             cache_salt,
         )
-        if self._core_side:
-            from pagedllm.engine.wire import AddPrompt
-
-            self._live.add(request_id)
-            self.client.add_prompt(
-                AddPrompt(
-                    request_id,
-                    processed.prompt_token_ids,
-                    processed.params,
-                    processed.arrival_time,
-                    processed.output_kind,
-                    cache_salt,
-                )
-            )
-            return
         with self._lock:
             self.output_processor.add_request(
                 processed.request_id,
@@ -154,16 +136,6 @@ class LLMEngine:
         """Stop requests now (safe for unknown or finished ids); returns the sequences it ended."""
         if isinstance(request_ids, str):
             request_ids = [request_ids]
-        if self._core_side:
-            from pagedllm.engine.wire import AbortPrompt
-
-            count = 0
-            for request_id in request_ids:
-                if request_id in self._live:
-                    self._live.discard(request_id)
-                    self.client._send(AbortPrompt(request_id))
-                    count += 1
-            return count
         with self._lock:
             core_ids = [c for r in request_ids for c in self.output_processor.abort_request(r)]
         if core_ids:
@@ -171,8 +143,6 @@ class LLMEngine:
         return len(core_ids)
 
     def has_unfinished_requests(self) -> bool:
-        if self._core_side:
-            return bool(self._live)
         return self.output_processor.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
@@ -184,14 +154,6 @@ class LLMEngine:
         core_outputs = self.client.get_outputs(timeout)
         if core_outputs is None:
             return None
-        if self._core_side:
-            request_outputs, errors, stats = core_outputs
-            for output in request_outputs:
-                if output.finished:
-                    self._live.discard(output.request_id)
-            for request_id, _ in errors:
-                self._live.discard(request_id)
-            return EngineStep(request_outputs, errors, stats)
         now = time.time()
         errors = []
         with self._lock:

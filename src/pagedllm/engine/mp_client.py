@@ -78,10 +78,6 @@ class MultiprocClient(EngineCoreClient):
         if not self._send(AddRequests(requests)):
             raise EngineDeadError(self._dead_message())
 
-    def add_prompt(self, message) -> None:
-        if not self._send(message):
-            raise EngineDeadError(self._dead_message())
-
     def abort_requests(self, request_ids: list[str]) -> None:
         self._send(AbortRequests(request_ids))  # a dead core holds nothing left to free
 
@@ -108,10 +104,6 @@ class MultiprocClient(EngineCoreClient):
             raise EngineDeadError(self._dead_message()) from exc
         if isinstance(message, Outputs):
             return message.outputs
-        if type(message).__name__ == "ProcessedStep":
-            import pickle
-
-            return pickle.loads(message.payload)
         self._dead = message.message if isinstance(message, Failed) else f"unexpected {message!r}"
         raise EngineDeadError(self._dead_message())
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import msgspec
 
 from pagedllm.engine.core_messages import EngineCoreInfo, EngineCoreOutputs, EngineCoreRequest
-from pagedllm.sampling_params import SamplingParams
 
 # Bump whenever a message or a struct it carries changes its fields or their order.
 SCHEMA_VERSION = 1
@@ -32,27 +31,6 @@ class Shutdown(msgspec.Struct, tag=True, array_like=True):
     pass
 
 
-class AddPrompt(msgspec.Struct, tag=True, array_like=True):
-    """Experiment: a validated user request for a core that runs output processing itself."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    arrival_time: float
-    output_kind: str
-    cache_salt: str | None = None
-
-
-class AbortPrompt(msgspec.Struct, tag=True, array_like=True):
-    request_id: str
-
-
-class ProcessedStep(msgspec.Struct, tag=True, array_like=True):
-    """Experiment: the core's request outputs, pickled (as the engine process sent them before)."""
-
-    payload: bytes
-
-
 class Ready(msgspec.Struct, tag=True, array_like=True):
     schema_version: int
     info: EngineCoreInfo
@@ -66,8 +44,8 @@ class Failed(msgspec.Struct, tag=True, array_like=True):
     message: str
 
 
-ClientMessage = AddRequests | AbortRequests | Shutdown | AddPrompt | AbortPrompt
-CoreMessage = Ready | Outputs | Failed | ProcessedStep
+ClientMessage = AddRequests | AbortRequests | Shutdown
+CoreMessage = Ready | Outputs | Failed
 
 
 class WireError(RuntimeError):
