@@ -60,6 +60,32 @@ REQUEST_LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+GRAMMAR_COMPILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _GrammarCacheCollector:
+    """The compiler's cumulative cache lookups and hits, read at scrape time."""
+
+    def __init__(self, compiler, model_name: str):
+        self.compiler = compiler
+        self.model_name = model_name
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, doc, value in (
+            (
+                "grammar_cache_queries",
+                "Output constraints looked up in the grammar cache.",
+                self.compiler.queries,
+            ),
+            ("grammar_cache_hits", "Output constraints found already compiled.", self.compiler.hits),
+        ):
+            family = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
+            family.add_metric([self.model_name], value)
+            yield family
+
+
 @dataclass(slots=True)
 class _RequestProgress:
     """What was already recorded for one live request."""
@@ -146,6 +172,18 @@ class EngineMetrics:
             "Time from arrival to first being scheduled.",
             REQUEST_LATENCY_BUCKETS,
         )
+
+    def watch_grammar_compiler(self, compiler) -> None:
+        """Export a GrammarCompiler's compile times and cache counters (constrained decoding)."""
+        compile_seconds = Histogram(
+            PREFIX + "grammar_compile_seconds",
+            "Time to compile one output constraint (JSON schema, regex, choice, grammar).",
+            ["model_name"],
+            registry=self.registry,
+            buckets=GRAMMAR_COMPILE_BUCKETS,
+        ).labels(self.model_name)
+        compiler.on_compiled = compile_seconds.observe
+        self.registry.register(_GrammarCacheCollector(compiler, self.model_name))
 
     # ---- recording (engine thread) --------------------------------------------------------------
     def record_step(self, stats: SchedulerStats, outputs: Iterable[RequestOutput]) -> None:

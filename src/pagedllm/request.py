@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pagedllm.sampling_params import SamplingParams
 
@@ -50,6 +51,9 @@ class Request:
     cache_salt: str | None = None
     # For n > 1: the sibling whose prompt blocks this request waits to share.
     prefix_leader: Request | None = None
+    # Constrained decoding: a future of the compiled grammar (opaque here). The scheduler admits
+    # the request once it is done, without holding up the requests behind it.
+    grammar: Any = None
 
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
@@ -88,6 +92,11 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
+
+    @property
+    def grammar_pending(self) -> bool:
+        """Its grammar is still compiling: not schedulable yet."""
+        return self.grammar is not None and not self.grammar.done()
 
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pagedllm.structured_outputs_params import StructuredOutputsParams
+
 _GREEDY_EPS = 1e-5
 
 
@@ -44,6 +46,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
+    # Constrained decoding: the output must match a JSON schema, a regex, a choice or a grammar.
+    structured_outputs: StructuredOutputsParams | None = None
     # Filled in by the engine: ids that end generation besides EOS (e.g. from generation_config).
     _all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
 
@@ -64,6 +68,8 @@ class SamplingParams:
                 raise SamplingParamsError(
                     "logit_bias", f"logit_bias must map token ids to numbers, got {self.logit_bias!r}"
                 ) from exc
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         self._validate()
         self._all_stop_token_ids = set(self.stop_token_ids)
 

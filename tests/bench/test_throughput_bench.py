@@ -22,6 +22,7 @@ KEYS = {
     "prompt_tokens",
     "output_tokens",
     "num_preemptions",
+    "structured_outputs",
 }
 
 

@@ -258,3 +258,40 @@ def test_the_sampler_keeps_its_torch_path_where_the_kernel_does_not_apply():
     out = sampler(logits, md)
     assert torch.equal(out.sampled_token_ids, logits.argmax(-1))
     assert out.logprobs is not None and len(out.logprobs.token_ids) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grammar_bitmask_keeps_the_fused_path_and_its_tokens(dtype):
+    """Constrained rows stay on the fused kernel and draw only allowed tokens, the same tokens
+    as the torch path on the masked logits; unconstrained rows are untouched."""
+    from pagedllm.structured_output.bitmask import unpack_bitmask
+
+    vocab, rows = 2000, 12
+    logits = random_logits(rows, vocab, dtype, seed=9, scale=2.0)
+    params = [SamplingParams(temperature=[0.0, 0.8][i % 2]) for i in range(rows)]
+    gen = torch.Generator().manual_seed(3)
+    constrained = torch.tensor([0, 1, 4, 7, 10])
+    bitmask = torch.zeros(len(constrained), (vocab + 31) // 32, dtype=torch.int32)
+    # Each constrained row allows ~40 random tokens, never its unconstrained argmax.
+    for i, row in enumerate(constrained.tolist()):
+        allowed = torch.randperm(vocab, generator=gen)[:40]
+        allowed = allowed[allowed != logits[row].argmax()]
+        for t in allowed.tolist():
+            bitmask[i, t // 32] |= torch.tensor(1 << (t % 32), dtype=torch.int64).to(torch.int32)
+
+    def metadata():
+        md = _metadata(params, vocab, seed=4)
+        md.grammar_rows, md.grammar_bitmask = constrained, bitmask
+        return md
+
+    md = metadata()
+    assert fused_sampling_applies(logits, md)
+    ours = sampler(logits, md).sampled_token_ids
+    torch_ours = Sampler(None)(logits, metadata()).sampled_token_ids
+    mask = unpack_bitmask(bitmask, vocab)
+    for i, row in enumerate(constrained.tolist()):
+        assert mask[i, ours[row]], f"row {row} drew a forbidden token"
+    free = [r for r in range(rows) if r not in constrained.tolist() and params[r].greedy]
+    assert torch.equal(ours[free], logits[free].argmax(-1))
+    greedy_constrained = [r for r in constrained.tolist() if params[r].greedy]
+    assert torch.equal(ours[greedy_constrained], torch_ours[greedy_constrained])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from pagedllm.engine.arg_utils import engine_config_from_args
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured_outputs_params import StructuredOutputsParams
 
 
 def add_throughput_args(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +19,21 @@ def add_throughput_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--output-json", default=None, help="write the results here as JSON")
+    parser.add_argument(
+        "--structured-outputs",
+        choices=["none", "json"],
+        default="none",
+        help="json: every request under a JSON schema (an object with one string that never ends "
+        "before --output-len), to measure what constrained decoding costs per token",
+    )
+
+
+# Long enough that no request's string closes before --output-len: every step is masked.
+BENCH_SCHEMA = {
+    "type": "object",
+    "properties": {"text": {"type": "string", "minLength": 100000}},
+    "required": ["text"],
+}
 
 
 def random_prompts(num_prompts: int, input_len: int, vocab_size: int, seed: int) -> list[dict]:
@@ -32,9 +49,19 @@ def run_throughput_benchmark(args: argparse.Namespace) -> dict:
 
     engine = LLMEngine(engine_config_from_args(args))
     prompts = random_prompts(args.num_prompts, args.input_len, engine.model_config.vocab_size, args.seed)
-    params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=args.output_len, ignore_eos=True)
+    constraint = None
+    if args.structured_outputs == "json":
+        constraint = StructuredOutputsParams(json=BENCH_SCHEMA)
+    params = SamplingParams(
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=args.output_len,
+        ignore_eos=True,
+        structured_outputs=constraint,
+    )
     warmup = prompts[: min(4, len(prompts))]
-    engine.run_to_completion(warmup, [SamplingParams(max_tokens=4, ignore_eos=True)] * len(warmup))
+    # Also compiles the benchmark's grammar, if any, before the clock starts.
+    engine.run_to_completion(warmup, [dataclasses.replace(params, max_tokens=4)] * len(warmup))
     start = time.perf_counter()
     outputs = engine.run_to_completion(prompts, [params] * len(prompts))
     elapsed = time.perf_counter() - start
@@ -54,6 +81,7 @@ def run_throughput_benchmark(args: argparse.Namespace) -> dict:
         "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
         "num_preemptions": engine.engine_core.scheduler.num_preemptions,
+        "structured_outputs": args.structured_outputs,
     }
     print(
         f"Throughput: {result['requests_per_s']:.2f} requests/s, "

@@ -25,6 +25,8 @@ class NewRequestData:
     # The whole block table, one list per KV-cache group (id 0: a sliding window's dropped block).
     block_ids: tuple[list[int], ...]
     num_computed_tokens: int  # tokens whose KV is already cached (prefix hit)
+    # Constrained decoding: the compiled grammar (opaque here), for the runner's matcher.
+    grammar: object = None
 
 
 @dataclass(slots=True)
@@ -83,6 +85,8 @@ class ModelRunnerOutput:
     # Prompt logprobs computed this step: request id -> (first prompt position covered, values).
     # Position p's entry is the logprob of prompt token p (p >= 1) given tokens < p.
     prompt_logprobs: dict[str, tuple[int, TokenLogprobs]] = field(default_factory=dict)
+    # Requests whose grammar terminated with this step's token: nothing more may follow.
+    stopped_by_grammar: set[str] = field(default_factory=set)
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):

@@ -148,10 +148,11 @@ class Scheduler:
         self.waiting.appendleft(request)
 
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
-        skipped: list[Request] = []  # followers waiting for their leader's prompt blocks
+        # Followers waiting for their leader's prompt blocks, and requests whose grammar compiles.
+        skipped: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.scheduler_config.max_num_seqs:
             request = self.waiting[0]
-            if self._must_wait_for_leader(request):
+            if request.grammar_pending or self._must_wait_for_leader(request):
                 skipped.append(self.waiting.popleft())
                 continue
             num_new = self._admit(request, budget)
@@ -193,6 +194,7 @@ class Scheduler:
         return in_progress and leader.num_computed_tokens < leader.num_prompt_tokens
 
     def _new_request_data(self, request: Request) -> NewRequestData:
+        grammar = request.grammar.result() if request.grammar is not None else None
         return NewRequestData(
             request_id=request.request_id,
             token_ids=list(request.all_token_ids),
@@ -200,6 +202,7 @@ class Scheduler:
             sampling_params=request.sampling_params,
             block_ids=self.kv_cache_manager.get_block_ids(request),
             num_computed_tokens=request.num_computed_tokens,
+            grammar=grammar,
         )
 
     def update_from_output(
@@ -220,6 +223,9 @@ class Scheduler:
                 new_token_ids.append(token_id)
                 if self._check_stop(request, token_id):
                     break
+            if req_id in runner_output.stopped_by_grammar and not request.is_finished:
+                # The grammar accepted a stop token that EOS rules did not stop on (ignore_eos).
+                request.status = RequestStatus.FINISHED_STOPPED
             if new_token_ids or req_id in runner_output.prompt_logprobs:
                 outputs.append(self._make_output(request, new_token_ids, runner_output))
             if request.is_finished:

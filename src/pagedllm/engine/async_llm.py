@@ -23,6 +23,8 @@ from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.metrics import EngineMetrics
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured_output.grammar_compiler import DEFAULT_TIMEOUT_S as GRAMMAR_TIMEOUT_S
+from pagedllm.structured_outputs_params import StructuredOutputsError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class AsyncLLM:
         # Prometheus metrics (labelled with the served model name) and the periodic log line;
         # recorded from the receive thread and, for aborts, from the event loop.
         self.metrics = EngineMetrics(model_name or config.model)
+        self.metrics.watch_grammar_compiler(self.engine.grammar_compiler)
         self._metrics_lock = threading.Lock()
         self._last_stats = None
         self._thread = threading.Thread(target=self._receive_loop, name="pagedllm-receive", daemon=True)
@@ -93,6 +96,19 @@ class AsyncLLM:
     ) -> AsyncIterator[RequestOutput]:
         """Yield outputs as the engine produces them; closing the iterator early aborts the request."""
         self._check_alive()
+        if params.structured_outputs is not None:
+            # Compile on the compiler's pool, not the event loop; bounded, so a pathological
+            # regex is a 400 before the response starts.
+            compiler = self.engine.grammar_compiler
+            future = compiler.submit(params.structured_outputs)
+            try:
+                # Shielded: a timeout must not cancel the compile other requests may share.
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), GRAMMAR_TIMEOUT_S)
+            except TimeoutError:
+                raise StructuredOutputsError(
+                    f"compiling the {params.structured_outputs.kind} constraint took longer than "
+                    f"{GRAMMAR_TIMEOUT_S:g} s; simplify it"
+                ) from None
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._streams_lock:
             if request_id in self._streams:
@@ -101,7 +117,13 @@ class AsyncLLM:
         finished = False
         try:
             self.engine.add_request(
-                request_id, prompt, params, time.time(), output_kind=output_kind, cache_salt=cache_salt
+                request_id,
+                prompt,
+                params,
+                time.time(),
+                output_kind=output_kind,
+                cache_salt=cache_salt,
+                constraint_compiled=params.structured_outputs is not None,
             )
             # Checked again once registered: an engine that died in between never fails this stream.
             self._check_alive()

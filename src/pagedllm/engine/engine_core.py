@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import wait as wait_futures
 
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import request_capacity_blocks
@@ -21,10 +23,12 @@ from pagedllm.engine.core_messages import (
     EngineCoreRequest,
     RejectedRequest,
 )
+from pagedllm.engine.tokenizer import load_tokenizer
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.platforms import resolve_platform
 from pagedllm.request import Request, RequestStatus
+from pagedllm.structured_output.grammar_compiler import GrammarCompiler, shared_grammar_compiler
 from pagedllm.worker.executor import UniProcExecutor
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -50,7 +54,7 @@ class EngineCore:
     def __init__(self, config: EngineConfig):
         start = time.perf_counter()
         self.config = config
-        resolved = resolve_model(config.model)
+        resolved = self.resolved = resolve_model(config.model)
         self.model_config = ModelConfig.from_resolved(resolved, quantization=config.quantization)
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
@@ -79,6 +83,8 @@ class EngineCore:
         self.kv_cache_groups = self.executor.determine_kv_cache_groups()
         self.executor.initialize_kv_cache(self.kv_cache_groups)
         self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
+        # Requests whose grammar is still compiling (constrained decoding).
+        self._compiling: dict[str, Request] = {}
         self.info = EngineCoreInfo(
             max_model_len=self.scheduler_config.max_model_len,
             # The longest request every group can hold (its full-attention pool's size).
@@ -125,6 +131,40 @@ class EngineCore:
             except ValueError as exc:
                 param = getattr(exc, "param", "prompt")
                 rejected.append(RejectedRequest(core_request.request_id, param, str(exc)))
+                continue
+            constraint = core_request.sampling_params.structured_outputs
+            if constraint is not None:
+                # Compiled off the step's path; the scheduler admits the request once it is done.
+                request.grammar = self.grammar_compiler.submit(constraint, count=False)
+                self._compiling[request.request_id] = request
+        return rejected
+
+    @property
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The process's compiler for this model (shared with an in-process front end)."""
+        model_config = self.model_config
+        return shared_grammar_compiler(
+            (str(self.resolved.path), model_config.vocab_size),
+            lambda: GrammarCompiler(
+                lambda: load_tokenizer(self.resolved),
+                model_config.vocab_size,
+                list(model_config.eos_token_ids),
+            ),
+        )
+
+    def _settle_grammars(self) -> list[RejectedRequest]:
+        """Forget compiled grammars' requests; refuse those whose grammar failed to compile."""
+        rejected = []
+        for request_id, request in list(self._compiling.items()):
+            if request.is_finished:
+                del self._compiling[request_id]
+            elif request.grammar.done():
+                del self._compiling[request_id]
+                error = request.grammar.exception()
+                if error is not None:
+                    self.scheduler.finish_requests(request_id, RequestStatus.FINISHED_ABORTED)
+                    param = getattr(error, "param", "structured_outputs")
+                    rejected.append(RejectedRequest(request_id, param, str(error)))
         return rejected
 
     def abort_requests(self, request_ids: list[str]) -> None:
@@ -137,7 +177,12 @@ class EngineCore:
     # ---- the step -----------------------------------------------------------------------------
     def step(self) -> EngineCoreOutputs:
         """Schedule, run the model once, and report what each request gained."""
+        rejected = self._settle_grammars() if self._compiling else []
         scheduler_output = self.scheduler.schedule()
+        if scheduler_output.is_empty and self._compiling:
+            # Only grammars are left to wait for: sleep on them rather than spin.
+            pending = [r.grammar for r in self._compiling.values()]
+            wait_futures(pending, timeout=0.05, return_when=FIRST_COMPLETED)
         runner_output = self.executor.execute_model(scheduler_output)
         outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
-        return EngineCoreOutputs(outputs=outputs, stats=self.scheduler.make_stats())
+        return EngineCoreOutputs(outputs=outputs, stats=self.scheduler.make_stats(), rejected=rejected)

@@ -40,11 +40,13 @@ class InputProcessor:
     request reaches the core: the core may be in another process.
     """
 
-    def __init__(self, tokenizer, vocab_size: int, info: EngineCoreInfo):
+    def __init__(self, tokenizer, vocab_size: int, info: EngineCoreInfo, grammar_compiler=None):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = info.max_model_len
         self.kv_capacity_tokens = info.kv_capacity_tokens
+        # Compiles output constraints (a bad one is refused here, before the core sees it).
+        self.grammar_compiler = grammar_compiler
 
     def process(
         self,
@@ -54,10 +56,13 @@ class InputProcessor:
         arrival_time: float,
         output_kind: str = "final",
         cache_salt: str | None = None,
+        check_constraint: bool = True,
     ) -> ProcessedRequest:
         """Tokenize, check and split into core requests; touches no engine state."""
         text, token_ids = tokenize_prompt(prompt, self.tokenizer, self.vocab_size)
         params.validate_vocab(self.vocab_size)
+        if params.structured_outputs is not None and check_constraint:
+            self.grammar_compiler.compile(params.structured_outputs)
         max_tokens = check_length(
             len(token_ids), params.max_tokens, self.max_model_len, self.kv_capacity_tokens
         )

@@ -28,6 +28,7 @@ from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured_output.grammar_compiler import GrammarCompiler, shared_grammar_compiler
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,15 @@ class LLMEngine:
         except BaseException:
             client.shutdown()
             raise
-        self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size, self.info)
+        self.grammar_compiler = shared_grammar_compiler(
+            (str(resolved.path), self.model_config.vocab_size),
+            lambda: GrammarCompiler(
+                lambda: self.tokenizer, self.model_config.vocab_size, list(self.model_config.eos_token_ids)
+            ),
+        )
+        self.input_processor = InputProcessor(
+            self.tokenizer, self.model_config.vocab_size, self.info, self.grammar_compiler
+        )
         self.output_processor = OutputProcessor(self.tokenizer)
         # Guards the output processor: requests arrive on one thread, outputs on another.
         self._lock = threading.Lock()
@@ -105,8 +114,12 @@ class LLMEngine:
         arrival_time: float | None = None,
         output_kind: str = "final",
         cache_salt: str | None = None,
+        constraint_compiled: bool = False,
     ) -> None:
-        """Validate and queue one prompt; n > 1 becomes n core requests sharing the prompt's blocks."""
+        """Validate and queue one prompt; n > 1 becomes n core requests sharing the prompt's blocks.
+
+        `constraint_compiled`: the caller already compiled the output constraint (AsyncLLM does,
+        off its event loop), so it is not compiled (or counted) again here."""
         processed = self.input_processor.process(
             request_id,
             prompt,
@@ -114,6 +127,7 @@ class LLMEngine:
             arrival_time or time.time(),
             output_kind,
             cache_salt,
+            check_constraint=not constraint_compiled,
         )
         with self._lock:
             self.output_processor.add_request(

@@ -24,6 +24,7 @@ from pagedllm.core.sched_output import TokenLogprobs
 from pagedllm.sample.logprobs import gather_token_logprobs
 from pagedllm.sample.metadata import SamplingMetadata
 from pagedllm.sample.penalties import apply_penalties
+from pagedllm.structured_output.bitmask import apply_grammar_bitmask
 
 
 @dataclass(slots=True)
@@ -52,11 +53,16 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """Sample one token per row of `logits [R, V]`; the input tensor is not modified."""
+        private = False
+        if md.grammar_bitmask is not None:
+            # Grammar first: every later step (logprobs included) sees only allowed tokens.
+            logits = apply_grammar_bitmask(logits, md.grammar_rows, md.grammar_bitmask)
+            private = True
         if self.sample_kernel is not None and fused_sampling_applies(logits, md):
             sampled = fused_sample(logits, md, self.sample_kernel)
             return SamplerOutput(sampled_token_ids=sampled, logprobs=None)
         # Half-precision logits are upcast, which already makes a private copy.
-        owned = logits.dtype != torch.float32
+        owned = private or logits.dtype != torch.float32
         logits = logits.float()
         raw_logprobs = None
         if md.max_num_logprobs is not None:

@@ -16,6 +16,7 @@ from pagedllm.platforms.step_compiler import CompiledStep
 from pagedllm.sample.logprobs import compute_token_logprobs
 from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
 from pagedllm.sample.sampler import Sampler
+from pagedllm.structured_output.matcher import GrammarMatchers
 from pagedllm.worker import kv_cache
 from pagedllm.worker.block_table import PersistentBlockTable
 from pagedllm.worker.input_batch import build_step_inputs, order_decodes_first
@@ -65,6 +66,8 @@ class ModelRunner:
         # Unseeded sampling draws from one generator seeded by the engine seed.
         self.default_generator = torch.Generator(device=self.device)
         self.default_generator.manual_seed(seed)
+        # Grammar matchers of constrained requests, kept across preemption like the generators.
+        self.grammar_matchers = GrammarMatchers(self.vocab_size)
         self.kv_cache_groups: list[KVCacheGroupSpec] = []
 
     # ---- KV cache -------------------------------------------------------------------------
@@ -101,6 +104,7 @@ class ModelRunner:
         for req_id in so.finished_req_ids:
             self._drop(req_id)
             self.generators.pop(req_id, None)
+            self.grammar_matchers.drop(req_id)
         for req_id in so.preempted_req_ids:
             self._drop(req_id)
         for new in so.scheduled_new_reqs:
@@ -113,6 +117,8 @@ class ModelRunner:
                     generator = torch.Generator(device=self.device)
                     generator.manual_seed(params.seed)
                     self.generators[new.request_id] = generator
+            if new.grammar is not None:
+                self.grammar_matchers.add(new.request_id, new.grammar)
             row = self.block_table.acquire_row()
             num_blocks = self.block_table.write(row, [0] * self.block_table.num_groups, new.block_ids)
             self.requests[new.request_id] = RunnerRequestState(
@@ -191,11 +197,18 @@ class ModelRunner:
             self.device,
             default_generator=self.default_generator,
         )
+        constrained = None
+        if self.grammar_matchers:
+            constrained = self.grammar_matchers.bitmask([s.request_id for s in sample_states])
+            if constrained is not None:
+                metadata.grammar_rows, metadata.grammar_bitmask = constrained
         result = self.sampler(logits, metadata)
         sampled = result.sampled_token_ids.tolist()
         for i, (state, token) in enumerate(zip(sample_states, sampled)):
             state.token_ids.append(token)
             output.sampled_token_ids[state.request_id] = [token]
+            if constrained is not None and self.grammar_matchers.accept(state.request_id, token):
+                output.stopped_by_grammar.add(state.request_id)
             if result.logprobs is not None and state.sampling_params.logprobs is not None:
                 lp = result.logprobs
                 output.logprobs[state.request_id] = TokenLogprobs(

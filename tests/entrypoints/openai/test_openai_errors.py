@@ -87,7 +87,7 @@ def test_invalid_fields_name_the_field(client, field, value, needle):
     [
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "required"),
-        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "xml"}),
         ("top_logprobs", 21),
         ("messages", []),
     ],

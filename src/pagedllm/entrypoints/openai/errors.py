@@ -14,6 +14,7 @@ from pagedllm.engine.core_client import EngineDeadError
 from pagedllm.engine.input_processor import InvalidRequestError
 from pagedllm.entrypoints.chat_utils import ChatTemplateError
 from pagedllm.sampling_params import SamplingParamsError
+from pagedllm.structured_outputs_params import StructuredOutputsError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ def to_openai_error(exc: BaseException) -> OpenAIError:
     """Map anything a request can raise to the answer the client gets."""
     if isinstance(exc, OpenAIError):
         return exc
-    if isinstance(exc, InvalidRequestError | SamplingParamsError | ChatTemplateError):
+    if isinstance(
+        exc, InvalidRequestError | SamplingParamsError | ChatTemplateError | StructuredOutputsError
+    ):
         return bad_request(str(exc), param=getattr(exc, "param", None))
     if isinstance(exc, EngineDeadError):
         return OpenAIError(503, str(exc), code="engine_dead")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pagedllm.entrypoints.openai.errors import bad_request
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured_outputs_params import StructuredOutputsError, StructuredOutputsParams
 
 MAX_LOGPROBS = 20  # as vLLM's default max_logprobs
 MAX_N = 128
@@ -59,6 +60,15 @@ class SamplingRequest(_Body):
     cache_salt: str | None = None
     best_of: int | None = None
     response_format: dict[str, Any] | None = None
+    # Constrained decoding (vLLM's names): one of json / json_object / regex / choice / grammar /
+    # structural_tag, plus any_whitespace; or the older guided_* fields.
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    # JSON with free whitespace instead of compact (opt-in: small models loop in whitespace).
+    any_whitespace: bool | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -76,13 +86,39 @@ class SamplingRequest(_Body):
                 f"best_of={self.best_of} is not supported; it must be unset or equal to n ({self.n})",
                 "best_of",
             )
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise bad_request(
-                f"response_format type {self.response_format.get('type')!r} is not supported; only 'text'",
-                "response_format",
-            )
         if self.cache_salt is not None and self.cache_salt == "":
             raise bad_request("cache_salt must be a non-empty string when given", "cache_salt")
+        self.constraint()  # a bad constraint is a 400 before anything else runs
+
+    def constraint(self) -> StructuredOutputsParams | None:
+        """The one output constraint this request asks for, from whichever field carries it."""
+        sources = []
+        fmt = self.response_format
+        if fmt is not None and fmt.get("type", "text") != "text":
+            sources.append(("response_format", _from_response_format(fmt)))
+        if self.structured_outputs is not None:
+            sources.append(("structured_outputs", dict(self.structured_outputs)))
+        for field, kind in _GUIDED_FIELDS.items():
+            value = getattr(self, field)
+            if value is not None:
+                sources.append((field, {kind: value}))
+        if not sources:
+            return None
+        if len(sources) > 1:
+            names = ", ".join(name for name, _ in sources)
+            raise bad_request(f"give one output constraint, not several ({names})", sources[1][0])
+        param, spec = sources[0]
+        if self.any_whitespace is not None:
+            spec.setdefault("any_whitespace", bool(self.any_whitespace))
+        unknown = set(spec) - _CONSTRAINT_FIELDS
+        if unknown:
+            raise bad_request(
+                f"unknown {param} field(s) {sorted(unknown)}; allowed: {sorted(_CONSTRAINT_FIELDS)}", param
+            )
+        try:
+            return StructuredOutputsParams(**spec)
+        except StructuredOutputsError as exc:
+            raise bad_request(str(exc), param) from exc
 
     def to_sampling_params(
         self, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None
@@ -110,7 +146,39 @@ class SamplingRequest(_Body):
             prompt_logprobs=prompt_logprobs,
             skip_special_tokens=_or(self.skip_special_tokens, True),
             spaces_between_special_tokens=_or(self.spaces_between_special_tokens, True),
+            structured_outputs=self.constraint(),
         )
+
+
+_GUIDED_FIELDS = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
+}
+_CONSTRAINT_FIELDS = {"json", "json_object", "regex", "choice", "grammar", "structural_tag", "any_whitespace"}
+
+
+def _from_response_format(fmt: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `response_format` as a constraint: json_object, or json_schema with its schema."""
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict | bool):
+            raise bad_request(
+                "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}",
+                "response_format",
+            )
+        # Strict or not, the schema is enforced while decoding: there is no looser mode to pick.
+        return {"json": spec.get("schema", {})}
+    if kind == "structural_tag":
+        return {"structural_tag": fmt}  # xgrammar's format: {"type": "structural_tag", "format": ...}
+    raise bad_request(
+        f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
+        "response_format",
+    )
 
 
 class CompletionRequest(SamplingRequest):
@@ -159,11 +227,6 @@ _UNSUPPORTED = {
     "truncate_prompt_tokens": "truncate_prompt_tokens is not supported",
     "use_beam_search": "beam search is not supported",
     "bad_words": "bad_words is not supported",
-    "guided_json": "guided decoding is not supported",
-    "guided_regex": "guided decoding is not supported",
-    "guided_choice": "guided decoding is not supported",
-    "guided_grammar": "guided decoding is not supported",
-    "structured_outputs": "structured outputs are not supported",
     "return_tokens_as_token_ids": "return_tokens_as_token_ids is not supported",
     "chat_template": "per-request chat templates are not accepted; start the server with --chat-template FILE",
     "audio": "audio output is not supported",
