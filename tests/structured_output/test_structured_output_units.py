@@ -98,3 +98,45 @@ def test_matchers_follow_a_choice_to_its_stop_token(compiler, tokenizer):
     with pytest.raises(RuntimeError, match="breaks its grammar"):
         matchers.add("s", grammar)
         matchers.accept("s", eos)
+
+
+def test_structural_tag_constrains_only_inside_its_tags(compiler, tokenizer):
+    tag = {
+        "type": "structural_tag",
+        "format": {
+            "type": "triggered_tags",
+            "triggers": ["<f>"],
+            "tags": [
+                {
+                    "begin": "<f>",
+                    "content": {
+                        "type": "json_schema",
+                        "json_schema": {
+                            "type": "object",
+                            "properties": {"a": {"type": "integer"}},
+                            "required": ["a"],
+                        },
+                    },
+                    "end": "</f>",
+                }
+            ],
+        },
+    }
+    grammar = compiler.compile(StructuredOutputsParams(structural_tag=tag))
+
+    def accepts(text: str) -> bool:
+        matchers = GrammarMatchers(VOCAB)
+        matchers.add("r", grammar)
+        try:
+            for token in tokenizer(text, add_special_tokens=False).input_ids:
+                matchers.accept("r", token)
+        except RuntimeError:
+            return False
+        return True
+
+    assert accepts('free text <f>{"a": 1}</f> more')
+    assert not accepts('free text <f>{"b": 1}')
+    with pytest.raises(StructuredOutputsError, match="invalid structural_tag"):
+        compiler.compile(
+            StructuredOutputsParams(structural_tag={"type": "structural_tag", "format": {"type": "nope"}})
+        )
