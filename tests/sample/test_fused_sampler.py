@@ -271,13 +271,14 @@ def test_grammar_bitmask_keeps_the_fused_path_and_its_tokens(dtype):
     params = [SamplingParams(temperature=[0.0, 0.8][i % 2]) for i in range(rows)]
     gen = torch.Generator().manual_seed(3)
     constrained = torch.tensor([0, 1, 4, 7, 10])
-    bitmask = torch.zeros(len(constrained), (vocab + 31) // 32, dtype=torch.int32)
+    bitmask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)
     # Each constrained row allows ~40 random tokens, never its unconstrained argmax.
-    for i, row in enumerate(constrained.tolist()):
+    for row in constrained.tolist():
+        bitmask[row] = 0
         allowed = torch.randperm(vocab, generator=gen)[:40]
         allowed = allowed[allowed != logits[row].argmax()]
         for t in allowed.tolist():
-            bitmask[i, t // 32] |= torch.tensor(1 << (t % 32), dtype=torch.int64).to(torch.int32)
+            bitmask[row, t // 32] |= torch.tensor(1 << (t % 32), dtype=torch.int64).to(torch.int32)
 
     def metadata():
         md = _metadata(params, vocab, seed=4)
@@ -289,8 +290,8 @@ def test_grammar_bitmask_keeps_the_fused_path_and_its_tokens(dtype):
     ours = sampler(logits, md).sampled_token_ids
     torch_ours = Sampler(None)(logits, metadata()).sampled_token_ids
     mask = unpack_bitmask(bitmask, vocab)
-    for i, row in enumerate(constrained.tolist()):
-        assert mask[i, ours[row]], f"row {row} drew a forbidden token"
+    for row in constrained.tolist():
+        assert mask[row, ours[row]], f"row {row} drew a forbidden token"
     free = [r for r in range(rows) if r not in constrained.tolist() and params[r].greedy]
     assert torch.equal(ours[free], logits[free].argmax(-1))
     greedy_constrained = [r for r in constrained.tolist() if params[r].greedy]

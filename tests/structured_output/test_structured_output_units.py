@@ -8,7 +8,11 @@ import pytest
 import torch
 
 import tiny_models
-from pagedllm.structured_output.bitmask import apply_grammar_bitmask, unpack_bitmask
+from pagedllm.structured_output.bitmask import (
+    apply_grammar_bitmask,
+    apply_grammar_bitmask_reference,
+    unpack_bitmask,
+)
 from pagedllm.structured_output.grammar_compiler import GrammarCompiler
 from pagedllm.structured_output.matcher import GrammarMatchers
 from pagedllm.structured_output.schema_support import check_schema
@@ -36,14 +40,19 @@ def test_unpack_and_apply_match_a_plain_loop():
     for r in range(3):
         for t in range(vocab):
             assert bool(allowed[r, t]) == bool((int(bitmask[r, t // 32]) >> (t % 32)) & 1)
-    logits = torch.randn(5, vocab, generator=gen).to(torch.bfloat16)
     rows = torch.tensor([0, 2, 4])
-    masked = apply_grammar_bitmask(logits, rows, bitmask)
-    assert masked.dtype == torch.bfloat16 and torch.equal(masked[[1, 3]], logits[[1, 3]])
-    for i, r in enumerate(rows.tolist()):
-        expected = logits[r].masked_fill(~allowed[i], float("-inf"))
-        assert torch.equal(masked[r], expected)
-    assert not torch.isinf(logits).any()  # the caller's tensor is untouched
+    bitmask = torch.cat([bitmask[:1], bitmask[:1], bitmask[1:2], bitmask[:1], bitmask[2:3]])  # [5, W]
+    allowed = unpack_bitmask(bitmask, vocab)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        logits = torch.randn(5, vocab, generator=gen).to(dtype)
+        masked = apply_grammar_bitmask_reference(logits, rows, bitmask)
+        assert masked.dtype == dtype and torch.equal(masked[[1, 3]], logits[[1, 3]])
+        for r in rows.tolist():
+            expected = logits[r].masked_fill(~allowed[r], float("-inf"))
+            assert torch.equal(masked[r], expected)
+        # xgrammar's kernel (what the sampler runs) gives the reference's bits.
+        assert torch.equal(apply_grammar_bitmask(logits, rows, bitmask), masked)
+        assert not torch.isinf(logits).any()  # the caller's tensor is untouched
 
 
 def test_schema_keywords_that_cannot_be_enforced_are_named():
@@ -88,8 +97,8 @@ def test_matchers_follow_a_choice_to_its_stop_token(compiler, tokenizer):
     matchers = GrammarMatchers(VOCAB)
     matchers.add("r", grammar)
     rows, bitmask = matchers.bitmask(["plain", "r"])
-    assert rows.tolist() == [1]
-    allowed = unpack_bitmask(bitmask, VOCAB)[0]
+    assert rows.tolist() == [1] and bool((bitmask[0] == -1).all())  # the plain row allows all
+    allowed = unpack_bitmask(bitmask, VOCAB)[1]
     texts = {tokenizer.decode([t]) for t in allowed.nonzero().flatten().tolist()}
     assert texts and all("fox".startswith(t) or "dog".startswith(t) for t in texts)
     for token in tokenizer("dog", add_special_tokens=False).input_ids:

@@ -56,8 +56,8 @@ class SamplingMetadata:
     allowed_mask: torch.Tensor | None = None  # [A, V] bool, True for tokens that stay allowed
     min_tokens_mask: TokenMask | None = None  # tokens banned until min_tokens is reached
     max_num_logprobs: int | None = None
-    # Constrained decoding: the rows under a grammar and their packed allowed-token bitmask
-    # ([len(rows), ceil(V / 32)] int32); None when no row is constrained.
+    # Constrained decoding: the rows under a grammar and the packed allowed-token bitmask
+    # ([R, ceil(V / 32)] int32, read at those rows); None when no row is constrained.
     grammar_rows: torch.Tensor | None = None
     grammar_bitmask: torch.Tensor | None = None
 

@@ -29,17 +29,18 @@ class GrammarMatchers:
         return bool(self._matchers)
 
     def bitmask(self, request_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(rows, bitmask [len(rows), W]) for the constrained requests among `request_ids`
-        (one per sampled row), or None when none is constrained."""
+        """(rows, bitmask [len(request_ids), W]) for the constrained requests among
+        `request_ids` (one per sampled row; other rows allow everything), or None when none is
+        constrained."""
         rows = [i for i, r in enumerate(request_ids) if r in self._matchers]
         if not rows:
             return None
         words = (self.vocab_size + 31) // 32
-        bitmask = torch.full((len(rows), words), -1, dtype=torch.int32)
-        for index, row in enumerate(rows):
+        bitmask = torch.full((len(request_ids), words), -1, dtype=torch.int32)
+        for row in rows:
             matcher = self._matchers[request_ids[row]]
             if not matcher.is_terminated():
-                matcher.fill_next_token_bitmask(bitmask, index)
+                matcher.fill_next_token_bitmask(bitmask, row)
         return torch.tensor(rows, dtype=torch.long), bitmask
 
     def accept(self, request_id: str, token_id: int) -> bool:
