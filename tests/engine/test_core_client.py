@@ -206,3 +206,15 @@ def test_core_process_killed_mid_stream(tiny_llama_dir):
             asyncio.run(asyncio.wait_for(after(), 10))
     finally:
         llm.shutdown()
+
+
+def test_constrained_requests_through_either_client(engine):
+    """The grammar is compiled by the core's own process too (the tokenizer loads there)."""
+    choices = ["fox", "lazy dog", "Paged"]
+    params = [
+        SamplingParams(temperature=1.0, seed=i, max_tokens=20, structured_outputs={"choice": choices})
+        for i in range(4)
+    ]
+    outs = _run(engine, [_prompt(7, seed=i) for i in range(4)], params)
+    for out in outs:
+        assert out.outputs[0].text in choices and out.outputs[0].finish_reason == "stop"
