@@ -39,6 +39,9 @@ class StructuredOutputsParams:
     grammar: str | None = None
     structural_tag: str | dict[str, Any] | None = None
     any_whitespace: bool = False
+    # The constraint starts once the output ends with these token ids (a reasoning model's
+    # `</think>`): what the model thinks before it is free text.
+    starts_after: list[int] | None = None
 
     def __post_init__(self) -> None:
         # Stored as text: the grammar caches key on it, and it crosses process boundaries as is.
@@ -63,6 +66,10 @@ class StructuredOutputsParams:
             not self.choice or not all(isinstance(c, str) and c for c in self.choice)
         ):
             raise StructuredOutputsError("choice must be a non-empty list of non-empty strings")
+        if self.starts_after is not None and (
+            not self.starts_after or not all(isinstance(t, int) and t >= 0 for t in self.starts_after)
+        ):
+            raise StructuredOutputsError("starts_after must be a non-empty list of token ids")
         for name in ("regex", "grammar"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):

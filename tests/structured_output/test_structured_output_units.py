@@ -149,3 +149,21 @@ def test_structural_tag_constrains_only_inside_its_tags(compiler, tokenizer):
         compiler.compile(
             StructuredOutputsParams(structural_tag={"type": "structural_tag", "format": {"type": "nope"}})
         )
+
+
+def test_a_grammar_starts_only_after_the_reasoning_ends(compiler, tokenizer):
+    grammar = compiler.compile(StructuredOutputsParams(choice=["fox"]))
+    end = tokenizer("</think>", add_special_tokens=False).input_ids
+    assert len(end) > 1  # several tokens here: the whole sequence must appear
+    matchers = GrammarMatchers(VOCAB)
+    matchers.add("r", grammar, starts_after=end)
+    # A partial end tag mid-thought, then the end tag's tokens but its last.
+    thinking = tokenizer("I think </ not yet ", add_special_tokens=False).input_ids + end[:-1]
+    for token in thinking:
+        assert matchers.bitmask(["r"]) is None  # unconstrained while thinking
+        assert matchers.accept("r", token) is False  # any token is fine: no grammar yet
+    for token in end[len(end) - 1 :]:
+        matchers.accept("r", token)
+    rows, bitmask = matchers.bitmask(["r"])  # the end tag is complete: constrained now
+    allowed = {tokenizer.decode([t]) for t in unpack_bitmask(bitmask, VOCAB)[0].nonzero().flatten().tolist()}
+    assert allowed and all("fox".startswith(t) for t in allowed)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagedllm.entrypoints.tool_templates import renders_tools, tool_template_for
+
 
 class ChatTemplateError(ValueError):
     """The model has no chat template (or it failed to render)."""
 
     param = "messages"
+
+
+def uses_tools(conversation: list[dict[str, Any]], tools: list | None) -> bool:
+    """Tools offered, or a turn that called tools or answers a call."""
+    return bool(tools) or any(m.get("role") == "tool" or m.get("tool_calls") for m in conversation)
 
 
 def apply_chat_template(
@@ -18,14 +25,29 @@ def apply_chat_template(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     chat_template_kwargs: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """Render with the given or the model's template and tokenize (the template adds specials)."""
+    """Render with the given or the model's template and tokenize (the template adds specials).
+
+    A conversation with tools whose template cannot render them is rendered with the built-in
+    tool template for the template's chat format (`tool_templates.py`)."""
     template = chat_template or tokenizer.chat_template
     if not template:
         raise ChatTemplateError(
             "this model has no chat template; pass chat_template= (or --chat-template FILE), "
             "or use plain completions"
         )
+    if uses_tools(conversation, tools) and not renders_tools(template):
+        fallback = tool_template_for(template)
+        if fallback is None:
+            raise ChatTemplateError(
+                "this model's chat template cannot render tools or tool calls and there is no "
+                "built-in one for its chat format; pass --chat-template FILE with one that can"
+            )
+        template = fallback
+    extra = dict(chat_template_kwargs or {})
+    if tools:
+        extra["tools"] = tools
     if continue_final_message and add_generation_prompt:
         raise ChatTemplateError("continue_final_message and add_generation_prompt cannot both be true")
     try:
@@ -35,7 +57,7 @@ def apply_chat_template(
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             tokenize=False,
-            **(chat_template_kwargs or {}),
+            **extra,
         )
     except Exception as exc:  # jinja errors carry the template's own message
         raise ChatTemplateError(f"chat template failed to render: {exc}") from exc

@@ -104,8 +104,12 @@ class LLM:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        """Apply the model's chat template to one conversation or a list of them, then generate.
+
+        `tools` (OpenAI's format) reach the template; a template that cannot render them is
+        replaced by the built-in tool template for its chat format."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [
             {
@@ -115,6 +119,7 @@ class LLM:
                     add_generation_prompt,
                     continue_final_message,
                     chat_template_kwargs,
+                    tools,
                 )
             }
             for conversation in conversations
@@ -128,6 +133,7 @@ class LLM:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         from pagedllm.entrypoints.chat_utils import apply_chat_template
 
@@ -138,4 +144,5 @@ class LLM:
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             chat_template_kwargs=chat_template_kwargs,
+            tools=tools,
         )

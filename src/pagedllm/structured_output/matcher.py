@@ -12,15 +12,22 @@ class GrammarMatchers:
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
         self._matchers: dict[str, object] = {}
+        # Requests whose grammar starts after a token sequence not yet generated: (sequence, tail).
+        self._dormant: dict[str, tuple[list[int], list[int]]] = {}
 
-    def add(self, request_id: str, compiled_grammar) -> None:
+    def add(self, request_id: str, compiled_grammar, starts_after: list[int] | None = None) -> None:
+        """A matcher for `request_id` (once; a resumed request keeps its own); with
+        `starts_after`, dormant until the output ends with those tokens."""
         if request_id not in self._matchers:
             import xgrammar as xgr
 
             self._matchers[request_id] = xgr.GrammarMatcher(compiled_grammar)
+            if starts_after:
+                self._dormant[request_id] = (list(starts_after), [])
 
     def drop(self, request_id: str) -> None:
         self._matchers.pop(request_id, None)
+        self._dormant.pop(request_id, None)
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._matchers
@@ -32,7 +39,7 @@ class GrammarMatchers:
         """(rows, bitmask [len(request_ids), W]) for the constrained requests among
         `request_ids` (one per sampled row; other rows allow everything), or None when none is
         constrained."""
-        rows = [i for i, r in enumerate(request_ids) if r in self._matchers]
+        rows = [i for i, r in enumerate(request_ids) if r in self._matchers and r not in self._dormant]
         if not rows:
             return None
         words = (self.vocab_size + 31) // 32
@@ -47,6 +54,14 @@ class GrammarMatchers:
         """Advance `request_id`'s matcher; True when its grammar has now terminated."""
         matcher = self._matchers.get(request_id)
         if matcher is None:
+            return False
+        dormant = self._dormant.get(request_id)
+        if dormant is not None:
+            sequence, tail = dormant
+            tail.append(token_id)
+            del tail[: -len(sequence)]
+            if tail == sequence:  # the grammar applies from the next token on
+                del self._dormant[request_id]
             return False
         if not matcher.accept_token(token_id):
             raise RuntimeError(f"request {request_id!r}: sampled token {token_id} breaks its grammar")

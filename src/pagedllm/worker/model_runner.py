@@ -118,7 +118,8 @@ class ModelRunner:
                     generator.manual_seed(params.seed)
                     self.generators[new.request_id] = generator
             if new.grammar is not None:
-                self.grammar_matchers.add(new.request_id, new.grammar)
+                constraint = params.structured_outputs
+                self.grammar_matchers.add(new.request_id, new.grammar, constraint.starts_after)
             row = self.block_table.acquire_row()
             num_blocks = self.block_table.write(row, [0] * self.block_table.num_groups, new.block_ids)
             self.requests[new.request_id] = RunnerRequestState(
@@ -198,7 +199,8 @@ class ModelRunner:
             default_generator=self.default_generator,
         )
         constrained = None
-        if self.grammar_matchers:
+        matchers = bool(self.grammar_matchers)
+        if matchers:
             constrained = self.grammar_matchers.bitmask([s.request_id for s in sample_states])
             if constrained is not None:
                 metadata.grammar_rows, metadata.grammar_bitmask = constrained
@@ -207,7 +209,7 @@ class ModelRunner:
         for i, (state, token) in enumerate(zip(sample_states, sampled)):
             state.token_ids.append(token)
             output.sampled_token_ids[state.request_id] = [token]
-            if constrained is not None and self.grammar_matchers.accept(state.request_id, token):
+            if matchers and self.grammar_matchers.accept(state.request_id, token):
                 output.stopped_by_grammar.add(state.request_id)
             if result.logprobs is not None and state.sampling_params.logprobs is not None:
                 lp = result.logprobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -20,6 +21,7 @@ from pagedllm.entrypoints.openai.protocol import (
     read_json_object,
     reject_unsupported,
 )
+from pagedllm.entrypoints.openai.reasoning import get_reasoning_parser
 from pagedllm.entrypoints.openai.streaming import (
     DONE,
     SSEResponse,
@@ -29,6 +31,7 @@ from pagedllm.entrypoints.openai.streaming import (
     sse,
     sse_error,
 )
+from pagedllm.entrypoints.openai.tool_calling import ToolCallStream, finish_message, parse_tool_request
 from pagedllm.outputs import CompletionOutput, RequestOutput
 
 
@@ -65,16 +68,6 @@ def add_generation_prompt(req) -> bool:
     return req.add_generation_prompt
 
 
-def _check_tools(req: ChatCompletionRequest) -> None:
-    if req.functions:
-        raise bad_request("function calling is not supported", "functions")
-    choice = req.tool_choice
-    if choice not in (None, "none", "auto"):
-        raise bad_request(f"tool_choice {choice!r} is not supported; only 'none'", "tool_choice")
-    if req.tools and choice != "none":
-        raise bad_request("tool calling is not supported; send tool_choice 'none' or no tools", "tools")
-
-
 class _Chat:
     """One chat completions request in flight."""
 
@@ -82,16 +75,34 @@ class _Chat:
         self.ctx, self.req = ctx, req
         self.request_id = new_id("chatcmpl")
         self.created = int(time.time())
+        self.tool_request = parse_tool_request(req, ctx.enable_auto_tool_choice, ctx.tool_call_parser)
+        self.reasoning = get_reasoning_parser(ctx.reasoning_parser) if ctx.reasoning_parser else None
         self.prompt_token_ids = apply_chat_template(
             ctx.tokenizer,
             conversation,
             add_generation_prompt=add_generation_prompt(req),
             continue_final_message=bool(req.continue_final_message),
             chat_template_kwargs=req.chat_template_kwargs,
+            tools=req.tools or None,
         )
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         self.num_top = (req.top_logprobs or 0) if req.logprobs else None
         self.params = req.to_sampling_params(max_tokens, self.num_top, req.prompt_logprobs)
+        forced = self.tool_request.constraint() if self.tool_request is not None else None
+        if forced is not None:
+            if self.params.structured_outputs is not None:
+                raise bad_request(
+                    "a forced tool call (tool_choice 'required' or a named function) cannot be combined "
+                    "with response_format or structured_outputs",
+                    "tool_choice",
+                )
+            self.params = dataclasses.replace(self.params, structured_outputs=forced)
+        constraint = self.params.structured_outputs
+        if constraint is not None and self.reasoning is not None and self._thinks(req):
+            # The model thinks first: the grammar applies once its reasoning has ended.
+            end = ctx.tokenizer(self.reasoning.end_tag, add_special_tokens=False).input_ids
+            constraint = dataclasses.replace(constraint, starts_after=end)
+            self.params = dataclasses.replace(self.params, structured_outputs=constraint)
         last = conversation[-1]
         self.echo = (last.get("content") or "") if req.echo and last["role"] == "assistant" else ""
         self.prompt_logprobs_sent = False
@@ -136,29 +147,66 @@ class _Chat:
         final = None
         async for _, out in merge_streams(self.streams("final")):
             final = out
-        choices = [
-            {
-                "index": out.index,
-                "message": {
-                    "role": "assistant",
-                    "content": self.echo + out.text,
-                    "refusal": None,
-                    "tool_calls": [],
-                },
-                "logprobs": self.logprobs(out),
-                "finish_reason": out.finish_reason,
-                "stop_reason": out.stop_reason,
-            }
-            for out in sorted(final.outputs, key=lambda o: o.index)
-        ]
+        choices = [self.choice(out) for out in sorted(final.outputs, key=lambda o: o.index)]
         response = self.envelope("chat.completion", choices)
         response["usage"] = self.usage_of(final, sum(len(o.token_ids) for o in final.outputs))
         return self.with_prompt_logprobs(response, final)
+
+    @staticmethod
+    def _thinks(req: ChatCompletionRequest) -> bool:
+        # Qwen3-style templates turn thinking off with enable_thinking=False (an empty <think>
+        # block in the prompt): then there is no reasoning to wait for.
+        return (req.chat_template_kwargs or {}).get("enable_thinking", True) is not False
+
+    def choice(self, out: CompletionOutput) -> dict:
+        """One whole choice: reasoning split off, then tool calls extracted as the request asks."""
+        text, reasoning = out.text, None
+        if self.reasoning is not None:
+            split = self.reasoning.extract(text)
+            reasoning, text = split.reasoning_content, split.content or ""
+        message = finish_message(self.tool_request, text, out.finish_reason)
+        content = message.content
+        if self.echo:
+            content = self.echo + (content or "")
+        body = {"role": "assistant", "content": content, "refusal": None, "tool_calls": message.tool_calls}
+        if self.reasoning is not None:
+            body["reasoning_content"] = reasoning
+        return {
+            "index": out.index,
+            "message": body,
+            "logprobs": self.logprobs(out),
+            "finish_reason": message.finish_reason,
+            "stop_reason": out.stop_reason,
+        }
+
+    def deltas(self, sample: CompletionOutput, state: tuple) -> tuple[list[dict], str | None]:
+        """A streamed sample's new deltas (reasoning, content, tool calls) and finish reason."""
+        reasoning_stream, tool_stream = state
+        text, deltas = sample.text, []
+        if reasoning_stream is not None:
+            thought, text = reasoning_stream.feed(text)
+            if sample.finish_reason is not None:
+                more_thought, more_text = reasoning_stream.finish()
+                thought, text = thought + more_thought, text + more_text
+            if thought:
+                deltas.append({"reasoning_content": thought})
+        delta = tool_stream.feed(text)
+        if delta:
+            deltas.append(delta)
+        finish_reason = sample.finish_reason
+        if finish_reason is not None:
+            held, finish_reason = tool_stream.finish(finish_reason)
+            deltas.extend(held)
+        return deltas, finish_reason
 
     async def stream(self, streams) -> AsyncIterator[str]:
         req = self.req
         usage_wanted = req.include_usage or req.continuous_usage
         num_tokens = [0] * req.n
+        states = [
+            (self.reasoning.streaming() if self.reasoning else None, ToolCallStream(self.tool_request))
+            for _ in range(req.n)
+        ]
         last = None
         try:
             async with aclosing(merge_streams(streams)) as merged:
@@ -172,17 +220,21 @@ class _Chat:
                     for sample in out.outputs:
                         num_tokens[sample.index] += len(sample.token_ids)
                         new_logprobs = self.num_top is not None and sample.token_ids
-                        if not (sample.text or sample.finish_reason or new_logprobs):
-                            continue  # nothing to tell yet (e.g. half a UTF-8 character)
-                        choice = {
-                            "index": sample.index,
-                            "delta": {"content": sample.text} if sample.text else {},
-                            "logprobs": self.logprobs(sample),
-                            "finish_reason": sample.finish_reason,
-                        }
-                        if sample.finish_reason is not None:
-                            choice["stop_reason"] = sample.stop_reason
-                        yield sse(self._chunk([choice], out, num_tokens[sample.index], usage_wanted))
+                        deltas, finish_reason = self.deltas(sample, states[sample.index])
+                        if not deltas and (new_logprobs or finish_reason is not None):
+                            deltas = [{}]
+                        # Nothing to tell yet (half a UTF-8 character, text held back) sends nothing.
+                        for position, delta in enumerate(deltas):
+                            final = position == len(deltas) - 1
+                            choice = {
+                                "index": sample.index,
+                                "delta": delta,
+                                "logprobs": self.logprobs(sample) if position == 0 else None,
+                                "finish_reason": finish_reason if final else None,
+                            }
+                            if final and finish_reason is not None:
+                                choice["stop_reason"] = sample.stop_reason
+                            yield sse(self._chunk([choice], out, num_tokens[sample.index], usage_wanted))
             if req.include_usage and last is not None:
                 chunk = self.envelope("chat.completion.chunk", [])
                 chunk["usage"] = self.usage_of(last, sum(num_tokens))
@@ -206,7 +258,6 @@ async def create_chat_completion(ctx: ServingContext, request: Request) -> Respo
     reject_unsupported(data)
     req = parse_body(ChatCompletionRequest, data)
     req.check_common()
-    _check_tools(req)
     ctx.check_model(req.model)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true", "top_logprobs")

@@ -18,6 +18,11 @@ class ServingContext:
     model_root: str
     api_key: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    # Tool calling: `auto` choice allowed, and how free output is parsed into calls.
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    # Moves <think> sections into reasoning_content.
+    reasoning_parser: str | None = None
 
     def __post_init__(self) -> None:
         self.token_text = TokenTexts(self.tokenizer)

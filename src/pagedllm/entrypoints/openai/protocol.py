@@ -202,6 +202,7 @@ class ChatCompletionRequest(SamplingRequest):
     echo: bool | None = False
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
 
 

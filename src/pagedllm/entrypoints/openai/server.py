@@ -15,6 +15,8 @@ from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.openai import chat, completions, tokenization
 from pagedllm.entrypoints.openai.context import ServingContext
 from pagedllm.entrypoints.openai.errors import OpenAIError, install_error_handlers
+from pagedllm.entrypoints.openai.reasoning import REASONING_PARSERS
+from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,24 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: MODEL)")
     parser.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help="allow tool_choice 'auto' (the model decides; its output is parsed by --tool-call-parser)",
+    )
+    parser.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=sorted(TOOL_PARSERS),
+        help="how tool calls are read from free output: hermes (<tool_call> JSON blocks, what the "
+        "built-in ChatML tool template asks for), llama3_json, mistral, pythonic",
+    )
+    parser.add_argument(
+        "--reasoning-parser",
+        default=None,
+        choices=sorted(REASONING_PARSERS),
+        help="move <think>...</think> into reasoning_content (deepseek_r1, qwen3)",
+    )
+    parser.add_argument(
         "--engine-process",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -132,6 +152,8 @@ def run_server(args: argparse.Namespace) -> int:
 
     from pagedllm.engine.arg_utils import engine_config_from_args
 
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise SystemExit("--enable-auto-tool-choice needs --tool-call-parser NAME")
     served_model_name = args.served_model_name or args.model
     if args.max_num_batched_tokens is None:
         args.max_num_batched_tokens = SERVING_BATCHED_TOKENS
@@ -144,6 +166,9 @@ def run_server(args: argparse.Namespace) -> int:
             served_model_name=served_model_name,
             model_root=args.model,
             api_key=args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None,
+            enable_auto_tool_choice=args.enable_auto_tool_choice,
+            tool_call_parser=args.tool_call_parser,
+            reasoning_parser=args.reasoning_parser,
         )
         log_capacity(llm)
         logger.info("serving %s on http://%s:%d", ctx.served_model_name, args.host, args.port)
