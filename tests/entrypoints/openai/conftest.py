@@ -129,3 +129,19 @@ def doomed_server(tiny_model_dir, tmp_path):
     yield from _start(
         [str(tiny_model_dir), "--served-model-name", TINY_NAME, *_TINY_ENGINE], tmp_path / "log"
     )
+
+
+@pytest.fixture(scope="session")
+def reasoning_server(tiny_model_dir, tmp_path_factory):
+    """The tiny model with auto tool choice (hermes) and the deepseek_r1 reasoning parser."""
+    folder = tmp_path_factory.mktemp("reasoning")
+    template = folder / "template.jinja"
+    # A template of its own that renders tools (and so is used as given).
+    template.write_text(
+        "{% for m in messages %}{{ m.role }}: {{ m.content or '' }}\n{% endfor %}"
+        "{% if tools %}tools: {{ tools | map(attribute='function.name') | join(', ') }}\n{% endif %}"
+        "{# tool_calls are not shown #}assistant:"
+    )
+    args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
+    args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "deepseek_r1"]
+    yield from _start(args + _TINY_ENGINE, folder / "server.log")

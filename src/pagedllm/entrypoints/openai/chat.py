@@ -166,6 +166,8 @@ class _Chat:
             reasoning, text = split.reasoning_content, split.content or ""
         message = finish_message(self.tool_request, text, out.finish_reason)
         content = message.content
+        if self.reasoning is not None and not content:
+            content = None  # all of it was reasoning
         if self.echo:
             content = self.echo + (content or "")
         body = {"role": "assistant", "content": content, "refusal": None, "tool_calls": message.tool_calls}
