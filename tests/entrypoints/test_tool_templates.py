@@ -66,5 +66,5 @@ def test_a_given_template_overrides_the_builtin_one(tokenizer):
     template = (
         "{% for m in messages %}[{{ m.role }}]{{ m.content or '' }}{% endfor %}{{ tools | length }} tools"
     )
-    text = _render(tokenizer, CALLED[:1], tools=TOOLS, chat_template=template + "{# tools tool_calls #}")
+    text = _render(tokenizer, CALLED[:1], tools=TOOLS, chat_template=template)
     assert text == "[user]Weather in Oslo?1 tools"

@@ -30,14 +30,15 @@ def apply_chat_template(
     """Render with the given or the model's template and tokenize (the template adds specials).
 
     A conversation with tools whose template cannot render them is rendered with the built-in
-    tool template for the template's chat format (`tool_templates.py`)."""
+    tool template for the template's chat format (`tool_templates.py`); a template given
+    explicitly (`chat_template`, `--chat-template`) is always used as it is."""
     template = chat_template or tokenizer.chat_template
     if not template:
         raise ChatTemplateError(
             "this model has no chat template; pass chat_template= (or --chat-template FILE), "
             "or use plain completions"
         )
-    if uses_tools(conversation, tools) and not renders_tools(template):
+    if chat_template is None and uses_tools(conversation, tools) and not renders_tools(template):
         fallback = tool_template_for(template)
         if fallback is None:
             raise ChatTemplateError(

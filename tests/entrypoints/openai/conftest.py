@@ -136,11 +136,11 @@ def reasoning_server(tiny_model_dir, tmp_path_factory):
     """The tiny model with auto tool choice (hermes) and the deepseek_r1 reasoning parser."""
     folder = tmp_path_factory.mktemp("reasoning")
     template = folder / "template.jinja"
-    # A template of its own that renders tools (and so is used as given).
+    # A template of its own (given with --chat-template, so used as it is).
     template.write_text(
         "{% for m in messages %}{{ m.role }}: {{ m.content or '' }}\n{% endfor %}"
         "{% if tools %}tools: {{ tools | map(attribute='function.name') | join(', ') }}\n{% endif %}"
-        "{# tool_calls are not shown #}assistant:"
+        "assistant:"
     )
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
     args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "deepseek_r1"]

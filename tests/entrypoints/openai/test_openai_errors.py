@@ -85,7 +85,7 @@ def test_invalid_fields_name_the_field(client, field, value, needle):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
         ("tool_choice", "required"),
         ("response_format", {"type": "xml"}),
         ("top_logprobs", 21),

@@ -80,6 +80,7 @@ class _Chat:
         self.prompt_token_ids = apply_chat_template(
             ctx.tokenizer,
             conversation,
+            chat_template=ctx.chat_template,
             add_generation_prompt=add_generation_prompt(req),
             continue_final_message=bool(req.continue_final_message),
             chat_template_kwargs=req.chat_template_kwargs,

@@ -32,6 +32,11 @@ class ServingContext:
         return self.llm.engine.tokenizer
 
     @property
+    def chat_template(self) -> str | None:
+        """The template given with --chat-template (used as is), or None for the model's own."""
+        return self.llm.engine.config.chat_template
+
+    @property
     def max_model_len(self) -> int:
         return self.llm.engine.max_model_len
 
