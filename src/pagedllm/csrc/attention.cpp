@@ -240,10 +240,32 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
     w.probs.resize(rows * span);
   }
 
-  // Scores: 8 rows at a time share each loaded key vector.
+  // Scores: 8 rows x 2 key blocks at a time, so each broadcast query pair and each loaded key
+  // vector feeds several dot products (10 loads per 16 of them, not 9 per 8).
   for (int64_t r0 = 0; r0 < rows; r0 += 8) {
     const int64_t nr = std::min<int64_t>(8, rows - r0);
-    for (int64_t b = 0; b < num_blocks; ++b) {
+    int64_t b = 0;
+    for (; b + 2 <= num_blocks; b += 2) {
+      const uint16_t* kb0 = k_head + static_cast<int64_t>(req_table[first_block + b]) * block_elems;
+      const uint16_t* kb1 = k_head + static_cast<int64_t>(req_table[first_block + b + 1]) * block_elems;
+      __m512 acc0[8], acc1[8];
+      for (int64_t i = 0; i < 8; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+      for (int64_t p = 0; p < pairs; ++p) {
+        const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kb0 + p * 32);
+        const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kb1 + p * 32);
+        for (int64_t i = 0; i < nr; ++i) {
+          const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(w.q_pairs[(r0 + i) * pairs + p]));
+          acc0[i] = _mm512_dpbf16_ps(acc0[i], qv, k0);
+          acc1[i] = _mm512_dpbf16_ps(acc1[i], qv, k1);
+        }
+      }
+      for (int64_t i = 0; i < nr; ++i) {
+        float* dst = w.scores.data() + (r0 + i) * span + b * kVnniBlock;
+        _mm512_storeu_ps(dst, acc0[i]);
+        _mm512_storeu_ps(dst + kVnniBlock, acc1[i]);
+      }
+    }
+    for (; b < num_blocks; ++b) {
       const uint16_t* kb = k_head + static_cast<int64_t>(req_table[first_block + b]) * block_elems;
       __m512 acc[8];
       for (int64_t i = 0; i < 8; ++i) acc[i] = _mm512_setzero_ps();
@@ -276,7 +298,45 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
     }
   }
 
-  // Outputs: 16 dims per vector, token pairs reduced by each dot product.
+  // Outputs: 16 dims per vector, token pairs reduced by each dot product. With the head size
+  // known, several rows share each loaded value vector (their accumulators held in registers),
+  // over the blocks some of those rows see; other probabilities are 0 already.
+  if constexpr (kD > 0) {
+    constexpr int64_t kVecs = kD / 16;
+    constexpr int64_t kRows = kVecs >= 24 ? 1 : 24 / kVecs;
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int64_t nr = std::min<int64_t>(kRows, rows - r0);
+      int64_t lo = w.lo[r0], hi = w.hi[r0];
+      for (int64_t i = 1; i < nr; ++i) {
+        lo = std::min(lo, w.lo[r0 + i]);
+        hi = std::max(hi, w.hi[r0 + i]);
+      }
+      const int64_t b_begin = (lo - base) / kVnniBlock, b_end = (hi - base) / kVnniBlock;
+      __m512 acc[kRows][kVecs];
+      for (int64_t i = 0; i < kRows; ++i)
+        for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_setzero_ps();
+      for (int64_t b = b_begin; b <= b_end; ++b) {
+        const uint16_t* vb = v_head + static_cast<int64_t>(req_table[first_block + b]) * block_elems;
+        for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
+          __m512bh vv[kVecs];
+          for (int64_t c = 0; c < kVecs; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
+          for (int64_t i = 0; i < nr; ++i) {
+            const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + (r0 + i) * span);
+            const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
+            for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv, vv[c]);
+          }
+        }
+      }
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t row = r0 + i;
+        const int64_t t = it.first_token + row / group, g = row % group;
+        uint16_t* o = o_base + (a.starts[r] + t) * a.o_stride0 + (kv_head * group + g) * a.o_stride1;
+        const __m512 inv = _mm512_set1_ps(1.0f / w.row_sum[row]);
+        for (int64_t c = 0; c < kVecs; ++c) store_bf16x16(o + c * 16, _mm512_mul_ps(acc[i][c], inv));
+      }
+    }
+    return;
+  }
   for (int64_t row = 0; row < rows; ++row) {
     const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + row * span);
     const int64_t t = it.first_token + row / group, g = row % group;
