@@ -203,10 +203,174 @@ void paged_attention_kernel(at::Tensor& out, const at::Tensor& query, const at::
 // its matmuls); accumulation is float32.
 // ---------------------------------------------------------------------------------------
 
+// With the head size known: keys in chunks of kChunkBlocks blocks, each chunk's scores and
+// probabilities small enough to stay in the core's caches, and an online softmax (running max
+// and sum per row, earlier p.V rescaled when the max grows) instead of a score row as long as
+// the whole context. Within a chunk, 8 rows x 2 key blocks share loads for the scores, and
+// 24 / (kD / 16) rows share each loaded value vector for p.V.
+constexpr int64_t kChunkBlocks = 16;  // 256 keys
+
+template <int kD>
+void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
+                            const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, VnniScratch& w) {
+  constexpr int64_t pairs = kD / 2, block_elems = kD * kVnniBlock, kVecs = kD / 16;
+  constexpr int64_t kPvRows = kVecs >= 24 ? 1 : 24 / kVecs;
+  constexpr int64_t kChunk = kChunkBlocks * kVnniBlock;
+  const int64_t r = it.request, kv_head = it.kv_head, group = a.group;
+  const int64_t q_len = a.starts[r + 1] - a.starts[r];
+  const int64_t first_pos = a.lens[r] - q_len;
+  const int64_t rows = (it.end_token - it.first_token) * group;
+  const int32_t* req_table = a.table + r * a.table_stride;
+  const uint16_t* k_head = k_base + kv_head * a.num_blocks * block_elems;
+  const uint16_t* v_head = v_base + kv_head * a.num_blocks * block_elems;
+
+  for (int64_t t = it.first_token; t < it.end_token; ++t) {
+    const int64_t pos = first_pos + t;
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t row = (t - it.first_token) * group + g;
+      const uint16_t* q = q_base + (a.starts[r] + t) * a.q_stride0 + (kv_head * group + g) * a.q_stride1;
+      uint32_t* dst = w.q_pairs.data() + row * pairs;
+      for (int64_t p = 0; p < pairs; ++p) {
+        const float x0 = bf16_to_float(q[2 * p]) * a.scale;
+        const float x1 = bf16_to_float(q[2 * p + 1]) * a.scale;
+        dst[p] = static_cast<uint32_t>(bf16_bits(x0)) | (static_cast<uint32_t>(bf16_bits(x1)) << 16);
+      }
+      w.hi[row] = pos;
+      w.lo[row] = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+      w.row_max[row] = -std::numeric_limits<float>::infinity();
+      w.row_sum[row] = 0.0f;
+    }
+  }
+  if (static_cast<int64_t>(w.scores.size()) < rows * kChunk) {
+    w.scores.resize(rows * kChunk);
+    w.probs.resize(rows * kChunk);
+  }
+  std::fill(w.out_acc.begin(), w.out_acc.begin() + rows * kD, 0.0f);
+  int64_t min_lo = w.lo[0];
+  for (int64_t row = 1; row < rows; ++row) min_lo = std::min(min_lo, w.lo[row]);
+  const int64_t first_block = min_lo / kVnniBlock, last_block = w.hi[rows - 1] / kVnniBlock;
+
+  for (int64_t chunk = first_block; chunk <= last_block; chunk += kChunkBlocks) {
+    const int64_t nb = std::min<int64_t>(kChunkBlocks, last_block - chunk + 1);
+    const int64_t base = chunk * kVnniBlock, span = nb * kVnniBlock;
+
+    // Scores of this chunk.
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = std::min<int64_t>(8, rows - r0);
+      int64_t b = 0;
+      for (; b + 2 <= nb; b += 2) {
+        const uint16_t* kb0 = k_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
+        const uint16_t* kb1 = k_head + static_cast<int64_t>(req_table[chunk + b + 1]) * block_elems;
+        __m512 acc0[8], acc1[8];
+        for (int64_t i = 0; i < 8; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < pairs; ++p) {
+          const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kb0 + p * 32);
+          const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kb1 + p * 32);
+          for (int64_t i = 0; i < nr; ++i) {
+            const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(w.q_pairs[(r0 + i) * pairs + p]));
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], qv, k0);
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], qv, k1);
+          }
+        }
+        for (int64_t i = 0; i < nr; ++i) {
+          float* dst = w.scores.data() + (r0 + i) * kChunk + b * kVnniBlock;
+          _mm512_storeu_ps(dst, acc0[i]);
+          _mm512_storeu_ps(dst + kVnniBlock, acc1[i]);
+        }
+      }
+      for (; b < nb; ++b) {
+        const uint16_t* kb = k_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
+        __m512 acc[8];
+        for (int64_t i = 0; i < 8; ++i) acc[i] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < pairs; ++p) {
+          const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + p * 32);
+          for (int64_t i = 0; i < nr; ++i) {
+            const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(w.q_pairs[(r0 + i) * pairs + p]));
+            acc[i] = _mm512_dpbf16_ps(acc[i], qv, kv);
+          }
+        }
+        for (int64_t i = 0; i < nr; ++i) _mm512_storeu_ps(w.scores.data() + (r0 + i) * kChunk + b * kVnniBlock, acc[i]);
+      }
+    }
+
+    // Online softmax: each row's visible keys in this chunk update its running max and sum;
+    // its earlier p.V is rescaled when the max grows. Probabilities to bf16, 0 elsewhere.
+    for (int64_t row = 0; row < rows; ++row) {
+      float* s = w.scores.data() + row * kChunk;
+      uint16_t* pr = w.probs.data() + row * kChunk;
+      const int64_t lo = std::max<int64_t>(w.lo[row], base) - base;
+      const int64_t hi = std::min<int64_t>(w.hi[row], base + span - 1) - base;
+      if (hi < lo) {
+        std::fill(pr, pr + span, uint16_t{0});
+        continue;
+      }
+      if (a.cap > 0.0f) {
+        for (int64_t j = lo; j <= hi; ++j) s[j] = a.cap * std::tanh(s[j] / a.cap);
+      }
+      float m = w.row_max[row];
+      for (int64_t j = lo; j <= hi; ++j) m = std::max(m, s[j]);
+      if (m > w.row_max[row]) {
+        const float rescale = fast_exp(w.row_max[row] - m);  // 0-ish for the first chunk: nothing yet
+        w.row_sum[row] *= rescale;
+        float* oa = w.out_acc.data() + row * kD;
+        const __m512 f = _mm512_set1_ps(rescale);
+        for (int64_t c = 0; c < kD; c += 16) _mm512_storeu_ps(oa + c, _mm512_mul_ps(_mm512_loadu_ps(oa + c), f));
+        w.row_max[row] = m;
+      }
+      w.row_sum[row] += exp_shifted_sum(s + lo, hi - lo + 1, m);
+      for (int64_t j = 0; j < lo; ++j) s[j] = 0.0f;
+      for (int64_t j = hi + 1; j < span; ++j) s[j] = 0.0f;
+      for (int64_t j = 0; j < span; j += 16) store_bf16x16(pr + j, _mm512_loadu_ps(s + j));
+    }
+
+    // p.V of this chunk, added to the running outputs.
+    for (int64_t r0 = 0; r0 < rows; r0 += kPvRows) {
+      const int64_t nr = std::min<int64_t>(kPvRows, rows - r0);
+      int64_t lo = w.lo[r0], hi = w.hi[r0];
+      for (int64_t i = 1; i < nr; ++i) {
+        lo = std::min(lo, w.lo[r0 + i]);
+        hi = std::max(hi, w.hi[r0 + i]);
+      }
+      lo = std::max(lo, base) - base;
+      hi = std::min(hi, base + span - 1) - base;
+      if (hi < lo) continue;
+      __m512 acc[kPvRows][kVecs];
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_loadu_ps(w.out_acc.data() + (r0 + i) * kD + c * 16);
+      for (int64_t b = lo / kVnniBlock; b <= hi / kVnniBlock; ++b) {
+        const uint16_t* vb = v_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
+        for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
+          __m512bh vv[kVecs];
+          for (int64_t c = 0; c < kVecs; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
+          for (int64_t i = 0; i < nr; ++i) {
+            const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + (r0 + i) * kChunk);
+            const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
+            for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv, vv[c]);
+          }
+        }
+      }
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t c = 0; c < kVecs; ++c) _mm512_storeu_ps(w.out_acc.data() + (r0 + i) * kD + c * 16, acc[i][c]);
+    }
+  }
+
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t t = it.first_token + row / group, g = row % group;
+    uint16_t* o = o_base + (a.starts[r] + t) * a.o_stride0 + (kv_head * group + g) * a.o_stride1;
+    const __m512 inv = _mm512_set1_ps(1.0f / w.row_sum[row]);
+    const float* oa = w.out_acc.data() + row * kD;
+    for (int64_t c = 0; c < kD; c += 16) store_bf16x16(o + c, _mm512_mul_ps(_mm512_loadu_ps(oa + c), inv));
+  }
+}
+
 template <int kD>
 void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
                       const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, int64_t runtime_head_dim,
                       VnniScratch& w) {
+  if constexpr (kD > 0) {
+    attend_item_vnni_tiled<kD>(it, a, q_base, k_base, v_base, o_base, w);
+    return;
+  }
   const int64_t head_dim = kD > 0 ? kD : runtime_head_dim;
   const int64_t pairs = head_dim / 2, block_elems = head_dim * kVnniBlock;
   const int64_t r = it.request, kv_head = it.kv_head, group = a.group;
@@ -298,45 +462,7 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
     }
   }
 
-  // Outputs: 16 dims per vector, token pairs reduced by each dot product. With the head size
-  // known, several rows share each loaded value vector (their accumulators held in registers),
-  // over the blocks some of those rows see; other probabilities are 0 already.
-  if constexpr (kD > 0) {
-    constexpr int64_t kVecs = kD / 16;
-    constexpr int64_t kRows = kVecs >= 24 ? 1 : 24 / kVecs;
-    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-      const int64_t nr = std::min<int64_t>(kRows, rows - r0);
-      int64_t lo = w.lo[r0], hi = w.hi[r0];
-      for (int64_t i = 1; i < nr; ++i) {
-        lo = std::min(lo, w.lo[r0 + i]);
-        hi = std::max(hi, w.hi[r0 + i]);
-      }
-      const int64_t b_begin = (lo - base) / kVnniBlock, b_end = (hi - base) / kVnniBlock;
-      __m512 acc[kRows][kVecs];
-      for (int64_t i = 0; i < kRows; ++i)
-        for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_setzero_ps();
-      for (int64_t b = b_begin; b <= b_end; ++b) {
-        const uint16_t* vb = v_head + static_cast<int64_t>(req_table[first_block + b]) * block_elems;
-        for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
-          __m512bh vv[kVecs];
-          for (int64_t c = 0; c < kVecs; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
-          for (int64_t i = 0; i < nr; ++i) {
-            const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + (r0 + i) * span);
-            const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
-            for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv, vv[c]);
-          }
-        }
-      }
-      for (int64_t i = 0; i < nr; ++i) {
-        const int64_t row = r0 + i;
-        const int64_t t = it.first_token + row / group, g = row % group;
-        uint16_t* o = o_base + (a.starts[r] + t) * a.o_stride0 + (kv_head * group + g) * a.o_stride1;
-        const __m512 inv = _mm512_set1_ps(1.0f / w.row_sum[row]);
-        for (int64_t c = 0; c < kVecs; ++c) store_bf16x16(o + c * 16, _mm512_mul_ps(acc[i][c], inv));
-      }
-    }
-    return;
-  }
+  // Outputs: 16 dims per vector, token pairs reduced by each dot product.
   for (int64_t row = 0; row < rows; ++row) {
     const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + row * span);
     const int64_t t = it.first_token + row / group, g = row % group;

@@ -38,9 +38,12 @@ struct VnniScratch {
   std::vector<uint32_t> q_pairs;  // [rows][head_dim / 2] bf16 pairs
   std::vector<float> scores;      // [rows][span]
   std::vector<uint16_t> probs;    // [rows][span] bf16
+  std::vector<float> out_acc;     // [rows][head_dim]: the tiled path's running p.V
   int64_t lo[kTileRows], hi[kTileRows];
   float row_sum[kTileRows];
-  explicit VnniScratch(int64_t head_dim) : q_pairs(kTileRows * head_dim / 2) {}
+  float row_max[kTileRows];
+  explicit VnniScratch(int64_t head_dim)
+      : q_pairs(kTileRows * head_dim / 2), out_acc(kTileRows * head_dim) {}
 };
 
 // One work item with several query tokens over blocked-layout caches (attention.cpp).
