@@ -2,9 +2,10 @@
 
     python benchmarks/long_context.py [--engines pagedllm,vllm] [--reps 2] [--profile]
 
-For each model and prompt length, every engine's server gets the same streamed completion
-request (a random token-id prompt, so the prefix cache is always cold; 33 tokens, ignore_eos),
-engines alternating within each repetition: TTFT is the time to the first streamed token, TPOT
+For each model and prompt length, every engine's server gets the same kind of streamed
+completion request (a fresh random token-id prompt, so the prefix cache is always cold; 33
+tokens, ignore_eos), after one warm-up request at that length. One server runs at a time
+(an idle peer may keep a core busy polling) and the engines alternate per repetition: TTFT is the time to the first streamed token, TPOT
 the mean gap between the following ones (decode at that context). Models and lengths:
 SmolLM2-135M at 512, 2k and 8k tokens; Gemma 3 270M (sliding-window layers see 512 tokens) at
 2k, 8k and 32k. Peers run only where `benchmarks/setup_peers.py` built them and only on models
@@ -36,6 +37,8 @@ MODELS = {
     "gemma-3-270m": [2048, 8192, 32768 - 64],
 }
 OUTPUT_TOKENS = 33
+# Both engines get the machine's two cores and a KV cache far larger than one 8k prompt needs.
+VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_KVCACHE_SPACE": "2"}
 
 
 def start(engine: str, model: str, max_len: int, log: Path) -> Server | None:
@@ -43,13 +46,13 @@ def start(engine: str, model: str, max_len: int, log: Path) -> Server | None:
     host = ["--host", "127.0.0.1", "--port", str(port)]
     if engine == "pagedllm":
         command = [sys.executable, "-m", "pagedllm.entrypoints.cli", "serve", model, *host]
-        command += ["--dtype", "bfloat16", "--max-model-len", str(max_len)]
+        command += ["--dtype", "bfloat16", "--max-model-len", str(max_len), "--kv-cache-memory", "2"]
         return Server("pagedllm serve", command, port, log)
     if engine == "vllm" and model == "smollm2-135m-instruct" and setup_peers.read_marker("vllm"):
         command = [str(setup_peers.vllm_python()), "-m", "vllm.entrypoints.openai.api_server"]
         command += ["--model", str(setup_peers.hf_model_dir()), "--served-model-name", model, *host]
-        command += ["--dtype", "bfloat16", "--max-model-len", str(max_len)]
-        return Server("vLLM api_server", command, port, log, env=peer_env())
+        command += ["--dtype", "bfloat16", "--max-model-len", str(max_len), "--gpu-memory-utilization", "0.3"]
+        return Server("vLLM api_server", command, port, log, env=peer_env(VLLM_ENV))
     return None
 
 
@@ -129,37 +132,42 @@ def main() -> int:
     rows = []
     for model in args.models.split(","):
         lengths = MODELS[model]
-        servers = {}
-        try:
+        results = {(engine, length): [] for engine in engines for length in lengths}
+        rng = np.random.default_rng(0)
+        # One engine's server at a time (an idle peer may keep a core busy polling), engines
+        # alternating per repetition; every request a fresh random prompt.
+        for rep in range(args.reps):
             for engine in engines:
-                server = start(engine, model, max(lengths) + 64, workdir / f"{engine}-{model}.log")
+                server = start(engine, model, max(lengths) + 64, workdir / f"{engine}-{model}-{rep}.log")
                 if server is None:
-                    print(f"{engine}: not set up for {model}; skipped")
+                    if rep == 0:
+                        print(f"{engine}: not set up for {model}; skipped")
                     continue
-                server.wait_healthy(600)
-                servers[engine] = server
-            rng = np.random.default_rng(0)
-            for length in lengths:
-                results = {engine: [] for engine in servers}
-                # One warm-up request per engine at this length (allocations, kernel paths).
-                for server in servers.values():
-                    timed_request(server, model, rng.integers(1000, 30000, length).tolist())
-                for _ in range(args.reps):
-                    for engine, server in servers.items():  # alternating, fresh prompts
-                        results[engine].append(
-                            timed_request(server, model, rng.integers(1000, 30000, length).tolist())
+                try:
+                    server.wait_healthy(600)
+                    for length in lengths:
+                        # A warm-up request at this length (allocations, kernel paths), then the timed one.
+                        timed_request(server, model, rng.integers(1000, 30000, length).tolist())
+                        result = timed_request(server, model, rng.integers(1000, 30000, length).tolist())
+                        results[(engine, length)].append(result)
+                        print(
+                            f"{model} {length:>6} {engine:<9} rep {rep}: TTFT {result[0]:8.2f} s  "
+                            f"TPOT {result[1] * 1e3:7.1f} ms",
+                            flush=True,
                         )
-                for engine, runs in results.items():
-                    ttft = statistics.median(r[0] for r in runs)
-                    tpot = statistics.median(r[1] for r in runs)
-                    rows.append((model, length, engine, ttft, tpot))
-                    print(
-                        f"{model} {length:>6} {engine:<9} TTFT {ttft:8.2f} s  TPOT {tpot * 1e3:7.1f} ms",
-                        flush=True,
+                finally:
+                    server.stop()
+        for (engine, length), runs in results.items():
+            if runs:
+                rows.append(
+                    (
+                        model,
+                        length,
+                        engine,
+                        statistics.median(r[0] for r in runs),
+                        statistics.median(r[1] for r in runs),
                     )
-        finally:
-            for server in servers.values():
-                server.stop()
+                )
     print("\n| model | prompt tokens | engine | TTFT s | TPOT ms |\n| --- | ---: | --- | ---: | ---: |")
     for model, length, engine, ttft, tpot in rows:
         print(f"| {model} | {length} | {engine} | {ttft:.2f} | {tpot * 1e3:.1f} |")

@@ -119,7 +119,7 @@ LONG_STEPS = {
 
 @pytest.mark.parametrize("step", list(LONG_STEPS))
 @pytest.mark.parametrize("window,soft_cap", [(None, None), (300, None), (100, 4.0)])
-@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 9, 3), (128, 4, 2)])
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 9, 3), (128, 4, 2), (256, 4, 1)])
 def test_long_contexts_cross_chunks_and_tiles(step, window, soft_cap, head_dim, heads, kv_heads):
     requests = LONG_STEPS[step]
     dtype, block_size = torch.bfloat16, 16

@@ -307,8 +307,18 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
       if (a.cap > 0.0f) {
         for (int64_t j = lo; j <= hi; ++j) s[j] = a.cap * std::tanh(s[j] / a.cap);
       }
-      float m = w.row_max[row];
-      for (int64_t j = lo; j <= hi; ++j) m = std::max(m, s[j]);
+      // The chunk's visible keys as a lane mask per 16 scores: [lo, hi] of [0, span).
+      auto visible = [lo, hi](int64_t j) -> __mmask16 {
+        const int64_t from = std::max<int64_t>(lo - j, 0), to = std::min<int64_t>(hi - j, 15);
+        if (to < from) return 0;
+        return static_cast<__mmask16>(((1u << (to + 1)) - 1) & ~((1u << from) - 1));
+      };
+      const int64_t j0 = lo & ~int64_t{15}, j1 = (hi | 15) + 1;
+      __m512 vmax = _mm512_set1_ps(w.row_max[row]);
+      for (int64_t j = j0; j < j1; j += 16) {
+        vmax = _mm512_mask_max_ps(vmax, visible(j), vmax, _mm512_loadu_ps(s + j));
+      }
+      const float m = _mm512_reduce_max_ps(vmax);
       if (m > w.row_max[row]) {
         const float rescale = fast_exp(w.row_max[row] - m);  // 0-ish for the first chunk: nothing yet
         w.row_sum[row] *= rescale;
@@ -317,10 +327,18 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
         for (int64_t c = 0; c < kD; c += 16) _mm512_storeu_ps(oa + c, _mm512_mul_ps(_mm512_loadu_ps(oa + c), f));
         w.row_max[row] = m;
       }
-      w.row_sum[row] += exp_shifted_sum(s + lo, hi - lo + 1, m);
-      for (int64_t j = 0; j < lo; ++j) s[j] = 0.0f;
-      for (int64_t j = hi + 1; j < span; ++j) s[j] = 0.0f;
-      for (int64_t j = 0; j < span; j += 16) store_bf16x16(pr + j, _mm512_loadu_ps(s + j));
+      // One pass: exponentials of the visible scores, their sum, bf16 probabilities (0 for
+      // the keys this row does not see).
+      const __m512 shift = _mm512_set1_ps(m);
+      __m512 total = _mm512_setzero_ps();
+      std::fill(pr, pr + j0, uint16_t{0});
+      for (int64_t j = j0; j < j1; j += 16) {
+        const __m512 e = _mm512_maskz_mov_ps(visible(j), fast_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift)));
+        total = _mm512_add_ps(total, e);
+        store_bf16x16(pr + j, e);
+      }
+      std::fill(pr + j1, pr + span, uint16_t{0});
+      w.row_sum[row] += _mm512_reduce_add_ps(total);
     }
 
     // p.V of this chunk, added to the running outputs.
@@ -340,12 +358,15 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
       for (int64_t b = lo / kVnniBlock; b <= hi / kVnniBlock; ++b) {
         const uint16_t* vb = v_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
         for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
-          __m512bh vv[kVecs];
-          for (int64_t c = 0; c < kVecs; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
+          // The rows' probability pairs stay in registers; each value vector is loaded once.
+          __m512bh pv[kPvRows];
           for (int64_t i = 0; i < nr; ++i) {
             const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + (r0 + i) * kChunk);
-            const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
-            for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv, vv[c]);
+            pv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
+          }
+          for (int64_t c = 0; c < kVecs; ++c) {
+            const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
+            for (int64_t i = 0; i < nr; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv[i], vv);
           }
         }
       }
@@ -489,6 +510,8 @@ template void attend_item_vnni<64>(const AttentionItem&, const AttentionArgs&, c
                                    const uint16_t*, const uint16_t*, uint16_t*, int64_t, VnniScratch&);
 template void attend_item_vnni<128>(const AttentionItem&, const AttentionArgs&, const uint16_t*,
                                     const uint16_t*, const uint16_t*, uint16_t*, int64_t, VnniScratch&);
+template void attend_item_vnni<256>(const AttentionItem&, const AttentionArgs&, const uint16_t*,
+                                    const uint16_t*, const uint16_t*, uint16_t*, int64_t, VnniScratch&);
 template void attend_item_vnni<0>(const AttentionItem&, const AttentionArgs&, const uint16_t*,
                                   const uint16_t*, const uint16_t*, uint16_t*, int64_t, VnniScratch&);
 #endif
@@ -558,6 +581,8 @@ void paged_attention(
       paged_attention_vnni<64>(out, query, key_cache, value_cache, args, items);
     } else if (head_dim == 128) {
       paged_attention_vnni<128>(out, query, key_cache, value_cache, args, items);
+    } else if (head_dim == 256) {
+      paged_attention_vnni<256>(out, query, key_cache, value_cache, args, items);
     } else {
       paged_attention_vnni<0>(out, query, key_cache, value_cache, args, items);
     }

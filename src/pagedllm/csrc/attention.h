@@ -47,7 +47,7 @@ struct VnniScratch {
 };
 
 // One work item with several query tokens over blocked-layout caches (attention.cpp).
-// kD: head_dim when known at compile time (64 or 128), else 0 (read from runtime_head_dim).
+// kD: head_dim when known at compile time (64, 128 or 256), else 0 (read from runtime_head_dim).
 template <int kD>
 void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
                       const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, int64_t runtime_head_dim,

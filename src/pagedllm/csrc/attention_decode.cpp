@@ -404,6 +404,8 @@ template void paged_attention_vnni<64>(at::Tensor&, const at::Tensor&, const at:
                                        const AttentionArgs&, const std::vector<AttentionItem>&);
 template void paged_attention_vnni<128>(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                         const AttentionArgs&, const std::vector<AttentionItem>&);
+template void paged_attention_vnni<256>(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const AttentionArgs&, const std::vector<AttentionItem>&);
 template void paged_attention_vnni<0>(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       const AttentionArgs&, const std::vector<AttentionItem>&);
 #endif
