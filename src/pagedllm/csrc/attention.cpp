@@ -210,6 +210,23 @@ void paged_attention_kernel(at::Tensor& out, const at::Tensor& query, const at::
 // 24 / (kD / 16) rows share each loaded value vector for p.V.
 constexpr int64_t kChunkBlocks = 16;  // 256 keys
 
+// exp(x) for softmax probabilities that are rounded to bf16 (8 significant bits) right after:
+// nearest-integer range reduction to 2^f, |f| <= 1/2, a degree-4 Taylor polynomial (relative
+// error < 5e-5, far below bf16's 4e-3) and scalef for the power of two. About half the work
+// of fast_exp16, which matters here: one exponential per score.
+inline __m512 softmax_exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(kExpLowest));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, whole);
+  __m512 p = _mm512_set1_ps(9.618129107628477e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, whole);
+}
+
 template <int kD>
 void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
                             const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, VnniScratch& w) {
@@ -333,7 +350,7 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
       __m512 total = _mm512_setzero_ps();
       std::fill(pr, pr + j0, uint16_t{0});
       for (int64_t j = j0; j < j1; j += 16) {
-        const __m512 e = _mm512_maskz_mov_ps(visible(j), fast_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift)));
+        const __m512 e = _mm512_maskz_mov_ps(visible(j), softmax_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), shift)));
         total = _mm512_add_ps(total, e);
         store_bf16x16(pr + j, e);
       }
