@@ -227,6 +227,74 @@ inline __m512 softmax_exp16(__m512 x) {
   return _mm512_scalef_ps(p, whole);
 }
 
+// kN query rows' scores against blocks[0, nb) (kN a compile-time constant so that the
+// accumulators live in registers): 2 key blocks per pass, each loaded key vector and each
+// broadcast query pair feeding several dot products.
+template <int kN>
+inline void chunk_scores(const uint32_t* q_pairs, int64_t pairs, const uint16_t* k_head, const int32_t* blocks,
+                         int64_t nb, int64_t block_elems, float* scores, int64_t stride) {
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const uint16_t* kb0 = k_head + static_cast<int64_t>(blocks[b]) * block_elems;
+    const uint16_t* kb1 = k_head + static_cast<int64_t>(blocks[b + 1]) * block_elems;
+    __m512 acc0[kN], acc1[kN];
+    for (int i = 0; i < kN; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; ++p) {
+      const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kb0 + p * 32);
+      const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kb1 + p * 32);
+      for (int i = 0; i < kN; ++i) {
+        const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(q_pairs[i * pairs + p]));
+        acc0[i] = _mm512_dpbf16_ps(acc0[i], qv, k0);
+        acc1[i] = _mm512_dpbf16_ps(acc1[i], qv, k1);
+      }
+    }
+    for (int i = 0; i < kN; ++i) {
+      _mm512_storeu_ps(scores + i * stride + b * kVnniBlock, acc0[i]);
+      _mm512_storeu_ps(scores + i * stride + (b + 1) * kVnniBlock, acc1[i]);
+    }
+  }
+  for (; b < nb; ++b) {
+    const uint16_t* kb = k_head + static_cast<int64_t>(blocks[b]) * block_elems;
+    __m512 acc[kN];
+    for (int i = 0; i < kN; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; ++p) {
+      const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + p * 32);
+      for (int i = 0; i < kN; ++i) {
+        const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(q_pairs[i * pairs + p]));
+        acc[i] = _mm512_dpbf16_ps(acc[i], qv, kv);
+      }
+    }
+    for (int i = 0; i < kN; ++i) _mm512_storeu_ps(scores + i * stride + b * kVnniBlock, acc[i]);
+  }
+}
+
+// kN rows' p.V over blocks[b_lo, b_hi], added to their running outputs `out_acc` ([kN][kD]).
+template <int kD, int kN>
+inline void chunk_pv(const uint16_t* probs, int64_t stride, const uint16_t* v_head, const int32_t* blocks,
+                     int64_t b_lo, int64_t b_hi, int64_t block_elems, float* out_acc) {
+  constexpr int kVecs = kD / 16;
+  __m512 acc[kN][kVecs];
+  for (int i = 0; i < kN; ++i)
+    for (int c = 0; c < kVecs; ++c) acc[i][c] = _mm512_loadu_ps(out_acc + i * kD + c * 16);
+  for (int64_t b = b_lo; b <= b_hi; ++b) {
+    const uint16_t* vb = v_head + static_cast<int64_t>(blocks[b]) * block_elems;
+    for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
+      // The rows' probability pairs stay in registers; each value vector is loaded once.
+      __m512bh pv[kN];
+      for (int i = 0; i < kN; ++i) {
+        const uint32_t* pp = reinterpret_cast<const uint32_t*>(probs + i * stride);
+        pv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
+      }
+      for (int c = 0; c < kVecs; ++c) {
+        const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
+        for (int i = 0; i < kN; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv[i], vv);
+      }
+    }
+  }
+  for (int i = 0; i < kN; ++i)
+    for (int c = 0; c < kVecs; ++c) _mm512_storeu_ps(out_acc + i * kD + c * 16, acc[i][c]);
+}
+
 template <int kD>
 void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
                             const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, VnniScratch& w) {
@@ -271,42 +339,20 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
     const int64_t nb = std::min<int64_t>(kChunkBlocks, last_block - chunk + 1);
     const int64_t base = chunk * kVnniBlock, span = nb * kVnniBlock;
 
-    // Scores of this chunk.
+    // Scores of this chunk, 8 rows at a time.
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-      const int64_t nr = std::min<int64_t>(8, rows - r0);
-      int64_t b = 0;
-      for (; b + 2 <= nb; b += 2) {
-        const uint16_t* kb0 = k_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
-        const uint16_t* kb1 = k_head + static_cast<int64_t>(req_table[chunk + b + 1]) * block_elems;
-        __m512 acc0[8], acc1[8];
-        for (int64_t i = 0; i < 8; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
-        for (int64_t p = 0; p < pairs; ++p) {
-          const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kb0 + p * 32);
-          const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kb1 + p * 32);
-          for (int64_t i = 0; i < nr; ++i) {
-            const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(w.q_pairs[(r0 + i) * pairs + p]));
-            acc0[i] = _mm512_dpbf16_ps(acc0[i], qv, k0);
-            acc1[i] = _mm512_dpbf16_ps(acc1[i], qv, k1);
-          }
-        }
-        for (int64_t i = 0; i < nr; ++i) {
-          float* dst = w.scores.data() + (r0 + i) * kChunk + b * kVnniBlock;
-          _mm512_storeu_ps(dst, acc0[i]);
-          _mm512_storeu_ps(dst + kVnniBlock, acc1[i]);
-        }
-      }
-      for (; b < nb; ++b) {
-        const uint16_t* kb = k_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
-        __m512 acc[8];
-        for (int64_t i = 0; i < 8; ++i) acc[i] = _mm512_setzero_ps();
-        for (int64_t p = 0; p < pairs; ++p) {
-          const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + p * 32);
-          for (int64_t i = 0; i < nr; ++i) {
-            const __m512bh qv = (__m512bh)_mm512_set1_epi32(static_cast<int>(w.q_pairs[(r0 + i) * pairs + p]));
-            acc[i] = _mm512_dpbf16_ps(acc[i], qv, kv);
-          }
-        }
-        for (int64_t i = 0; i < nr; ++i) _mm512_storeu_ps(w.scores.data() + (r0 + i) * kChunk + b * kVnniBlock, acc[i]);
+      const uint32_t* qp = w.q_pairs.data() + r0 * pairs;
+      float* dst = w.scores.data() + r0 * kChunk;
+      const int32_t* blocks = req_table + chunk;
+      switch (std::min<int64_t>(8, rows - r0)) {
+        case 8: chunk_scores<8>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        case 7: chunk_scores<7>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        case 6: chunk_scores<6>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        case 5: chunk_scores<5>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        case 4: chunk_scores<4>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        case 3: chunk_scores<3>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        case 2: chunk_scores<2>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
+        default: chunk_scores<1>(qp, pairs, k_head, blocks, nb, block_elems, dst, kChunk); break;
       }
     }
 
@@ -369,26 +415,18 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
       lo = std::max(lo, base) - base;
       hi = std::min(hi, base + span - 1) - base;
       if (hi < lo) continue;
-      __m512 acc[kPvRows][kVecs];
-      for (int64_t i = 0; i < nr; ++i)
-        for (int64_t c = 0; c < kVecs; ++c) acc[i][c] = _mm512_loadu_ps(w.out_acc.data() + (r0 + i) * kD + c * 16);
-      for (int64_t b = lo / kVnniBlock; b <= hi / kVnniBlock; ++b) {
-        const uint16_t* vb = v_head + static_cast<int64_t>(req_table[chunk + b]) * block_elems;
-        for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
-          // The rows' probability pairs stay in registers; each value vector is loaded once.
-          __m512bh pv[kPvRows];
-          for (int64_t i = 0; i < nr; ++i) {
-            const uint32_t* pp = reinterpret_cast<const uint32_t*>(w.probs.data() + (r0 + i) * kChunk);
-            pv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
-          }
-          for (int64_t c = 0; c < kVecs; ++c) {
-            const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
-            for (int64_t i = 0; i < nr; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv[i], vv);
-          }
-        }
+      const uint16_t* pr = w.probs.data() + r0 * kChunk;
+      float* oa = w.out_acc.data() + r0 * kD;
+      const int32_t* blocks = req_table + chunk;
+      const int64_t b_lo = lo / kVnniBlock, b_hi = hi / kVnniBlock;
+      switch (nr) {
+        case 6: if constexpr (kPvRows >= 6) chunk_pv<kD, 6>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
+        case 5: if constexpr (kPvRows >= 5) chunk_pv<kD, 5>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
+        case 4: if constexpr (kPvRows >= 4) chunk_pv<kD, 4>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
+        case 3: if constexpr (kPvRows >= 3) chunk_pv<kD, 3>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
+        case 2: if constexpr (kPvRows >= 2) chunk_pv<kD, 2>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
+        default: chunk_pv<kD, 1>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
       }
-      for (int64_t i = 0; i < nr; ++i)
-        for (int64_t c = 0; c < kVecs; ++c) _mm512_storeu_ps(w.out_acc.data() + (r0 + i) * kD + c * 16, acc[i][c]);
     }
   }
 
