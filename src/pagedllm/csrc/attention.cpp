@@ -207,7 +207,7 @@ void paged_attention_kernel(at::Tensor& out, const at::Tensor& query, const at::
 // probabilities small enough to stay in the core's caches, and an online softmax (running max
 // and sum per row, earlier p.V rescaled when the max grows) instead of a score row as long as
 // the whole context. Within a chunk, 8 rows x 2 key blocks share loads for the scores, and
-// 24 / (kD / 16) rows share each loaded value vector for p.V.
+// 6 rows share each loaded value vector for p.V (64 dims per pass).
 constexpr int64_t kChunkBlocks = 16;  // 256 keys
 
 // exp(x) for softmax probabilities that are rounded to bf16 (8 significant bits) right after:
@@ -268,38 +268,44 @@ inline void chunk_scores(const uint32_t* q_pairs, int64_t pairs, const uint16_t*
   }
 }
 
-// kN rows' p.V over blocks[b_lo, b_hi], added to their running outputs `out_acc` ([kN][kD]).
+// kN rows' p.V over blocks[b_lo, b_hi], added to their running outputs `out_acc` ([kN][kD]),
+// kPassVecs x 16 dims per pass over the blocks: kN x kPassVecs accumulators in registers, each
+// loaded value vector feeding kN dot products whatever the head size.
+constexpr int kPassVecs = 4;
+
 template <int kD, int kN>
 inline void chunk_pv(const uint16_t* probs, int64_t stride, const uint16_t* v_head, const int32_t* blocks,
                      int64_t b_lo, int64_t b_hi, int64_t block_elems, float* out_acc) {
-  constexpr int kVecs = kD / 16;
-  __m512 acc[kN][kVecs];
-  for (int i = 0; i < kN; ++i)
-    for (int c = 0; c < kVecs; ++c) acc[i][c] = _mm512_loadu_ps(out_acc + i * kD + c * 16);
-  for (int64_t b = b_lo; b <= b_hi; ++b) {
-    const uint16_t* vb = v_head + static_cast<int64_t>(blocks[b]) * block_elems;
-    for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
-      // The rows' probability pairs stay in registers; each value vector is loaded once.
-      __m512bh pv[kN];
-      for (int i = 0; i < kN; ++i) {
-        const uint32_t* pp = reinterpret_cast<const uint32_t*>(probs + i * stride);
-        pv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
-      }
-      for (int c = 0; c < kVecs; ++c) {
-        const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + c * 32);
-        for (int i = 0; i < kN; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv[i], vv);
+  static_assert(kD % (16 * kPassVecs) == 0, "head size must be a multiple of 64");
+  for (int c0 = 0; c0 < kD / 16; c0 += kPassVecs) {
+    __m512 acc[kN][kPassVecs];
+    for (int i = 0; i < kN; ++i)
+      for (int c = 0; c < kPassVecs; ++c) acc[i][c] = _mm512_loadu_ps(out_acc + i * kD + (c0 + c) * 16);
+    for (int64_t b = b_lo; b <= b_hi; ++b) {
+      const uint16_t* vb = v_head + static_cast<int64_t>(blocks[b]) * block_elems;
+      for (int64_t tp = 0; tp < kVnniBlock / 2; ++tp) {
+        // The rows' probability pairs stay in registers; each value vector is loaded once.
+        __m512bh pv[kN];
+        for (int i = 0; i < kN; ++i) {
+          const uint32_t* pp = reinterpret_cast<const uint32_t*>(probs + i * stride);
+          pv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[b * (kVnniBlock / 2) + tp]));
+        }
+        for (int c = 0; c < kPassVecs; ++c) {
+          const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + tp * kD * 2 + (c0 + c) * 32);
+          for (int i = 0; i < kN; ++i) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pv[i], vv);
+        }
       }
     }
+    for (int i = 0; i < kN; ++i)
+      for (int c = 0; c < kPassVecs; ++c) _mm512_storeu_ps(out_acc + i * kD + (c0 + c) * 16, acc[i][c]);
   }
-  for (int i = 0; i < kN; ++i)
-    for (int c = 0; c < kVecs; ++c) _mm512_storeu_ps(out_acc + i * kD + c * 16, acc[i][c]);
 }
 
 template <int kD>
 void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
                             const uint16_t* k_base, const uint16_t* v_base, uint16_t* o_base, VnniScratch& w) {
-  constexpr int64_t pairs = kD / 2, block_elems = kD * kVnniBlock, kVecs = kD / 16;
-  constexpr int64_t kPvRows = kVecs >= 24 ? 1 : 24 / kVecs;
+  constexpr int64_t pairs = kD / 2, block_elems = kD * kVnniBlock;
+  constexpr int64_t kPvRows = 24 / kPassVecs;  // 6 rows x 4 vectors of accumulators
   constexpr int64_t kChunk = kChunkBlocks * kVnniBlock;
   const int64_t r = it.request, kv_head = it.kv_head, group = a.group;
   const int64_t q_len = a.starts[r + 1] - a.starts[r];
