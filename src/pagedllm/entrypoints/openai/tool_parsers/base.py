@@ -60,18 +60,20 @@ class StreamingToolParser(ABC):
         """The output has ended: release what was held back."""
 
 
-class ToolParser(ABC):
-    """A model family's tool-call wire format."""
+class ToolParser:
+    """A model family's tool-call wire format: its streaming parser, run over the whole text
+    for `extract`, so that whole and streamed outputs always agree."""
 
     name: ClassVar[str]
+    stream_class: ClassVar[type[StreamingToolParser]]
 
-    @abstractmethod
     def extract(self, text: str) -> ExtractedToolCalls:
         """Split a whole model output into content and tool calls (never raises)."""
+        return extract_by_streaming(self.streaming(), text)
 
-    @abstractmethod
     def streaming(self) -> StreamingToolParser:
         """Fresh streaming state for one request."""
+        return self.stream_class()
 
 
 def extract_by_streaming(stream: StreamingToolParser, text: str) -> ExtractedToolCalls:

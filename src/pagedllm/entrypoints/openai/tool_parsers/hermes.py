@@ -16,32 +16,16 @@ from typing import ClassVar
 
 from pagedllm.entrypoints.openai.tool_parsers.base import (
     DeltaMessage,
-    ExtractedToolCalls,
     StreamingToolParser,
     ToolParser,
     call_from_json,
     emit_calls,
-    extract_by_streaming,
     held_suffix_length,
     loads_or_none,
 )
 
 START_TAG = "<tool_call>"
 END_TAG = "</tool_call>"
-
-
-class HermesToolParser(ToolParser):
-    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks."""
-
-    name: ClassVar[str] = "hermes"
-
-    def extract(self, text: str) -> ExtractedToolCalls:
-        """Split a whole output into content and the calls of its well-formed blocks."""
-        return extract_by_streaming(self.streaming(), text)
-
-    def streaming(self) -> HermesStreamingParser:
-        """Fresh streaming state."""
-        return HermesStreamingParser()
 
 
 class HermesStreamingParser(StreamingToolParser):
@@ -93,3 +77,10 @@ class HermesStreamingParser(StreamingToolParser):
         else:
             self._next_index = emit_calls(out, [call], self._next_index)
         return True
+
+
+class HermesToolParser(ToolParser):
+    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks."""
+
+    name: ClassVar[str] = "hermes"
+    stream_class: ClassVar[type[StreamingToolParser]] = HermesStreamingParser

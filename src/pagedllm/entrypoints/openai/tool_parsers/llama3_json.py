@@ -21,14 +21,12 @@ from typing import ClassVar
 
 from pagedllm.entrypoints.openai.tool_parsers.base import (
     DeltaMessage,
-    ExtractedToolCalls,
     JsonSpanScanner,
     StreamingToolParser,
     ToolCall,
     ToolParser,
     call_from_json,
     emit_calls,
-    extract_by_streaming,
     held_suffix_length,
     loads_or_none,
 )
@@ -44,20 +42,6 @@ class _State(enum.Enum):
     AFTER_OBJECT = enum.auto()  # whitespace, then `;` or the end
     AFTER_SEMICOLON = enum.auto()  # whitespace, then `{` or the end
     PLAIN = enum.auto()  # not calls after all: everything is content
-
-
-class Llama3JsonToolParser(ToolParser):
-    """JSON call objects, `;`-separated, optionally after `<|python_tag|>`."""
-
-    name: ClassVar[str] = "llama3_json"
-
-    def extract(self, text: str) -> ExtractedToolCalls:
-        """Split a whole output into content and calls (all content unless the calls parse)."""
-        return extract_by_streaming(self.streaming(), text)
-
-    def streaming(self) -> Llama3JsonStreamingParser:
-        """Fresh streaming state."""
-        return Llama3JsonStreamingParser()
 
 
 class Llama3JsonStreamingParser(StreamingToolParser):
@@ -160,3 +144,10 @@ class Llama3JsonStreamingParser(StreamingToolParser):
         self._held = ""
         self._calls = []
         self._state = _State.PLAIN
+
+
+class Llama3JsonToolParser(ToolParser):
+    """JSON call objects, `;`-separated, optionally after `<|python_tag|>`."""
+
+    name: ClassVar[str] = "llama3_json"
+    stream_class: ClassVar[type[StreamingToolParser]] = Llama3JsonStreamingParser

@@ -17,14 +17,12 @@ from typing import ClassVar
 
 from pagedllm.entrypoints.openai.tool_parsers.base import (
     DeltaMessage,
-    ExtractedToolCalls,
     JsonSpanScanner,
     StreamingToolParser,
     ToolCall,
     ToolParser,
     call_from_json,
     emit_calls,
-    extract_by_streaming,
     held_suffix_length,
     loads_or_none,
     make_tool_call,
@@ -42,20 +40,6 @@ class _State(enum.Enum):
     NAME = enum.auto()  # `name`, until `[ARGS]`
     AFTER_ARGS = enum.auto()  # whitespace, then the arguments object
     JSON = enum.auto()  # inside the block's JSON value
-
-
-class MistralToolParser(ToolParser):
-    """`[TOOL_CALLS]` followed by a JSON array of calls, or by `name[ARGS]{...}`."""
-
-    name: ClassVar[str] = "mistral"
-
-    def extract(self, text: str) -> ExtractedToolCalls:
-        """Split a whole output into content and the calls of its well-formed blocks."""
-        return extract_by_streaming(self.streaming(), text)
-
-    def streaming(self) -> MistralStreamingParser:
-        """Fresh streaming state."""
-        return MistralStreamingParser()
 
 
 class MistralStreamingParser(StreamingToolParser):
@@ -163,3 +147,10 @@ class MistralStreamingParser(StreamingToolParser):
         out.content += self._block
         self._block = ""
         self._state = _State.TEXT
+
+
+class MistralToolParser(ToolParser):
+    """`[TOOL_CALLS]` followed by a JSON array of calls, or by `name[ARGS]{...}`."""
+
+    name: ClassVar[str] = "mistral"
+    stream_class: ClassVar[type[StreamingToolParser]] = MistralStreamingParser

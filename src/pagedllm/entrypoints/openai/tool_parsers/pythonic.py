@@ -21,12 +21,10 @@ from typing import ClassVar
 
 from pagedllm.entrypoints.openai.tool_parsers.base import (
     DeltaMessage,
-    ExtractedToolCalls,
     StreamingToolParser,
     ToolCall,
     ToolParser,
     emit_calls,
-    extract_by_streaming,
     make_tool_call,
 )
 
@@ -45,20 +43,6 @@ class _State(enum.Enum):
     AFTER_NAME = enum.auto()  # whitespace, then `(`
     HOLD = enum.auto()  # looks like calls: held to the end
     PLAIN = enum.auto()  # not calls: everything is content
-
-
-class PythonicToolParser(ToolParser):
-    """`[name(key=literal, ...), ...]`."""
-
-    name: ClassVar[str] = "pythonic"
-
-    def extract(self, text: str) -> ExtractedToolCalls:
-        """Split a whole output into content and calls (all content unless the list parses)."""
-        return extract_by_streaming(self.streaming(), text)
-
-    def streaming(self) -> PythonicStreamingParser:
-        """Fresh streaming state."""
-        return PythonicStreamingParser()
 
 
 class PythonicStreamingParser(StreamingToolParser):
@@ -167,3 +151,10 @@ def _dotted_name(node: ast.expr) -> str | None:
         owner = _dotted_name(node.value)
         return None if owner is None else f"{owner}.{node.attr}"
     return None
+
+
+class PythonicToolParser(ToolParser):
+    """`[name(key=literal, ...), ...]`."""
+
+    name: ClassVar[str] = "pythonic"
+    stream_class: ClassVar[type[StreamingToolParser]] = PythonicStreamingParser
