@@ -1,6 +1,6 @@
-// Paged attention: what attention.cpp (the op, the plain-layout kernel and multi-token items
-// over the blocked layout) and attention_decode.cpp (decode items and the work scheduler of
-// the blocked layout) share. Cache layouts: kv_layout.h.
+// Paged attention: what attention.cpp (the op and the plain-layout kernel),
+// attention_prefill.cpp (multi-token items over the blocked layout) and attention_decode.cpp
+// (decode items and the work scheduler of the blocked layout) share. Cache layouts: kv_layout.h.
 
 #pragma once
 
@@ -46,7 +46,7 @@ struct VnniScratch {
       : q_pairs(kTileRows * head_dim / 2), out_acc(kTileRows * head_dim) {}
 };
 
-// One work item with several query tokens over blocked-layout caches (attention.cpp).
+// One work item with several query tokens over blocked-layout caches (attention_prefill.cpp).
 // kD: head_dim when known at compile time (64, 128 or 256), else 0 (read from runtime_head_dim).
 template <int kD>
 void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,

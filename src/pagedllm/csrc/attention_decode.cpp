@@ -3,7 +3,7 @@
 // the blocks, with an online softmax) and paged_attention_vnni, which schedules every work
 // item of a call over the threads: decodes in chunks that prefetch across items, long decodes
 // split into block ranges when there are too few for the threads, and items of several tokens
-// handed to attend_item_vnni (attention.cpp).
+// handed to attend_item_vnni (attention_prefill.cpp).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

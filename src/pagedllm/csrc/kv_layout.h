@@ -1,5 +1,5 @@
 // Layouts of the paged KV caches, shared by the cache write (cache_write.cpp) and the
-// attention kernels (attention.cpp, attention_decode.cpp).
+// attention kernels (attention.cpp, attention_prefill.cpp, attention_decode.cpp).
 //
 // A cache is [kv_heads, num_blocks, block_size, head_dim]; a token's slot is
 // block * block_size + offset, and block tables list each request's blocks in order.
