@@ -7,6 +7,10 @@ from dataclasses import dataclass
 # The weight-only quantization methods (model/layers/quantization/); kept here so the config
 # module imports no torch.
 QUANTIZATION_METHODS = ("none", "int8", "int4")
+# Attention backends a user may force (`auto`: the platform's choice); see platforms/.
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
+# How weights are obtained: from the checkpoint, or random (seeded) for a config alone.
+LOAD_FORMATS = ("auto", "dummy")
 
 
 class ConfigError(ValueError):
@@ -81,8 +85,21 @@ class EngineConfig:
     cpu_kernels: bool = True
     packed_weights: bool = True
     step_compiler: bool = True
+    # Which attention backend every layer binds (PAGEDLLM_ATTENTION_BACKEND overrides).
+    attention_backend: str = "auto"
+    # "dummy": random weights for a config without a checkpoint (a config.json or a shape name).
+    load_format: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(
+                f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}; "
+                f"got {self.attention_backend!r}"
+            )
+        if self.load_format not in LOAD_FORMATS:
+            raise ConfigError(
+                f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}"
+            )
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}")
         if self.quantization not in (None, *QUANTIZATION_METHODS):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from pagedllm.config import QUANTIZATION_METHODS, EngineConfig
+from pagedllm.config import ATTENTION_BACKENDS, LOAD_FORMATS, QUANTIZATION_METHODS, EngineConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -33,6 +33,18 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat-template", default=None, help="file holding a Jinja chat template")
     parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer from another model (path, alias or hub id; default: the model's own)",
+    )
+    parser.add_argument(
+        "--load-format",
+        default="auto",
+        choices=LOAD_FORMATS,
+        help="dummy: seeded random weights for a config alone (a config.json, or a shape name such "
+        "as llama-3.1-8b), built on the target device, for benchmarking shapes without a checkpoint",
+    )
+    parser.add_argument(
         "--quantization",
         default="none",
         choices=QUANTIZATION_METHODS,
@@ -40,6 +52,14 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int8: per-row int8)",
     )
     fast = parser.add_argument_group("platform fast paths (each on by default)")
+    fast.add_argument(
+        "--attention-backend",
+        default="auto",
+        choices=ATTENTION_BACKENDS,
+        help="auto: the platform's choice; torch: the portable reference; cpu: the compiled CPU "
+        "kernel; triton: the Triton kernels (on CPU only under TRITON_INTERPRET=1) "
+        "($PAGEDLLM_ATTENTION_BACKEND)",
+    )
     fast.add_argument(
         "--no-cpu-kernels",
         action="store_true",
@@ -79,6 +99,9 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         cpu_kernels=not args.no_cpu_kernels,
         packed_weights=not args.no_packed_weights,
         step_compiler=not args.no_step_compiler,
+        attention_backend=args.attention_backend,
+        tokenizer=args.tokenizer,
+        load_format=args.load_format,
     )
 
 

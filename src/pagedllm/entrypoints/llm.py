@@ -38,6 +38,9 @@ class LLM:
         cpu_kernels: bool = True,
         packed_weights: bool = True,
         step_compiler: bool = True,
+        attention_backend: str = "auto",
+        tokenizer: str | None = None,
+        load_format: str = "auto",
     ):
         self.engine = LLMEngine(
             EngineConfig(
@@ -57,6 +60,9 @@ class LLM:
                 cpu_kernels=cpu_kernels,
                 packed_weights=packed_weights,
                 step_compiler=step_compiler,
+                attention_backend=attention_backend,
+                tokenizer=tokenizer,
+                load_format=load_format,
             )
         )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.attention.backends.base import AttentionBackend
-from pagedllm.config import CacheConfig, EngineConfig
+from pagedllm.config import ATTENTION_BACKENDS, CacheConfig, ConfigError, EngineConfig
 from pagedllm.model.layers.layer_ops import LayerOps
 from pagedllm.ops import cpu_kernels
 from pagedllm.platforms.step_compiler import StepCompiler
@@ -28,6 +28,7 @@ _GiB = 1 << 30
 CPU_KERNELS_ENV = cpu_kernels.DISABLE_ENV
 PACKED_WEIGHTS_ENV = "PAGEDLLM_PACKED_WEIGHTS"
 STEP_COMPILER_ENV = "PAGEDLLM_DECODER_STACK"
+ATTENTION_BACKEND_ENV = "PAGEDLLM_ATTENTION_BACKEND"
 
 
 def _switch(env: str, configured: bool) -> bool:
@@ -43,20 +44,30 @@ class PlatformOptions:
     - `cpu_kernels`: the compiled CPU kernels (off: the pure-torch path other devices start from).
     - `packed_weights`: bf16 weights repacked for the compiled matmul.
     - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
+    - `attention_backend`: "auto" (the platform's choice) or a backend the user forces.
     """
 
     cpu_kernels: bool = True
     packed_weights: bool = True
     step_compiler: bool = True
+    attention_backend: str = "auto"
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> PlatformOptions:
         """The config's switches, each overridden by its environment variable if set
-        (`PAGEDLLM_CPU_KERNELS`, `PAGEDLLM_PACKED_WEIGHTS`, `PAGEDLLM_DECODER_STACK`; 0 = off)."""
+        (`PAGEDLLM_CPU_KERNELS`, `PAGEDLLM_PACKED_WEIGHTS`, `PAGEDLLM_DECODER_STACK`: 0 = off;
+        `PAGEDLLM_ATTENTION_BACKEND`: a backend name)."""
+        backend = os.environ.get(ATTENTION_BACKEND_ENV, "").strip() or config.attention_backend
+        if backend not in ATTENTION_BACKENDS:
+            raise ConfigError(
+                f"{ATTENTION_BACKEND_ENV}={backend!r} is not an attention backend; "
+                f"use one of {', '.join(ATTENTION_BACKENDS)}"
+            )
         return cls(
             cpu_kernels=_switch(CPU_KERNELS_ENV, config.cpu_kernels),
             packed_weights=_switch(PACKED_WEIGHTS_ENV, config.packed_weights),
             step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
+            attention_backend=backend,
         )
 
 
