@@ -48,13 +48,15 @@ class ModelConfig:
     def from_resolved(
         cls, resolved: ResolvedModel, cache_dir: Path | None = None, quantization: str | None = None
     ) -> ModelConfig:
-        """Read the config of an HF folder or GGUF file; raises for unsupported architectures."""
+        """Read the config of an HF folder, a GGUF file or a dummy model's config file; raises
+        for unsupported architectures."""
         if resolved.format == "gguf":
             hf_config = _gguf_hf_config(resolved.path, cache_dir)
             extra_eos = _gguf_eos_ids(resolved.path)
         else:
+            # An HF folder, or (dummy) a config file: transformers reads either.
             hf_config = AutoConfig.from_pretrained(resolved.path)
-            extra_eos = _generation_eos_ids(resolved.path)
+            extra_eos = _generation_eos_ids(resolved.folder) if resolved.folder else set()
         return cls.from_hf_config(resolved, hf_config, extra_eos, quantization)
 
     @classmethod

@@ -49,7 +49,9 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = cache_config.block_size
         platform.configure_model_process()
-        self.model = load_model(model_config, self.device, dtype, layer_ops=platform.layer_ops(dtype))
+        self.model = load_model(
+            model_config, self.device, dtype, layer_ops=platform.layer_ops(dtype), seed=seed
+        )
         self.backend = platform.attention_backend()
         self.sampler = Sampler(platform.sample_kernel())
         self.compiled_step: CompiledStep | None = None

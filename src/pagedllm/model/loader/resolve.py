@@ -1,6 +1,8 @@
 """Turn the user's `--model` string into a model on local disk.
 
-Precedence: an existing local path, then a built-in alias, then a Hugging Face hub id.
+Precedence: an existing local path, then a built-in alias, then a Hugging Face hub id. With the
+dummy load format only a config is needed: a config JSON file, a folder holding `config.json`,
+or a built-in shape name (dummy_shapes.py).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 from pagedllm.model.loader.aliases import ALIASES, describe_aliases
+from pagedllm.model.loader.dummy_shapes import SHAPES, describe_shapes, shape_config_path
 from pagedllm.model.loader.fetch import fetch_alias
 
-ModelFormat = Literal["hf", "gguf"]
+ModelFormat = Literal["hf", "gguf", "dummy"]
 
 # owner/name (or a bare legacy name) as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -26,15 +29,29 @@ class ModelNotFoundError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ResolvedModel:
-    """A model on disk: a Hugging Face folder (`format='hf'`) or a single `.gguf` file."""
+    """A model on disk: a Hugging Face folder (`format='hf'`), a single `.gguf` file, or a config
+    JSON file whose weights are to be drawn at random (`format='dummy'`)."""
 
     format: ModelFormat
     path: Path
     name: str
 
+    @property
+    def folder(self) -> Path | None:
+        """The folder whose companion files (generation config, tokenizer) belong to the model:
+        an HF folder, or a dummy config's folder when the file is a `config.json`."""
+        if self.format == "hf":
+            return self.path
+        if self.format == "dummy" and self.path.name == "config.json":
+            return self.path.parent
+        return None
 
-def resolve_model(model: str, cache_dir: Path | None = None) -> ResolvedModel:
-    """Find `model` locally, as an alias (fetched once into the cache) or on the hub."""
+
+def resolve_model(model: str, cache_dir: Path | None = None, load_format: str = "auto") -> ResolvedModel:
+    """Find `model` locally, as an alias (fetched once into the cache) or on the hub; with
+    `load_format="dummy"`, find its config only (a path or a built-in shape name)."""
+    if load_format == "dummy":
+        return _resolve_dummy(model, cache_dir)
     local = Path(model).expanduser()
     if local.exists():
         return _resolve_local(local, model)
@@ -58,6 +75,26 @@ def _resolve_local(path: Path, name: str) -> ResolvedModel:
     raise ModelNotFoundError(
         f"{path} is a folder but not a model: it holds {found}. Expected a Hugging Face folder "
         "(config.json + *.safetensors), a folder with exactly one .gguf file, or a .gguf file."
+    )
+
+
+def _resolve_dummy(model: str, cache_dir: Path | None) -> ResolvedModel:
+    local = Path(model).expanduser()
+    if local.is_file() and local.suffix == ".json":
+        return ResolvedModel("dummy", local.resolve(), model)
+    if local.is_dir() and (local / "config.json").is_file():
+        return ResolvedModel("dummy", (local / "config.json").resolve(), model)
+    shape = SHAPES.get(model)
+    if shape is not None:
+        return ResolvedModel("dummy", shape_config_path(shape, cache_dir), model)
+    if local.exists():
+        reason = f"{local} is neither a .json config file nor a folder holding config.json"
+    else:
+        reason = "no such local path, and not a built-in shape name"
+    raise ModelNotFoundError(
+        f"Cannot use {model!r} with --load-format dummy: {reason}.\n"
+        "Give a config.json file, a folder holding config.json (weights are not needed), "
+        f"or a built-in shape:\n{describe_shapes()}"
     )
 
 
