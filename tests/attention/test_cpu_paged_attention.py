@@ -11,53 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attention_steps import make_step, write_row_context
 
 from pagedllm.attention.backends.base import BLOCKED_BF16, ROW
 from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
 from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
-from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.ops import cpu_kernels
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels could not be built")
-
-
-def make_step(backend, requests, num_blocks, seed, block_size):
-    """requests: (cached tokens before this step, tokens this step), decodes first."""
-    rng = np.random.default_rng(seed)
-    free = list(rng.permutation(np.arange(1, num_blocks)))
-    max_blocks = max(-(-(c + q) // block_size) for c, q in requests)
-    table = np.zeros((len(requests), max_blocks), dtype=np.int32)
-    slots = []
-    for r, (cached, q_len) in enumerate(requests):
-        for j in range(-(-(cached + q_len) // block_size)):
-            table[r, j] = free.pop()
-        for pos in range(cached, cached + q_len):
-            slots.append(int(table[r, pos // block_size]) * block_size + pos % block_size)
-    q_lens = np.array([q for _, q in requests])
-    qsl = np.concatenate([[0], np.cumsum(q_lens)])
-    seq_lens = np.array([c + q for c, q in requests])
-    md = AttentionMetadata(
-        num_reqs=len(requests),
-        num_actual_tokens=int(qsl[-1]),
-        query_start_loc=torch.from_numpy(qsl).to(torch.int32),
-        seq_lens=torch.from_numpy(seq_lens).to(torch.int32),
-        block_tables=[torch.from_numpy(table)],
-        slot_mappings=[torch.tensor(slots, dtype=torch.int64)],
-        max_query_len=int(q_lens.max()),
-        max_seq_len=int(seq_lens.max()),
-        num_decodes=int((q_lens == 1).sum()),
-        query_start_loc_cpu=qsl,
-        seq_lens_cpu=seq_lens,
-        block_size=block_size,
-    )
-    backend.plan(md)
-    # Slots of every request's cached context, in the same order as the context K/V rows.
-    context_slots = [
-        int(table[r, pos // block_size]) * block_size + pos % block_size
-        for r, (cached, _) in enumerate(requests)
-        for pos in range(cached)
-    ]
-    return md, torch.tensor(context_slots, dtype=torch.int64)
 
 
 STEPS = {
@@ -150,9 +111,7 @@ def write_context(backend, cache, layout, keys, values, slots):
         torch.ops.pagedllm.reshape_and_cache(keys, values, cache[0], cache[1], slots, blocked)
         return
     assert layout.element_order == ROW
-    heads, dim = cache.shape[1], cache.shape[-1]
-    cache[0].view(heads, -1, dim).index_copy_(1, slots, keys.transpose(0, 1))
-    cache[1].view(heads, -1, dim).index_copy_(1, slots, values.transpose(0, 1))
+    write_row_context(cache, keys, values, slots)
 
 
 def test_row_layout_cache_matches_reference_bit_for_bit():

@@ -15,8 +15,7 @@ import torch
 
 from pagedllm.attention.backends.base import AttentionBackend
 from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
-from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
-from pagedllm.config import CacheConfig
+from pagedllm.config import CacheConfig, ConfigError
 from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
 from pagedllm.model.layers.quantization.int4 import Int4Weight
 from pagedllm.ops import cpu_kernels, elementwise, sampling
@@ -45,12 +44,12 @@ class CpuPlatform(Platform):
     """See the module docstring."""
 
     name = "cpu"
+    attention_backends = ("torch", "cpu", "triton")
 
     def __init__(self, device, options):
         super().__init__(device, options)
         self._kernels: bool | None = None
         self._layer_ops: dict[torch.dtype, LayerOps] = {}
-        self._backend: AttentionBackend | None = None
 
     @property
     def kernels(self) -> bool:
@@ -79,10 +78,19 @@ class CpuPlatform(Platform):
     def default_kv_cache_budget(self, cache_config: CacheConfig) -> int:
         return min(_DEFAULT_KV_BYTES, self.available_memory() // 2)
 
-    def attention_backend(self) -> AttentionBackend:
-        if self._backend is None:
-            self._backend = CPUPagedBackend() if self.kernels else TorchReferenceBackend()
-        return self._backend
+    def default_attention_backend(self) -> str:
+        return "cpu" if self.kernels else "torch"
+
+    def build_attention_backend(self, name: str) -> AttentionBackend:
+        if name != "cpu":
+            return super().build_attention_backend(name)
+        if not self.kernels:
+            raise ConfigError(
+                "--attention-backend cpu needs the compiled CPU kernels, which are switched off "
+                "(--no-cpu-kernels / PAGEDLLM_CPU_KERNELS=0) or could not be built on this machine; "
+                "use --attention-backend torch"
+            )
+        return CPUPagedBackend()
 
     def layer_ops(self, dtype: torch.dtype) -> LayerOps:
         if dtype not in self._layer_ops:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pagedllm.attention.backends.base import AttentionBackend
+from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
 from pagedllm.config import ATTENTION_BACKENDS, CacheConfig, ConfigError, EngineConfig
 from pagedllm.model.layers.layer_ops import LayerOps
 from pagedllm.ops import cpu_kernels
@@ -76,9 +77,13 @@ class Platform(ABC):
 
     name: str = "abstract"
 
+    # Backends a user may choose here ("auto" picks `default_attention_backend()`).
+    attention_backends: tuple[str, ...] = ("torch", "triton")
+
     def __init__(self, device: torch.device, options: PlatformOptions):
         self.device = device
         self.options = options
+        self._attention: AttentionBackend | None = None
 
     def select_dtype(self, requested: str) -> torch.dtype:
         """The model dtype: `requested`, or for "auto" the platform's default."""
@@ -107,9 +112,34 @@ class Platform(ABC):
     def default_kv_cache_budget(self, cache_config: CacheConfig) -> int:
         """The budget when the user gave none."""
 
-    @abstractmethod
     def attention_backend(self) -> AttentionBackend:
-        """The attention backend every layer binds."""
+        """The attention backend every layer binds: the user's choice (`--attention-backend`),
+        else the platform's default; built once. Raises `ConfigError` for a backend that cannot
+        run here, saying what to use instead."""
+        if self._attention is None:
+            name = self.options.attention_backend
+            if name == "auto":
+                name = self.default_attention_backend()
+            elif name not in self.attention_backends:
+                raise ConfigError(
+                    f"attention backend {name!r} does not run on {self.name}; "
+                    f"choose one of {', '.join(self.attention_backends)} (or auto)"
+                )
+            self._attention = self.build_attention_backend(name)
+        return self._attention
+
+    @abstractmethod
+    def default_attention_backend(self) -> str:
+        """What "auto" means here."""
+
+    def build_attention_backend(self, name: str) -> AttentionBackend:
+        """A backend of `attention_backends` (platforms add their own)."""
+        if name == "triton":
+            # Imported here: the Triton backend needs the triton package, the others do not.
+            from pagedllm.attention.backends.triton_paged import TritonPagedBackend
+
+            return TritonPagedBackend(self.device)
+        return TorchReferenceBackend()
 
     @abstractmethod
     def layer_ops(self, dtype: torch.dtype) -> LayerOps:
