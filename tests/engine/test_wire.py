@@ -12,6 +12,7 @@ from pagedllm.engine.core_messages import EngineCoreInfo, EngineCoreOutputs, Eng
 from pagedllm.engine.wire import (
     SCHEMA_VERSION,
     AddRequests,
+    EngineConfigError,
     Failed,
     Outputs,
     Ready,
@@ -59,5 +60,11 @@ def test_a_core_of_another_schema_is_refused_clearly():
         expect_ready(Ready(SCHEMA_VERSION + 1, info))
     with pytest.raises(RuntimeError, match="failed to start: out of memory"):
         expect_ready(Failed("out of memory"))
+    # A refused configuration comes back as the user's error (the CLI prints it, no traceback).
+    refused = client_codec().decode(
+        core_codec().encode(Failed("block_size must be ...", invalid_config=True))
+    )
+    with pytest.raises(EngineConfigError, match="block_size must be"):
+        expect_ready(refused)
     with pytest.raises(WireError, match="same pagedllm version"):
         client_codec().decode(b"\x93\x01\x02\x03")

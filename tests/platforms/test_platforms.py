@@ -17,7 +17,7 @@ import tiny_models
 from pagedllm import LLM
 from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
 from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
-from pagedllm.config import EngineConfig
+from pagedllm.config import ConfigError, EngineConfig
 from pagedllm.engine.arg_utils import add_engine_args, engine_config_from_args
 from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.custom_op import CustomOp, bind_layer_ops
@@ -28,7 +28,12 @@ from pagedllm.ops import cpu_kernels
 from pagedllm.platforms import CpuPlatform, PlatformOptions, resolve_platform
 
 kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
-SWITCH_ENVS = ("PAGEDLLM_CPU_KERNELS", "PAGEDLLM_PACKED_WEIGHTS", "PAGEDLLM_DECODER_STACK")
+SWITCH_ENVS = (
+    "PAGEDLLM_CPU_KERNELS",
+    "PAGEDLLM_PACKED_WEIGHTS",
+    "PAGEDLLM_DECODER_STACK",
+    "PAGEDLLM_ATTENTION_BACKEND",
+)
 
 
 @pytest.fixture
@@ -138,3 +143,37 @@ def test_engine_logs_one_platform_line(tmp_path, clean_env, caplog):
     runner = llm.engine.engine_core.executor.runner
     norms = [m for m in runner.model.modules() if isinstance(m, RMSNorm)]
     assert norms and all(m.implementation == "native" for m in norms)
+
+
+def test_attention_backend_flag_env_and_choice_on_cpu(clean_env):
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    config = engine_config_from_args(parser.parse_args(["--attention-backend", "torch", "--device", "cpu"]))
+    assert config.attention_backend == "torch"
+    assert isinstance(resolve_platform(config).attention_backend(), TorchReferenceBackend)
+    # The environment overrides the flag; an unknown name is refused with the choices.
+    clean_env.setenv("PAGEDLLM_ATTENTION_BACKEND", "triton")
+    assert resolve_platform(config).options.attention_backend == "triton"
+    clean_env.setenv("PAGEDLLM_ATTENTION_BACKEND", "flash")
+    with pytest.raises(ConfigError, match="auto, torch, cpu, triton"):
+        resolve_platform(config)
+    clean_env.delenv("PAGEDLLM_ATTENTION_BACKEND")
+    with pytest.raises(ConfigError, match="attention_backend must be one of"):
+        EngineConfig(attention_backend="flash")
+    # The compiled CPU backend needs the kernels.
+    no_kernels = resolve_platform(EngineConfig(device="cpu", cpu_kernels=False, attention_backend="cpu"))
+    with pytest.raises(ConfigError, match="needs the compiled CPU kernels"):
+        no_kernels.attention_backend()
+
+
+def test_triton_backend_on_cpu_runs_only_under_the_interpreter(tmp_path, clean_env):
+    pytest.importorskip("triton")
+    from pagedllm.attention.backends.triton_paged import TritonPagedBackend
+
+    platform = resolve_platform(EngineConfig(device="cpu", attention_backend="triton"))
+    assert isinstance(platform.attention_backend(), TritonPagedBackend)  # the suite sets TRITON_INTERPRET=1
+    assert "attention triton" in platform.describe(torch.float32, None)
+    clean_env.delenv("TRITON_INTERPRET")
+    path = tiny_models.save_tiny(tiny_models.llama_config(), tmp_path / "tiny")
+    with pytest.raises(ConfigError, match="set TRITON_INTERPRET=1"):
+        LLM(str(path), dtype="float32", num_kv_blocks=16, attention_backend="triton")

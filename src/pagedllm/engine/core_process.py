@@ -41,6 +41,11 @@ def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: i
     codec = core_codec()
     try:
         core = EngineCore(config)
+    except ValueError as exc:
+        # A refused option or model: one line here, the message in the front end's error.
+        logger.error("the engine core refused its configuration: %s", exc)
+        conn.send_bytes(codec.encode(Failed(str(exc), invalid_config=True)))
+        return
     except Exception as exc:
         logger.exception("the engine core failed to start")
         conn.send_bytes(codec.encode(Failed(repr(exc))))

@@ -42,10 +42,17 @@ class Outputs(msgspec.Struct, tag=True, array_like=True):
 
 class Failed(msgspec.Struct, tag=True, array_like=True):
     message: str
+    # The core refused its configuration (a ValueError at start-up: bad option, unknown model):
+    # the user's mistake to correct, reported as such, not a crash.
+    invalid_config: bool = False
 
 
 ClientMessage = AddRequests | AbortRequests | Shutdown
 CoreMessage = Ready | Outputs | Failed
+
+
+class EngineConfigError(ValueError):
+    """The engine core refused its configuration at start-up; the message says what to change."""
 
 
 class WireError(RuntimeError):
@@ -73,7 +80,10 @@ class Codec:
 
 
 def expect_ready(message: CoreMessage) -> EngineCoreInfo:
-    """The core's first message, checked: its info, or RuntimeError saying why not."""
+    """The core's first message, checked: its info, or an error saying why not
+    (`EngineConfigError` when the core refused its configuration, else RuntimeError)."""
+    if isinstance(message, Failed) and message.invalid_config:
+        raise EngineConfigError(message.message)
     if isinstance(message, Failed):
         raise RuntimeError(f"the engine core failed to start: {message.message}")
     if not isinstance(message, Ready):
