@@ -171,3 +171,10 @@ def test_kernels_compile_for_gpu_targets():
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("cubin") >= 6
+
+
+def test_head_sizes_beyond_the_kernels_are_refused_naming_the_size():
+    backend = triton_backend()
+    assert backend.kv_cache_layout(8, 16, 2, 96, torch.float16).shape == (2, 2, 8, 16, 96)
+    with pytest.raises(ConfigError, match="this model's is 576"):
+        backend.kv_cache_layout(8, 16, 2, 576, torch.float16)
