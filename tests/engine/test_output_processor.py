@@ -261,3 +261,27 @@ def test_metrics_count_tokens_and_times_in_every_mode(tok):
             12.0,
         )
         assert m.num_generation_tokens == 4, kind
+
+
+def test_ids_beyond_the_tokenizer_render_as_no_text(tok):
+    """A model whose vocabulary exceeds its tokenizer's (a dummy Llama 3 shape with SmolLM2's
+    49,152 tokens) streams its unknown ids as empty text: ids kept, text of the known ones."""
+    unknown = [len(tok), 100_000, 128_255]
+    known = _ids(tok, " café 🎉 ok")
+    ids = [unknown[0], *known[:2], unknown[1], *known[2:], unknown[2]]
+    proc = _start(tok, SamplingParams(logprobs=1), kind="delta")
+    deltas, token_ids = [], []
+    for i, token in enumerate(ids):
+        new = TokenLogprobs([[token, unknown[1]]], [[-1.0, -2.0]], [1])
+        finish = "length" if i == len(ids) - 1 else None
+        step = proc.process_outputs(
+            [EngineCoreOutput("r", [token], new_logprobs=new, finish_reason=finish)], i
+        )
+        for output in step.request_outputs:
+            deltas.append(output.outputs[0].text)
+            token_ids += output.outputs[0].token_ids
+            for position in output.outputs[0].logprobs:
+                texts = {token_id: entry.decoded_token for token_id, entry in position.items()}
+                assert texts[unknown[1]] == "" and (token in known or texts[token] == "")
+    assert token_ids == ids
+    assert "".join(deltas) == tok.decode(known) == " café 🎉 ok"

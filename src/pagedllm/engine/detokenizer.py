@@ -42,6 +42,11 @@ class IncrementalDetokenizer:
 
     `spaces_between_special_tokens` only matters to HF "slow" tokenizers; fast tokenizers
     (the only kind supported here) decode special tokens through the backend as is.
+
+    A model's vocabulary may be larger than its tokenizer's (a dummy model in another model's
+    shape, or an embedding padded past the tokenizer): ids from `len(tokenizer)` on have no
+    text. They render as nothing: they are kept out of the decode window, so they can neither
+    fail a decoder nor split a byte run.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class IncrementalDetokenizer:
         info = byte_fallback_info(tokenizer)
         self._byte_ids = info.byte_token_ids
         self._skipped_ids = info.special_token_ids if skip_special_tokens else frozenset()
+        self._num_known = len(tokenizer)
         self.token_ids: list[int] = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
@@ -65,12 +71,12 @@ class IncrementalDetokenizer:
 
     @property
     def output_token_ids(self) -> list[int]:
-        """The output tokens seen so far (without the prompt context)."""
+        """The output tokens seen so far that have text (without the prompt context)."""
         return self.token_ids[self._num_context :]
 
     def add_tokens(self, new_token_ids: list[int]) -> str:
         """Append tokens; return the text they complete (possibly empty)."""
-        self.token_ids.extend(new_token_ids)
+        self.token_ids.extend(t for t in new_token_ids if t < self._num_known)
         return self._advance(final=False)
 
     def flush(self) -> str:

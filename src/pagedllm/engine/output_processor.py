@@ -36,16 +36,20 @@ class ProcessedOutputs:
 
 
 class TokenTexts:
-    """Each token's own text (`decode([id])`, as vLLM reports it), cached per token id."""
+    """Each token's own text (`decode([id])`, as vLLM reports it), cached per token id.
+
+    An id the tokenizer does not know (a model vocabulary larger than the tokenizer's, e.g. a
+    dummy model) reads as empty text, as the detokenizer renders it."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self._num_known = len(tokenizer)
         self._cache: dict[int, str] = {}
 
     def __call__(self, token_id: int) -> str:
         text = self._cache.get(token_id)
         if text is None:
-            text = self.tokenizer.decode([token_id])
+            text = self.tokenizer.decode([token_id]) if token_id < self._num_known else ""
             self._cache[token_id] = text
         return text
 
