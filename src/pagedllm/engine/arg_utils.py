@@ -10,12 +10,13 @@ import argparse
 from pagedllm.config import ATTENTION_BACKENDS, LOAD_FORMATS, QUANTIZATION_METHODS, EngineConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+MODEL_HELP = "local path, alias or hub id (--load-format dummy: a config.json, its folder, or a shape name)"
 
 
 def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) -> None:
     """Engine options; `--model` too unless the subcommand takes the model positionally."""
     if model_flag:
-        parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="local path, alias or hub id")
+        parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help=MODEL_HELP)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if present)")
     parser.add_argument("--max-model-len", type=int, default=None)

@@ -23,7 +23,7 @@ from pagedllm.engine.core_messages import (
     EngineCoreRequest,
     RejectedRequest,
 )
-from pagedllm.engine.tokenizer import load_tokenizer
+from pagedllm.engine.tokenizer import load_tokenizer, tokenizer_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.platforms import resolve_platform
@@ -54,7 +54,7 @@ class EngineCore:
     def __init__(self, config: EngineConfig):
         start = time.perf_counter()
         self.config = config
-        resolved = self.resolved = resolve_model(config.model)
+        resolved = self.resolved = resolve_model(config.model, load_format=config.load_format)
         self.model_config = ModelConfig.from_resolved(resolved, quantization=config.quantization)
         self.scheduler_config = SchedulerConfig(
             max_num_seqs=config.max_num_seqs,
@@ -143,10 +143,11 @@ class EngineCore:
     def grammar_compiler(self) -> GrammarCompiler:
         """The process's compiler for this model (shared with an in-process front end)."""
         model_config = self.model_config
+        # Keyed as the front end keys it, so an in-process pair shares one compiler.
         return shared_grammar_compiler(
-            (str(self.resolved.path), model_config.vocab_size),
+            (str(self.resolved.path), self.config.tokenizer, model_config.vocab_size),
             lambda: GrammarCompiler(
-                lambda: load_tokenizer(self.resolved),
+                lambda: load_tokenizer(tokenizer_model(self.config, self.resolved)),
                 model_config.vocab_size,
                 list(model_config.eos_token_ids),
             ),

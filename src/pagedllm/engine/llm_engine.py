@@ -23,7 +23,7 @@ from pagedllm.engine.core_client import EngineCoreClient, InprocClient
 from pagedllm.engine.core_messages import EngineCoreInfo
 from pagedllm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType
 from pagedllm.engine.output_processor import OutputProcessor
-from pagedllm.engine.tokenizer import load_tokenizer
+from pagedllm.engine.tokenizer import load_tokenizer, tokenizer_model
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.outputs import RequestOutput
@@ -59,9 +59,9 @@ class LLMEngine:
         self.client = client
         try:
             # A core in another process loads its model meanwhile.
-            resolved = resolve_model(config.model)
+            resolved = resolve_model(config.model, load_format=config.load_format)
             self.model_config = ModelConfig.from_resolved(resolved, quantization=config.quantization)
-            self.tokenizer = load_tokenizer(resolved)
+            self.tokenizer = load_tokenizer(tokenizer_model(config, resolved))
             if config.chat_template is not None:
                 self.tokenizer.chat_template = config.chat_template
             self.info: EngineCoreInfo = client.wait_ready()
@@ -69,7 +69,7 @@ class LLMEngine:
             client.shutdown()
             raise
         self.grammar_compiler = shared_grammar_compiler(
-            (str(resolved.path), self.model_config.vocab_size),
+            (str(resolved.path), config.tokenizer, self.model_config.vocab_size),
             lambda: GrammarCompiler(
                 lambda: self.tokenizer, self.model_config.vocab_size, list(self.model_config.eos_token_ids)
             ),

@@ -8,6 +8,7 @@ import sys
 
 from pagedllm.engine.arg_utils import (
     DEFAULT_MODEL,
+    MODEL_HELP,
     add_engine_args,
     add_sampling_args,
     engine_config_from_args,
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
-    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="local path, alias or hub id")
+    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=MODEL_HELP)
     add_engine_args(serve, model_flag=False)
     from pagedllm.entrypoints.openai.server import add_server_args
 
