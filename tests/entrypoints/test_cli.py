@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -68,3 +69,19 @@ def test_generate_with_gemma3():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip(), "no text generated"
+
+
+def test_serve_refuses_a_backend_that_cannot_run_here_without_a_traceback():
+    """Triton on CPU needs its interpreter: the engine core refuses before loading weights and
+    the server exits with the reason, as for any bad option."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        _pagedllm() + ["serve", "--device", "cpu", "--attention-backend", "triton", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pagedllm: error: --attention-backend triton on cpu" in result.stderr
+    assert "TRITON_INTERPRET=1" in result.stderr and "Traceback" not in result.stderr

@@ -68,6 +68,8 @@ class EngineCore:
             kv_cache_memory=config.kv_cache_memory,
         )
         self.platform = resolve_platform(config)
+        # Built before the weights load, so a backend that cannot run here is refused at once.
+        self.platform.attention_backend()
         self.device = self.platform.device
         self.dtype = self.platform.select_dtype(config.dtype)
         runner = ModelRunner(
