@@ -89,6 +89,10 @@ class EngineConfig:
     attention_backend: str = "auto"
     # "dummy": random weights for a config without a checkpoint (a config.json or a shape name).
     load_format: str = "auto"
+    # GPU: the share of the device's memory pagedllm may use (weights, activations, KV cache).
+    gpu_memory_utilization: float = 0.9
+    # GPU: run every step eagerly instead of replaying captured CUDA graphs for decode steps.
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -96,6 +100,8 @@ class EngineConfig:
                 f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}; "
                 f"got {self.attention_backend!r}"
             )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.load_format not in LOAD_FORMATS:
             raise ConfigError(
                 f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}"

@@ -52,6 +52,18 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         help="weight-only quantization of the linear layers and LM head (int4: 4-bit groups of 32, "
         "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int8: per-row int8)",
     )
+    gpu = parser.add_argument_group("GPU")
+    gpu.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="share of the GPU's memory for weights, activations and the KV cache (default 0.9)",
+    )
+    gpu.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="run decode steps eagerly instead of as captured CUDA graphs",
+    )
     fast = parser.add_argument_group("platform fast paths (each on by default)")
     fast.add_argument(
         "--attention-backend",
@@ -103,6 +115,8 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         attention_backend=args.attention_backend,
         tokenizer=args.tokenizer,
         load_format=args.load_format,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
     )
 
 

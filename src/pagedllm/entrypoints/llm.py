@@ -41,6 +41,8 @@ class LLM:
         attention_backend: str = "auto",
         tokenizer: str | None = None,
         load_format: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
     ):
         self.engine = LLMEngine(
             EngineConfig(
@@ -63,6 +65,8 @@ class LLM:
                 attention_backend=attention_backend,
                 tokenizer=tokenizer,
                 load_format=load_format,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
             )
         )
 
