@@ -225,7 +225,6 @@ def test_no_logprobs_when_nobody_asks():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_full_feature_batch_on_cuda():
     logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(6)).cuda()
 
