@@ -25,9 +25,10 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     # Exactly this many blocks (tests use it to force preemption); overrides the memory budget.
     num_kv_blocks: int | None = None
-    # Memory budget for the KV cache in GiB; None means a fraction of free memory.
+    # Memory budget for the KV cache in GiB; None: the platform's share (see platforms/).
     kv_cache_memory: float | None = None
-    kv_cache_memory_fraction: float = 0.5
+    # GPU: the share of device memory for weights, activations and the KV cache together.
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -36,10 +37,8 @@ class CacheConfig:
             raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ConfigError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
-        if not 0.0 < self.kv_cache_memory_fraction <= 0.95:
-            raise ConfigError(
-                f"kv_cache_memory_fraction must be in (0, 0.95], got {self.kv_cache_memory_fraction}"
-            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
 
 @dataclass

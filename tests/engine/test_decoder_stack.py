@@ -46,7 +46,7 @@ def _both(monkeypatch, prompts, max_tokens, **llm_kwargs):
     layers = LLM(**llm_kwargs, step_compiler=False)
     assert _stack_of(layers) is None
     op_calls, forwards = [], []
-    op, forward = CpuDecoderStack.__call__, ModelRunner._forward
+    op, forward = CpuDecoderStack.__call__, ModelRunner.forward
 
     def counted_op(self, *args):
         op_calls.append(1)
@@ -58,7 +58,7 @@ def _both(monkeypatch, prompts, max_tokens, **llm_kwargs):
 
     with monkeypatch.context() as patch:
         patch.setattr(CpuDecoderStack, "__call__", counted_op)
-        patch.setattr(ModelRunner, "_forward", counted_forward)
+        patch.setattr(ModelRunner, "forward", counted_forward)
         ours = _run(fused, prompts, max_tokens)
     # Every step of these prompts (prefill chunks beside decodes, prefix hits) fits the op.
     assert len(forwards) >= max_tokens and len(op_calls) == len(forwards)

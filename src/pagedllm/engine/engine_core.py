@@ -66,6 +66,7 @@ class EngineCore:
             enable_prefix_caching=config.enable_prefix_caching,
             num_kv_blocks=config.num_kv_blocks,
             kv_cache_memory=config.kv_cache_memory,
+            gpu_memory_utilization=config.gpu_memory_utilization,
         )
         self.platform = resolve_platform(config)
         # Built before the weights load, so a backend that cannot run here is refused at once.

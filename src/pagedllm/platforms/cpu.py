@@ -122,7 +122,7 @@ class CpuPlatform(Platform):
     def sample_kernel(self):
         return sampling.sample_tokens if self.kernels else None
 
-    def step_compiler(self, dtype: torch.dtype):
+    def step_compiler(self, dtype: torch.dtype, scheduler_config=None):
         if not (self.kernels and self.options.step_compiler):
             return None
         skinny = self.layer_ops(dtype).dense_linear is skinny_linear

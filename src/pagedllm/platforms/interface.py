@@ -16,7 +16,7 @@ import torch
 
 from pagedllm.attention.backends.base import AttentionBackend
 from pagedllm.attention.backends.torch_ref import TorchReferenceBackend
-from pagedllm.config import ATTENTION_BACKENDS, CacheConfig, ConfigError, EngineConfig
+from pagedllm.config import ATTENTION_BACKENDS, CacheConfig, ConfigError, EngineConfig, SchedulerConfig
 from pagedllm.model.layers.layer_ops import LayerOps
 from pagedllm.ops import cpu_kernels
 from pagedllm.platforms.step_compiler import StepCompiler
@@ -46,12 +46,14 @@ class PlatformOptions:
     - `packed_weights`: bf16 weights repacked for the compiled matmul.
     - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
     - `attention_backend`: "auto" (the platform's choice) or a backend the user forces.
+    - `enforce_eager`: no captured graphs (GPU): every step runs the model's Python layers.
     """
 
     cpu_kernels: bool = True
     packed_weights: bool = True
     step_compiler: bool = True
     attention_backend: str = "auto"
+    enforce_eager: bool = False
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> PlatformOptions:
@@ -69,6 +71,7 @@ class PlatformOptions:
             packed_weights=_switch(PACKED_WEIGHTS_ENV, config.packed_weights),
             step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
             attention_backend=backend,
+            enforce_eager=config.enforce_eager,
         )
 
 
@@ -149,9 +152,41 @@ class Platform(ABC):
         """The sampler's fused greedy/temperature kernel, or None (torch only)."""
         return None
 
-    def step_compiler(self, dtype: torch.dtype) -> StepCompiler | None:
-        """What compiles whole steps of a loaded model, or None."""
+    def step_compiler(
+        self, dtype: torch.dtype, scheduler_config: SchedulerConfig | None = None
+    ) -> StepCompiler | None:
+        """What compiles whole steps of a loaded model (within the scheduler's limits), or None."""
         return None
+
+    # ---- device memory (platforms that size the KV cache from a measured profile) ----------
+    profiles_memory: bool = False
+
+    def record_memory_profile(self, profile) -> None:  # noqa: B027 (only GPU platforms profile)
+        """Keep the profile the runner measured; `default_kv_cache_budget` sizes from it."""
+
+    def total_memory(self) -> int:
+        """The device's memory in bytes (0 where not tracked)."""
+        return 0
+
+    def memory_outside_torch(self) -> int:
+        """Device memory in use outside torch's allocator (0 where not tracked)."""
+        return 0
+
+    def memory_allocated(self) -> int:
+        """Bytes the device's allocator holds for tensors now (0 where not tracked)."""
+        return 0
+
+    def reset_peak_memory(self) -> None:  # noqa: B027
+        """Start a new peak measurement."""
+
+    def peak_memory_allocated(self) -> int:
+        """The allocator's peak since `reset_peak_memory` (0 where not tracked)."""
+        return 0
+
+    def synchronize(self) -> None:  # noqa: B027
+        """Wait for the device's queued work (start-up measurements and warm-up)."""
+
+    warms_up: bool = False
 
     def describe(self, dtype: torch.dtype, compiled_step: str | None) -> str:
         """The start-up log line: platform, dtype, attention backend, kernels, packing, step compiler."""

@@ -11,6 +11,7 @@ import torch
 from pagedllm.attention.backends.base import AttentionBackend
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.worker.block_table import PersistentBlockTable
+from pagedllm.worker.host_staging import HostStaging
 from pagedllm.worker.request_state import RunnerRequestState
 
 
@@ -42,9 +43,11 @@ def build_step_inputs(
     block_size: int,
     backend: AttentionBackend,
     device: torch.device,
+    staging: HostStaging | None = None,
 ) -> StepInputs:
     """Flat token ids and positions, query_start_loc, seq_lens, and per KV-cache group the
-    block table and slot mapping; `backend` plans its per-step tensors from them."""
+    block table and slot mapping; `backend` plans its per-step tensors from them. With
+    `staging` (GPUs) the arrays go through its pinned buffers and are copied without blocking."""
     num_reqs = len(states)
     num_scheduled = np.asarray(num_scheduled_list, dtype=np.int64)
     starts = np.fromiter((s.num_computed_tokens for s in states), dtype=np.int64, count=num_reqs)
@@ -68,6 +71,8 @@ def build_step_inputs(
     logical_blocks, offsets = positions // block_size, positions % block_size
 
     def to_device(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        if staging is not None:
+            return staging.to_device(array, dtype)
         return torch.from_numpy(array).to(device=device, dtype=dtype, non_blocking=True)
 
     tables, slot_mappings = [], []

@@ -17,8 +17,9 @@ from pagedllm.sample.logprobs import compute_token_logprobs
 from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
 from pagedllm.sample.sampler import Sampler
 from pagedllm.structured_output.matcher import GrammarMatchers
-from pagedllm.worker import kv_cache
+from pagedllm.worker import dummy_run, kv_cache
 from pagedllm.worker.block_table import PersistentBlockTable
+from pagedllm.worker.host_staging import HostStaging
 from pagedllm.worker.input_batch import build_step_inputs, order_decodes_first
 from pagedllm.worker.request_state import RunnerRequestState
 
@@ -71,12 +72,20 @@ class ModelRunner:
         # Grammar matchers of constrained requests, kept across preemption like the generators.
         self.grammar_matchers = GrammarMatchers(self.vocab_size)
         self.kv_cache_groups: list[KVCacheGroupSpec] = []
+        # GPUs: step inputs go through pinned buffers (see host_staging.py).
+        self.staging = HostStaging(self.device) if self.device.type == "cuda" else None
+        # Start-up warm-up runs the Python layers even where a compiled step would apply.
+        self.forward_eagerly = False
 
     # ---- KV cache -------------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
         return kv_cache.bytes_per_block(self.model, self.block_size, self.dtype)
 
     def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]:
+        cache = self.cache_config
+        if self.platform.profiles_memory and cache.num_kv_blocks is None and cache.kv_cache_memory is None:
+            graphs = self.platform.step_compiler(self.dtype, self.scheduler_config) is not None
+            self.platform.record_memory_profile(dummy_run.profile_memory(self, capture_graphs=graphs))
         return kv_cache.determine_kv_cache_groups(
             self.model,
             self.cache_config,
@@ -90,10 +99,12 @@ class ModelRunner:
         kv_cache.allocate_kv_caches(
             self.model, self.backend, groups, self.block_size, self.dtype, self.device
         )
-        compiler = self.platform.step_compiler(self.dtype)
+        compiler = self.platform.step_compiler(self.dtype, self.scheduler_config)
         self.compiled_step = None if compiler is None else compiler.compile(self.model)
         compiled = None if self.compiled_step is None else self.compiled_step.name
         logger.info(self.platform.describe(self.dtype, compiled))
+        if self.platform.warms_up:
+            dummy_run.warm_up(self)
         self.kv_cache_groups = list(groups)
         if len(groups) > 1 or groups[0].sliding_window is not None:
             logger.info(
@@ -155,10 +166,21 @@ class ModelRunner:
         states, num_scheduled, num_decodes = order_decodes_first(
             [self.requests[r] for r in req_ids], [so.num_scheduled_tokens[r] for r in req_ids]
         )
+        if self.staging is not None:
+            self.staging.begin_step()
         inputs = build_step_inputs(
-            states, num_scheduled, num_decodes, self.block_table, self.block_size, self.backend, self.device
+            states,
+            num_scheduled,
+            num_decodes,
+            self.block_table,
+            self.block_size,
+            self.backend,
+            self.device,
+            self.staging,
         )
-        hidden = self._forward(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+        if self.staging is not None:
+            self.staging.end_step()
+        hidden = self.forward(inputs.input_ids, inputs.positions, inputs.attn_metadata)
 
         output = ModelRunnerOutput()
         ends = inputs.start_positions + inputs.num_scheduled
@@ -170,10 +192,10 @@ class ModelRunner:
             state.num_computed_tokens += n
         return output
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md) -> torch.Tensor:
         """The model's hidden states: through the compiled step where it takes this step."""
         step = self.compiled_step
-        if step is not None and step.applies(positions, md):
+        if step is not None and not self.forward_eagerly and step.applies(positions, md):
             return step(input_ids, positions, md)
         return self.model(input_ids, positions, md)
 
