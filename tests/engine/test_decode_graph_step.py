@@ -92,3 +92,11 @@ def test_graphs_are_declined_for_backends_with_step_dependent_host_work(tiny_lla
     runner = llm.engine.engine_core.executor.runner
     compiler = CudaGraphStepCompiler(8, 64, "cpu", capture=EagerReplay())
     assert compiler.compile(runner.model) is None
+
+
+def test_graphs_are_declined_for_layers_that_do_host_work_each_step(tmp_path):
+    folder = tiny_models.save_tiny(tiny_models.mixtral_config(), tmp_path / "mixtral")
+    llm = LLM(str(folder), dtype="float32", attention_backend="triton", num_kv_blocks=32, block_size=4)
+    runner = llm.engine.engine_core.executor.runner
+    compiler = CudaGraphStepCompiler(8, 64, "cpu", capture=EagerReplay())
+    assert compiler.compile(runner.model) is None

@@ -99,6 +99,12 @@ class CudaGraphStepCompiler(StepCompiler):
             logger.info("CUDA graphs: off (the model has no bound attention layers)")
             return None
         backend = layers[0].backend
+        unsafe = sorted(
+            {type(m).__name__ for m in model.modules() if not getattr(m, "cuda_graph_safe", True)}
+        )
+        if unsafe:
+            logger.info("CUDA graphs: off (%s do host work each step)", ", ".join(unsafe))
+            return None
         if backend.name not in GRAPH_BACKENDS:
             logger.info(
                 "CUDA graphs: off (attention backend %s; graphs need %s)", backend.name, GRAPH_BACKENDS
@@ -111,12 +117,16 @@ class CudaGraphStepCompiler(StepCompiler):
         capture = self.capture or CudaGraphCapture(self.device)
         start = time.perf_counter()
         recorded = {}
-        for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool memory
-            md = inputs.metadata(size, self.max_model_len)
-            backend.plan(md)
-            recorded[size] = capture.record(
-                lambda size=size, md=md: model(inputs.input_ids[:size], inputs.positions[:size], md)
-            )
+        try:
+            for size in reversed(self.sizes):  # largest first: smaller graphs reuse its pool memory
+                md = inputs.metadata(size, self.max_model_len)
+                backend.plan(md)
+                recorded[size] = capture.record(
+                    lambda size=size, md=md: model(inputs.input_ids[:size], inputs.positions[:size], md)
+                )
+        except RuntimeError as exc:  # an operation a graph cannot record: serve eagerly instead
+            logger.warning("CUDA graphs: off, capturing the decode step failed: %s", exc)
+            return None
         logger.info(
             "CUDA graphs: %d decode batch sizes up to %d captured in %.1f s",
             len(self.sizes),

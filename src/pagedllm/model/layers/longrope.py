@@ -63,6 +63,10 @@ class PartialRotaryEmbedding(RotaryEmbedding):
 class LongRopeRotaryEmbedding(PartialRotaryEmbedding):
     """LongRoPE with short and long factor tables; see the module docstring for the switch."""
 
+    # Which rows a token reads depends on its request's length, read on the host each step: a
+    # captured graph would replay one step's choice for every later step.
+    cuda_graph_safe = False
+
     def __init__(
         self,
         head_dim: int,

@@ -60,6 +60,10 @@ class FusedMoE(nn.Module):
     forward(hidden [T, H], router_logits [T, E]) -> [T, H]: the routed experts' outputs, weighted.
     """
 
+    # Tokens are grouped per expert with counts read back to the host each step (a
+    # synchronisation a CUDA graph cannot record).
+    cuda_graph_safe = False
+
     def __init__(
         self,
         num_experts: int,
