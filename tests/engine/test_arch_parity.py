@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tiny_models
-from hf_reference import hf_greedy, hf_prompt_logprobs, top2_gaps
+from hf_reference import hf_forward, hf_greedy, hf_prompt_logprobs, top2_gaps
 from numerics import assert_greedy_match
 from pagedllm import LLM, SamplingParams
 
@@ -158,8 +158,7 @@ def chunked_prompt_logprobs(model, prompt: list[int], chunk: int) -> list[float]
     """transformers' prompt logprobs when the prompt is fed `chunk` tokens per call through its cache."""
     cache, logits = None, []
     for start in range(0, len(prompt), chunk):
-        out = model(input_ids=torch.tensor([prompt[start : start + chunk]]), cache=cache, use_cache=True)
-        cache = out.cache
-        logits.append(out.logits[0].float())
+        chunk_logits, cache = hf_forward(model, prompt[start : start + chunk], cache)
+        logits.append(chunk_logits)
     logprobs = torch.log_softmax(torch.cat(logits)[:-1], dim=-1)
     return logprobs.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0].tolist()
