@@ -66,8 +66,8 @@ def quantize_weight(
     shared: SharedWeights,
     layer_ops: LayerOps = NATIVE,
 ) -> nn.Module:
-    """The `kind` ("int8" | "int4") form of a float [N, K] weight, plus any 4-bit checkpoint groups;
-    4-bit weights in the platform's format where it has one (`LayerOps.int4_weight`)."""
+    """The `kind` ("int8" | "int4") form of a float [N, K] weight, plus any 4-bit checkpoint groups,
+    in the platform's format where it has one (`LayerOps.int8_weight`, `LayerOps.int4_weight`)."""
     weight = param.data
     if kind == "int4" and not int4.supports(*weight.shape):
         kind = "int8"
@@ -80,7 +80,8 @@ def quantize_weight(
     elif kind == "int8":
         if staging is not None:
             staging.write_into(weight)
-        quantized = Int8Weight.from_float(weight)
+        make_int8 = layer_ops.int8_weight or Int8Weight.from_float
+        quantized = make_int8(weight)
     else:
         raise ValueError(f"unknown weight format {kind!r}")
     shared[key] = quantized
