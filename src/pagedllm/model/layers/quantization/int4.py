@@ -12,7 +12,8 @@ holds the portable formats (`Int4Weight.layout`):
 - "plain" (other devices): byte j of a row holds codes 2j and 2j + 1; every matmul dequantizes.
 
 A platform may hand the layers a format of its own instead (`LayerOps.int4_weight`; the CPU
-platform's lives in ops/int4_gemv.py) built from the same `Int4Blocks`.
+platform's lives in ops/int4_gemv.py, the CUDA platform's in ops/triton_quant_linear.py) built
+from the same `Int4Blocks`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ On CPU a few rows run torch's fused kernel (`aten._weight_int8pack_mm`, which re
 bytes directly); more rows dequantize the weight to the activation dtype for one ordinary
 matmul (`OP_MAX_ROWS`, measured). The fused kernel needs K to be a multiple of 16 (other sizes
 read past the rows), so other shapes, and other devices, always dequantize. Embedding lookups
-dequantize only the gathered rows.
+dequantize only the gathered rows. A platform may hand the layers a format of its own instead,
+made from the same codes (`LayerOps.int8_weight`; CUDA's: ops/triton_quant_linear.py).
 """
 
 from __future__ import annotations
