@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +21,9 @@ import torch
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared compile helper
+
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
 from pagedllm.attention.triton_ops.cache_write import reshape_and_cache_launch  # noqa: E402
 from pagedllm.attention.triton_ops.decode_attention import decode_launches  # noqa: E402
@@ -33,16 +33,7 @@ from pagedllm.attention.triton_ops.work_plan import (  # noqa: E402
     plan_query_tiles,
     tokens_per_tile,
 )
-
-# Ampere (A100) and Hopper (H100/H200).
-TARGETS = [GPUTarget("cuda", 80, 32), GPUTarget("cuda", 90, 32)]
-_POINTER_TYPES = {
-    torch.float32: "*fp32",
-    torch.float16: "*fp16",
-    torch.bfloat16: "*bf16",
-    torch.int32: "*i32",
-    torch.int64: "*i64",
-}
+from triton_compile import TARGETS, compile_launch  # noqa: E402
 
 # (dtype, heads, kv heads, head size, block size, window, soft cap, decode splits)
 SHAPES = [
@@ -51,21 +42,6 @@ SHAPES = [
     (torch.float16, 8, 4, 64, 32, None, 50.0, 2),  # soft cap, another block size
     (torch.float32, 6, 2, 80, 16, 64, None, 1),  # a head size that is not a power of two
 ]
-
-
-def signature(launch) -> tuple[dict, dict]:
-    names = launch.kernel.arg_names
-    types = {}
-    for name, value in zip(names, launch.args):
-        if isinstance(value, torch.Tensor):
-            types[name] = _POINTER_TYPES[value.dtype]
-        elif isinstance(value, float):
-            types[name] = "fp32"
-        else:
-            types[name] = "i64" if abs(int(value)) >= 2**31 else "i32"
-    for name in launch.constants:
-        types[name] = "constexpr"
-    return types, dict(launch.constants)
 
 
 def launches_for(shape):
@@ -112,16 +88,10 @@ def main() -> int:
     print(f"triton {triton.__version__}")
     for shape in shapes:
         for launch in launches_for(shape):
-            types, constants = signature(launch)
             for target in targets:
-                start = time.perf_counter()
-                source = ASTSource(fn=launch.kernel, signature=types, constexprs=constants)
-                compiled = triton.compile(source, target=target, options={"num_warps": launch.num_warps})
+                cubin, seconds = compile_launch(launch, target)
                 name = launch.kernel.fn.__name__
-                seconds = time.perf_counter() - start
-                print(
-                    f"sm_{target.arch} {name} {shape[0]} h{shape[3]}: {len(compiled.asm['cubin'])} B cubin, {seconds:.1f} s"
-                )
+                print(f"sm_{target.arch} {name} {shape[0]} h{shape[3]}: {cubin} B cubin, {seconds:.1f} s")
     return 0
 
 

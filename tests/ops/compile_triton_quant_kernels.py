@@ -16,30 +16,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared compile helper
+
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
 from pagedllm.ops.triton_quant_kernels import int4_launches, int8_launches  # noqa: E402
 from pagedllm.ops.triton_quant_tiles import choose_tiles  # noqa: E402
+from triton_compile import TARGETS, compile_launch, signature  # noqa: E402
 
-# Ampere (A100) and Hopper (H100/H200).
-TARGETS = [GPUTarget("cuda", 80, 32), GPUTarget("cuda", 90, 32)]
-# (The attention check's `signature()` knows no int8/uint8 pointers, so this script has its own.)
-_POINTER_TYPES = {
-    torch.float32: "*fp32",
-    torch.float16: "*fp16",
-    torch.bfloat16: "*bf16",
-    torch.int8: "*i8",
-    torch.uint8: "*u8",
-}
 # (rows M, features N, K, bias): decode with split-K (Llama 3 8B's o_proj on an H100: 64 column
 # tiles, K in 8 splits), decode without it (a wide LM head), prefill of both tile sizes;
 # K = 576 takes 2 groups per 4-bit iteration.
@@ -50,24 +41,6 @@ CASES = [
     (512, 4096, 4096, False),
 ]
 QUICK_CASES = [CASES[0], CASES[3]]
-
-
-def signature(launch) -> tuple[dict, dict, dict]:
-    """Triton's (argument types, constexprs, attributes) of a launch, as its launcher specialises
-    them: pointers (the caching allocator's, 256-byte aligned) and integers that are multiples of
-    16 are marked divisible by 16, which is what lets loads vectorise and the loop pipeline."""
-    types, attrs = {}, {}
-    for index, (name, value) in enumerate(zip(launch.kernel.arg_names, launch.args)):
-        if isinstance(value, torch.Tensor):
-            types[name] = _POINTER_TYPES[value.dtype]
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        else:
-            types[name] = "i64" if abs(int(value)) >= 2**31 else "i32"
-            if int(value) % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    for name in launch.constants:
-        types[name] = "constexpr"
-    return types, dict(launch.constants), attrs
 
 
 def launches_for(dtype: torch.dtype, m: int, n: int, k: int, with_bias: bool):
@@ -104,14 +77,10 @@ def main() -> int:
                     continue
                 seen.add(key)
                 for target in targets:
-                    start = time.perf_counter()
-                    source = ASTSource(fn=launch.kernel, signature=types, constexprs=constants, attrs=attrs)
-                    options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
-                    compiled = triton.compile(source, target=target, options=options)
-                    seconds = time.perf_counter() - start
+                    cubin, seconds = compile_launch(launch, target)
                     print(
                         f"sm_{target.arch} {launch.kernel.fn.__name__} {str(dtype)[6:]} M={m} N={n} K={k} "
-                        f"{constants}: {len(compiled.asm['cubin'])} B cubin, {seconds:.1f} s"
+                        f"{constants}: {cubin} B cubin, {seconds:.1f} s"
                     )
     return 0
 

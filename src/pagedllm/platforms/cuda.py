@@ -1,5 +1,6 @@
-"""The CUDA platform: our Triton attention kernels, CUDA graphs for decode steps, and a KV cache
-sized from the GPU's memory after the weights and a measured activation peak.
+"""The CUDA platform: our Triton attention kernels, CUDA graphs for decode steps, int8/int4
+weights in our Triton matmuls (cuda_layer_ops.py), and a KV cache sized from the GPU's memory
+after the weights and a measured activation peak.
 
 bf16 by default (float16 before Ampere). Start-up on a GPU: the runner loads the weights,
 measures one dummy step of `max_num_batched_tokens` tokens (and, with graphs, one of
@@ -18,8 +19,9 @@ import logging
 import torch
 
 from pagedllm.config import CacheConfig, SchedulerConfig
-from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
+from pagedllm.model.layers.layer_ops import LayerOps
 from pagedllm.platforms.cuda_graphs import CudaGraphStepCompiler
+from pagedllm.platforms.cuda_layer_ops import cuda_layer_ops
 from pagedllm.platforms.gpu_memory import GpuMemoryProfile, describe, kv_cache_budget
 from pagedllm.platforms.interface import Platform
 
@@ -65,7 +67,7 @@ class CudaPlatform(Platform):
         return budget
 
     def layer_ops(self, dtype: torch.dtype) -> LayerOps:
-        return NATIVE
+        return cuda_layer_ops(dtype)
 
     def kernels_label(self) -> str:
         return "triton" if self.attention_backend().name == "triton" else "off (torch reference)"

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.attention.triton_ops.launch import KernelLaunch
+from pagedllm.ops.triton_launch import TritonLaunch
 
 
 @triton.jit
@@ -54,7 +54,7 @@ def reshape_and_cache(
         reshape_and_cache_launch(key, value, kv_cache, slot_mapping).run()
 
 
-def reshape_and_cache_launch(key, value, kv_cache, slot_mapping) -> KernelLaunch:
+def reshape_and_cache_launch(key, value, kv_cache, slot_mapping) -> TritonLaunch:
     """The launch `reshape_and_cache` runs: one program per token, all KV heads at once."""
     _, num_kv_heads, _, block_size, head_dim = kv_cache.shape
     args = (
@@ -78,4 +78,4 @@ def reshape_and_cache_launch(key, value, kv_cache, slot_mapping) -> KernelLaunch
         DIM_PAD=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size,
     )
-    return KernelLaunch(_reshape_and_cache_kernel, (slot_mapping.shape[0],), args, constants)
+    return TritonLaunch(_reshape_and_cache_kernel, (slot_mapping.shape[0],), args, constants)

@@ -14,10 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.attention.triton_ops.launch import KernelLaunch
 from pagedllm.attention.triton_ops.online_softmax import scores_of, update, visible
 from pagedllm.attention.triton_ops.paged_kv import kv_row_offsets, load_kv_tile
 from pagedllm.attention.triton_ops.query_tile_attention import dot_precision
+from pagedllm.ops.triton_launch import TritonLaunch
 
 _MIN_ROWS = 16  # tl.dot needs at least 16 rows
 
@@ -188,7 +188,7 @@ def decode_launches(
     num_splits,
     block_n,
     num_warps=4,
-) -> list[KernelLaunch]:
+) -> list[TritonLaunch]:
     """What `decode_attention` runs: the decode kernel, then with splits the combine kernel."""
     if num_decodes == 0:
         return []
@@ -238,7 +238,7 @@ def decode_launches(
         DOT_PRECISION=dot_precision(query.dtype),
     )
     launches = [
-        KernelLaunch(_decode_kernel, (num_decodes, num_kv_heads, num_splits), args, constants, num_warps)
+        TritonLaunch(_decode_kernel, (num_decodes, num_kv_heads, num_splits), args, constants, num_warps)
     ]
     if num_splits > 1:
         combine_args = (out, partial, lse, query_start_loc, out.stride(0), out.stride(1))
@@ -250,6 +250,6 @@ def decode_launches(
             SPLITS_PAD=triton.next_power_of_2(num_splits),
         )
         launches.append(
-            KernelLaunch(_combine_kernel, (num_decodes, num_heads), combine_args, combine_constants)
+            TritonLaunch(_combine_kernel, (num_decodes, num_heads), combine_args, combine_constants)
         )
     return launches

@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.attention.triton_ops.launch import KernelLaunch
 from pagedllm.attention.triton_ops.online_softmax import scores_of, update, visible
 from pagedllm.attention.triton_ops.paged_kv import kv_row_offsets, load_kv_tile
+from pagedllm.ops.triton_launch import TritonLaunch
 
 
 @triton.jit
@@ -162,7 +162,7 @@ def query_tile_launch(
     soft_cap,
     block_n,
     num_warps=4,
-) -> KernelLaunch:
+) -> TritonLaunch:
     """The launch `query_tile_attention` runs: one program per (tile, KV head)."""
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
@@ -202,7 +202,7 @@ def query_tile_launch(
         DOT_PRECISION=dot_precision(query.dtype),
     )
     grid = (tile_request.shape[0], num_kv_heads)
-    return KernelLaunch(_query_tile_kernel, grid, args, constants, num_warps)
+    return TritonLaunch(_query_tile_kernel, grid, args, constants, num_warps)
 
 
 def dot_precision(dtype: torch.dtype) -> str | None:
