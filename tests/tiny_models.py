@@ -25,6 +25,7 @@ def build_tokenizer():
         vocab_size=VOCAB,
         special_tokens=["<unk>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its progress lines go to stdout, between the GPU check's rows
     )
     corpus = ["The quick brown fox jumps over the lazy dog. " * 4, "Paged attention keeps KV in blocks. " * 4]
     tok.train_from_iterator(corpus * 20, trainer)
