@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import traceback
 
-import test_helpers
+import suite_helpers
 import torch
 from bandwidth import copy_bandwidth
 from report import PhaseReport, Timer
@@ -50,7 +50,7 @@ def main() -> None:
             llm = LLM(
                 SHAPE,
                 load_format="dummy",
-                tokenizer=str(test_helpers.tiny_tokenizer_folder()),
+                tokenizer=str(suite_helpers.tiny_tokenizer_folder()),
                 dtype="bfloat16",
                 device="cuda",
                 max_model_len=1024,

@@ -14,7 +14,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import test_helpers  # noqa: F401  (puts tests/ on sys.path)
+import suite_helpers  # noqa: F401  (puts tests/ on sys.path)
 import torch
 from report import PhaseReport, Timer
 from transformers import AutoModelForCausalLM

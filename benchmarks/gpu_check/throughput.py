@@ -17,7 +17,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import test_helpers
+import suite_helpers
 from report import PhaseReport, Timer
 
 SHAPE = "llama-3.1-8b"
@@ -54,7 +54,7 @@ def main() -> None:
     with Timer() as t:
         try:
             folder = Path(tempfile.mkdtemp(prefix="gpu-check-throughput-"))
-            ours = run_pagedllm(test_helpers.tiny_tokenizer_folder(), folder / "pagedllm.json")
+            ours = run_pagedllm(suite_helpers.tiny_tokenizer_folder(), folder / "pagedllm.json")
             figure = (
                 f"{ours['output_tokens_per_s']:.0f} output tok/s, {ours['total_tokens_per_s']:.0f} total "
                 f"({ours['elapsed_s']:.1f} s, {ours['num_preemptions']} preemptions)"
