@@ -54,8 +54,8 @@ class TritonPagedBackend(AttentionBackend):
         if device.type != "cuda":
             check_interpreted(query_tile_attention._query_tile_kernel)
         self._reshape_and_cache = cache_write.reshape_and_cache
-        self._decode = decode_attention.decode_attention
-        self._query_tiles = query_tile_attention.query_tile_attention
+        self._decode = decode_attention.decode_launches
+        self._query_tiles = query_tile_attention.query_tile_launch
         self.device = device
         self.forced_splits = decode_splits
         # Programs a step must have to fill the device; the interpreter gains nothing from splits.
@@ -120,7 +120,7 @@ class TritonPagedBackend(AttentionBackend):
         block_n = keys_per_iteration(head_dim)
         if md.num_decodes:
             splits = self._splits(md, num_kv_heads, sliding_window)
-            self._decode(
+            launches = self._decode(
                 output,
                 query,
                 kv_cache,
@@ -134,6 +134,8 @@ class TritonPagedBackend(AttentionBackend):
                 splits,
                 block_n,
             )
+            for launch in launches:
+                launch.run()
         if md.num_prefills:
             tile_tokens = tokens_per_tile(query.shape[1] // num_kv_heads, head_dim)
             tile_request, tile_first_token = self._tiles(md, tile_tokens)
@@ -151,5 +153,5 @@ class TritonPagedBackend(AttentionBackend):
                 sliding_window,
                 logits_soft_cap,
                 block_n,
-            )
+            ).run()
         return output

@@ -140,40 +140,6 @@ def _combine_kernel(
     tl.store(dst, result.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
-def decode_attention(
-    out: torch.Tensor,  # [T, heads, head_dim]
-    query: torch.Tensor,  # [T, heads, head_dim], last dim contiguous
-    kv_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
-    num_decodes: int,
-    scale: float,
-    sliding_window: int | None,
-    soft_cap: float | None,
-    num_splits: int,
-    block_n: int,
-    num_warps: int = 4,
-) -> None:
-    """Attend requests [0, num_decodes), one query token each, over their contexts."""
-    for launch in decode_launches(
-        out,
-        query,
-        kv_cache,
-        block_table,
-        query_start_loc,
-        seq_lens,
-        num_decodes,
-        scale,
-        sliding_window,
-        soft_cap,
-        num_splits,
-        block_n,
-        num_warps,
-    ):
-        launch.run()
-
-
 def decode_launches(
     out,
     query,
@@ -189,7 +155,8 @@ def decode_launches(
     block_n,
     num_warps=4,
 ) -> list[TritonLaunch]:
-    """What `decode_attention` runs: the decode kernel, then with splits the combine kernel."""
+    """Attend requests [0, num_decodes), one query token each, over their contexts: the decode
+    kernel, then with splits the combine kernel (run each in order)."""
     if num_decodes == 0:
         return []
     num_heads, head_dim = query.shape[1], query.shape[2]

@@ -111,42 +111,6 @@ def _query_tile_kernel(
     )
 
 
-def query_tile_attention(
-    out: torch.Tensor,  # [T, heads, head_dim]
-    query: torch.Tensor,  # [T, heads, head_dim], last dim contiguous
-    kv_cache: torch.Tensor,  # [2, kv_heads, blocks, block_size, head_dim]
-    block_table: torch.Tensor,  # [R, max_blocks]
-    query_start_loc: torch.Tensor,
-    seq_lens: torch.Tensor,
-    tile_request: torch.Tensor,  # [tiles] int32
-    tile_first_token: torch.Tensor,  # [tiles] int32
-    tile_tokens: int,
-    scale: float,
-    sliding_window: int | None,
-    soft_cap: float | None,
-    block_n: int,
-    num_warps: int = 4,
-) -> None:
-    """Attend every planned tile (see the module docstring); writes `out` rows of those tiles."""
-    if tile_request.shape[0]:
-        query_tile_launch(
-            out,
-            query,
-            kv_cache,
-            block_table,
-            query_start_loc,
-            seq_lens,
-            tile_request,
-            tile_first_token,
-            tile_tokens,
-            scale,
-            sliding_window,
-            soft_cap,
-            block_n,
-            num_warps,
-        ).run()
-
-
 def query_tile_launch(
     out,
     query,
@@ -163,7 +127,8 @@ def query_tile_launch(
     block_n,
     num_warps=4,
 ) -> TritonLaunch:
-    """The launch `query_tile_attention` runs: one program per (tile, KV head)."""
+    """Attend every planned tile (see the module docstring), writing `out` rows of those tiles:
+    one program per (tile, KV head); `.run()` launches it."""
     num_heads, head_dim = query.shape[1], query.shape[2]
     num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
     group = num_heads // num_kv_heads
