@@ -11,6 +11,7 @@ QUANTIZATION_METHODS = ("none", "int8", "int4")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 # How weights are obtained: from the checkpoint, or random (seeded) for a config alone.
 LOAD_FORMATS = ("auto", "dummy")
+DISTRIBUTED_EXECUTOR_BACKENDS = ("mp",)
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,10 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     # GPU: run every step eagerly instead of replaying captured CUDA graphs for decode steps.
     enforce_eager: bool = False
+    # Tensor parallelism: the model split over this many ranks (processes) of one group.
+    tensor_parallel_size: int = 1
+    # How ranks are started: "mp" (local processes; the only backend today).
+    distributed_executor_backend: str = "mp"
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -101,6 +106,13 @@ class EngineConfig:
             )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.distributed_executor_backend not in DISTRIBUTED_EXECUTOR_BACKENDS:
+            raise ConfigError(
+                f"distributed_executor_backend must be one of {', '.join(DISTRIBUTED_EXECUTOR_BACKENDS)}; "
+                f"got {self.distributed_executor_backend!r}"
+            )
         if self.load_format not in LOAD_FORMATS:
             raise ConfigError(
                 f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}"

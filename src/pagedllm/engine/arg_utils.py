@@ -52,6 +52,19 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         help="weight-only quantization of the linear layers and LM head (int4: 4-bit groups of 32, "
         "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int8: per-row int8)",
     )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=1,
+        help="split the model over this many ranks (processes; gloo on CPU, NCCL on GPUs)",
+    )
+    parser.add_argument(
+        "--distributed-executor-backend",
+        default="mp",
+        choices=["mp"],
+        help="how the tensor-parallel ranks are started (mp: local processes)",
+    )
     gpu = parser.add_argument_group("GPU")
     gpu.add_argument(
         "--gpu-memory-utilization",
@@ -117,6 +130,8 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         load_format=args.load_format,
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
     )
 
 

@@ -121,3 +121,4 @@ class InprocClient(EngineCoreClient):
     def shutdown(self) -> None:
         self._shut_down = True
         self._inputs.put(("wake", None))
+        self.core.shutdown()

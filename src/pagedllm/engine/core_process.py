@@ -59,6 +59,8 @@ def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: i
         with contextlib.suppress(OSError):
             conn.send_bytes(codec.encode(Failed(repr(exc))))
         raise SystemExit(1) from exc
+    finally:
+        core.shutdown()
 
 
 class EngineCoreLoop:

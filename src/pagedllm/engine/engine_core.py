@@ -29,8 +29,10 @@ from pagedllm.model.model_config import ModelConfig
 from pagedllm.platforms import resolve_platform
 from pagedllm.request import Request, RequestStatus
 from pagedllm.structured_output.grammar_compiler import GrammarCompiler, shared_grammar_compiler
-from pagedllm.worker.executor import UniProcExecutor
+from pagedllm.worker.executor import Executor, UniProcExecutor
 from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.mp_executor import MultiprocExecutor
+from pagedllm.worker.tp_worker import RunnerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +75,33 @@ class EngineCore:
         self.platform.attention_backend()
         self.device = self.platform.device
         self.dtype = self.platform.select_dtype(config.dtype)
-        runner = ModelRunner(
-            self.model_config,
-            self.scheduler_config,
-            self.cache_config,
-            self.platform,
-            self.dtype,
-            config.seed,
-        )
-        self.executor = UniProcExecutor(runner)
-        # One block pool per KV-cache group (layers grouped by sliding window).
-        self.kv_cache_groups = self.executor.determine_kv_cache_groups()
-        self.executor.initialize_kv_cache(self.kv_cache_groups)
+        if config.tensor_parallel_size > 1:
+            spec = RunnerSpec(
+                config,
+                self.model_config,
+                self.scheduler_config,
+                self.cache_config,
+                self.dtype,
+                config.tensor_parallel_size,
+            )
+            self.executor: Executor = MultiprocExecutor(spec, self.device)
+        else:
+            runner = ModelRunner(
+                self.model_config,
+                self.scheduler_config,
+                self.cache_config,
+                self.platform,
+                self.dtype,
+                config.seed,
+            )
+            self.executor = UniProcExecutor(runner)
+        try:
+            # One block pool per KV-cache group (layers grouped by sliding window).
+            self.kv_cache_groups = self.executor.determine_kv_cache_groups()
+            self.executor.initialize_kv_cache(self.kv_cache_groups)
+        except BaseException:
+            self.executor.shutdown()
+            raise
         self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
         # Requests whose grammar is still compiling (constrained decoding).
         self._compiling: dict[str, Request] = {}
@@ -179,6 +196,10 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests()
 
     # ---- the step -----------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop the executor's processes (tensor-parallel workers); idempotent."""
+        self.executor.shutdown()
+
     def step(self) -> EngineCoreOutputs:
         """Schedule, run the model once, and report what each request gained."""
         rejected = self._settle_grammars() if self._compiling else []

@@ -43,6 +43,8 @@ class LLM:
         load_format: str = "auto",
         gpu_memory_utilization: float = 0.9,
         enforce_eager: bool = False,
+        tensor_parallel_size: int = 1,
+        distributed_executor_backend: str = "mp",
     ):
         self.engine = LLMEngine(
             EngineConfig(
@@ -67,6 +69,8 @@ class LLM:
                 load_format=load_format,
                 gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=enforce_eager,
+                tensor_parallel_size=tensor_parallel_size,
+                distributed_executor_backend=distributed_executor_backend,
             )
         )
 

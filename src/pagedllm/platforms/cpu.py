@@ -61,9 +61,10 @@ class CpuPlatform(Platform):
     def default_dtype(self) -> torch.dtype:
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
-    def configure_model_process(self) -> None:
+    def configure_model_process(self, num_ranks: int = 1) -> None:
         tune_cpu_allocator()
-        logger.info("CPU model threads: %d", configure_model_threads())
+        # Tensor-parallel ranks on one machine share its cores.
+        logger.info("CPU model threads: %d", configure_model_threads(num_ranks))
 
     def available_memory(self) -> int:
         try:

@@ -51,13 +51,14 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def configure_model_threads() -> int:
-    """Give the model every usable core unless the user chose (`OMP_NUM_THREADS`); returns the count.
+def configure_model_threads(num_ranks: int = 1) -> int:
+    """Give the model every usable core (split evenly between `num_ranks` processes sharing the
+    machine) unless the user chose (`OMP_NUM_THREADS`); returns the count.
 
     Runs in the process that executes the model. Inter-op parallelism stays at one thread: the
     engine runs one op at a time and a second pool would only compete for the same cores.
     """
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cpu_count()
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, usable_cpu_count() // num_ranks)
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # fixed once any inter-op work has started
         torch.set_num_interop_threads(1)

@@ -44,7 +44,7 @@ class CudaPlatform(Platform):
     def default_dtype(self) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def configure_model_process(self) -> None:
+    def configure_model_process(self, num_ranks: int = 1) -> None:
         torch.cuda.set_device(self.device)
 
     def available_memory(self) -> int:

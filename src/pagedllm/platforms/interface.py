@@ -98,8 +98,9 @@ class Platform(ABC):
     def default_dtype(self) -> torch.dtype:
         """What "auto" means here."""
 
-    def configure_model_process(self) -> None:  # noqa: B027 (most platforms need nothing)
-        """Set up the process that runs the model (threads, allocator); once, before loading."""
+    def configure_model_process(self, num_ranks: int = 1) -> None:  # noqa: B027 (most need nothing)
+        """Set up a process that runs the model (threads, allocator); once, before loading.
+        `num_ranks`: how many tensor-parallel ranks share this machine."""
 
     @abstractmethod
     def available_memory(self) -> int:

@@ -21,6 +21,9 @@ class Executor(ABC):
     @abstractmethod
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput: ...
 
+    def shutdown(self) -> None:  # noqa: B027 (an executor in this process holds nothing to stop)
+        """Stop any processes the executor started; idempotent."""
+
 
 class UniProcExecutor(Executor):
     """The model runner in the engine's own process: no copies, no IPC."""

@@ -41,7 +41,11 @@ class ModelRunner:
         platform: Platform,
         dtype: torch.dtype,
         seed: int = 0,
+        tp_rank: int = 0,
+        tp_size: int = 1,
     ):
+        """`tp_rank`/`tp_size`: this runner's shard of a tensor-parallel model (the process group
+        is already initialised by the executor)."""
         self.model_config = model_config
         self.scheduler_config = scheduler_config
         self.cache_config = cache_config
@@ -49,9 +53,10 @@ class ModelRunner:
         self.device = platform.device
         self.dtype = dtype
         self.block_size = cache_config.block_size
-        platform.configure_model_process()
+        platform.configure_model_process(num_ranks=tp_size)
+        self.tp_rank, self.tp_size = tp_rank, tp_size
         self.model = load_model(
-            model_config, self.device, dtype, layer_ops=platform.layer_ops(dtype), seed=seed
+            model_config, self.device, dtype, tp_rank, tp_size, layer_ops=platform.layer_ops(dtype), seed=seed
         )
         self.backend = platform.attention_backend()
         self.sampler = Sampler(platform.sample_kernel())

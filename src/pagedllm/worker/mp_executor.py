@@ -1,0 +1,107 @@
+"""Tensor parallelism over local processes: rank 0 here, ranks 1..N-1 spawned (`--tensor-parallel-size`).
+
+The engine core's process is rank 0: it owns the scheduler, and each call (`execute_model`
+with the step's `SchedulerOutput`) becomes one broadcast to the workers (tp_worker.py) before
+rank 0 runs the same step on its own shard. The group is gloo on CPU, NCCL on GPUs, on
+127.0.0.1. A worker that dies breaks the next collective, which raises here: the engine core
+fails and its clients see the engine dead (nothing waits forever; a peer that stops without
+closing its sockets times out after `tp_group.COLLECTIVE_TIMEOUT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import threading
+
+from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
+from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.worker.executor import Executor
+from pagedllm.worker.tp_group import broadcast_command, destroy_tp_group, free_port, init_tp_group
+from pagedllm.worker.tp_worker import (
+    DETERMINE,
+    EXECUTE,
+    INITIALIZE,
+    SHUTDOWN,
+    RunnerSpec,
+    build_runner,
+    determine_agreed_groups,
+    run_worker,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class MultiprocExecutor(Executor):
+    """See the module docstring."""
+
+    def __init__(self, spec: RunnerSpec, device):
+        self.spec = spec
+        self._shut_down = False
+        port = free_port()
+        context = multiprocessing.get_context("spawn")
+        log_level = logging.getLogger("pagedllm").getEffectiveLevel()
+        self.workers = [
+            context.Process(
+                target=run_worker,
+                args=(rank, spec, port, device.type, log_level),
+                name=f"pagedllm-tp-rank-{rank}",
+                daemon=True,
+            )
+            for rank in range(1, spec.tp_size)
+        ]
+        for worker in self.workers:
+            worker.start()
+        logger.info(
+            "tensor parallelism: %d ranks (workers pid %s)",
+            spec.tp_size,
+            ", ".join(str(w.pid) for w in self.workers),
+        )
+        try:
+            init_tp_group(0, spec.tp_size, port, device)
+            self.runner = build_runner(spec, 0)
+        except BaseException:
+            self._stop_workers()
+            destroy_tp_group()
+            raise
+        threading.Thread(target=self._watch_workers, name="pagedllm-tp-watch", daemon=True).start()
+
+    def _watch_workers(self) -> None:
+        """Log a worker's death (the collective it breaks raises in the engine core)."""
+        from multiprocessing.connection import wait
+
+        ready = wait([w.sentinel for w in self.workers])
+        if not self._shut_down:
+            dead = [f"rank {i + 1} (pid {w.pid})" for i, w in enumerate(self.workers) if w.sentinel in ready]
+            logger.error("tensor-parallel worker died: %s", ", ".join(dead))
+
+    def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]:
+        broadcast_command((DETERMINE, None))
+        return determine_agreed_groups(self.runner)
+
+    def initialize_kv_cache(self, groups: list[KVCacheGroupSpec]) -> None:
+        broadcast_command((INITIALIZE, groups))
+        self.runner.initialize_kv_cache(groups)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        broadcast_command((EXECUTE, scheduler_output))
+        return self.runner.execute_model(scheduler_output)
+
+    def shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
+        if all(w.is_alive() for w in self.workers):
+            # A worker that went away meanwhile fails the broadcast: stopping the rest is all left.
+            with contextlib.suppress(RuntimeError):
+                broadcast_command((SHUTDOWN, None))
+        self._stop_workers()
+        destroy_tp_group()
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(timeout=5)

@@ -1,0 +1,91 @@
+"""A tensor-parallel worker process: joins the group, loads its shard, runs what rank 0 sends.
+
+Rank 0 (the engine core's process) broadcasts one command per call: size the KV cache, allocate
+it, execute a scheduled step, or shut down. Every rank executes every step on its shard (the
+row-parallel layers' all-reduces and the LM head's all-gather keep them in step); only rank 0's
+output goes back to the scheduler, the others' (identical: same logits, same seeded
+generators) are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
+from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
+from pagedllm.model.model_config import ModelConfig
+from pagedllm.platforms import resolve_platform
+from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.tp_group import agree_on_blocks, broadcast_command, destroy_tp_group, init_tp_group
+
+logger = logging.getLogger(__name__)
+
+DETERMINE, INITIALIZE, EXECUTE, SHUTDOWN = (
+    "determine_kv_cache_groups",
+    "initialize_kv_cache",
+    "execute",
+    "shutdown",
+)
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What every rank builds its runner from (picklable: sent to spawned workers)."""
+
+    engine_config: EngineConfig
+    model_config: ModelConfig
+    scheduler_config: SchedulerConfig
+    cache_config: CacheConfig
+    dtype: torch.dtype
+    tp_size: int
+
+
+def build_runner(spec: RunnerSpec, rank: int) -> ModelRunner:
+    """Rank `rank`'s runner: its platform (on CUDA its own GPU), its shard of the weights."""
+    config = spec.engine_config
+    if config.device is not None and config.device.startswith("cuda"):
+        config = dataclasses.replace(config, device=f"cuda:{rank}")
+    platform = resolve_platform(config)
+    return ModelRunner(
+        spec.model_config,
+        spec.scheduler_config,
+        spec.cache_config,
+        platform,
+        spec.dtype,
+        config.seed,
+        tp_rank=rank,
+        tp_size=spec.tp_size,
+    )
+
+
+def determine_agreed_groups(runner: ModelRunner) -> list[KVCacheGroupSpec]:
+    """This rank's KV-cache groups, each cut to the fewest blocks any rank can hold."""
+    groups = runner.determine_kv_cache_groups()
+    counts = agree_on_blocks([g.num_blocks for g in groups])
+    return [KVCacheGroupSpec(g.sliding_window, n) for g, n in zip(groups, counts)]
+
+
+def run_worker(rank: int, spec: RunnerSpec, port: int, device_type: str, log_level: int) -> None:
+    """A spawned worker's entry point (see the module docstring)."""
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s"
+    )
+    init_tp_group(rank, spec.tp_size, port, torch.device(device_type))
+    try:
+        runner = build_runner(spec, rank)
+        while True:
+            kind, payload = broadcast_command()
+            if kind == DETERMINE:
+                determine_agreed_groups(runner)
+            elif kind == INITIALIZE:
+                runner.initialize_kv_cache(payload)
+            elif kind == EXECUTE:
+                runner.execute_model(payload)
+            elif kind == SHUTDOWN:
+                break
+    finally:
+        destroy_tp_group()
