@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
+import pickle
+import subprocess
+import sys
 import threading
 
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
@@ -25,9 +27,9 @@ from pagedllm.worker.tp_worker import (
     INITIALIZE,
     SHUTDOWN,
     RunnerSpec,
+    WorkerArgs,
     build_runner,
     determine_agreed_groups,
-    run_worker,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,19 +42,16 @@ class MultiprocExecutor(Executor):
         self.spec = spec
         self._shut_down = False
         port = free_port()
-        context = multiprocessing.get_context("spawn")
         log_level = logging.getLogger("pagedllm").getEffectiveLevel()
+        # Plain subprocesses rather than multiprocessing children: the engine core itself may
+        # run in a daemonic process, which multiprocessing does not let have children.
         self.workers = [
-            context.Process(
-                target=run_worker,
-                args=(rank, spec, port, device.type, log_level),
-                name=f"pagedllm-tp-rank-{rank}",
-                daemon=True,
-            )
-            for rank in range(1, spec.tp_size)
+            subprocess.Popen([sys.executable, "-m", "pagedllm.worker.tp_worker"], stdin=subprocess.PIPE)
+            for _ in range(1, spec.tp_size)
         ]
-        for worker in self.workers:
-            worker.start()
+        for rank, worker in enumerate(self.workers, start=1):
+            worker.stdin.write(pickle.dumps(WorkerArgs(rank, spec, port, device.type, log_level)))
+            worker.stdin.close()
         logger.info(
             "tensor parallelism: %d ranks (workers pid %s)",
             spec.tp_size,
@@ -65,16 +64,18 @@ class MultiprocExecutor(Executor):
             self._stop_workers()
             destroy_tp_group()
             raise
-        threading.Thread(target=self._watch_workers, name="pagedllm-tp-watch", daemon=True).start()
+        for rank, worker in enumerate(self.workers, start=1):
+            threading.Thread(
+                target=self._watch, args=(rank, worker), name=f"pagedllm-tp-watch-{rank}", daemon=True
+            ).start()
 
-    def _watch_workers(self) -> None:
+    def _watch(self, rank: int, worker: subprocess.Popen) -> None:
         """Log a worker's death (the collective it breaks raises in the engine core)."""
-        from multiprocessing.connection import wait
-
-        ready = wait([w.sentinel for w in self.workers])
+        code = worker.wait()
         if not self._shut_down:
-            dead = [f"rank {i + 1} (pid {w.pid})" for i, w in enumerate(self.workers) if w.sentinel in ready]
-            logger.error("tensor-parallel worker died: %s", ", ".join(dead))
+            logger.error(
+                "tensor-parallel worker rank %d (pid %d) died with exit code %s", rank, worker.pid, code
+            )
 
     def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]:
         broadcast_command((DETERMINE, None))
@@ -92,7 +93,7 @@ class MultiprocExecutor(Executor):
         if self._shut_down:
             return
         self._shut_down = True
-        if all(w.is_alive() for w in self.workers):
+        if all(w.poll() is None for w in self.workers):
             # A worker that went away meanwhile fails the broadcast: stopping the rest is all left.
             with contextlib.suppress(RuntimeError):
                 broadcast_command((SHUTDOWN, None))
@@ -101,7 +102,8 @@ class MultiprocExecutor(Executor):
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
-            worker.join(timeout=10)
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(timeout=5)
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=5)

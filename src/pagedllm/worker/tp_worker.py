@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -69,12 +71,24 @@ def determine_agreed_groups(runner: ModelRunner) -> list[KVCacheGroupSpec]:
     return [KVCacheGroupSpec(g.sliding_window, n) for g, n in zip(groups, counts)]
 
 
-def run_worker(rank: int, spec: RunnerSpec, port: int, device_type: str, log_level: int) -> None:
-    """A spawned worker's entry point (see the module docstring)."""
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What a worker process reads (pickled) from its stdin at start."""
+
+    rank: int
+    spec: RunnerSpec
+    port: int
+    device_type: str
+    log_level: int
+
+
+def run_worker(args: WorkerArgs) -> None:
+    """A worker's life (see the module docstring)."""
+    rank, spec = args.rank, args.spec
     logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s"
+        level=args.log_level, format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s"
     )
-    init_tp_group(rank, spec.tp_size, port, torch.device(device_type))
+    init_tp_group(rank, spec.tp_size, args.port, torch.device(args.device_type))
     try:
         runner = build_runner(spec, rank)
         while True:
@@ -89,3 +103,7 @@ def run_worker(rank: int, spec: RunnerSpec, port: int, device_type: str, log_lev
                 break
     finally:
         destroy_tp_group()
+
+
+if __name__ == "__main__":
+    run_worker(pickle.load(sys.stdin.buffer))
