@@ -114,3 +114,68 @@ def test_a_worker_killed_mid_request_ends_it_with_the_engine_dead(tmp_path):
     finally:
         timer.cancel()
         llm.engine.shutdown()
+
+
+def test_seeded_sampling_logprobs_and_structured_outputs_as_with_one_rank(tmp_path):
+    """Sampling runs on every rank from the same logits and the same seeded generators, and
+    grammar bitmasks are the same everywhere: TP=2 draws what TP=1 draws."""
+    from pagedllm.structured_outputs_params import StructuredOutputsParams
+
+    folder = tiny_models.save_tiny(tiny_models.llama_config(), tmp_path / "llama")
+    prompts = [{"prompt_token_ids": [5, 9, 33, 200, 7]}, {"prompt_token_ids": [300, 2, 11]}]
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.9, max_tokens=10, seed=7, logprobs=3, ignore_eos=True),
+        SamplingParams(
+            temperature=0.7,
+            seed=11,
+            max_tokens=12,
+            structured_outputs=StructuredOutputsParams(regex="[ab]{4}"),
+        ),
+    ]
+    results = []
+    for tp in (1, 2):
+        llm = LLM(str(folder), dtype="float32", tensor_parallel_size=tp, num_kv_blocks=64, block_size=4)
+        try:
+            results.append(llm.generate(prompts, params))
+        finally:
+            llm.engine.shutdown()
+    one, two = results
+    assert two[0].outputs[0].token_ids == one[0].outputs[0].token_ids
+    for lp_one, lp_two in zip(one[0].outputs[0].logprobs, two[0].outputs[0].logprobs):
+        assert {t: v.logprob for t, v in lp_two.items()} == pytest.approx(
+            {t: v.logprob for t, v in lp_one.items()}, abs=1e-4
+        )
+    assert two[1].outputs[0].text == one[1].outputs[0].text
+    assert len(two[1].outputs[0].text) == 4 and set(two[1].outputs[0].text) <= {"a", "b"}
+
+
+@pytest.mark.skipif(
+    os.environ.get("PAGEDLLM_CPU_KERNELS") == "0",
+    reason="the real model runs once, in the run with the CPU kernels",
+)
+def test_real_gemma3_270m_under_two_ranks_matches_transformers():
+    """Gemma 3 270M (4 query heads, 1 KV head replicated, a 262k vocabulary split in two) from
+    its GGUF, float32, against transformers on the same file."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_reference import hf_greedy, hf_prompt_logprobs
+    from pagedllm.model.loader.resolve import resolve_model
+
+    llm = LLM("gemma-3-270m", dtype="float32", tensor_parallel_size=2, kv_cache_memory=0.1, max_model_len=512)
+    try:
+        ids = llm.get_tokenizer()("The capital of France is").input_ids
+        params = SamplingParams(
+            temperature=0.0, max_tokens=16, ignore_eos=True, logprobs=2, prompt_logprobs=1
+        )
+        (output,) = llm.generate([{"prompt_token_ids": ids}], params)
+    finally:
+        llm.engine.shutdown()
+    path = resolve_model("gemma-3-270m").path
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    ref_tokens, ref_top2, _ = hf_greedy(reference.eval(), ids, 16)
+    completion = output.outputs[0]
+    assert_greedy_match(completion.token_ids, ref_tokens, ref_top2, label="gemma-3-270m TP=2")
+    ours_prompt = [lp[t].logprob for t, lp in zip(ids[1:], output.prompt_logprobs[1:])]
+    assert ours_prompt == pytest.approx(hf_prompt_logprobs(reference, ids), abs=1e-3)

@@ -19,6 +19,7 @@ import threading
 
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.structured_output.grammar_transfer import GrammarSender
 from pagedllm.worker.executor import Executor
 from pagedllm.worker.tp_group import broadcast_command, destroy_tp_group, free_port, init_tp_group
 from pagedllm.worker.tp_worker import (
@@ -30,6 +31,7 @@ from pagedllm.worker.tp_worker import (
     WorkerArgs,
     build_runner,
     determine_agreed_groups,
+    with_grammars,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class MultiprocExecutor(Executor):
     def __init__(self, spec: RunnerSpec, device):
         self.spec = spec
         self._shut_down = False
+        self._grammars = GrammarSender()
         port = free_port()
         log_level = logging.getLogger("pagedllm").getEffectiveLevel()
         # Plain subprocesses rather than multiprocessing children: the engine core itself may
@@ -86,7 +89,7 @@ class MultiprocExecutor(Executor):
         self.runner.initialize_kv_cache(groups)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        broadcast_command((EXECUTE, scheduler_output))
+        broadcast_command((EXECUTE, with_grammars(scheduler_output, self._grammars.pack)))
         return self.runner.execute_model(scheduler_output)
 
     def shutdown(self) -> None:

@@ -19,8 +19,10 @@ import torch
 
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
+from pagedllm.core.sched_output import SchedulerOutput
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.platforms import resolve_platform
+from pagedllm.structured_output.grammar_transfer import GrammarReceiver
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.tp_group import agree_on_blocks, broadcast_command, destroy_tp_group, init_tp_group
 
@@ -64,6 +66,18 @@ def build_runner(spec: RunnerSpec, rank: int) -> ModelRunner:
     )
 
 
+def with_grammars(so: SchedulerOutput, convert) -> SchedulerOutput:
+    """`so` with each new request's grammar replaced by `convert(grammar)` (a copy; `so` is
+    untouched, rank 0 runs it as it is)."""
+    if not any(new.grammar is not None for new in so.scheduled_new_reqs):
+        return so
+    new_reqs = [
+        new if new.grammar is None else dataclasses.replace(new, grammar=convert(new.grammar))
+        for new in so.scheduled_new_reqs
+    ]
+    return dataclasses.replace(so, scheduled_new_reqs=new_reqs)
+
+
 def determine_agreed_groups(runner: ModelRunner) -> list[KVCacheGroupSpec]:
     """This rank's KV-cache groups, each cut to the fewest blocks any rank can hold."""
     groups = runner.determine_kv_cache_groups()
@@ -91,6 +105,7 @@ def run_worker(args: WorkerArgs) -> None:
     init_tp_group(rank, spec.tp_size, args.port, torch.device(args.device_type))
     try:
         runner = build_runner(spec, rank)
+        grammars = GrammarReceiver()
         while True:
             kind, payload = broadcast_command()
             if kind == DETERMINE:
@@ -98,7 +113,7 @@ def run_worker(args: WorkerArgs) -> None:
             elif kind == INITIALIZE:
                 runner.initialize_kv_cache(payload)
             elif kind == EXECUTE:
-                runner.execute_model(payload)
+                runner.execute_model(with_grammars(payload, grammars.unpack))
             elif kind == SHUTDOWN:
                 break
     finally:
