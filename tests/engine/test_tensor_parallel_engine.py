@@ -179,3 +179,34 @@ def test_real_gemma3_270m_under_two_ranks_matches_transformers():
     assert_greedy_match(completion.token_ids, ref_tokens, ref_top2, label="gemma-3-270m TP=2")
     ours_prompt = [lp[t].logprob for t, lp in zip(ids[1:], output.prompt_logprobs[1:])]
     assert ours_prompt == pytest.approx(hf_prompt_logprobs(reference, ids), abs=1e-3)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantized_shards_generate_what_one_rank_does(quantization, tmp_path):
+    """Each rank quantizes its shard (int8: per-row scales over the rank's columns of a
+    row-parallel weight, so values differ slightly from one rank's; int4: the same groups of 32)."""
+    folder = tiny_models.save_tiny(tiny_models.llama_config(), tmp_path / "llama", seed=3)
+    prompts = [
+        {"prompt_token_ids": [5, 9, 33, 200, 7, 1, 64, 90, 12]},
+        {"prompt_token_ids": [300, 2, 11, 45]},
+    ]
+    params = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=2)
+    runs = []
+    for tp in (1, 2):
+        llm = LLM(
+            str(folder),
+            dtype="float32",
+            tensor_parallel_size=tp,
+            num_kv_blocks=64,
+            block_size=4,
+            quantization=quantization,
+        )
+        try:
+            runs.append(llm.generate(prompts, params))
+        finally:
+            llm.engine.shutdown()
+    for i, (one, two) in enumerate(zip(*runs)):
+        reference = one.outputs[0]
+        assert_greedy_match(
+            two.outputs[0].token_ids, reference.token_ids, top2(reference), label=f"{quantization} [{i}]"
+        )
