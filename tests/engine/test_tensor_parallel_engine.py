@@ -84,7 +84,7 @@ def test_two_ranks_generate_what_one_does(kind, tmp_path):
 
 def test_smollm2_heads_do_not_split_over_two_ranks_and_say_so():
     with pytest.raises(
-        ValueError, match=r"attention heads \(9\) is not divisible by the tensor-parallel size \(2\)"
+        ValueError, match="has 9 query heads and 3 KV heads, which do not split over --tensor-parallel-size 2"
     ):
         LLM("smollm2-135m-instruct", tensor_parallel_size=2, num_kv_blocks=16)
 

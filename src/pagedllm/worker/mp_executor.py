@@ -30,6 +30,7 @@ from pagedllm.worker.tp_worker import (
     RunnerSpec,
     WorkerArgs,
     build_runner,
+    check_shardable,
     determine_agreed_groups,
     with_grammars,
 )
@@ -41,6 +42,7 @@ class MultiprocExecutor(Executor):
     """See the module docstring."""
 
     def __init__(self, spec: RunnerSpec, device):
+        check_shardable(spec.model_config, spec.tp_size)
         self.spec = spec
         self._shut_down = False
         self._grammars = GrammarSender()

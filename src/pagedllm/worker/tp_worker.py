@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
+from pagedllm.config import CacheConfig, ConfigError, EngineConfig, SchedulerConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import SchedulerOutput
 from pagedllm.model.model_config import ModelConfig
@@ -46,6 +46,19 @@ class RunnerSpec:
     cache_config: CacheConfig
     dtype: torch.dtype
     tp_size: int
+
+
+def check_shardable(model_config: ModelConfig, tp_size: int) -> None:
+    """Refuse, before any process starts, a model whose heads do not split over `tp_size` ranks:
+    query heads must divide evenly, and KV heads too (or, fewer than the ranks, be replicated)."""
+    heads, kv_heads = model_config.num_heads, model_config.num_kv_heads
+    kv_ok = kv_heads % tp_size == 0 or tp_size % kv_heads == 0
+    if heads % tp_size or not kv_ok:
+        raise ConfigError(
+            f"{model_config.architecture} has {heads} query heads and {kv_heads} KV heads, which do "
+            f"not split over --tensor-parallel-size {tp_size} (query heads must divide evenly, KV "
+            "heads divide evenly or be fewer and replicated); choose a size that divides both"
+        )
 
 
 def build_runner(spec: RunnerSpec, rank: int) -> ModelRunner:
