@@ -131,6 +131,14 @@ def doomed_server(tiny_model_dir, tmp_path):
     )
 
 
+@pytest.fixture
+def doomed_tp_server(tiny_model_dir, tmp_path):
+    """A tiny-model server over two tensor-parallel ranks, for a test that kills a worker."""
+    yield from _start(
+        [str(tiny_model_dir), "--served-model-name", TINY_NAME, "-tp", "2", *_TINY_ENGINE], tmp_path / "log"
+    )
+
+
 @pytest.fixture(scope="session")
 def reasoning_server(tiny_model_dir, tmp_path_factory):
     """The tiny model with auto tool choice (hermes) and the deepseek_r1 reasoning parser."""

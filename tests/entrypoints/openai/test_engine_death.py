@@ -35,3 +35,25 @@ def test_killed_core_ends_streams_and_health_says_503(doomed_server):
     assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
     late = httpx.post(f"{doomed_server.url}/v1/completions", json={**body, "stream": False}, timeout=30)
     assert late.status_code == 503, late.text
+
+
+def test_killed_tensor_parallel_worker_ends_streams_and_health_says_503(doomed_tp_server):
+    """Rank 1 of a TP=2 engine killed mid-stream: the collective it breaks fails the engine core,
+    so the stream ends with `engine_dead` and /health answers 503, as when the core dies."""
+    match = re.search(r"tensor parallelism: 2 ranks \(workers pid (\d+)\)", doomed_tp_server.log())
+    assert match, doomed_tp_server.log()[-2000:]
+    worker_pid = int(match.group(1))
+    body = {"model": TINY_NAME, "prompt": "The quick", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    events = []
+    with httpx.stream("POST", f"{doomed_tp_server.url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[len("data: ") :])
+            if len(events) == 3:
+                os.kill(worker_pid, signal.SIGKILL)
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "engine_dead"
+    health = httpx.get(f"{doomed_tp_server.url}/health")
+    assert health.status_code == 503 and health.json()["error"]["code"] == "engine_dead"
