@@ -334,7 +334,10 @@ def latency_summary(us: list[float]) -> dict:
 
 
 def probe_rank(rank: int, port: int, hidden: int, tokens: list[int], calls: int, queue) -> None:
-    """One of two ranks: the engine's own group set-up and all-reduce, timed call by call."""
+    """One of two ranks: the engine's own group set-up and all-reduce, timed call by call, with
+    this process's CPU time and context switches per call (getrusage)."""
+    import resource
+
     import torch
 
     from pagedllm.model.layers.parallel import all_reduce
@@ -345,12 +348,20 @@ def probe_rank(rank: int, port: int, hidden: int, tokens: list[int], calls: int,
     rows = {}
     for count in tokens:
         tensor = torch.randn(count, hidden).to(torch.bfloat16)
-        times = []
-        for _ in range(calls + calls // 5):
+        for _ in range(calls // 5):  # warm-up
+            all_reduce(tensor, 2)
+        times, before = [], resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(calls):
             start = time.perf_counter()
             all_reduce(tensor, 2)
             times.append((time.perf_counter() - start) * 1e6)
-        rows[count] = latency_summary(times[calls // 5 :])  # the first fifth warms up
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        rows[count] = latency_summary(times)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        rows[count]["cpu_us"] = cpu * 1e6 / calls
+        rows[count]["switches"] = (
+            after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw
+        ) / calls
     destroy_tp_group()
     if rank == 0:
         queue.put(rows)
@@ -407,14 +418,24 @@ def probe_collectives(hidden: int, tokens: list[int], calls: int) -> None:
 
     port = free_port()
     rows = run_pair(probe_rank, lambda rank: (rank, port, hidden, tokens, calls))
-    table = [["2 ranks, 1 thread each", "bytes", "p10 us", "median us", "p90 us"]]
+    table = [["2 ranks, 1 thread each", "bytes", "p10 us", "median us", "p90 us", "CPU us", "switches"]]
     for count in tokens:
-        size = count * hidden * 2
+        size, row = count * hidden * 2, rows[count]
         port = free_port()
         trip = run_pair(pingpong_rank, lambda rank, size=size, port=port: (rank, port, size, calls))
-        for label, row in ((f"all-reduce [{count}, {hidden}] bf16", rows[count]), ("  TCP round trip", trip)):
-            table.append([label, f"{size:,}", *(f"{row[k]:.0f}" for k in ("p10", "median", "p90"))])
-    print(f"\none collective alone ({calls} calls each; gloo on 127.0.0.1 as the engine sets it up)")
+        table.append(
+            [
+                f"all-reduce [{count}, {hidden}] bf16",
+                f"{size:,}",
+                *(f"{row[k]:.0f}" for k in ("p10", "median", "p90", "cpu_us")),
+                f"{row['switches']:.1f}",
+            ]
+        )
+        table.append(["  TCP round trip", f"{size:,}", *(f"{trip[k]:.0f}" for k in ("p10", "median", "p90"))])
+    print(
+        f"\none collective alone ({calls} calls each; gloo on 127.0.0.1 as the engine sets it up;"
+        " CPU time and context switches of rank 0's process per call)"
+    )
     print_table(table)
 
 
@@ -451,8 +472,11 @@ def drive(args) -> None:
                     f"  rep {rep + 1} {variant:<10} {cells} ms (machine {busy[-1]:.0%} busy before)",
                     flush=True,
                 )
-    print(f"\nmedian [min-max] over {args.reps} runs of each run's median step (ms); ratios per repetition")
-    print_table(step_table(args, runs))
+    if args.reps:
+        print(
+            f"\nmedian [min-max] over {args.reps} runs of each run's median step (ms); ratios per repetition"
+        )
+        print_table(step_table(args, runs))
     if runs.get("tp2"):
         print("\nwhat rank 0 sends and waits for per TP=2 step (medians; ms include waiting for rank 1)")
         print_table(wire_table(args, runs["tp2"]))
@@ -474,7 +498,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--variants", default="tp1,tp1-layers,tp2", help=f"comma list of {', '.join(VARIANTS)}"
     )
-    parser.add_argument("--reps", type=int, default=5, help="runs of each variant, interleaved")
+    parser.add_argument(
+        "--reps", type=int, default=5, help="runs of each variant, interleaved (0: the probe alone)"
+    )
     parser.add_argument("--batches", default="1,16,32", help="decode batch sizes")
     parser.add_argument("--prompt-len", type=int, default=512, help="tokens of the prefilled prompt")
     parser.add_argument("--prefill-reps", type=int, default=4, help="timed prefill steps per run")
