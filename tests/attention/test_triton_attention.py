@@ -154,11 +154,11 @@ def test_decode_splits_only_when_programs_leave_the_device_idle():
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
-    from pagedllm.attention.triton_ops.availability import check_triton_runs_on
+    from pagedllm.ops.triton_launch import check_triton_usable
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
-        check_triton_runs_on(torch.device("cpu"))
+    with pytest.raises(ConfigError, match="set TRITON_INTERPRET=1"):
+        check_triton_usable(torch.device("cpu"), "the attention kernels")
 
 
 def test_kernels_compile_for_gpu_targets():

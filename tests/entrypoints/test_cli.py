@@ -83,5 +83,5 @@ def test_serve_refuses_a_backend_that_cannot_run_here_without_a_traceback():
         env=env,
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "pagedllm: error: --attention-backend triton on cpu" in result.stderr
+    assert "pagedllm: error: --attention-backend triton: the attention kernels run on cpu" in result.stderr
     assert "TRITON_INTERPRET=1" in result.stderr and "Traceback" not in result.stderr

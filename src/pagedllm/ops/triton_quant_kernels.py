@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.ops.triton_launch import TritonLaunch, multiprocessors
+from pagedllm.ops.triton_launch import TritonLaunch, dot_precision, multiprocessors
 from pagedllm.ops.triton_quant_tiles import QuantTiles, choose_tiles
 
 INT4_GROUP = 32
@@ -251,11 +251,6 @@ def groups_per_iteration(block_k: int, k: int) -> int:
     while total % groups:
         groups //= 2
     return groups
-
-
-def dot_precision(dtype: torch.dtype) -> str | None:
-    """float32 inputs multiply in full precision (GPUs would otherwise round them to TF32)."""
-    return "ieee" if dtype == torch.float32 else None
 
 
 def _checked(x: torch.Tensor, in_features: int) -> torch.Tensor:

@@ -36,6 +36,8 @@ from torch import nn
 
 from pagedllm.ops.triton_launch import check_runs_on
 
+_WHAT = "the Triton quantized matmuls"
+
 GROUP_SIZE = 32
 _HALF = GROUP_SIZE // 2
 
@@ -79,7 +81,7 @@ class TritonInt8Weight(nn.Module):
             out = self.linear(x.reshape(-1, self.in_features), bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         if not x.is_cuda:
-            check_runs_on(x.device, _kernels()._int8_matmul_kernel)
+            check_runs_on(x.device, _kernels()._int8_matmul_kernel, _WHAT)
         return self._linear(x, self.qweight, self.scale, bias)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -130,7 +132,7 @@ class TritonInt4Weight(nn.Module):
             out = self.linear(x.reshape(-1, self.in_features), bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         if not x.is_cuda:
-            check_runs_on(x.device, _kernels()._int4_matmul_kernel)
+            check_runs_on(x.device, _kernels()._int4_matmul_kernel, _WHAT)
         return self._linear(x, self.codes, self.scale, self.zero, bias)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

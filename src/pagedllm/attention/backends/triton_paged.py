@@ -21,7 +21,6 @@ import torch
 
 from pagedllm.attention.backends.base import ROW, AttentionBackend, KVCacheLayout
 from pagedllm.attention.metadata import AttentionMetadata
-from pagedllm.attention.triton_ops.availability import check_interpreted, check_triton_runs_on
 from pagedllm.attention.triton_ops.work_plan import (
     decode_splits,
     keys_per_iteration,
@@ -29,6 +28,7 @@ from pagedllm.attention.triton_ops.work_plan import (
     tokens_per_tile,
 )
 from pagedllm.config import ConfigError
+from pagedllm.ops.triton_launch import check_runs_on, check_triton_usable
 
 # Head sizes the kernels take: padded to a power of two inside, so any size up to this works.
 MAX_HEAD_DIM = 512
@@ -47,12 +47,15 @@ class TritonPagedBackend(AttentionBackend):
     name = "triton"
 
     def __init__(self, device: torch.device, decode_splits: int | None = None):
-        check_triton_runs_on(device)
+        check_triton_usable(
+            device,
+            "--attention-backend triton: the attention kernels",
+            "; on CPU use --attention-backend cpu or torch",
+        )
         # Imported only now: decorating the kernels is where Triton reads TRITON_INTERPRET.
         from pagedllm.attention.triton_ops import cache_write, decode_attention, query_tile_attention
 
-        if device.type != "cuda":
-            check_interpreted(query_tile_attention._query_tile_kernel)
+        check_runs_on(device, query_tile_attention._query_tile_kernel, "the Triton attention kernels")
         self._reshape_and_cache = cache_write.reshape_and_cache
         self._decode = decode_attention.decode_launches
         self._query_tiles = query_tile_attention.query_tile_launch

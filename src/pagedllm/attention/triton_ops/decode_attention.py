@@ -14,9 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.attention.triton_ops.online_softmax import scores_of, update, visible
-from pagedllm.attention.triton_ops.paged_kv import kv_row_offsets, load_kv_tile
-from pagedllm.attention.triton_ops.query_tile_attention import dot_precision
+from pagedllm.attention.triton_ops.launch_constants import attention_constants, dim_pad
+from pagedllm.attention.triton_ops.paged_kv import attend_key_range
 from pagedllm.ops.triton_launch import TritonLaunch
 
 _MIN_ROWS = 16  # tl.dot needs at least 16 rows
@@ -78,23 +77,31 @@ def _decode_kernel(
         mask=row_valid[:, None] & dim_valid[None, :],
         other=0.0,
     )
-    positions = tl.zeros([ROWS], tl.int32) + query_pos
-
-    row_max = tl.full([ROWS], float("-inf"), tl.float32)
-    row_sum = tl.zeros([ROWS], tl.float32)
-    acc = tl.zeros([ROWS, DIM_PAD], tl.float32)
     table_row = block_tables_ptr + request.to(tl.int64) * stride_table
     k_cache = cache_ptr + kv_head.to(tl.int64) * stride_head
-    v_cache = k_cache + stride_kv
-    for start in range(split_start, split_end, BLOCK_N):
-        key_pos = start + tl.arange(0, BLOCK_N)
-        key_valid = key_pos < split_end
-        kv_rows = kv_row_offsets(table_row, key_pos, key_valid, stride_block, stride_token, BLOCK_SIZE)
-        k = load_kv_tile(k_cache, kv_rows, key_valid, dims, dim_valid)
-        mask = visible(key_pos, positions, split_end, window, SLIDING)
-        s = scores_of(q, k, scale, soft_cap, mask, USE_SOFT_CAP, DOT_PRECISION)
-        v = load_kv_tile(v_cache, kv_rows, key_valid, dims, dim_valid)
-        acc, row_max, row_sum = update(acc, row_max, row_sum, s, v, DOT_PRECISION)
+    acc, row_max, row_sum = attend_key_range(
+        q,
+        tl.zeros([ROWS], tl.int32) + query_pos,
+        split_start,
+        split_end,
+        table_row,
+        k_cache,
+        k_cache + stride_kv,
+        dims,
+        dim_valid,
+        scale,
+        soft_cap,
+        window,
+        stride_block,
+        stride_token,
+        ROWS,
+        DIM_PAD,
+        BLOCK_N,
+        BLOCK_SIZE,
+        SLIDING,
+        USE_SOFT_CAP,
+        DOT_PRECISION,
+    )
 
     store_mask = row_valid[:, None] & dim_valid[None, :]
     if NUM_SPLITS == 1:
@@ -160,9 +167,8 @@ def decode_launches(
     if num_decodes == 0:
         return []
     num_heads, head_dim = query.shape[1], query.shape[2]
-    num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
+    num_kv_heads = kv_cache.shape[1]
     group = num_heads // num_kv_heads
-    dim_pad = max(16, triton.next_power_of_2(head_dim))
     if num_splits > 1:
         partial = torch.empty(
             (num_decodes, num_heads, num_splits, head_dim), dtype=torch.float32, device=query.device
@@ -195,14 +201,8 @@ def decode_launches(
     constants = dict(
         GROUP=group,
         ROWS=max(_MIN_ROWS, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim,
-        DIM_PAD=dim_pad,
-        BLOCK_N=block_n,
-        BLOCK_SIZE=block_size,
         NUM_SPLITS=num_splits,
-        SLIDING=sliding_window is not None,
-        USE_SOFT_CAP=soft_cap is not None,
-        DOT_PRECISION=dot_precision(query.dtype),
+        **attention_constants(query, kv_cache, sliding_window, soft_cap, block_n),
     )
     launches = [
         TritonLaunch(_decode_kernel, (num_decodes, num_kv_heads, num_splits), args, constants, num_warps)
@@ -212,7 +212,7 @@ def decode_launches(
         combine_constants = dict(
             NUM_HEADS=num_heads,
             HEAD_DIM=head_dim,
-            DIM_PAD=dim_pad,
+            DIM_PAD=dim_pad(head_dim),
             NUM_SPLITS=num_splits,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
         )

@@ -15,12 +15,11 @@ The tiles of a step (which request, which first token) are planned on the host o
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from pagedllm.attention.triton_ops.online_softmax import scores_of, update, visible
-from pagedllm.attention.triton_ops.paged_kv import kv_row_offsets, load_kv_tile
+from pagedllm.attention.triton_ops.launch_constants import attention_constants
+from pagedllm.attention.triton_ops.paged_kv import attend_key_range
 from pagedllm.ops.triton_launch import TritonLaunch
 
 
@@ -86,21 +85,31 @@ def _query_tile_kernel(
     if SLIDING:
         key_start = tl.maximum(first_pos - window + 1, 0)
 
-    row_max = tl.full([TILE_TOKENS * GROUP_PAD], float("-inf"), tl.float32)
-    row_sum = tl.zeros([TILE_TOKENS * GROUP_PAD], tl.float32)
-    acc = tl.zeros([TILE_TOKENS * GROUP_PAD, DIM_PAD], tl.float32)
     table_row = block_tables_ptr + request.to(tl.int64) * stride_table
     k_cache = cache_ptr + kv_head.to(tl.int64) * stride_head
-    v_cache = k_cache + stride_kv
-    for start in range(key_start, key_end, BLOCK_N):
-        key_pos = start + tl.arange(0, BLOCK_N)
-        key_valid = key_pos < key_end
-        kv_rows = kv_row_offsets(table_row, key_pos, key_valid, stride_block, stride_token, BLOCK_SIZE)
-        k = load_kv_tile(k_cache, kv_rows, key_valid, dims, dim_valid)
-        mask = visible(key_pos, query_pos, key_end, window, SLIDING)
-        s = scores_of(q, k, scale, soft_cap, mask, USE_SOFT_CAP, DOT_PRECISION)
-        v = load_kv_tile(v_cache, kv_rows, key_valid, dims, dim_valid)
-        acc, row_max, row_sum = update(acc, row_max, row_sum, s, v, DOT_PRECISION)
+    acc, _, row_sum = attend_key_range(
+        q,
+        query_pos,
+        key_start,
+        key_end,
+        table_row,
+        k_cache,
+        k_cache + stride_kv,
+        dims,
+        dim_valid,
+        scale,
+        soft_cap,
+        window,
+        stride_block,
+        stride_token,
+        TILE_TOKENS * GROUP_PAD,
+        DIM_PAD,
+        BLOCK_N,
+        BLOCK_SIZE,
+        SLIDING,
+        USE_SOFT_CAP,
+        DOT_PRECISION,
+    )
 
     # Every valid row sees at least its own key, so its sum is positive; padding rows divide by 1.
     acc = acc / tl.where(row_valid, row_sum, 1.0)[:, None]
@@ -129,8 +138,7 @@ def query_tile_launch(
 ) -> TritonLaunch:
     """Attend every planned tile (see the module docstring), writing `out` rows of those tiles:
     one program per (tile, KV head); `.run()` launches it."""
-    num_heads, head_dim = query.shape[1], query.shape[2]
-    num_kv_heads, block_size = kv_cache.shape[1], kv_cache.shape[3]
+    num_heads, num_kv_heads = query.shape[1], kv_cache.shape[1]
     group = num_heads // num_kv_heads
     args = (
         out,
@@ -158,18 +166,7 @@ def query_tile_launch(
         GROUP=group,
         GROUP_PAD=triton.next_power_of_2(group),
         TILE_TOKENS=tile_tokens,
-        HEAD_DIM=head_dim,
-        DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_N=block_n,
-        BLOCK_SIZE=block_size,
-        SLIDING=sliding_window is not None,
-        USE_SOFT_CAP=soft_cap is not None,
-        DOT_PRECISION=dot_precision(query.dtype),
+        **attention_constants(query, kv_cache, sliding_window, soft_cap, block_n),
     )
     grid = (tile_request.shape[0], num_kv_heads)
     return TritonLaunch(_query_tile_kernel, grid, args, constants, num_warps)
-
-
-def dot_precision(dtype: torch.dtype) -> str | None:
-    """float32 inputs multiply in full precision (GPUs would otherwise round them to TF32)."""
-    return "ieee" if dtype == torch.float32 else None
