@@ -60,8 +60,10 @@ class CudaPlatform(Platform):
     def default_kv_cache_budget(self, cache_config: CacheConfig) -> int:
         utilization = cache_config.gpu_memory_utilization
         if self._profile is None:
-            # Not profiled (a caller sizing before any step ran): the free share, less a margin.
-            return int(self.available_memory() * utilization * 0.8)
+            raise RuntimeError(
+                "the GPU's KV cache is sized from a memory profile the model runner measures first "
+                "(ModelRunner.determine_kv_cache_groups); none was recorded"
+            )
         budget = kv_cache_budget(self._profile, utilization)
         logger.info(describe(self._profile, utilization, budget))
         return budget

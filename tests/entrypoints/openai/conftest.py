@@ -6,19 +6,13 @@ load, no chat template) with an API key, and the same with `--chat-template`.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 import tiny_models
+from live_server import start_server
 
 MODEL = "smollm2-135m-instruct"
 API_KEY = "test-secret-key"
@@ -31,68 +25,11 @@ TINY_TEMPLATE = (
 _TINY_ENGINE = ["--dtype", "float32", "--num-kv-blocks", "64"]
 
 
-@dataclass
-class Server:
-    url: str
-    log_path: Path
-    process: subprocess.Popen
-
-    def client(self, api_key: str = "unused") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=120)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _pagedllm() -> list[str]:
-    exe = shutil.which("pagedllm")
-    return [exe] if exe else [sys.executable, "-m", "pagedllm.entrypoints.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(server: Server, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server did not become healthy in {timeout} s:\n{server.log()[-3000:]}")
-
-
-def _start(args: list[str], log_path: Path):
-    port = _free_port()
-    with open(log_path, "w") as log:  # a file, not a pipe: a full pipe would stall the server
-        process = subprocess.Popen(
-            _pagedllm() + ["serve", *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
-    server = Server(f"http://127.0.0.1:{port}", log_path, process)
-    try:
-        _wait_healthy(server)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The real model, float32 (deterministic greedy), a small KV cache."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    yield from _start([MODEL, "--dtype", "float32", "--kv-cache-memory", "0.25"], log)
+    yield from start_server([MODEL, "--dtype", "float32", "--kv-cache-memory", "0.25"], log)
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +47,7 @@ def keyed_server(tiny_model_dir, tmp_path_factory):
     """A tiny model without a chat template, behind an API key."""
     log = tmp_path_factory.mktemp("keyed") / "server.log"
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--api-key", API_KEY]
-    yield from _start(args + _TINY_ENGINE, log)
+    yield from start_server(args + _TINY_ENGINE, log)
 
 
 @pytest.fixture(scope="session")
@@ -120,13 +57,13 @@ def templated_server(tiny_model_dir, tmp_path_factory):
     template = folder / "template.jinja"
     template.write_text(TINY_TEMPLATE)
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
-    yield from _start(args + _TINY_ENGINE, folder / "server.log")
+    yield from start_server(args + _TINY_ENGINE, folder / "server.log")
 
 
 @pytest.fixture
 def doomed_server(tiny_model_dir, tmp_path):
     """A tiny-model server of its own, for a test that kills its engine core."""
-    yield from _start(
+    yield from start_server(
         [str(tiny_model_dir), "--served-model-name", TINY_NAME, *_TINY_ENGINE], tmp_path / "log"
     )
 
@@ -134,7 +71,7 @@ def doomed_server(tiny_model_dir, tmp_path):
 @pytest.fixture
 def doomed_tp_server(tiny_model_dir, tmp_path):
     """A tiny-model server over two tensor-parallel ranks, for a test that kills a worker."""
-    yield from _start(
+    yield from start_server(
         [str(tiny_model_dir), "--served-model-name", TINY_NAME, "-tp", "2", *_TINY_ENGINE], tmp_path / "log"
     )
 
@@ -152,4 +89,4 @@ def reasoning_server(tiny_model_dir, tmp_path_factory):
     )
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
     args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "deepseek_r1"]
-    yield from _start(args + _TINY_ENGINE, folder / "server.log")
+    yield from start_server(args + _TINY_ENGINE, folder / "server.log")
