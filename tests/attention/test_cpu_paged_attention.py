@@ -83,25 +83,9 @@ LONG_STEPS = {
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 9, 3), (128, 4, 2), (256, 4, 1)])
 def test_long_contexts_cross_chunks_and_tiles(step, window, soft_cap, head_dim, heads, kv_heads):
     requests = LONG_STEPS[step]
-    dtype, block_size = torch.bfloat16, 16
-    num_blocks = sum(-(-(c + q) // block_size) for c, q in requests) + 8
-    torch.manual_seed(3)
-    num_context = sum(c for c, _ in requests)
-    context_k = torch.randn(num_context, kv_heads, head_dim).to(dtype)
-    context_v = torch.randn(num_context, kv_heads, head_dim).to(dtype)
-    num_tokens = sum(q for _, q in requests)
-    q = torch.randn(num_tokens, heads, head_dim).to(dtype)
-    k = torch.randn(num_tokens, kv_heads, head_dim).to(dtype)
-    v = torch.randn(num_tokens, kv_heads, head_dim).to(dtype)
-    outputs = []
-    for backend in (TorchReferenceBackend(), CPUPagedBackend()):
-        md, context_slots = make_step(backend, requests, num_blocks, seed=2, block_size=block_size)
-        layout = backend.kv_cache_layout(num_blocks, block_size, kv_heads, head_dim, dtype)
-        cache = torch.zeros(layout.shape, dtype=dtype)
-        if num_context:
-            write_context(backend, cache, layout, context_k, context_v, context_slots)
-        outputs.append(backend.forward(q, k, v, cache, layout, md, head_dim**-0.5, window, 0, soft_cap))
-    torch.testing.assert_close(outputs[1].float(), outputs[0].float(), atol=2e-2, rtol=2e-2)
+    num_blocks = sum(-(-(c + q) // 16) for c, q in requests) + 8
+    ref, out = run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks, seed=3)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
 
 
 def write_context(backend, cache, layout, keys, values, slots):

@@ -84,7 +84,7 @@ class EngineCore:
                 self.dtype,
                 config.tensor_parallel_size,
             )
-            self.executor: Executor = MultiprocExecutor(spec, self.device)
+            self.executor: Executor = MultiprocExecutor(spec, self.platform)
         else:
             runner = ModelRunner(
                 self.model_config,

@@ -19,6 +19,7 @@ import threading
 
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagedllm.platforms import Platform
 from pagedllm.structured_output.grammar_transfer import GrammarSender
 from pagedllm.worker.executor import Executor
 from pagedllm.worker.tp_group import broadcast_command, destroy_tp_group, free_port, init_tp_group
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 class MultiprocExecutor(Executor):
     """See the module docstring."""
 
-    def __init__(self, spec: RunnerSpec, device):
+    def __init__(self, spec: RunnerSpec, platform: Platform):
+        """`platform`: rank 0's (the engine core's); each worker resolves its own."""
         check_shardable(spec.model_config, spec.tp_size)
         self.spec = spec
         self._shut_down = False
@@ -55,7 +57,7 @@ class MultiprocExecutor(Executor):
             for _ in range(1, spec.tp_size)
         ]
         for rank, worker in enumerate(self.workers, start=1):
-            worker.stdin.write(pickle.dumps(WorkerArgs(rank, spec, port, device.type, log_level)))
+            worker.stdin.write(pickle.dumps(WorkerArgs(rank, spec, port, platform.device.type, log_level)))
             worker.stdin.close()
         logger.info(
             "tensor parallelism: %d ranks (workers pid %s)",
@@ -63,8 +65,8 @@ class MultiprocExecutor(Executor):
             ", ".join(str(w.pid) for w in self.workers),
         )
         try:
-            init_tp_group(0, spec.tp_size, port, device)
-            self.runner = build_runner(spec, 0)
+            init_tp_group(0, spec.tp_size, port, platform.device)
+            self.runner = build_runner(spec, 0, platform)
         except BaseException:
             self._stop_workers()
             destroy_tp_group()

@@ -21,7 +21,7 @@ from pagedllm.config import CacheConfig, ConfigError, EngineConfig, SchedulerCon
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import SchedulerOutput
 from pagedllm.model.model_config import ModelConfig
-from pagedllm.platforms import resolve_platform
+from pagedllm.platforms import Platform, resolve_platform
 from pagedllm.structured_output.grammar_transfer import GrammarReceiver
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.tp_group import agree_on_blocks, broadcast_command, destroy_tp_group, init_tp_group
@@ -61,12 +61,18 @@ def check_shardable(model_config: ModelConfig, tp_size: int) -> None:
         )
 
 
-def build_runner(spec: RunnerSpec, rank: int) -> ModelRunner:
-    """Rank `rank`'s runner: its platform (on CUDA its own GPU), its shard of the weights."""
-    config = spec.engine_config
-    if config.device is not None and config.device.startswith("cuda"):
-        config = dataclasses.replace(config, device=f"cuda:{rank}")
+def rank_platform(config: EngineConfig, rank: int) -> Platform:
+    """Rank `rank`'s platform: the configured device, on GPUs its own (`cuda:{rank}`)."""
     platform = resolve_platform(config)
+    if platform.device.type != "cuda":
+        return platform
+    return resolve_platform(dataclasses.replace(config, device=f"cuda:{rank}"))
+
+
+def build_runner(spec: RunnerSpec, rank: int, platform: Platform | None = None) -> ModelRunner:
+    """Rank `rank`'s runner on `platform` (default: `rank_platform`), with its shard of the weights."""
+    config = spec.engine_config
+    platform = platform or rank_platform(config, rank)
     return ModelRunner(
         spec.model_config,
         spec.scheduler_config,
