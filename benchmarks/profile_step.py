@@ -3,7 +3,7 @@
 Usage: python benchmarks/profile_step.py [--model M] [--num-prompts 128] [--input-len 128]
                                           [--output-len 64] [--torch-profile]
 Prints the mean time per step of scheduling, input preparation, model forward (the runner's
-`_forward`: the compiled step where it takes the step, else the model's layers), logits,
+`forward`: the compiled step where it takes the step, else the model's layers), logits,
 sampling, scheduler update and output processing, separately for prefill-heavy and
 decode-only steps; with --torch-profile, the top torch ops of a few decode steps.
 """
@@ -48,7 +48,7 @@ def instrument(llm: LLM) -> None:
     wrap(engine.output_processor, "process_outputs", "output_processing")
     wrap(model_runner, "build_step_inputs", "prepare_inputs")
     wrap(runner.model, "compute_logits", "compute_logits")
-    wrap(runner, "_forward", "model_forward")  # the compiled step or the model's forward
+    wrap(runner, "forward", "model_forward")  # the compiled step or the model's forward
     wrap(runner, "sampler", "sampler")
     wrap(model_runner, "build_sampling_metadata", "sampling_metadata")
 
