@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from conftest import _start
+from live_server import start_server
 
 SHAPE = "llama-3.2-1b"
 MAX_TOKENS = 16
@@ -17,7 +17,7 @@ MAX_TOKENS = 16
 def dummy_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("dummy") / "server.log"
     args = [SHAPE, "--load-format", "dummy", "--seed", "7", "--dtype", "bfloat16"]
-    yield from _start(args + ["--max-model-len", "256", "--num-kv-blocks", "16"], log)
+    yield from start_server(args + ["--max-model-len", "256", "--num-kv-blocks", "16"], log)
 
 
 def test_a_named_shape_serves_completions_and_chat(dummy_server):

@@ -12,7 +12,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import MODEL, _start
+from conftest import MODEL
+from live_server import start_server
 from numerics import assert_greedy_match
 
 NUM_REQUESTS = 64
@@ -23,7 +24,9 @@ MAX_TOKENS = 10
 def small_cache_server(tmp_path_factory):
     """float32 (deterministic greedy) with 40 blocks of 16 tokens: far fewer than 64 requests need."""
     log = tmp_path_factory.mktemp("load") / "server.log"
-    yield from _start([MODEL, "--dtype", "float32", "--num-kv-blocks", "40", "--max-num-seqs", "64"], log)
+    yield from start_server(
+        [MODEL, "--dtype", "float32", "--num-kv-blocks", "40", "--max-num-seqs", "64"], log
+    )
 
 
 def metric(server, name: str, **labels) -> float:
