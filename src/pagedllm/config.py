@@ -11,7 +11,8 @@ QUANTIZATION_METHODS = ("none", "int8", "int4")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 # How weights are obtained: from the checkpoint, or random (seeded) for a config alone.
 LOAD_FORMATS = ("auto", "dummy")
-DISTRIBUTED_EXECUTOR_BACKENDS = ("mp",)
+DISTRIBUTED_EXECUTOR_BACKENDS = ("mp", "ray")
+RAY_PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD")
 
 
 class ConfigError(ValueError):
@@ -95,8 +96,16 @@ class EngineConfig:
     enforce_eager: bool = False
     # Tensor parallelism: the model split over this many ranks (processes) of one group.
     tensor_parallel_size: int = 1
-    # How ranks are started: "mp" (local processes; the only backend today).
+    # How ranks (and, with data_parallel_size > 1, replicas) are started: "mp" (local processes)
+    # or "ray" (actors on a Ray cluster the user started; `pip install pagedllm[ray]`).
     distributed_executor_backend: str = "mp"
+    # Data parallelism: this many engine cores (replicas, each tensor_parallel_size ranks)
+    # behind one front end, which routes each request by load and prefix-cache affinity.
+    data_parallel_size: int = 1
+    # Ray: the cluster to join (None: $RAY_ADDRESS, else the cluster started on this node) and
+    # how a replica's ranks are placed on its nodes (a placement group of one bundle per rank).
+    ray_address: str | None = None
+    ray_placement_strategy: str = "PACK"
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -108,6 +117,13 @@ class EngineConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.data_parallel_size < 1:
+            raise ConfigError(f"data_parallel_size must be >= 1, got {self.data_parallel_size}")
+        if self.ray_placement_strategy not in RAY_PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"ray_placement_strategy must be one of {', '.join(RAY_PLACEMENT_STRATEGIES)}; "
+                f"got {self.ray_placement_strategy!r}"
+            )
         if self.distributed_executor_backend not in DISTRIBUTED_EXECUTOR_BACKENDS:
             raise ConfigError(
                 f"distributed_executor_backend must be one of {', '.join(DISTRIBUTED_EXECUTOR_BACKENDS)}; "

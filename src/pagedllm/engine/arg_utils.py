@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from pagedllm.config import ATTENTION_BACKENDS, LOAD_FORMATS, QUANTIZATION_METHODS, EngineConfig
+from pagedllm.config import (
+    ATTENTION_BACKENDS,
+    DISTRIBUTED_EXECUTOR_BACKENDS,
+    LOAD_FORMATS,
+    QUANTIZATION_METHODS,
+    RAY_PLACEMENT_STRATEGIES,
+    EngineConfig,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODEL_HELP = "local path, alias or hub id (--load-format dummy: a config.json, its folder, or a shape name)"
@@ -60,10 +67,30 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         help="split the model over this many ranks (processes; gloo on CPU, NCCL on GPUs)",
     )
     parser.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        type=int,
+        default=1,
+        help="run this many engine replicas (each with --tensor-parallel-size ranks) behind one "
+        "front end, which routes each request by load and prefix-cache affinity",
+    )
+    parser.add_argument(
         "--distributed-executor-backend",
         default="mp",
-        choices=["mp"],
-        help="how the tensor-parallel ranks are started (mp: local processes)",
+        choices=DISTRIBUTED_EXECUTOR_BACKENDS,
+        help="how ranks and replicas are started: mp (local processes) or ray (actors on the Ray "
+        "cluster this node belongs to; pip install 'pagedllm[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="the Ray cluster to join (default: $RAY_ADDRESS, else the one started on this node)",
+    )
+    parser.add_argument(
+        "--ray-placement-strategy",
+        default="PACK",
+        choices=RAY_PLACEMENT_STRATEGIES,
+        help="how a replica's ranks are placed on the cluster's nodes (PACK: together where they fit)",
     )
     gpu = parser.add_argument_group("GPU")
     gpu.add_argument(
@@ -132,6 +159,9 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
+        data_parallel_size=args.data_parallel_size,
+        ray_address=args.ray_address,
+        ray_placement_strategy=args.ray_placement_strategy,
     )
 
 

@@ -45,6 +45,8 @@ class LLM:
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
         distributed_executor_backend: str = "mp",
+        ray_address: str | None = None,
+        ray_placement_strategy: str = "PACK",
     ):
         self.engine = LLMEngine(
             EngineConfig(
@@ -71,6 +73,8 @@ class LLM:
                 enforce_eager=enforce_eager,
                 tensor_parallel_size=tensor_parallel_size,
                 distributed_executor_backend=distributed_executor_backend,
+                ray_address=ray_address,
+                ray_placement_strategy=ray_placement_strategy,
             )
         )
 
