@@ -102,6 +102,8 @@ class EngineConfig:
     # Data parallelism: this many engine cores (replicas, each tensor_parallel_size ranks)
     # behind one front end, which routes each request by load and prefix-cache affinity.
     data_parallel_size: int = 1
+    # Which of those replicas this engine core is (the front end sets it per replica).
+    data_parallel_rank: int = 0
     # Ray: the cluster to join (None: $RAY_ADDRESS, else the cluster started on this node) and
     # how a replica's ranks are placed on its nodes (a placement group of one bundle per rank).
     ray_address: str | None = None
@@ -119,6 +121,10 @@ class EngineConfig:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.data_parallel_size < 1:
             raise ConfigError(f"data_parallel_size must be >= 1, got {self.data_parallel_size}")
+        if not 0 <= self.data_parallel_rank < self.data_parallel_size:
+            raise ConfigError(
+                f"data_parallel_rank must be in [0, {self.data_parallel_size}), got {self.data_parallel_rank}"
+            )
         if self.ray_placement_strategy not in RAY_PLACEMENT_STRATEGIES:
             raise ConfigError(
                 f"ray_placement_strategy must be one of {', '.join(RAY_PLACEMENT_STRATEGIES)}; "

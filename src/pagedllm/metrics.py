@@ -86,6 +86,74 @@ class _GrammarCacheCollector:
             yield family
 
 
+class _ReplicaCollector:
+    """Per data-parallel replica, read at scrape time from the client's snapshot (`replica`
+    label). The families without it keep meaning the whole server: their sums over replicas."""
+
+    def __init__(self, replica_states, model_name: str):
+        self.replica_states = replica_states
+        self.model_name = model_name
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["model_name", "replica"]
+        families = {
+            "up": GaugeMetricFamily(
+                PREFIX + "replica_up", "1 while the replica serves, 0 once it died.", labels=labels
+            ),
+            "running": GaugeMetricFamily(
+                PREFIX + "replica_num_requests_running", "Requests running on the replica.", labels=labels
+            ),
+            "waiting": GaugeMetricFamily(
+                PREFIX + "replica_num_requests_waiting", "Requests waiting on the replica.", labels=labels
+            ),
+            "kv": GaugeMetricFamily(
+                PREFIX + "replica_kv_cache_usage_perc",
+                "The replica's KV-cache usage (1 = full).",
+                labels=labels,
+            ),
+            "load": GaugeMetricFamily(
+                PREFIX + "replica_load_tokens",
+                "Tokens (prompts and output so far) of the requests routed to the replica and unfinished.",
+                labels=labels,
+            ),
+            "routed": CounterMetricFamily(
+                PREFIX + "replica_requests_routed", "Requests the router sent to the replica.", labels=labels
+            ),
+            "generated": CounterMetricFamily(
+                PREFIX + "replica_generation_tokens", "Tokens the replica generated.", labels=labels
+            ),
+            "queries": CounterMetricFamily(
+                PREFIX + "replica_prefix_cache_queries",
+                "Prompt tokens looked up in the replica's prefix cache.",
+                labels=labels,
+            ),
+            "hits": CounterMetricFamily(
+                PREFIX + "replica_prefix_cache_hits",
+                "Prompt tokens served from the replica's prefix cache.",
+                labels=labels,
+            ),
+            "preemptions": CounterMetricFamily(
+                PREFIX + "replica_num_preemptions", "Preemptions on the replica.", labels=labels
+            ),
+        }
+        for state in self.replica_states():
+            key = [self.model_name, str(state.index)]
+            stats = state.stats
+            families["up"].add_metric(key, 1.0 if state.alive else 0.0)
+            families["running"].add_metric(key, stats.num_running if stats and state.alive else 0)
+            families["waiting"].add_metric(key, stats.num_waiting if stats and state.alive else 0)
+            families["kv"].add_metric(key, stats.kv_cache_usage if stats and state.alive else 0.0)
+            families["load"].add_metric(key, state.load_tokens)
+            families["routed"].add_metric(key, state.num_routed)
+            families["generated"].add_metric(key, state.generation_tokens)
+            families["queries"].add_metric(key, stats.prefix_cache_queries if stats else 0)
+            families["hits"].add_metric(key, stats.prefix_cache_hits if stats else 0)
+            families["preemptions"].add_metric(key, stats.num_preemptions if stats else 0)
+        yield from families.values()
+
+
 @dataclass(slots=True)
 class _RequestProgress:
     """What was already recorded for one live request."""
@@ -185,10 +253,17 @@ class EngineMetrics:
         compiler.on_compiled = compile_seconds.observe
         self.registry.register(_GrammarCacheCollector(compiler, self.model_name))
 
+    def watch_replicas(self, replica_states) -> None:
+        """Export per-replica series (`replica` label) from `replica_states()`, a list of
+        snapshots with index, alive, stats (SchedulerStats), load_tokens, num_routed and
+        generation_tokens, read at each scrape."""
+        self.registry.register(_ReplicaCollector(replica_states, self.model_name))
+
     # ---- recording (engine thread) --------------------------------------------------------------
-    def record_step(self, stats: SchedulerStats, outputs: Iterable[RequestOutput]) -> None:
+    def record_step(self, stats: SchedulerStats | None, outputs: Iterable[RequestOutput]) -> None:
         """Everything one engine step changed."""
-        self.record_scheduler_stats(stats)
+        if stats is not None:
+            self.record_scheduler_stats(stats)
         self.record_outputs(outputs)
 
     def record_scheduler_stats(self, stats: SchedulerStats) -> None:

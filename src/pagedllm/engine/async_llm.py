@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import ConfigError, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
 from pagedllm.engine.input_processor import PromptType
 from pagedllm.engine.llm_engine import LLMEngine
@@ -46,7 +46,18 @@ def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
 
 
 def make_client(config: EngineConfig, engine_process: bool) -> EngineCoreClient:
-    """The core in its own process (started now, loading while the caller goes on) or here."""
+    """The core in its own process (started now, loading while the caller goes on) or here;
+    several replicas, each in its own process, with `data_parallel_size` > 1."""
+    if config.data_parallel_size > 1:
+        from pagedllm.engine.dp_client import DataParallelClient
+        from pagedllm.platforms import configure_frontend_threads
+
+        if not engine_process:
+            raise ConfigError(
+                "--data-parallel-size runs each replica in a process of its own; drop --no-engine-process"
+            )
+        configure_frontend_threads()
+        return DataParallelClient(config)
     if engine_process:
         from pagedllm.engine.mp_client import MultiprocClient
         from pagedllm.platforms import configure_frontend_threads
@@ -80,6 +91,8 @@ class AsyncLLM:
         # recorded from the receive thread and, for aborts, from the event loop.
         self.metrics = EngineMetrics(model_name or config.model)
         self.metrics.watch_grammar_compiler(self.engine.grammar_compiler)
+        if self.replica_states() is not None:
+            self.metrics.watch_replicas(self.replica_states)
         self._metrics_lock = threading.Lock()
         self._last_stats = None
         self._thread = threading.Thread(target=self._receive_loop, name="pagedllm-receive", daemon=True)
@@ -154,6 +167,10 @@ class AsyncLLM:
         """The scheduler's state after the latest step (None before the first)."""
         return self._last_stats
 
+    def replica_states(self):
+        """Per data-parallel replica: liveness, load and counters (None with a single core)."""
+        return self.engine.client.replica_states()
+
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and self.engine.client.is_alive and self.dead_error is None
@@ -179,6 +196,8 @@ class AsyncLLM:
                 with self._metrics_lock:
                     self._last_stats = step.stats
                     self.metrics.record_step(step.stats, step.request_outputs)
+                    for request_id, _ in step.errors:
+                        self.metrics.record_abort(request_id, 0)  # refused or lost: tracked no more
                     self.metrics.log_if_due()
                 deliveries: list[tuple[str, RequestOutput | BaseException]] = list(step.errors)
                 deliveries.extend((output.request_id, output) for output in step.request_outputs)

@@ -49,6 +49,10 @@ class EngineCoreClient(ABC):
     @abstractmethod
     def is_alive(self) -> bool: ...
 
+    def replica_states(self) -> list | None:
+        """Per replica, for a client in front of several cores (`DataParallelClient`); None here."""
+        return None
+
     @abstractmethod
     def shutdown(self) -> None:
         """Stop the core and release what it holds; idempotent."""

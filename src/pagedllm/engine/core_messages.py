@@ -39,12 +39,24 @@ class RejectedRequest(msgspec.Struct, array_like=True):
     message: str
 
 
+class LostRequest(msgspec.Struct, array_like=True):
+    """A request that ended because the engine core serving it died while others live on."""
+
+    request_id: str
+    message: str
+
+
 class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
-    """One step's results: new tokens per request, the scheduler's counters, refusals."""
+    """One step's results: new tokens per request, the scheduler's counters, refusals.
+
+    `lost` is filled by a client in front of several cores (data parallel) when one of them
+    dies: its requests end there, the client goes on with the others. A core never sets it.
+    """
 
     outputs: list[EngineCoreOutput] = msgspec.field(default_factory=list)
     stats: SchedulerStats | None = None
     rejected: list[RejectedRequest] = msgspec.field(default_factory=list)
+    lost: list[LostRequest] = msgspec.field(default_factory=list)
 
 
 class EngineCoreInfo(msgspec.Struct, array_like=True):

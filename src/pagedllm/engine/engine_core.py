@@ -32,6 +32,8 @@ from pagedllm.structured_output.grammar_compiler import GrammarCompiler, shared_
 from pagedllm.worker.executor import Executor, UniProcExecutor
 from pagedllm.worker.model_runner import ModelRunner
 from pagedllm.worker.mp_executor import MultiprocExecutor
+from pagedllm.worker.ray_cluster import connect_ray
+from pagedllm.worker.ray_executor import RayExecutor
 from pagedllm.worker.tp_worker import RunnerSpec
 
 logger = logging.getLogger(__name__)
@@ -71,20 +73,27 @@ class EngineCore:
             gpu_memory_utilization=config.gpu_memory_utilization,
         )
         self.platform = resolve_platform(config)
-        # Built before the weights load, so a backend that cannot run here is refused at once.
-        self.platform.attention_backend()
+        on_ray = config.distributed_executor_backend == "ray"
+        if not on_ray:
+            # Built before the weights load, so a backend that cannot run here is refused at
+            # once (Ray ranks build their own, on their nodes; this process runs no layers).
+            self.platform.attention_backend()
         self.device = self.platform.device
         self.dtype = self.platform.select_dtype(config.dtype)
-        if config.tensor_parallel_size > 1:
-            spec = RunnerSpec(
-                config,
-                self.model_config,
-                self.scheduler_config,
-                self.cache_config,
-                self.dtype,
-                config.tensor_parallel_size,
-            )
-            self.executor: Executor = MultiprocExecutor(spec, self.platform)
+        spec = RunnerSpec(
+            config,
+            self.model_config,
+            self.scheduler_config,
+            self.cache_config,
+            self.dtype,
+            config.tensor_parallel_size,
+        )
+        if on_ray:
+            # Even one rank runs as an actor, so a replica's model can live on any node.
+            connect_ray(config.ray_address)
+            self.executor: Executor = RayExecutor(spec, self.platform)
+        elif config.tensor_parallel_size > 1:
+            self.executor = MultiprocExecutor(spec, self.platform)
         else:
             runner = ModelRunner(
                 self.model_config,

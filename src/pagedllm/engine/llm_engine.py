@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler import SchedulerStats
-from pagedllm.engine.core_client import EngineCoreClient, InprocClient
+from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
 from pagedllm.engine.core_messages import EngineCoreInfo
 from pagedllm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType
 from pagedllm.engine.output_processor import OutputProcessor
@@ -38,8 +38,9 @@ class EngineStep:
     """What one core step became on the front end's side."""
 
     request_outputs: list[RequestOutput]
-    # (user request id, why) for each request the core refused after the front end accepted it.
-    errors: list[tuple[str, InvalidRequestError]] = field(default_factory=list)
+    # (user request id, why) for each request the core refused after the front end accepted it
+    # (InvalidRequestError), or that a dead replica was serving (EngineDeadError).
+    errors: list[tuple[str, Exception]] = field(default_factory=list)
     stats: SchedulerStats | None = None
 
 
@@ -50,9 +51,14 @@ class LLMEngine:
     """
 
     def __init__(self, config: EngineConfig, client: EngineCoreClient | None = None):
-        """Without a `client` the core is built here, in this process."""
+        """Without a `client` the core is built here, in this process (with `data_parallel_size`
+        > 1: one process per replica)."""
         self.config = config
-        if client is None:
+        if client is None and config.data_parallel_size > 1:
+            from pagedllm.engine.dp_client import DataParallelClient
+
+            client = DataParallelClient(config)
+        elif client is None:
             from pagedllm.engine.engine_core import EngineCore
 
             client = InprocClient(EngineCore(config))
@@ -178,6 +184,10 @@ class LLMEngine:
                 if request_id is not None:
                     errors.append((request_id, InvalidRequestError(rejected.param, rejected.message)))
                     to_abort.extend(siblings)
+            for lost in core_outputs.lost:
+                request_id, _ = self.output_processor.reject(lost.request_id)
+                if request_id is not None:
+                    errors.append((request_id, EngineDeadError(lost.message)))
         if to_abort:
             # Sequences a stop string ended here: the core stops them before its next step.
             self.client.abort_requests(to_abort)

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 class MultiprocClient(EngineCoreClient):
     """Starts the core's process at construction; `wait_ready` blocks until its model is loaded."""
 
-    def __init__(self, config: EngineConfig, log_level: int | None = None):
+    def __init__(self, config: EngineConfig, log_level: int | None = None, name: str = "engine core"):
+        """`name`: how logs and errors call this core ("engine replica 1" behind a router)."""
+        self.name = name
         if log_level is None:
             log_level = logging.getLogger().getEffectiveLevel()
         # spawn, not fork: the parent may hold threads, and a CUDA context never survives a fork.
@@ -41,12 +43,12 @@ class MultiprocClient(EngineCoreClient):
         self._process = context.Process(
             target=run_engine_core_process,
             args=(config, child_conn, log_level),
-            name="pagedllm-engine-core",
+            name="pagedllm-" + name.replace(" ", "-"),
             daemon=True,
         )
         self._process.start()
         child_conn.close()  # so that the core's death reads as end-of-file here
-        logger.info("engine core process started (pid %d)", self._process.pid)
+        logger.info("%s process started (pid %d)", name, self._process.pid)
         self._send_codec = client_codec()
         self._receive_codec = client_codec()
         self._send_lock = threading.Lock()
@@ -58,6 +60,11 @@ class MultiprocClient(EngineCoreClient):
     def pid(self) -> int | None:
         return self._process.pid
 
+    @property
+    def connection(self):
+        """The core's end of the pipe, for `multiprocessing.connection.wait` over several cores."""
+        return self._conn
+
     def wait_ready(self) -> EngineCoreInfo:
         """Wait for the core's `Ready`; raises RuntimeError if it failed to start."""
         if self.info is not None:
@@ -65,7 +72,7 @@ class MultiprocClient(EngineCoreClient):
         try:
             message = self._receive_codec.decode(self._conn.recv_bytes())
         except (EOFError, OSError):
-            message = Failed(f"the engine core process exited with code {self._exit_code()} while starting")
+            message = Failed(f"the {self.name} process exited with code {self._exit_code()} while starting")
         try:
             self.info = expect_ready(message)
         except RuntimeError:
@@ -100,7 +107,7 @@ class MultiprocClient(EngineCoreClient):
                 return None
             message = self._receive_codec.decode(self._conn.recv_bytes())
         except (EOFError, OSError) as exc:
-            self._dead = f"the engine core process died (exit code {self._exit_code()})"
+            self._dead = f"the {self.name} process died (exit code {self._exit_code()})"
             raise EngineDeadError(self._dead_message()) from exc
         if isinstance(message, Outputs):
             return message.outputs
@@ -108,7 +115,7 @@ class MultiprocClient(EngineCoreClient):
         raise EngineDeadError(self._dead_message())
 
     def _dead_message(self) -> str:
-        return f"the engine core stopped: {self._dead or 'it was shut down'}"
+        return f"the {self.name} stopped: {self._dead or 'it was shut down'}"
 
     def _exit_code(self) -> int | None:
         self._process.join(timeout=1.0)
@@ -125,7 +132,7 @@ class MultiprocClient(EngineCoreClient):
         self._shut_down = True
         self._process.join(timeout=10)
         if self._process.is_alive():
-            logger.warning("the engine core process did not stop within 10 s; killing it")
+            logger.warning("the %s process did not stop within 10 s; killing it", self.name)
             self._process.kill()
             self._process.join(timeout=5)
         with contextlib.suppress(OSError):

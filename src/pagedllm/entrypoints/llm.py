@@ -45,6 +45,7 @@ class LLM:
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
         distributed_executor_backend: str = "mp",
+        data_parallel_size: int = 1,
         ray_address: str | None = None,
         ray_placement_strategy: str = "PACK",
     ):
@@ -73,6 +74,7 @@ class LLM:
                 enforce_eager=enforce_eager,
                 tensor_parallel_size=tensor_parallel_size,
                 distributed_executor_backend=distributed_executor_backend,
+                data_parallel_size=data_parallel_size,
                 ray_address=ray_address,
                 ray_placement_strategy=ray_placement_strategy,
             )

@@ -10,6 +10,7 @@ everything is the torch reference, exactly what another device starts from.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -23,7 +24,12 @@ from pagedllm.ops.int4_gemv import GemvInt4Weight
 from pagedllm.ops.linear import skinny_linear
 from pagedllm.ops.packed_linear import pack_if_packable
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
-from pagedllm.platforms.cpu_threads import configure_model_threads, cpu_has_fast_bf16, tune_cpu_allocator
+from pagedllm.platforms.cpu_threads import (
+    configure_model_threads,
+    cpu_has_fast_bf16,
+    replica_cores,
+    tune_cpu_allocator,
+)
 from pagedllm.platforms.interface import Platform
 
 logger = logging.getLogger(__name__)
@@ -63,7 +69,15 @@ class CpuPlatform(Platform):
 
     def configure_model_process(self, num_ranks: int = 1) -> None:
         tune_cpu_allocator()
-        # Tensor-parallel ranks on one machine share its cores.
+        index, count = self.options.local_replica
+        if count > 1:
+            # Local replicas get disjoint cores: two thread pools spinning on the same cores
+            # slow both far more than halving each one's cores does.
+            cores = replica_cores(index, count)
+            if cores is not None:
+                os.sched_setaffinity(0, cores)
+                logger.info("data-parallel replica %d of %d: cores %s", index, count, sorted(cores))
+        # Tensor-parallel ranks of one replica share its cores.
         logger.info("CPU model threads: %d", configure_model_threads(num_ranks))
 
     def available_memory(self) -> int:

@@ -51,6 +51,21 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def replica_cores(index: int, count: int) -> set[int] | None:
+    """The cores local data-parallel replica `index` of `count` takes: an even, contiguous share
+    of those this process may use (the remainder to the first replicas); None when there are
+    fewer cores than replicas (they then share all of them)."""
+    try:
+        usable = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(usable) < count:
+        return None
+    share, extra = divmod(len(usable), count)
+    start = index * share + min(index, extra)
+    return set(usable[start : start + share + (1 if index < extra else 0)])
+
+
 def configure_model_threads(num_ranks: int = 1) -> int:
     """Give the model every usable core (split evenly between `num_ranks` processes sharing the
     machine) unless the user chose (`OMP_NUM_THREADS`); returns the count.

@@ -47,6 +47,9 @@ class PlatformOptions:
     - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
     - `attention_backend`: "auto" (the platform's choice) or a backend the user forces.
     - `enforce_eager`: no captured graphs (GPU): every step runs the model's Python layers.
+    - `local_replica`: (index, count) of the data-parallel replicas started as local processes
+      on this machine, which share its cores or devices; (0, 1) when there is one, or when a
+      cluster manager (Ray) places them.
     """
 
     cpu_kernels: bool = True
@@ -54,6 +57,7 @@ class PlatformOptions:
     step_compiler: bool = True
     attention_backend: str = "auto"
     enforce_eager: bool = False
+    local_replica: tuple[int, int] = (0, 1)
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> PlatformOptions:
@@ -72,6 +76,11 @@ class PlatformOptions:
             step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
             attention_backend=backend,
             enforce_eager=config.enforce_eager,
+            local_replica=(
+                (config.data_parallel_rank, config.data_parallel_size)
+                if config.distributed_executor_backend == "mp"
+                else (0, 1)
+            ),
         )
 
 

@@ -81,7 +81,20 @@ def build_app(ctx: ServingContext) -> FastAPI:
     async def health() -> Response:
         if not ctx.llm.is_running:
             raise OpenAIError(503, "the engine is not running", code="engine_dead")
-        return Response(status_code=200)
+        replicas = ctx.llm.replica_states()
+        if replicas is None:
+            return Response(status_code=200)
+        # Data parallel: serving while any replica is; the body says which are down.
+        return JSONResponse(
+            {
+                "status": "ok" if all(r.alive for r in replicas) else "degraded",
+                "replicas": [
+                    {"replica": r.index, "status": "serving" if r.alive else "dead", "pid": r.pid}
+                    | ({} if r.alive else {"error": r.error})
+                    for r in replicas
+                ],
+            }
+        )
 
     @app.get("/version")
     async def version() -> JSONResponse:
