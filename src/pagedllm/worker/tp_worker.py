@@ -61,12 +61,14 @@ def check_shardable(model_config: ModelConfig, tp_size: int) -> None:
         )
 
 
-def rank_platform(config: EngineConfig, rank: int) -> Platform:
-    """Rank `rank`'s platform: the configured device, on GPUs its own (`cuda:{rank}`)."""
+def rank_platform(config: EngineConfig, rank: int, cuda_index: int | None = None) -> Platform:
+    """Rank `rank`'s platform: the configured device, on GPUs its own: `cuda:{cuda_index}`, by
+    default `cuda:{rank}` (local ranks each see every GPU; a Ray actor sees only its own)."""
     platform = resolve_platform(config)
     if platform.device.type != "cuda":
         return platform
-    return resolve_platform(dataclasses.replace(config, device=f"cuda:{rank}"))
+    index = rank if cuda_index is None else cuda_index
+    return resolve_platform(dataclasses.replace(config, device=f"cuda:{index}"))
 
 
 def build_runner(spec: RunnerSpec, rank: int, platform: Platform | None = None) -> ModelRunner:
