@@ -67,13 +67,14 @@ def total_stats(stats: list[SchedulerStats | None], alive: list[bool]) -> Schedu
 
 class DataParallelClient(EngineCoreClient):
     """See the module docstring. `start_replica(config, index)` starts one core and returns its
-    client (a `MultiprocClient` by default); every replica starts loading at once."""
+    client (a local process, or a Ray actor with the ray backend); every replica starts loading
+    at once."""
 
     def __init__(
         self, config: EngineConfig, start_replica: Callable[[EngineConfig, int], object] | None = None
     ):
         if start_replica is None:
-            start_replica = _start_local_replica
+            start_replica = _start_replica
         self.num_replicas = config.data_parallel_size
         self.replicas = []
         try:
@@ -262,7 +263,12 @@ def _by_user_request(requests: list[EngineCoreRequest]) -> list[list[EngineCoreR
     return list(groups.values())
 
 
-def _start_local_replica(config: EngineConfig, index: int):
+def _start_replica(config: EngineConfig, index: int):
+    """A local process (`mp`), or an actor on the Ray cluster (`ray`)."""
+    if config.distributed_executor_backend == "ray":
+        from pagedllm.engine.ray_replica import RayReplicaClient
+
+        return RayReplicaClient(config, index)
     from pagedllm.engine.mp_client import MultiprocClient
 
     return MultiprocClient(config, name=f"engine replica {index}")

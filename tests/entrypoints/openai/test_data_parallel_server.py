@@ -147,18 +147,18 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
     assert health.status_code == 200
     replicas = health.json()["replicas"]
     assert [r["status"] for r in replicas] == ["serving", "serving"], replicas
-    victim = replicas[1]
 
+    num_streams, max_tokens = 8, 500
     body = {
         "model": TINY_NAME,
-        "max_tokens": 200,
+        "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
         "temperature": 0,
     }
-    results: list[tuple[int, str | None]] = [(0, None)] * 6
-    started = threading.Barrier(7)
+    results: list[tuple[int, str | None]] = [(0, None)] * num_streams
+    first_tokens = [threading.Event() for _ in range(num_streams)]
 
     def stream(i: int) -> None:
         completion_tokens, error = 0, None
@@ -166,27 +166,27 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
             "POST", f"{dp_server.url}/v1/completions", json={**body, "prompt": [5 + i, 7, 9]}, timeout=120
         ) as response:
             assert response.status_code == 200
-            waited = False
             for line in response.iter_lines():
                 if not line.startswith("data: {"):
                     continue
                 payload = json.loads(line[len("data: ") :])
+                first_tokens[i].set()
                 if "error" in payload:
                     error = payload["error"]["code"]
-                    continue
-                if payload.get("usage"):
+                elif payload.get("usage"):
                     completion_tokens = payload["usage"]["completion_tokens"]
-                if not waited:
-                    waited = True
-                    started.wait(timeout=60)
+        first_tokens[i].set()
         results[i] = (completion_tokens, error)
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(num_streams)]
     for thread in threads:
         thread.start()
-    started.wait(timeout=60)  # every stream has its first token: all six are in flight
+    for event in first_tokens:
+        assert event.wait(timeout=60)
+    # Every stream has begun; kill the replica with more work left, at once.
     load = replica_metrics(dp_server, "pagedllm:replica_load_tokens")
     assert load["0"] > 0 and load["1"] > 0, load
+    victim = max(replicas, key=lambda r: load[str(r["replica"])])
     os.kill(victim["pid"], signal.SIGKILL)
     for thread in threads:
         thread.join(timeout=120)
@@ -194,15 +194,16 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
     finished = [r for r in results if r[1] is None]
     assert lost and finished, results
     assert all(error == "engine_dead" for _, error in lost), results
-    assert all(tokens == 200 for tokens, _ in finished), results
+    assert all(tokens == max_tokens for tokens, _ in finished), results
 
     health = httpx.get(f"{dp_server.url}/health")
     assert health.status_code == 200
     states = health.json()
+    dead, survivor = str(victim["replica"]), str(1 - victim["replica"])
     assert states["status"] == "degraded"
-    assert [r["status"] for r in states["replicas"]] == ["serving", "dead"]
-    assert "died" in states["replicas"][1]["error"]
-    assert replica_metrics(dp_server, "pagedllm:replica_up") == {"0": 1.0, "1": 0.0}
+    assert {str(r["replica"]): r["status"] for r in states["replicas"]} == {dead: "dead", survivor: "serving"}
+    assert "died" in states["replicas"][victim["replica"]]["error"]
+    assert replica_metrics(dp_server, "pagedllm:replica_up") == {dead: 0.0, survivor: 1.0}
 
     # Later requests all go to the survivor and answer in full.
     routed = replica_metrics(dp_server, "pagedllm:replica_requests_routed_total")
@@ -217,4 +218,4 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
         )
         assert reply.usage.completion_tokens == 8
     routed_after = replica_metrics(dp_server, "pagedllm:replica_requests_routed_total")
-    assert routed_after["0"] - routed["0"] == 4 and routed_after["1"] == routed["1"]
+    assert routed_after[survivor] - routed[survivor] == 4 and routed_after[dead] == routed[dead]
