@@ -72,38 +72,32 @@ class EngineCore:
             kv_cache_memory=config.kv_cache_memory,
             gpu_memory_utilization=config.gpu_memory_utilization,
         )
-        self.platform = resolve_platform(config)
-        on_ray = config.distributed_executor_backend == "ray"
-        if not on_ray:
-            # Built before the weights load, so a backend that cannot run here is refused at
-            # once (Ray ranks build their own, on their nodes; this process runs no layers).
-            self.platform.attention_backend()
-        self.device = self.platform.device
-        self.dtype = self.platform.select_dtype(config.dtype)
-        spec = RunnerSpec(
-            config,
-            self.model_config,
-            self.scheduler_config,
-            self.cache_config,
-            self.dtype,
-            config.tensor_parallel_size,
-        )
-        if on_ray:
-            # Even one rank runs as an actor, so a replica's model can live on any node.
+        if config.distributed_executor_backend == "ray":
+            # Every rank, even a single one, is an actor, so a replica's model can live on any
+            # node; this process holds the scheduler only and may lack the ranks' device (a
+            # replica's core runs in a CPU-only actor), so rank 0 resolves the platform's dtype.
             connect_ray(config.ray_address)
-            self.executor: Executor = RayExecutor(spec, self.platform)
-        elif config.tensor_parallel_size > 1:
-            self.executor = MultiprocExecutor(spec, self.platform)
+            self.platform = None
+            self.executor: Executor = RayExecutor(self._runner_spec(None))
+            self.device, self.dtype = self.executor.device, self.executor.spec.dtype
         else:
-            runner = ModelRunner(
-                self.model_config,
-                self.scheduler_config,
-                self.cache_config,
-                self.platform,
-                self.dtype,
-                config.seed,
-            )
-            self.executor = UniProcExecutor(runner)
+            self.platform = resolve_platform(config)
+            # Built before the weights load, so a backend that cannot run here is refused at once.
+            self.platform.attention_backend()
+            self.device = self.platform.device
+            self.dtype = self.platform.select_dtype(config.dtype)
+            if config.tensor_parallel_size > 1:
+                self.executor = MultiprocExecutor(self._runner_spec(self.dtype), self.platform)
+            else:
+                runner = ModelRunner(
+                    self.model_config,
+                    self.scheduler_config,
+                    self.cache_config,
+                    self.platform,
+                    self.dtype,
+                    config.seed,
+                )
+                self.executor = UniProcExecutor(runner)
         try:
             # One block pool per KV-cache group (layers grouped by sliding window).
             self.kv_cache_groups = self.executor.determine_kv_cache_groups()
@@ -136,6 +130,17 @@ class EngineCore:
             self.info.num_kv_blocks,
             self.info.block_size,
             self.info.kv_capacity_tokens,
+        )
+
+    def _runner_spec(self, dtype) -> RunnerSpec:
+        """What each tensor-parallel rank builds its runner from (`dtype` None: rank 0 decides)."""
+        return RunnerSpec(
+            self.config,
+            self.model_config,
+            self.scheduler_config,
+            self.cache_config,
+            dtype,
+            self.config.tensor_parallel_size,
         )
 
     # ---- requests -----------------------------------------------------------------------------

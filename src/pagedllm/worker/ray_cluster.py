@@ -136,6 +136,20 @@ def describe_nodes() -> str:
     return f"{len(nodes)} node{'s' * (len(nodes) != 1)}: " + ", ".join(parts)
 
 
+def rank_device_type(device: str | None = None) -> str:
+    """The ranks' device kind ("cuda" or "cpu"): `device`'s (the user's --device) if given, else
+    what the placement group this process runs in reserves, else GPUs if the cluster has any."""
+    if device:
+        return device.split(":")[0]
+    ray = import_ray()
+    from ray.util.placement_group import get_current_placement_group
+
+    group = get_current_placement_group()
+    if group is not None:
+        return "cuda" if any(b.get("GPU", 0) > 0 for b in group.bundle_specs) else "cpu"
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
 def rank_bundle(device_type: str) -> dict[str, float]:
     """What one rank reserves: a CPU, and on CUDA a GPU too."""
     return {"GPU": 1.0, "CPU": 1.0} if device_type == "cuda" else {"CPU": 1.0}

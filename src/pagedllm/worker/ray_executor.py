@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedllm.config import EngineConfig
 from pagedllm.core.kv_cache_spec import KVCacheGroupSpec
 from pagedllm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from pagedllm.platforms import Platform
@@ -101,16 +102,24 @@ class RankWorker:
         """A free port on this actor's node (rank 0's is the group's meeting point)."""
         return free_port(ray_cluster.node_ip())
 
-    def start(self, start: RankStart, ranks_on_node: int) -> None:
-        """Join the group and load this rank's shard."""
+    def _platform(self, config: EngineConfig, device_type: str) -> Platform:
+        """This rank's platform: `device_type`, on CUDA the GPU Ray assigned the actor."""
+        config = dataclasses.replace(config, device=device_type)
+        cuda_index = ray_cluster.local_cuda_index() if device_type == "cuda" else None
+        return rank_platform(config, self.rank, cuda_index)
+
+    def select_dtype(self, config: EngineConfig, device_type: str) -> torch.dtype:
+        """The model dtype `config.dtype` means on this rank's device ("auto": its default)."""
+        return self._platform(config, device_type).select_dtype(config.dtype)
+
+    def start(self, start: RankStart, ranks_on_node: int) -> str:
+        """Join the group and load this rank's shard; returns the rank's device."""
         spec = start.spec
         self.tp_size = spec.tp_size
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (one); the runner's thread
         # set-up honours the variable as the user's choice, so it must say what we mean.
         os.environ["OMP_NUM_THREADS"] = str(model_threads(start.user_threads, ranks_on_node))
-        config = dataclasses.replace(spec.engine_config, device=start.device_type)
-        cuda_index = ray_cluster.local_cuda_index() if start.device_type == "cuda" else None
-        platform = rank_platform(config, self.rank, cuda_index)
+        platform = self._platform(spec.engine_config, start.device_type)
         if spec.tp_size > 1:
             init_tp_group(
                 self.rank,
@@ -121,6 +130,7 @@ class RankWorker:
                 local_addr=ray_cluster.node_ip(),
             )
         self.runner = build_runner(spec, self.rank, platform)
+        return str(platform.device)
 
     def determine_kv_cache_groups(self) -> list[KVCacheGroupSpec]:
         if self.tp_size == 1:
@@ -143,23 +153,41 @@ class RankWorker:
 class RayExecutor(Executor):
     """See the module docstring."""
 
-    def __init__(self, spec: RunnerSpec, platform: Platform):
-        """`platform`: the engine core's, which names the ranks' device kind (it loads nothing)."""
+    def __init__(self, spec: RunnerSpec, platform: Platform | None = None):
+        """`platform`: the engine core's, when it has the ranks' device: its kind is theirs. None
+        (the engine core may run where the ranks' device is absent, e.g. in a replica's CPU-only
+        actor): `config.device`, else the kind the placement group's bundles or the cluster
+        offer (`ray_cluster.rank_device_type`). `spec.dtype` None: the one `config.dtype` means
+        on rank 0's device, asked of rank 0 before any rank loads (`self.spec` then has it)."""
         check_shardable(spec.model_config, spec.tp_size)
         ray = ray_cluster.import_ray()
+        from ray.util.placement_group import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.spec = spec
         self._shut_down = False
         self._grammars = GrammarSender()
         self.actors: list = []
         # Where each rank runs (tests and tools check the placement).
         self.placements: list[RankPlacement] = []
         config = spec.engine_config
-        device_type = platform.device.type
-        self.placement_group = ray_cluster.rank_placement_group(
-            spec.tp_size, device_type, config.ray_placement_strategy
+        self.device_type = (
+            platform.device.type if platform is not None else ray_cluster.rank_device_type(config.device)
         )
+        # A replica's core started as an actor in a group reserved for its ranks (one bundle
+        # each) places them there; otherwise the executor reserves its own.
+        enclosing = get_current_placement_group()
+        self._owns_group = enclosing is None
+        if enclosing is None:
+            self.placement_group = ray_cluster.rank_placement_group(
+                spec.tp_size, self.device_type, config.ray_placement_strategy
+            )
+        elif enclosing.bundle_count != spec.tp_size:
+            raise RuntimeError(
+                f"the placement group this engine core runs in has {enclosing.bundle_count} bundle(s), "
+                f"but --tensor-parallel-size {spec.tp_size} needs one per rank"
+            )
+        else:
+            self.placement_group = enclosing
         try:
             actor_class = ray.remote(RankWorker)
             env = ray_cluster.actor_env()
@@ -167,7 +195,7 @@ class RayExecutor(Executor):
             self.actors = [
                 actor_class.options(
                     num_cpus=1,
-                    num_gpus=1 if device_type == "cuda" else 0,
+                    num_gpus=1 if self.device_type == "cuda" else 0,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         self.placement_group, placement_group_bundle_index=rank
                     ),
@@ -176,11 +204,18 @@ class RayExecutor(Executor):
                 for rank in range(spec.tp_size)
             ]
             self.placements = self._placements()
+            if spec.dtype is None:
+                dtype = ray.get(self.actors[0].select_dtype.remote(config, self.device_type))
+                spec = dataclasses.replace(spec, dtype=dtype)
+            self.spec = spec
             port = ray.get(self.actors[0].free_port.remote())
             master = self.placements[0].node_ip
-            start = ray.put(RankStart(spec, device_type, master, port, os.environ.get("OMP_NUM_THREADS")))
+            start = ray.put(
+                RankStart(spec, self.device_type, master, port, os.environ.get("OMP_NUM_THREADS"))
+            )
             per_node = collections.Counter(self.node_ids)
-            self._call_all("start", start, per_rank=[per_node[n] for n in self.node_ids])
+            # Rank 0's device, as the engine reports it.
+            self.device = self._call_all("start", start, per_rank=[per_node[n] for n in self.node_ids])
         except BaseException:
             self.shutdown()
             raise
@@ -247,4 +282,5 @@ class RayExecutor(Executor):
             for actor in self.actors:
                 with contextlib.suppress(Exception):  # already dead
                     ray.kill(actor)
-        ray_cluster.remove_group(self.placement_group)
+        if self._owns_group:
+            ray_cluster.remove_group(self.placement_group)

@@ -44,7 +44,9 @@ class RunnerSpec:
     model_config: ModelConfig
     scheduler_config: SchedulerConfig
     cache_config: CacheConfig
-    dtype: torch.dtype
+    # None: not yet known (Ray ranks: what the dtype option means on rank 0's device, which the
+    # engine core's process may lack); the executor fills it in before any rank loads.
+    dtype: torch.dtype | None
     tp_size: int
 
 
@@ -63,11 +65,12 @@ def check_shardable(model_config: ModelConfig, tp_size: int) -> None:
 
 def rank_platform(config: EngineConfig, rank: int, cuda_index: int | None = None) -> Platform:
     """Rank `rank`'s platform: the configured device, on GPUs its own: `cuda:{cuda_index}`, by
-    default `cuda:{rank}` (local ranks each see every GPU; a Ray actor sees only its own)."""
+    default the replica's first GPU plus `rank` (local ranks each see every GPU; a Ray actor
+    sees only its own)."""
     platform = resolve_platform(config)
     if platform.device.type != "cuda":
         return platform
-    index = rank if cuda_index is None else cuda_index
+    index = (platform.device.index or 0) + rank if cuda_index is None else cuda_index
     return resolve_platform(dataclasses.replace(config, device=f"cuda:{index}"))
 
 
