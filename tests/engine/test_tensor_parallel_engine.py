@@ -32,25 +32,43 @@ CONFIGS = {
 }
 
 
-def generate(folder, tp: int, prompts):
-    llm = LLM(
+def chunked_llm(folder, tp: int, **engine_args) -> LLM:
+    """An engine whose 16-token step budget chunks every prompt but the shortest."""
+    return LLM(
         str(folder),
         dtype="float32",
         tensor_parallel_size=tp,
         max_num_batched_tokens=16,
         num_kv_blocks=96,
         block_size=4,
+        **engine_args,
     )
+
+
+def generate_twice(llm: LLM, prompts):
+    """Greedy completions of `prompts` in one batch (with logprobs and prompt logprobs), then
+    again (every prompt now a prefix-cache hit)."""
+    with_logprobs = SamplingParams(
+        temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=2, prompt_logprobs=1
+    )
+    batch = [{"prompt_token_ids": p} for p in prompts]
+    first = llm.generate(batch, with_logprobs)
+    rerun = llm.generate(batch, SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True))
+    return first, rerun
+
+
+def generate(folder, tp: int, prompts, **engine_args):
+    llm = chunked_llm(folder, tp, **engine_args)
     try:
-        with_logprobs = SamplingParams(
-            temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=2, prompt_logprobs=1
-        )
-        batch = [{"prompt_token_ids": p} for p in prompts]
-        first = llm.generate(batch, with_logprobs)
-        rerun = llm.generate(batch, SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True))
+        return generate_twice(llm, prompts)
     finally:
         llm.engine.shutdown()
-    return first, rerun
+
+
+def four_prompts() -> list[list[int]]:
+    """Random prompts of 5, 17, 26 and 40 tokens: one prefill step, and up to three chunks."""
+    gen = torch.Generator().manual_seed(4)
+    return [torch.randint(3, tiny_models.VOCAB, (n,), generator=gen).tolist() for n in (5, 17, 26, 40)]
 
 
 def top2(completion) -> list[list[tuple[int, float]]]:
@@ -63,8 +81,7 @@ def top2(completion) -> list[list[tuple[int, float]]]:
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_two_ranks_generate_what_one_does(kind, tmp_path):
     folder = tiny_models.save_tiny(CONFIGS[kind](), tmp_path / kind, seed=3)
-    gen = torch.Generator().manual_seed(4)
-    prompts = [torch.randint(3, tiny_models.VOCAB, (n,), generator=gen).tolist() for n in (5, 17, 26, 40)]
+    prompts = four_prompts()
     one, one_rerun = generate(folder, 1, prompts)
     two, two_rerun = generate(folder, 2, prompts)
     for i, prompt in enumerate(prompts):
