@@ -82,7 +82,7 @@ def stop_cluster(temp_dir: str) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster():
     """The address of a fresh two-node Ray cluster on 127.0.0.1 (nodes "node_a" and "node_b"),
     ended after the test however it went."""
@@ -125,10 +125,20 @@ def assert_nothing_left(executor: RayExecutor) -> None:
     wait_for(lambda: not any(psutil.pid_exists(p.pid) for p in executor.placements), "rank processes gone")
 
 
-def test_ranks_on_two_ray_nodes_generate_what_local_ranks_do(two_node_cluster, tmp_path):
-    folder = tiny_models.save_tiny(tiny_models.llama_config(), tmp_path / "llama", seed=3)
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_models.save_tiny(tiny_models.llama_config(), tmp_path_factory.mktemp("llama"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def local_ranks(folder):
+    """What two local (`mp`) ranks generate for `four_prompts()`."""
+    return generate(folder, 2, four_prompts())
+
+
+def test_ranks_on_two_ray_nodes_generate_what_local_ranks_do(two_node_cluster, folder, local_ranks):
     prompts = four_prompts()
-    local, local_rerun = generate(folder, 2, prompts)
+    local, local_rerun = local_ranks
     on_ray = dict(
         distributed_executor_backend="ray",
         ray_address=two_node_cluster,
@@ -182,3 +192,36 @@ def test_ranks_on_two_ray_nodes_generate_what_local_ranks_do(two_node_cluster, t
         timer.cancel()
         llm.engine.shutdown()
     assert_nothing_left(executor)
+
+
+def test_replicas_as_ray_actors_on_two_nodes_generate_what_local_ranks_do(
+    two_node_cluster, folder, local_ranks
+):
+    """`--data-parallel-size 2` on Ray: each replica's engine core is an actor in its own
+    placement group (one CPU bundle each, so one per node here), reached over a socket."""
+    prompts = four_prompts()
+    local, local_rerun = local_ranks
+    llm = chunked_llm(
+        folder, 1, data_parallel_size=2, distributed_executor_backend="ray", ray_address=two_node_cluster
+    )
+    try:
+        replicas = llm.engine.client.replicas
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert {r.node_id for r in replicas} == nodes and len(nodes) == 2
+        assert os.getpid() not in {r.pid for r in replicas}
+        remote, remote_rerun = generate_twice(llm, prompts)
+        states = llm.engine.client.replica_states()
+    finally:
+        llm.engine.shutdown()
+    assert all(s.alive and s.num_routed > 0 for s in states), states
+    for i in range(len(prompts)):
+        reference = local[i].outputs[0]
+        for label, outputs in (("batch", remote), ("prefix hit", remote_rerun)):
+            assert_greedy_match(
+                outputs[i].outputs[0].token_ids, reference.token_ids, top2(reference), label=f"{label} [{i}]"
+            )
+        assert remote_rerun[i].num_cached_tokens == local_rerun[i].num_cached_tokens > 0
+    # Each replica's group removed, its CPU free, its core actor's process gone.
+    wait_for(lambda: ray.available_resources().get("CPU") == 2.0, "both nodes' CPUs free")
+    assert {t["state"] for t in ray.util.placement_group_table().values()} == {"REMOVED"}
+    wait_for(lambda: not any(psutil.pid_exists(r.pid) for r in replicas), "replica processes gone")

@@ -26,6 +26,10 @@ def resolve_platform(config: EngineConfig) -> Platform:
     switches (environment variables override them, read here once)."""
     device = select_device(config.device)
     options = PlatformOptions.resolve(config)
+    index, count = options.local_replica
+    if device.type == "cuda" and device.index is None and count > 1:
+        # Local data-parallel replicas take consecutive runs of tensor_parallel_size GPUs.
+        device = torch.device("cuda", index * config.tensor_parallel_size)
     if device.type == "cuda":
         return CudaPlatform(device, options)
     return CpuPlatform(device, options)
