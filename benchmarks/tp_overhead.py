@@ -14,7 +14,8 @@ runs, and the median of the per-repetition ratios TP=2 / TP=1.
 Variants: `tp1` is the default engine (the CPU step compiler runs the decoder layers as one C++
 op); `tp1-layers` is TP=1 through the Python layers, the path TP=2 takes (the step compiler
 takes one rank only), so tp2 / tp1-layers isolates what the second rank adds; `tp2` is
-`tensor_parallel_size=2`. On a 2-core machine each of 2 ranks gets one thread, so TP=2 here
+`tensor_parallel_size=2`; `tp2-ray` is the same with both ranks as Ray actors
+(`--distributed-executor-backend ray`, on the cluster at `--ray-address`). On a 2-core machine each of 2 ranks gets one thread, so TP=2 here
 measures the overhead of splitting (collectives, duplicated per-step work, the broadcast),
 not a speed-up.
 
@@ -45,10 +46,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = {  # name -> (tensor_parallel_size, step compiler)
-    "tp1": (1, True),
-    "tp1-layers": (1, False),
-    "tp2": (2, False),
+VARIANTS = {  # name -> (tensor_parallel_size, step compiler, executor backend)
+    "tp1": (1, True, "mp"),
+    "tp1-layers": (1, False, "mp"),
+    "tp2": (2, False, "mp"),
+    # Both ranks as Ray actors (needs --ray-address): what the actor calls add per step.
+    "tp2-ray": (2, False, "ray"),
 }
 SMOL_TP_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -200,7 +203,7 @@ def run_one(args) -> dict:
     """The child: build the engine, time its steps, shut it down."""
     from pagedllm import LLM
 
-    tp, step_compiler = VARIANTS[args.variant]
+    tp, step_compiler, backend = VARIANTS[args.variant]
     start = time.perf_counter()
     llm = LLM(
         args.model,
@@ -208,6 +211,8 @@ def run_one(args) -> dict:
         dtype="bfloat16",
         tensor_parallel_size=tp,
         step_compiler=step_compiler,
+        distributed_executor_backend=backend,
+        ray_address=args.ray_address,
         enable_prefix_caching=False,
         max_num_seqs=max(args.batch_sizes),
         max_num_batched_tokens=args.max_num_batched_tokens,
@@ -218,7 +223,7 @@ def run_one(args) -> dict:
     try:
         startup = time.perf_counter() - start
         meter = None
-        if tp > 1:
+        if tp > 1 and backend == "mp":  # Ray's rank 0 runs in an actor, out of the meter's reach
             meter = WireMeter()
             meter.install()
         vocab = engine.model_config.vocab_size
@@ -257,7 +262,7 @@ def child_command(args, variant: str, model: str) -> list[str]:
         str(args.max_num_batched_tokens),
         "--kv-cache-memory",
         str(args.kv_cache_memory),
-    ]
+    ] + (["--ray-address", args.ray_address] if args.ray_address else [])
 
 
 def run_child(args, variant: str, model: str) -> dict:
@@ -288,7 +293,8 @@ def ratio_cell(runs: dict[str, list[dict]], key: str, num: str, den: str) -> str
 
 def step_table(args, runs: dict[str, list[dict]]) -> list[list[str]]:
     variants = [v for v in args.variant_list if runs[v]]
-    pairs = [(n, d) for n, d in (("tp2", "tp1"), ("tp2", "tp1-layers")) if runs.get(n) and runs.get(d)]
+    candidates = (("tp2", "tp1"), ("tp2", "tp1-layers"), ("tp2-ray", "tp2"))
+    pairs = [(n, d) for n, d in candidates if runs.get(n) and runs.get(d)]
     header = ["ms per step", *variants, *(f"{n} / {d}" for n, d in pairs)]
     rows = [header]
     for key, label in workloads(args):
@@ -517,6 +523,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--probe-hidden", type=int, default=576, help="hidden size of the probe's tensors")
     parser.add_argument("--output-json", help="keep every run's figures here")
+    parser.add_argument(
+        "--ray-address", default=None, help="the Ray cluster tp2-ray runs on (`ray start --head` first)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -525,6 +534,8 @@ def parse_args(argv=None):
     unknown = set(args.variant_list) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if "tp2-ray" in args.variant_list and not args.ray_address:
+        parser.error("tp2-ray runs on a Ray cluster: start one (ray start --head) and pass --ray-address")
     return args
 
 

@@ -22,11 +22,12 @@ def folder(tmp_path_factory):
     return tiny_models.save_tiny(tiny_models.llama_config(), tmp_path_factory.mktemp("dp-llama"), seed=3)
 
 
-def run(folder, data_parallel_size: int, prompts):
+def run(folder, data_parallel_size: int, prompts, tensor_parallel_size: int = 1):
     llm = LLM(
         str(folder),
         dtype="float32",
         data_parallel_size=data_parallel_size,
+        tensor_parallel_size=tensor_parallel_size,
         num_kv_blocks=96,
         block_size=4,
         max_num_batched_tokens=32,
@@ -52,14 +53,26 @@ def top2(completion):
     ]
 
 
-def test_two_replicas_generate_what_one_engine_does(folder):
+def six_prompts() -> list[list[int]]:
     gen = torch.Generator().manual_seed(5)
-    prompts = [
+    return [
         torch.randint(3, tiny_models.VOCAB, (n,), generator=gen).tolist() for n in (6, 19, 27, 41, 12, 33)
     ]
-    one, one_rerun, one_sampled, none = run(folder, 1, prompts)
-    two, two_rerun, two_sampled, states = run(folder, 2, prompts)
-    assert none is None
+
+
+@pytest.fixture(scope="module")
+def one_engine(folder):
+    one, one_rerun, one_sampled, states = run(folder, 1, six_prompts())
+    assert states is None  # a single core reports no replicas
+    return one, one_rerun, one_sampled
+
+
+@pytest.mark.parametrize("tp", [1, 2], ids=["dp2", "dp2-tp2"])
+def test_two_replicas_generate_what_one_engine_does(folder, one_engine, tp):
+    """Each replica may itself be tensor-parallel (then two processes per replica)."""
+    prompts = six_prompts()
+    one, one_rerun, one_sampled = one_engine
+    two, two_rerun, two_sampled, states = run(folder, 2, prompts, tensor_parallel_size=tp)
     for i in range(len(prompts)):
         reference = one[i].outputs[0]
         for label, outputs in (("batch", two), ("rerun", two_rerun)):
