@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.engine.output_processor import TokenTexts
 from pagedllm.entrypoints.openai.errors import OpenAIError
+from pagedllm.entrypoints.openai.request_guard import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH
 
 
 @dataclass
@@ -23,6 +24,10 @@ class ServingContext:
     tool_call_parser: str | None = None
     # Moves <think> sections into reasoning_content.
     reasoning_parser: str | None = None
+    # Transport limits (request_guard) and whether /metrics is behind the API key too.
+    max_request_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    metrics_require_api_key: bool = False
 
     def __post_init__(self) -> None:
         self.token_text = TokenTexts(self.tokenizer)
