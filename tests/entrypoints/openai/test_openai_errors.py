@@ -126,13 +126,21 @@ def test_unknown_model_is_404(client):
         (b'{"prompt": "hi", "temperature": NaN}', {"content-type": "application/json"}),
         (b"\xff\xfe\xfd", {"content-type": "application/json"}),
         (b"[" * 50_000 + b"]" * 50_000, {"content-type": "application/json"}),
-        (b"prompt=hi", {"content-type": "application/x-www-form-urlencoded"}),
-        (b'{"prompt": "hi"}', {"content-type": "text/plain"}),
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/tokenize"])
 def test_malformed_bodies_are_400(server, path, content, headers):
     _error(httpx.post(server.url + path, content=content, headers=headers), 400, None)
+
+
+@pytest.mark.parametrize(
+    "content, content_type",
+    [(b"prompt=hi", "application/x-www-form-urlencoded"), (b'{"prompt": "hi"}', "text/plain")],
+)
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/tokenize"])
+def test_bodies_that_are_not_json_are_415(server, path, content, content_type):
+    response = httpx.post(server.url + path, content=content, headers={"content-type": content_type})
+    assert "application/json" in _error(response, 415, None)["message"]
 
 
 @pytest.mark.parametrize(
@@ -167,7 +175,9 @@ def test_no_input_yields_422_or_500(server, body):
 def test_unknown_routes_and_methods(server):
     _error(httpx.get(f"{server.url}/v2/nothing"), 404, None)
     _error(httpx.post(f"{server.url}/v1/embeddings", json={}), 404, None)
-    _error(httpx.get(f"{server.url}/v1/completions"), 405, None)
+    not_allowed = httpx.get(f"{server.url}/v1/completions")
+    _error(not_allowed, 405, None)
+    assert not_allowed.headers["allow"] == "POST"
     _error(httpx.post(f"{server.url}/detokenize", json={"tokens": [10**9]}), 400, "tokens")
 
 
