@@ -45,7 +45,7 @@ class StructuredOutputsParams:
 
     def __post_init__(self) -> None:
         # Stored as text: the grammar caches key on it, and it crosses process boundaries as is.
-        if isinstance(self.json, dict):
+        if isinstance(self.json, dict) or self.json is True:  # `true`: the schema any JSON meets
             self.json = json.dumps(self.json, sort_keys=True)
         if isinstance(self.structural_tag, dict):
             self.structural_tag = json.dumps(self.structural_tag, sort_keys=True)

@@ -108,3 +108,17 @@ def test_offline_errors_are_clear(llm):
     # The engine is still usable afterwards.
     ok = llm.generate([_prompt(llm, 0)], SamplingParams(max_tokens=3, structured_outputs={"choice": ["yes"]}))
     assert ok[0].outputs[0].text == "yes"
+
+
+def test_a_grammar_left_without_allowed_tokens_ends_its_request_not_the_engine(llm):
+    """allowed_token_ids that exclude every token the grammar allows leave nothing to sample:
+    that request ends (found by the API fuzzer, which used to kill the engine core with it);
+    the requests beside it in the batch, and later ones, are served."""
+    tokenizer = llm.get_tokenizer()
+    outside = tokenizer(" zebra", add_special_tokens=False).input_ids[:1]  # no choice starts so
+    starved = SamplingParams(max_tokens=5, allowed_token_ids=outside, structured_outputs={"choice": ["yes"]})
+    plain = SamplingParams(max_tokens=3, structured_outputs={"choice": ["yes"]})
+    out = llm.generate([_prompt(llm, 0), _prompt(llm, 1)], [starved, plain])
+    assert out[0].outputs[0].finish_reason == "stop" and len(out[0].outputs[0].token_ids) == 1
+    assert out[1].outputs[0].text == "yes"
+    assert llm.generate([_prompt(llm, 2)], plain)[0].outputs[0].text == "yes"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 class GrammarMatchers:
@@ -64,5 +68,14 @@ class GrammarMatchers:
                 del self._dormant[request_id]
             return False
         if not matcher.accept_token(token_id):
-            raise RuntimeError(f"request {request_id!r}: sampled token {token_id} breaks its grammar")
+            # The mask left no token the grammar allows (e.g. allowed_token_ids or a logit bias
+            # excluded all of them), so the sampler picked among disallowed ones: this request
+            # cannot go on within its grammar. It ends here; the engine and the batch go on.
+            logger.warning(
+                "request %r: sampled token %d breaks its grammar (no allowed token was left to "
+                "sample); ending the request",
+                request_id,
+                token_id,
+            )
+            return True
         return matcher.is_terminated()

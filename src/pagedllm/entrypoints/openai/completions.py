@@ -20,6 +20,7 @@ from pagedllm.entrypoints.openai.context import ServingContext, new_id, usage
 from pagedllm.entrypoints.openai.errors import bad_request
 from pagedllm.entrypoints.openai.logprobs import CompletionLogprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
+    MAX_PROMPTS,
     CompletionRequest,
     parse_body,
     read_json_object,
@@ -56,6 +57,8 @@ def normalize_prompts(value) -> list[str | list[int]]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value:
+        if len(value) > MAX_PROMPTS and not all(_is_token(t) for t in value):
+            raise bad_request(f"a request holds at most {MAX_PROMPTS} prompts, got {len(value)}", "prompt")
         if all(isinstance(p, str) for p in value):
             return list(value)
         if all(_is_token(t) for t in value):

@@ -24,6 +24,8 @@ _ERROR_TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
     500: "server_error",
     503: "server_error",
 }
@@ -82,8 +84,14 @@ def install_error_handlers(app: FastAPI) -> None:
             HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else ""
         )
         message = f"{phrase}: {request.method} {request.url.path}" if phrase else str(exc.detail)
+        headers = exc.headers or {}
+        if "Allow" in headers:
+            message += f"; this path allows {headers['Allow']}"
         code = phrase.lower().replace(" ", "_") or None
-        return OpenAIError(exc.status_code, message, code=code).response()
+        response = OpenAIError(exc.status_code, message, code=code).response()
+        # Starlette's 405 carries the Allow header a client needs (RFC 9110 requires it).
+        response.headers.update(headers)
+        return response
 
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -98,6 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
         InvalidRequestError,
         SamplingParamsError,
         ChatTemplateError,
+        StructuredOutputsError,
         EngineDeadError,
     ):
         app.add_exception_handler(exc_type, on_openai_error)

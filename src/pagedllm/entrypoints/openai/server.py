@@ -14,25 +14,40 @@ import pagedllm
 from pagedllm.engine.async_llm import AsyncLLM
 from pagedllm.entrypoints.openai import chat, completions, tokenization
 from pagedllm.entrypoints.openai.context import ServingContext
+from pagedllm.entrypoints.openai.docs import ASSETS_PATH, DOCS_PATHS, install_offline_docs
 from pagedllm.entrypoints.openai.errors import OpenAIError, install_error_handlers
+from pagedllm.entrypoints.openai.openapi import install_openapi
 from pagedllm.entrypoints.openai.reasoning import REASONING_PARSERS
+from pagedllm.entrypoints.openai.request_guard import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_JSON_DEPTH,
+    RequestGuard,
+)
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 
 logger = logging.getLogger(__name__)
 
-# Paths answered without an API key: liveness probes, the version and Prometheus scrapes.
-OPEN_PATHS = frozenset({"/health", "/version", "/metrics"})
+# Paths answered without an API key: liveness probes, the version, the schema and the docs pages
+# (no data in any), and Prometheus scrapes unless --metrics-require-api-key.
+OPEN_PATHS = frozenset({"/health", "/version", "/openapi.json"}) | DOCS_PATHS
 
 
 class APIKeyMiddleware:
     """Answer 401 unless `Authorization: Bearer <key>` matches (plain ASGI, so streams pass through)."""
 
-    def __init__(self, app, api_key: str):
+    def __init__(self, app, api_key: str, open_paths: frozenset[str] = OPEN_PATHS):
         self.app = app
         self.api_key = api_key.encode()
+        self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in self.open_paths
+            or path.startswith(ASSETS_PATH + "/")
+            or scope["method"] == "OPTIONS"
+        ):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -46,11 +61,19 @@ class APIKeyMiddleware:
 
 
 def build_app(ctx: ServingContext) -> FastAPI:
-    app = FastAPI(title="pagedllm", version=pagedllm.__version__)
+    # docs_url/redoc_url None: FastAPI's pages load from a CDN; install_offline_docs serves both.
+    app = FastAPI(title="pagedllm", version=pagedllm.__version__, docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     install_error_handlers(app)
+    install_offline_docs(app)
+    # Added before the key check, so it runs after it: no body is read for an unauthorized client.
+    app.add_middleware(
+        RequestGuard, max_body_bytes=ctx.max_request_body_bytes, max_json_depth=ctx.max_json_depth
+    )
+    open_paths = None
     if ctx.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=ctx.api_key)
+        open_paths = OPEN_PATHS if ctx.metrics_require_api_key else OPEN_PATHS | {"/metrics"}
+        app.add_middleware(APIKeyMiddleware, api_key=ctx.api_key, open_paths=open_paths)
 
     @app.post("/v1/completions")
     async def create_completion(request: Request) -> Response:
@@ -83,7 +106,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
             raise OpenAIError(503, "the engine is not running", code="engine_dead")
         replicas = ctx.llm.replica_states()
         if replicas is None:
-            return Response(status_code=200)
+            return JSONResponse({"status": "ok"})
         # Data parallel: serving while any replica is; the body says which are down.
         return JSONResponse(
             {
@@ -104,6 +127,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
     async def metrics() -> Response:
         return Response(content=ctx.llm.metrics.render(), media_type=ctx.llm.metrics.content_type)
 
+    install_openapi(app, ctx.served_model_name, ctx.max_model_len, ctx.vocab_size, open_paths)
     return app
 
 
@@ -124,7 +148,25 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $PAGEDLLM_API_KEY)"
     )
+    parser.add_argument(
+        "--metrics-require-api-key",
+        action="store_true",
+        help="with --api-key, /metrics needs the key too (Prometheus: authorization credentials)",
+    )
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: MODEL)")
+    parser.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies get a 413 (default 32 MiB; a 100k-token prompt is under 1 MiB as "
+        "text or token ids, so raise it for batches of millions of tokens)",
+    )
+    parser.add_argument(
+        "--max-json-depth",
+        type=int,
+        default=DEFAULT_MAX_JSON_DEPTH,
+        help="request bodies nesting arrays/objects deeper get a 400 (default %(default)s)",
+    )
     parser.add_argument(
         "--enable-auto-tool-choice",
         action="store_true",
@@ -167,6 +209,11 @@ def run_server(args: argparse.Namespace) -> int:
 
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise SystemExit("--enable-auto-tool-choice needs --tool-call-parser NAME")
+    if args.max_request_body_bytes < 1 or args.max_json_depth < 1:
+        raise SystemExit("--max-request-body-bytes and --max-json-depth must be at least 1")
+    api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+    if args.metrics_require_api_key and not api_key:
+        raise SystemExit("--metrics-require-api-key needs --api-key KEY (or $PAGEDLLM_API_KEY)")
     served_model_name = args.served_model_name or args.model
     if args.max_num_batched_tokens is None:
         args.max_num_batched_tokens = SERVING_BATCHED_TOKENS
@@ -178,10 +225,13 @@ def run_server(args: argparse.Namespace) -> int:
             llm,
             served_model_name=served_model_name,
             model_root=args.model,
-            api_key=args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None,
+            api_key=api_key,
             enable_auto_tool_choice=args.enable_auto_tool_choice,
             tool_call_parser=args.tool_call_parser,
             reasoning_parser=args.reasoning_parser,
+            max_request_body_bytes=args.max_request_body_bytes,
+            max_json_depth=args.max_json_depth,
+            metrics_require_api_key=args.metrics_require_api_key,
         )
         log_capacity(llm)
         logger.info("serving %s on http://%s:%d", ctx.served_model_name, args.host, args.port)

@@ -29,6 +29,7 @@ async def tokenize(ctx: ServingContext, request: Request) -> dict:
         tokens = apply_chat_template(
             ctx.tokenizer,
             normalize_messages(req.messages),
+            chat_template=ctx.chat_template,
             add_generation_prompt=add_generation_prompt(req),
             continue_final_message=bool(req.continue_final_message),
             chat_template_kwargs=req.chat_template_kwargs,
