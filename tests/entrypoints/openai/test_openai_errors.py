@@ -206,3 +206,51 @@ def test_chat_template_flag_enables_chat(templated_server):
     assert out.choices[0].message.role == "assistant"
     tokens = httpx.post(f"{templated_server.url}/tokenize", json={"messages": USER}).json()
     assert out.usage.prompt_tokens == tokens["count"]
+
+
+BIG_SCHEMA = {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(9000)}}
+
+
+@pytest.mark.parametrize(
+    "route, field, value, needle",
+    [
+        ("completions", "n", 129, "less than or equal to 128"),
+        ("completions", "stop", ["x"] * 65, "at most 64 items"),
+        ("completions", "stop", "x" * 1025, "at most 1024 characters"),
+        ("completions", "logprobs", 21, "less than or equal to 20"),
+        ("completions", "prompt_logprobs", 21, "less than or equal to 20"),
+        ("completions", "logit_bias", {str(i): 1 for i in range(4097)}, "at most 4096 items"),
+        ("completions", "prompt", ["hi"] * 257, "at most 256 prompts"),
+        ("completions", "prompt", [5] * 9000, "the context holds"),
+        (
+            "chat",
+            "tools",
+            [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)],
+            "at most 128",
+        ),
+        (
+            "chat",
+            "response_format",
+            {"type": "json_schema", "json_schema": {"name": "s", "schema": BIG_SCHEMA}},
+            "bytes",
+        ),
+        ("chat", "structured_outputs", {"regex": "a" * 300_000}, "bytes"),
+        (
+            "chat",
+            "tools",
+            [{"type": "function", "function": {"name": "f", "parameters": BIG_SCHEMA}}],
+            "bytes",
+        ),
+    ],
+)
+def test_bounds_are_400s_naming_the_limit(server, route, field, value, needle):
+    """Each bound on what one request may ask for: a 400 naming the field and the limit; the
+    server answers /health afterwards."""
+    if route == "completions":
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, field: value}
+    else:
+        body = {"model": MODEL, "messages": USER, "max_tokens": 2, field: value}
+    url = f"{server.url}/v1/{'completions' if route == 'completions' else 'chat/completions'}"
+    error = _error(httpx.post(url, json=body, timeout=60), 400)
+    assert error["param"].split(".")[0] == field and needle in error["message"], error
+    assert httpx.get(f"{server.url}/health").status_code == 200

@@ -34,6 +34,9 @@ MAX_MESSAGES = 4096
 MAX_TOOLS = 128
 MAX_CHOICES = 4096  # guided_choice / structured_outputs.choice options
 TOKEN_ID_KEY = r"^(0|[1-9][0-9]{0,9})$"  # a logit_bias key: a token id written in decimal
+# An output constraint (a JSON schema, a regex, a grammar; all tools' parameter schemas
+# together), as JSON text: compiling is bounded in time too, but a bigger one is a mistake.
+MAX_CONSTRAINT_BYTES = 256 * 1024
 
 
 class _Body(BaseModel):
@@ -293,6 +296,8 @@ class SamplingRequest(_Body):
             raise bad_request(
                 f"unknown {param} field(s) {sorted(unknown)}; allowed: {sorted(_CONSTRAINT_FIELDS)}", param
             )
+        for kind in ("json", "grammar", "regex", "structural_tag"):
+            check_constraint_size(spec.get(kind), param)
         try:
             return StructuredOutputsParams(**spec)
         except StructuredOutputsError as exc:
@@ -406,6 +411,18 @@ class ChatCompletionRequest(SamplingRequest):
     )
     audio: None = _unsupported("audio output")
     modalities: Annotated[list[Literal["text"]], Field(min_length=1, max_length=1)] | None = None
+
+
+def check_constraint_size(value: Any, param: str) -> None:
+    """A 400 when an output constraint is longer than MAX_CONSTRAINT_BYTES as JSON text."""
+    if value is None:
+        return
+    size = len(value.encode()) if isinstance(value, str) else len(json.dumps(value).encode())
+    if size > MAX_CONSTRAINT_BYTES:
+        raise bad_request(
+            f"the output constraint in {param} is {size} bytes as JSON; at most {MAX_CONSTRAINT_BYTES}",
+            param,
+        )
 
 
 def _no_default(schema: dict) -> None:

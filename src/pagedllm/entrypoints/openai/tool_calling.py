@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedllm.entrypoints.openai.errors import bad_request
+from pagedllm.entrypoints.openai.protocol import check_constraint_size
 from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
 from pagedllm.entrypoints.openai.tool_parsers.base import ToolCall, ToolParser
 from pagedllm.structured_output.schema_support import check_schema
@@ -98,6 +99,7 @@ def parse_tool_request(req, auto_tool_choice: bool, tool_parser_name: str | None
         except StructuredOutputsError as exc:
             raise bad_request(f"function {name!r}: {exc}", where) from exc
         schemas[name] = parameters
+    check_constraint_size(list(schemas.values()), "tools")
     request = ToolRequest(
         tools=tools, choice="auto", parallel=req.parallel_tool_calls is not False, schemas=schemas
     )
