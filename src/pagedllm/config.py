@@ -108,6 +108,12 @@ class EngineConfig:
     # how a replica's ranks are placed on its nodes (a placement group of one bundle per rank).
     ray_address: str | None = None
     ray_placement_strategy: str = "PACK"
+    # Admission control (per engine core, so per replica): requests beyond the running seats
+    # wait in a queue this long at most (None: unbounded); past a bound a new request is
+    # refused (a 429 with Retry-After), as is one that waited longer than max_queue_wait s.
+    max_num_queued_requests: int | None = None
+    max_num_queued_tokens: int | None = None
+    max_queue_wait: float | None = None
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -119,6 +125,10 @@ class EngineConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        for name in ("max_num_queued_requests", "max_num_queued_tokens", "max_queue_wait"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 (or unset: unbounded), got {value}")
         if self.data_parallel_size < 1:
             raise ConfigError(f"data_parallel_size must be >= 1, got {self.data_parallel_size}")
         if not 0 <= self.data_parallel_rank < self.data_parallel_size:

@@ -216,6 +216,15 @@ class EngineMetrics:
         )
         self.prefix_cache_hits = counter("prefix_cache_hits", "Prompt tokens served from the prefix cache.")
         self.num_preemptions = counter("num_preemptions", "Cumulative number of preemptions.")
+        rejected = Counter(
+            PREFIX + "requests_rejected",
+            "Requests refused for load (429): a full waiting queue, or too long a wait in it.",
+            labels + ["reason"],
+            registry=reg,
+        )
+        self.requests_rejected = {
+            reason: rejected.labels(name, reason) for reason in ("queue_full", "queue_timeout")
+        }
         self.prompt_tokens = counter("prompt_tokens", "Number of prefill tokens processed.")
         self.generation_tokens = counter("generation_tokens", "Number of generation tokens processed.")
         success = Counter(
@@ -334,6 +343,10 @@ class EngineMetrics:
         if child is None:
             child = self.request_success[reason] = self._success_family.labels(self.model_name, reason)
         return child
+
+    def record_rejection(self, reason: str) -> None:
+        """A request refused for load: "queue_full" or "queue_timeout"."""
+        self.requests_rejected[reason].inc()
 
     def record_abort(self, request_id: str, num_sequences: int = 1) -> None:
         """A request aborted from outside (client gone): count its unfinished sequences."""

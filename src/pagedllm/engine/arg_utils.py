@@ -92,6 +92,25 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         choices=RAY_PLACEMENT_STRATEGIES,
         help="how a replica's ranks are placed on the cluster's nodes (PACK: together where they fit)",
     )
+    queue = parser.add_argument_group("admission control (per engine replica)")
+    queue.add_argument(
+        "--max-num-queued-requests",
+        type=int,
+        default=None,
+        help="requests that may wait for a seat beyond --max-num-seqs; more get a 429 (default: unbounded)",
+    )
+    queue.add_argument(
+        "--max-num-queued-tokens",
+        type=int,
+        default=None,
+        help="prompt tokens those waiting requests may hold; more get a 429 (default: unbounded)",
+    )
+    queue.add_argument(
+        "--max-queue-wait",
+        type=float,
+        default=None,
+        help="seconds a request may wait for its first step; longer gets a 429 (default: unbounded)",
+    )
     gpu = parser.add_argument_group("GPU")
     gpu.add_argument(
         "--gpu-memory-utilization",
@@ -162,6 +181,9 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         data_parallel_size=args.data_parallel_size,
         ray_address=args.ray_address,
         ray_placement_strategy=args.ray_placement_strategy,
+        max_num_queued_requests=args.max_num_queued_requests,
+        max_num_queued_tokens=args.max_num_queued_tokens,
+        max_queue_wait=args.max_queue_wait,
     )
 
 

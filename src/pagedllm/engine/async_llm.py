@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pagedllm.config import ConfigError, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
-from pagedllm.engine.input_processor import PromptType
+from pagedllm.engine.input_processor import EngineOverloadedError, PromptType
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.metrics import EngineMetrics
 from pagedllm.outputs import RequestOutput
@@ -163,6 +163,20 @@ class AsyncLLM:
             # Aborts produce no output: count the sequences they ended here.
             self.metrics.record_abort(request_id, num_sequences)
 
+    @property
+    def num_in_flight(self) -> int:
+        """Requests being served now (streamed or not)."""
+        with self._streams_lock:
+            return len(self._streams)
+
+    def abort_all(self, error: BaseException) -> None:
+        """End every request in flight with `error` (each stream raises it; the engine frees
+        their blocks as the streams close)."""
+        with self._streams_lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
+
     def stats(self):
         """The scheduler's state after the latest step (None before the first)."""
         return self._last_stats
@@ -196,8 +210,10 @@ class AsyncLLM:
                 with self._metrics_lock:
                     self._last_stats = step.stats
                     self.metrics.record_step(step.stats, step.request_outputs)
-                    for request_id, _ in step.errors:
+                    for request_id, error in step.errors:
                         self.metrics.record_abort(request_id, 0)  # refused or lost: tracked no more
+                        if isinstance(error, EngineOverloadedError):
+                            self.metrics.record_rejection(error.param)
                     self.metrics.log_if_due()
                 deliveries: list[tuple[str, RequestOutput | BaseException]] = list(step.errors)
                 deliveries.extend((output.request_id, output) for output in step.request_outputs)

@@ -32,11 +32,13 @@ class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 class RejectedRequest(msgspec.Struct, array_like=True):
-    """A request the core refused when it was added; `param` names the offending field."""
+    """A request the core refused; `param` names the offending field. `status` 429: refused
+    for load (a full queue, or too long a wait in it), not for what it asks."""
 
     request_id: str
     param: str
     message: str
+    status: int = 400
 
 
 class LostRequest(msgspec.Struct, array_like=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
 import threading
 from multiprocessing.connection import Connection
 
@@ -33,9 +34,19 @@ logger = logging.getLogger(__name__)
 _STOP = object()  # queued by the reader when the client asked to shut down or went away
 
 
+def ignore_stop_signals() -> None:
+    """SIGINT and SIGTERM do nothing here (the main thread of a process only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: int) -> None:
     """The process's entry point: load the core, announce it, serve until shut down."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C reaches the whole process group and service managers signal every process: the
+    # front end drains first and then stops the core (Shutdown, or its pipe closing).
+    ignore_stop_signals()
     from pagedllm.engine.engine_core import EngineCore
 
     codec = core_codec()

@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import wait as wait_futures
 
 from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
+from pagedllm.core.admission import AdmissionControl
 from pagedllm.core.kv_cache_spec import request_capacity_blocks
 from pagedllm.core.scheduler import Scheduler
 from pagedllm.engine.core_messages import (
@@ -108,6 +109,9 @@ class EngineCore:
         self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
         # Requests whose grammar is still compiling (constrained decoding).
         self._compiling: dict[str, Request] = {}
+        self.admission = AdmissionControl(
+            config.max_num_queued_requests, config.max_num_queued_tokens, config.max_queue_wait
+        )
         self.info = EngineCoreInfo(
             max_model_len=self.scheduler_config.max_model_len,
             # The longest request every group can hold (its full-attention pool's size).
@@ -145,7 +149,14 @@ class EngineCore:
 
     # ---- requests -----------------------------------------------------------------------------
     def add_requests(self, requests: list[EngineCoreRequest]) -> list[RejectedRequest]:
-        """Queue requests; those the scheduler refuses come back, the others are queued."""
+        """Queue requests; those the scheduler refuses come back, the others are queued.
+
+        `requests` is one user request's samples (what a front end sends at a time): a full
+        queue refuses them together."""
+        if self.admission.enabled:
+            refusal = self.admission.refusal(self.scheduler, [len(r.prompt_token_ids) for r in requests])
+            if refusal is not None:
+                return [RejectedRequest(r.request_id, "queue_full", refusal, status=429) for r in requests]
         rejected = []
         for core_request in requests:
             leader = None
@@ -166,6 +177,7 @@ class EngineCore:
                 param = getattr(exc, "param", "prompt")
                 rejected.append(RejectedRequest(core_request.request_id, param, str(exc)))
                 continue
+            self.admission.queued(request.request_id)
             constraint = core_request.sampling_params.structured_outputs
             if constraint is not None:
                 # Compiled off the step's path; the scheduler admits the request once it is done.
@@ -202,6 +214,18 @@ class EngineCore:
                     rejected.append(RejectedRequest(request_id, param, str(error)))
         return rejected
 
+    def _refuse_expired(self) -> list[RejectedRequest]:
+        """Requests that waited longer than --max-queue-wait without a seat: refused (429)."""
+        expired = self.admission.expired(self.scheduler)
+        if not expired:
+            return []
+        self.scheduler.finish_requests([r.request_id for r in expired], RequestStatus.FINISHED_ABORTED)
+        message = (
+            f"the request waited more than {self.admission.max_wait:g} s for a seat "
+            "(--max-queue-wait); the engine is overloaded, retry later"
+        )
+        return [RejectedRequest(r.request_id, "queue_timeout", message, status=429) for r in expired]
+
     def abort_requests(self, request_ids: list[str]) -> None:
         """Finish requests now and free their blocks (unknown or finished ids are ignored)."""
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
@@ -217,6 +241,8 @@ class EngineCore:
     def step(self) -> EngineCoreOutputs:
         """Schedule, run the model once, and report what each request gained."""
         rejected = self._settle_grammars() if self._compiling else []
+        if self.admission.max_wait is not None:
+            rejected.extend(self._refuse_expired())
         scheduler_output = self.scheduler.schedule()
         if scheduler_output.is_empty and self._compiling:
             # Only grammars are left to wait for: sleep on them rather than spin.

@@ -17,6 +17,12 @@ class InvalidRequestError(ValueError):
         self.param = param
 
 
+class EngineOverloadedError(InvalidRequestError):
+    """The engine refused a request for load: its waiting queue is full, or the request waited
+    in it longer than allowed (`param`: "queue_full" or "queue_timeout"). Retrying later (or
+    elsewhere) may succeed."""
+
+
 PromptType = str | dict[str, Any]
 
 

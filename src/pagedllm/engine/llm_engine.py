@@ -21,7 +21,12 @@ from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler import SchedulerStats
 from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
 from pagedllm.engine.core_messages import EngineCoreInfo
-from pagedllm.engine.input_processor import InputProcessor, InvalidRequestError, PromptType
+from pagedllm.engine.input_processor import (
+    EngineOverloadedError,
+    InputProcessor,
+    InvalidRequestError,
+    PromptType,
+)
 from pagedllm.engine.output_processor import OutputProcessor
 from pagedllm.engine.tokenizer import load_tokenizer, tokenizer_model
 from pagedllm.model.loader.resolve import resolve_model
@@ -182,7 +187,8 @@ class LLMEngine:
             for rejected in core_outputs.rejected:
                 request_id, siblings = self.output_processor.reject(rejected.request_id)
                 if request_id is not None:
-                    errors.append((request_id, InvalidRequestError(rejected.param, rejected.message)))
+                    error_type = EngineOverloadedError if rejected.status == 429 else InvalidRequestError
+                    errors.append((request_id, error_type(rejected.param, rejected.message)))
                     to_abort.extend(siblings)
             for lost in core_outputs.lost:
                 request_id, _ = self.output_processor.reject(lost.request_id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-logger = logging.getLogger(__name__)
+
+class GrammarBrokenError(RuntimeError):
+    """A sampled token the request's grammar does not allow: the mask left no allowed token to
+    sample (allowed_token_ids or a logit bias excluded all of them)."""
 
 
 class GrammarMatchers:
@@ -68,14 +69,5 @@ class GrammarMatchers:
                 del self._dormant[request_id]
             return False
         if not matcher.accept_token(token_id):
-            # The mask left no token the grammar allows (e.g. allowed_token_ids or a logit bias
-            # excluded all of them), so the sampler picked among disallowed ones: this request
-            # cannot go on within its grammar. It ends here; the engine and the batch go on.
-            logger.warning(
-                "request %r: sampled token %d breaks its grammar (no allowed token was left to "
-                "sample); ending the request",
-                request_id,
-                token_id,
-            )
-            return True
+            raise GrammarBrokenError(f"request {request_id!r}: sampled token {token_id} breaks its grammar")
         return matcher.is_terminated()

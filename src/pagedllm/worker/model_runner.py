@@ -16,7 +16,7 @@ from pagedllm.platforms.step_compiler import CompiledStep
 from pagedllm.sample.logprobs import compute_token_logprobs
 from pagedllm.sample.metadata import SamplingRow, build_sampling_metadata
 from pagedllm.sample.sampler import Sampler
-from pagedllm.structured_output.matcher import GrammarMatchers
+from pagedllm.structured_output.matcher import GrammarBrokenError, GrammarMatchers
 from pagedllm.worker import dummy_run, kv_cache
 from pagedllm.worker.block_table import PersistentBlockTable
 from pagedllm.worker.host_staging import HostStaging
@@ -238,13 +238,23 @@ class ModelRunner:
         for i, (state, token) in enumerate(zip(sample_states, sampled)):
             state.token_ids.append(token)
             output.sampled_token_ids[state.request_id] = [token]
-            if matchers and self.grammar_matchers.accept(state.request_id, token):
+            if matchers and self._grammar_ends(state.request_id, token):
                 output.stopped_by_grammar.add(state.request_id)
             if result.logprobs is not None and state.sampling_params.logprobs is not None:
                 lp = result.logprobs
                 output.logprobs[state.request_id] = TokenLogprobs(
                     [lp.token_ids[i]], [lp.logprobs[i]], [lp.ranks[i]]
                 )
+
+    def _grammar_ends(self, request_id: str, token: int) -> bool:
+        """Advance the request's grammar; True when it has ended. A token it does not allow
+        ends the request (with a warning) instead of the engine: that request cannot go on
+        within its grammar, the batch beside it can."""
+        try:
+            return self.grammar_matchers.accept(request_id, token)
+        except GrammarBrokenError as exc:
+            logger.warning("%s (no allowed token was left to sample); ending the request", exc)
+            return True
 
     def _prompt_logprobs(self, states, inputs, hidden, output: ModelRunnerOutput) -> None:
         """Logprob of every prompt token after the first, chunk by chunk as prefill proceeds."""

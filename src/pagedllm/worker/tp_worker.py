@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -123,6 +124,9 @@ class WorkerArgs:
 def run_worker(args: WorkerArgs) -> None:
     """A worker's life (see the module docstring)."""
     rank, spec = args.rank, args.spec
+    # Stopped by rank 0 (or by its group breaking), not by the signals meant for the server.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=args.log_level, format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s"
     )

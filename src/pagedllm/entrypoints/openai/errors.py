@@ -11,12 +11,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagedllm.engine.core_client import EngineDeadError
-from pagedllm.engine.input_processor import InvalidRequestError
+from pagedllm.engine.input_processor import EngineOverloadedError, InvalidRequestError
 from pagedllm.entrypoints.chat_utils import ChatTemplateError
 from pagedllm.sampling_params import SamplingParamsError
 from pagedllm.structured_outputs_params import StructuredOutputsError
 
 logger = logging.getLogger(__name__)
+
+# What a 429 asks a client to wait before retrying (seconds): long enough for a step or two of
+# a busy engine to free seats, short enough not to idle a client that could be served.
+RETRY_AFTER_S = 1
 
 # The error `type` OpenAI uses for each status we answer with.
 _ERROR_TYPES = {
@@ -24,6 +28,7 @@ _ERROR_TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    429: "rate_limit_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     500: "server_error",
@@ -34,12 +39,20 @@ _ERROR_TYPES = {
 class OpenAIError(Exception):
     """An error answered with `status` and OpenAI's error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
     def body(self) -> dict:
         return {
@@ -52,7 +65,11 @@ class OpenAIError(Exception):
         }
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ServerShuttingDownError(RuntimeError):
+    """A request the server ended because it is shutting down (lifecycle.py)."""
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
@@ -63,12 +80,18 @@ def to_openai_error(exc: BaseException) -> OpenAIError:
     """Map anything a request can raise to the answer the client gets."""
     if isinstance(exc, OpenAIError):
         return exc
+    if isinstance(exc, EngineOverloadedError):
+        return OpenAIError(
+            429, str(exc), code="engine_overloaded", headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     if isinstance(
         exc, InvalidRequestError | SamplingParamsError | ChatTemplateError | StructuredOutputsError
     ):
         return bad_request(str(exc), param=getattr(exc, "param", None))
     if isinstance(exc, EngineDeadError):
         return OpenAIError(503, str(exc), code="engine_dead")
+    if isinstance(exc, ServerShuttingDownError):
+        return OpenAIError(503, str(exc), code="server_shutting_down")
     logger.error("unexpected error while serving a request", exc_info=exc)
     return OpenAIError(500, f"internal server error: {type(exc).__name__}: {exc}", code="internal_error")
 

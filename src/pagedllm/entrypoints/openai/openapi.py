@@ -201,6 +201,8 @@ _ERRORS = {
     405: "Method not allowed on this route (`Allow` lists the allowed ones).",
     413: "The request body exceeds the server's limit (--max-request-body-bytes).",
     415: "The body is not `application/json`.",
+    429: "The engine is overloaded (its waiting queue is full, or the request waited too long in it); "
+    "retry after `Retry-After` seconds.",
     503: "The engine is not running (`error.code` engine_dead).",
 }
 
@@ -226,7 +228,7 @@ _OPERATIONS: dict[str, dict[str, tuple]] = {
             CompletionRequest,
             {**_json(CompletionResponse), **_SSE},
             "Complete prompts (OpenAI's legacy completions).",
-            (*_BODY_ERRORS, 503),
+            (*_BODY_ERRORS, 429, 503),
         )
     },
     "/v1/chat/completions": {
@@ -234,7 +236,7 @@ _OPERATIONS: dict[str, dict[str, tuple]] = {
             ChatCompletionRequest,
             {**_json(ChatCompletionResponse), **_SSE},
             "Answer a conversation (OpenAI's chat completions), with tools and structured outputs.",
-            (*_BODY_ERRORS, 503),
+            (*_BODY_ERRORS, 429, 503),
         )
     },
     "/tokenize": {

@@ -16,6 +16,7 @@ from pagedllm.entrypoints.openai import chat, completions, tokenization
 from pagedllm.entrypoints.openai.context import ServingContext
 from pagedllm.entrypoints.openai.docs import ASSETS_PATH, DOCS_PATHS, install_offline_docs
 from pagedllm.entrypoints.openai.errors import OpenAIError, install_error_handlers
+from pagedllm.entrypoints.openai.lifecycle import DEFAULT_SHUTDOWN_TIMEOUT_S, DrainGate, DrainingServer
 from pagedllm.entrypoints.openai.openapi import install_openapi
 from pagedllm.entrypoints.openai.reasoning import REASONING_PARSERS
 from pagedllm.entrypoints.openai.request_guard import (
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 # Paths answered without an API key: liveness probes, the version, the schema and the docs pages
 # (no data in any), and Prometheus scrapes unless --metrics-require-api-key.
-OPEN_PATHS = frozenset({"/health", "/version", "/openapi.json"}) | DOCS_PATHS
+OPEN_PATHS = frozenset({"/health", "/ready", "/version", "/openapi.json"}) | DOCS_PATHS
 
 
 class APIKeyMiddleware:
@@ -70,6 +71,7 @@ def build_app(ctx: ServingContext) -> FastAPI:
     app.add_middleware(
         RequestGuard, max_body_bytes=ctx.max_request_body_bytes, max_json_depth=ctx.max_json_depth
     )
+    app.add_middleware(DrainGate, ctx=ctx)
     open_paths = None
     if ctx.api_key:
         open_paths = OPEN_PATHS if ctx.metrics_require_api_key else OPEN_PATHS | {"/metrics"}
@@ -119,6 +121,14 @@ def build_app(ctx: ServingContext) -> FastAPI:
             }
         )
 
+    @app.get("/ready")
+    async def ready() -> Response:
+        if ctx.draining:
+            raise OpenAIError(503, "the server is shutting down", code="server_shutting_down")
+        if not ctx.llm.is_running:
+            raise OpenAIError(503, "the engine is not running", code="engine_dead")
+        return JSONResponse({"status": "ready"})
+
     @app.get("/version")
     async def version() -> JSONResponse:
         return JSONResponse({"version": pagedllm.__version__})
@@ -160,6 +170,13 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_BODY_BYTES,
         help="larger request bodies get a 413 (default 32 MiB; a 100k-token prompt is under 1 MiB as "
         "text or token ids, so raise it for batches of millions of tokens)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+        help="on SIGTERM/SIGINT, how long requests in flight may run on before they are ended "
+        "(default %(default)s s; /ready answers 503 meanwhile, /health 200)",
     )
     parser.add_argument(
         "--max-json-depth",
@@ -235,13 +252,15 @@ def run_server(args: argparse.Namespace) -> int:
         )
         log_capacity(llm)
         logger.info("serving %s on http://%s:%d", ctx.served_model_name, args.host, args.port)
-        uvicorn.run(
+        config = uvicorn.Config(
             build_app(ctx),
             host=args.host,
             port=args.port,
             log_level=args.log_level.lower(),
+            # A backstop: the drain has already ended every request by then.
             timeout_graceful_shutdown=5,
         )
+        DrainingServer(config, ctx, args.shutdown_timeout).run()
     finally:
         llm.shutdown()
     return 0
