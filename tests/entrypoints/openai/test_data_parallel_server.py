@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tiny_models
 from conftest import _TINY_ENGINE, TINY_NAME
+from greedy_streams import stream_greedy
 from live_server import start_server
 from numerics import assert_greedy_match
 
@@ -55,38 +56,14 @@ def total_metric(server, name: str) -> float:
     raise AssertionError(f"metric {name} not exported")
 
 
-async def _stream(client: openai.AsyncOpenAI, prompt: list[int], max_tokens: int = MAX_TOKENS):
-    """Tokens, each position's top-2 tokens, and the top-2 with their logprobs."""
-    tokens, top2, ranked_top2 = [], [], []
-    stream = await client.completions.create(
-        model=TINY_NAME,
-        prompt=prompt,
-        max_tokens=max_tokens,
-        temperature=0,
-        logprobs=2,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
-    async for chunk in stream:
-        lp = chunk.choices[0].logprobs
-        if lp is None:
-            continue
-        for token, top in zip(lp.tokens, lp.top_logprobs):
-            tokens.append(token)
-            ranked = sorted(top.items(), key=lambda kv: -kv[1])[:2]
-            top2.append([t for t, _ in ranked])
-            ranked_top2.append(ranked)
-    return tokens, top2, ranked_top2
-
-
 def run_streams(server, prompts, concurrently: bool):
     async def run():
         async with openai.AsyncOpenAI(
             base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=600
         ) as c:
             if concurrently:
-                return await asyncio.gather(*(_stream(c, p) for p in prompts))
-            return [await _stream(c, p) for p in prompts]
+                return await asyncio.gather(*(stream_greedy(c, TINY_NAME, p, MAX_TOKENS) for p in prompts))
+            return [await stream_greedy(c, TINY_NAME, p, MAX_TOKENS) for p in prompts]
 
     return asyncio.run(run())
 

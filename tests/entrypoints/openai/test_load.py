@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MODEL
+from greedy_streams import stream_greedy
 from live_server import start_server
 from numerics import assert_greedy_match
 
@@ -41,29 +42,6 @@ def metric(server, name: str, **labels) -> float:
     return total
 
 
-async def _stream(client: openai.AsyncOpenAI, prompt: list[int]) -> tuple[list[str], list[list[str]], list]:
-    tokens, top2, ref_top2 = [], [], []
-    stream = await client.completions.create(
-        model=MODEL,
-        prompt=prompt,
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        logprobs=2,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
-    async for chunk in stream:
-        lp = chunk.choices[0].logprobs
-        if lp is None:
-            continue
-        for token, top in zip(lp.tokens, lp.top_logprobs):
-            tokens.append(token)
-            ranked = sorted(top.items(), key=lambda kv: -kv[1])[:2]
-            top2.append([t for t, _ in ranked])
-            ref_top2.append(ranked)
-    return tokens, top2, ref_top2
-
-
 def test_64_concurrent_streams_with_preemption_equal_each_alone(small_cache_server):
     server = small_cache_server
     rng = random.Random(0)
@@ -77,8 +55,8 @@ def test_64_concurrent_streams_with_preemption_equal_each_alone(small_cache_serv
             base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=600
         ) as c:
             if concurrently:
-                return await asyncio.gather(*(_stream(c, p) for p in prompts))
-            return [await _stream(c, p) for p in prompts]
+                return await asyncio.gather(*(stream_greedy(c, MODEL, p, MAX_TOKENS) for p in prompts))
+            return [await stream_greedy(c, MODEL, p, MAX_TOKENS) for p in prompts]
 
     together = asyncio.run(run_all(concurrently=True))
     assert metric(server, "pagedllm:num_preemptions_total") > preemptions_before, "no preemption was forced"
