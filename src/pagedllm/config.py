@@ -114,6 +114,12 @@ class EngineConfig:
     max_num_queued_requests: int | None = None
     max_num_queued_tokens: int | None = None
     max_queue_wait: float | None = None
+    # Engine recovery (an engine core in its own process): a dead core is replaced by a new one
+    # up to this many times; a core holding requests that sends nothing for engine_watchdog s
+    # is taken for hung and replaced too (None: never). Generous by default: one step of a long
+    # CPU prefill takes a while.
+    max_engine_restarts: int = 3
+    engine_watchdog: float | None = 600.0
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -125,7 +131,9 @@ class EngineConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
-        for name in ("max_num_queued_requests", "max_num_queued_tokens", "max_queue_wait"):
+        if self.max_engine_restarts < 0:
+            raise ConfigError(f"max_engine_restarts must be >= 0, got {self.max_engine_restarts}")
+        for name in ("max_num_queued_requests", "max_num_queued_tokens", "max_queue_wait", "engine_watchdog"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0 (or unset: unbounded), got {value}")

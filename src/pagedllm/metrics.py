@@ -137,6 +137,11 @@ class _ReplicaCollector:
             "preemptions": CounterMetricFamily(
                 PREFIX + "replica_num_preemptions", "Preemptions on the replica.", labels=labels
             ),
+            "restarts": CounterMetricFamily(
+                PREFIX + "engine_restarts",
+                "Engine cores started in place of a dead or hung one, by replica.",
+                labels=labels,
+            ),
         }
         for state in self.replica_states():
             key = [self.model_name, str(state.index)]
@@ -151,6 +156,7 @@ class _ReplicaCollector:
             families["queries"].add_metric(key, stats.prefix_cache_queries if stats else 0)
             families["hits"].add_metric(key, stats.prefix_cache_hits if stats else 0)
             families["preemptions"].add_metric(key, stats.num_preemptions if stats else 0)
+            families["restarts"].add_metric(key, state.restarts)
         yield from families.values()
 
 

@@ -7,6 +7,7 @@ Every behaviour is checked on both clients, and the two must agree token for tok
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -179,8 +180,11 @@ def test_logprobs_cross_the_seam_intact(engines):
 
 
 def test_core_process_killed_mid_stream(tiny_llama_dir):
-    llm = AsyncLLM(_config(tiny_llama_dir), model_name="tiny", engine_process=True)
-    pid = llm.engine.client.pid
+    """With no restarts allowed the engine stays dead (tests/entrypoints/openai/test_engine_death.py
+    has the restarts)."""
+    config = dataclasses.replace(_config(tiny_llama_dir), max_engine_restarts=0)
+    llm = AsyncLLM(config, model_name="tiny", engine_process=True)
+    pid = llm.engine.client.replicas[0].pid
     try:
 
         async def stream_until_killed() -> int:

@@ -111,6 +111,21 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         default=None,
         help="seconds a request may wait for its first step; longer gets a 429 (default: unbounded)",
     )
+    recovery = parser.add_argument_group("engine recovery (the engine core in its own process)")
+    recovery.add_argument(
+        "--max-engine-restarts",
+        type=int,
+        default=3,
+        help="engine cores started in place of dead or hung ones, per replica; then the server "
+        "exits non-zero for a supervisor to restart it (default 3)",
+    )
+    recovery.add_argument(
+        "--engine-watchdog",
+        type=float,
+        default=600.0,
+        help="seconds without any step while requests wait after which an engine core is taken "
+        "for hung and replaced (default 600; 0 turns it off)",
+    )
     gpu = parser.add_argument_group("GPU")
     gpu.add_argument(
         "--gpu-memory-utilization",
@@ -184,6 +199,8 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         max_num_queued_requests=args.max_num_queued_requests,
         max_num_queued_tokens=args.max_num_queued_tokens,
         max_queue_wait=args.max_queue_wait,
+        max_engine_restarts=args.max_engine_restarts,
+        engine_watchdog=args.engine_watchdog or None,
     )
 
 

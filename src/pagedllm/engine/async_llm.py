@@ -46,25 +46,21 @@ def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
 
 
 def make_client(config: EngineConfig, engine_process: bool) -> EngineCoreClient:
-    """The core in its own process (started now, loading while the caller goes on) or here;
-    several replicas, each in its own process, with `data_parallel_size` > 1."""
-    if config.data_parallel_size > 1:
+    """The core in a process of its own (started now, loading while the caller goes on; with
+    `data_parallel_size` > 1, one per replica), replaced when it dies or hangs; or here."""
+    if engine_process:
         from pagedllm.engine.dp_client import DataParallelClient
         from pagedllm.platforms import configure_frontend_threads
 
-        if not engine_process:
-            raise ConfigError(
-                "--data-parallel-size runs each replica in a process of its own; drop --no-engine-process"
-            )
+        # The front end keeps one torch thread; the cores belong to the cores' processes.
         configure_frontend_threads()
-        return DataParallelClient(config)
-    if engine_process:
-        from pagedllm.engine.mp_client import MultiprocClient
-        from pagedllm.platforms import configure_frontend_threads
-
-        # The front end keeps one torch thread; the cores belong to the core's process.
-        configure_frontend_threads()
-        return MultiprocClient(config)
+        return DataParallelClient(
+            config, max_restarts=config.max_engine_restarts, watchdog_s=config.engine_watchdog
+        )
+    if config.data_parallel_size > 1:
+        raise ConfigError(
+            "--data-parallel-size runs each replica in a process of its own; drop --no-engine-process"
+        )
     from pagedllm.engine.engine_core import EngineCore
 
     return InprocClient(EngineCore(config))

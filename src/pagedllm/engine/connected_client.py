@@ -63,6 +63,10 @@ class ConnectedCoreClient(EngineCoreClient):
     def _stop_core(self) -> None:
         """After `Shutdown` was sent: wait a while for the core to stop, then force it."""
 
+    @abstractmethod
+    def kill(self) -> None:
+        """Stop the core's process at once (a hung core); its connection then closes."""
+
     def _connect(self) -> None:
         """Make `self._conn` usable (a subclass whose core connects back waits here)."""
 

@@ -34,19 +34,18 @@ logger = logging.getLogger(__name__)
 _STOP = object()  # queued by the reader when the client asked to shut down or went away
 
 
-def ignore_stop_signals() -> None:
-    """SIGINT and SIGTERM do nothing here (the main thread of a process only)."""
+def ignore_interrupts() -> None:
+    """Ctrl-C reaches a terminal's whole process group: the core ignores it, and the front end
+    drains, then stops the core (Shutdown, or its pipe closing). SIGTERM keeps its default:
+    whoever sends it to this process itself (multiprocessing at exit, an operator) means it."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: int) -> None:
     """The process's entry point: load the core, announce it, serve until shut down."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Ctrl-C reaches the whole process group and service managers signal every process: the
-    # front end drains first and then stops the core (Shutdown, or its pipe closing).
-    ignore_stop_signals()
+    ignore_interrupts()
     from pagedllm.engine.engine_core import EngineCore
 
     codec = core_codec()

@@ -9,8 +9,13 @@ prompt's blocks), sends aborts where their requests went, and merges what the re
 into one stream of step outputs.
 
 A replica that dies is taken out of routing: the requests it was serving end with an
-`engine_dead` error (`EngineCoreOutputs.lost`), the others keep serving. The client itself is
-dead only when no replica is left.
+`engine_dead` error (`EngineCoreOutputs.lost`), the others keep serving, and a new replica is
+started in its place (`max_restarts` in all, then that slot stays empty). A replica that holds
+requests but sends nothing for `watchdog_s` seconds (a hung process) is killed, and the same
+follows. The client is dead only when no replica is left and none is starting.
+
+With one replica this is also how `pagedllm serve` runs its single engine core: the same
+restarts and watchdog, the router trivially choosing replica 0.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_connections
@@ -46,22 +52,27 @@ class ReplicaState:
     num_requests: int
     num_routed: int
     generation_tokens: int
+    restarts: int = 0
 
 
-def total_stats(stats: list[SchedulerStats | None], alive: list[bool]) -> SchedulerStats | None:
-    """The replicas' counters summed; gauges from the live ones (KV usage: their mean, the
-    pools being the same size). A dead replica's counters stay in, so totals never go back."""
+def total_stats(
+    stats: list[SchedulerStats | None], alive: list[bool], retired: SchedulerStats | None = None
+) -> SchedulerStats | None:
+    """The replicas' counters summed, with `retired`'s (replaced replicas' last counters, so
+    totals never go back); gauges from the live ones (KV usage: their mean, the pools being the
+    same size)."""
     known = [(s, a) for s, a in zip(stats, alive) if s is not None]
-    if not known:
+    if not known and retired is None:
         return None
     live = [s for s, a in known if a]
+    counters = [s for s, _ in known] + ([retired] if retired is not None else [])
     return SchedulerStats(
         num_running=sum(s.num_running for s in live),
         num_waiting=sum(s.num_waiting for s in live),
         kv_cache_usage=sum(s.kv_cache_usage for s in live) / len(live) if live else 0.0,
-        prefix_cache_queries=sum(s.prefix_cache_queries for s, _ in known),
-        prefix_cache_hits=sum(s.prefix_cache_hits for s, _ in known),
-        num_preemptions=sum(s.num_preemptions for s, _ in known),
+        prefix_cache_queries=sum(s.prefix_cache_queries for s in counters),
+        prefix_cache_hits=sum(s.prefix_cache_hits for s in counters),
+        num_preemptions=sum(s.num_preemptions for s in counters),
     )
 
 
@@ -71,16 +82,25 @@ class DataParallelClient(EngineCoreClient):
     at once."""
 
     def __init__(
-        self, config: EngineConfig, start_replica: Callable[[EngineConfig, int], object] | None = None
+        self,
+        config: EngineConfig,
+        start_replica: Callable[[EngineConfig, int], object] | None = None,
+        max_restarts: int = 0,
+        watchdog_s: float | None = None,
     ):
-        if start_replica is None:
-            start_replica = _start_replica
+        """`max_restarts`: replicas started in place of dead ones, in all; `watchdog_s`: the
+        silence after which a replica holding requests is taken for hung (None: never)."""
+        self._start_replica = start_replica or _start_replica
+        self.config = config
         self.num_replicas = config.data_parallel_size
+        self.max_restarts = max_restarts
+        self.watchdog_s = watchdog_s
+        self.num_restarts = [0] * self.num_replicas
+        self._restarting: set[int] = set()
         self.replicas = []
         try:
             for index in range(self.num_replicas):
-                replica_config = dataclasses.replace(config, data_parallel_rank=index)
-                self.replicas.append(start_replica(replica_config, index))
+                self.replicas.append(self._start(index))
         except BaseException:
             self.shutdown()
             raise
@@ -89,6 +109,8 @@ class DataParallelClient(EngineCoreClient):
         self._errors: list[str | None] = [None] * self.num_replicas
         self._stats: list[SchedulerStats | None] = [None] * self.num_replicas
         self._generation_tokens = [0] * self.num_replicas
+        self._retired: SchedulerStats | None = None
+        self._last_heard = [time.monotonic()] * self.num_replicas
         self._shut_down = False
         # Guards `_errors` (set on the receive thread, read by the request path and snapshots).
         self._lock = threading.Lock()
@@ -114,6 +136,10 @@ class DataParallelClient(EngineCoreClient):
             first.block_size,
         )
         return self.info
+
+    def _start(self, index: int):
+        config = dataclasses.replace(self.config, data_parallel_rank=index)
+        return self._start_replica(config, index)
 
     # ---- requests (any thread) -----------------------------------------------------------------
     def add_requests(self, requests: list[EngineCoreRequest]) -> None:
@@ -159,7 +185,13 @@ class DataParallelClient(EngineCoreClient):
         router = self.router
         live = {self.replicas[r].connection: r for r in range(self.num_replicas) if router.alive[r]}
         if not live:
-            raise EngineDeadError(self._all_dead_message())
+            if not self._restarting:
+                raise EngineDeadError(self._all_dead_message())
+            # Every replica is down but one is starting again: nothing to receive meanwhile.
+            time.sleep(min(timeout if timeout is not None else 0.5, 0.5))
+            return None
+        if self.watchdog_s is not None:
+            self._kill_hung(live.values())
         try:
             ready = wait_connections(list(live), timeout)
         except (OSError, ValueError) as exc:  # a connection closed by shutdown meanwhile
@@ -174,6 +206,7 @@ class DataParallelClient(EngineCoreClient):
             except EngineDeadError as exc:
                 merged.lost.extend(self._lose(index, str(exc)))
                 continue
+            self._last_heard[index] = time.monotonic()
             if outputs is None:
                 continue
             if outputs.stats is not None:
@@ -190,24 +223,85 @@ class DataParallelClient(EngineCoreClient):
                 router.release(rejected.request_id)
             merged.outputs.extend(outputs.outputs)
             merged.rejected.extend(outputs.rejected)
-        merged.stats = total_stats(self._stats, router.alive)
+        merged.stats = total_stats(self._stats, router.alive, self._retired)
         return merged
 
     def _lose(self, index: int, message: str) -> list[LostRequest]:
-        """Replica `index` died: out of routing; its requests end with its error."""
+        """Replica `index` died: out of routing; its requests end with its error; a new one
+        starts in its place while restarts are left."""
         with self._lock:
             if self._errors[index] is None:
                 self._errors[index] = message
         lost = self.router.mark_dead(index)
-        survivors = sum(self.router.alive)
+        name = self.replicas[index].name
         logger.error(
-            "engine replica %d died (%s); %d of its requests end with engine_dead, %d replicas serve on",
-            index,
+            "%s died (%s); %d of its requests end with engine_dead, %d replica(s) serve on",
+            name,
             message,
             len(lost),
-            survivors,
+            sum(self.router.alive),
         )
-        return [LostRequest(request_id, f"engine replica {index} died: {message}") for request_id in lost]
+        self._retire_stats(index)
+        if self.num_restarts[index] < self.max_restarts and not self._shut_down:
+            self.num_restarts[index] += 1
+            self._restarting.add(index)
+            threading.Thread(
+                target=self._restart, args=(index,), name=f"pagedllm-restart-{index}", daemon=True
+            ).start()
+        elif self.max_restarts:
+            logger.error("%s: no restarts left (--max-engine-restarts %d)", name, self.max_restarts)
+        return [LostRequest(request_id, f"{name} died: {message}") for request_id in lost]
+
+    def _retire_stats(self, index: int) -> None:
+        """Keep a dead replica's counters in the totals; its successor counts from zero."""
+        stats = self._stats[index]
+        self._stats[index] = None
+        if stats is None:
+            return
+        stats = msgspec.structs.replace(stats, num_running=0, num_waiting=0, kv_cache_usage=0.0)
+        self._retired = total_stats([stats], [False], self._retired)
+
+    def _restart(self, index: int) -> None:
+        """Start a replica in slot `index` and put it in routing once it is ready."""
+        old = self.replicas[index]
+        old.shutdown()
+        attempt = self.num_restarts[index]
+        logger.warning(
+            "starting a new engine core for replica %d (restart %d of %d)", index, attempt, self.max_restarts
+        )
+        try:
+            replica = self._start(index)
+            replica.wait_ready()
+        except Exception as exc:
+            logger.error("restarting replica %d failed: %s", index, exc)
+            self._restarting.discard(index)
+            return
+        if self._shut_down:
+            replica.shutdown()
+            return
+        self.replicas[index] = replica
+        self._last_heard[index] = time.monotonic()
+        with self._lock:
+            self._errors[index] = None
+        self.router.revive(index)
+        self._restarting.discard(index)
+        logger.warning("replica %d serves again (restart %d of %d)", index, attempt, self.max_restarts)
+
+    def _kill_hung(self, live) -> None:
+        """Kill a replica that holds requests but has sent nothing for `watchdog_s`: its
+        connection then closes and it is replaced like any dead one."""
+        now = time.monotonic()
+        for index in live:
+            silent = now - self._last_heard[index]
+            if silent > self.watchdog_s and self.router.num_requests(index):
+                logger.error(
+                    "%s made no progress for %.0f s with requests waiting (--engine-watchdog %g): killing it",
+                    self.replicas[index].name,
+                    silent,
+                    self.watchdog_s,
+                )
+                self._last_heard[index] = now
+                self.replicas[index].kill()
 
     def _all_dead_message(self) -> str:
         with self._lock:
@@ -219,9 +313,14 @@ class DataParallelClient(EngineCoreClient):
     def is_alive(self) -> bool:
         return not self._shut_down and any(self._replica_alive(i) for i in range(self.num_replicas))
 
+    @property
+    def gave_up(self) -> bool:
+        """No replica serves and none is starting: the engine is dead for good."""
+        return not self.is_alive and not self._restarting
+
     def _replica_alive(self, index: int) -> bool:
         router_alive = self.router is None or self.router.alive[index]
-        return router_alive and self.replicas[index].is_alive
+        return router_alive and index not in self._restarting and self.replicas[index].is_alive
 
     def replica_states(self) -> list[ReplicaState]:
         """Each replica's liveness, load and latest scheduler counters."""
@@ -243,6 +342,7 @@ class DataParallelClient(EngineCoreClient):
                     num_requests=router.num_requests(index) if router else 0,
                     num_routed=router.num_routed[index] if router else 0,
                     generation_tokens=self._generation_tokens[index],
+                    restarts=self.num_restarts[index],
                 )
             )
         return states
@@ -271,4 +371,5 @@ def _start_replica(config: EngineConfig, index: int):
         return RayReplicaClient(config, index)
     from pagedllm.engine.mp_client import MultiprocClient
 
-    return MultiprocClient(config, name=f"engine replica {index}")
+    name = "engine core" if config.data_parallel_size == 1 else f"engine replica {index}"
+    return MultiprocClient(config, name=name)

@@ -47,6 +47,9 @@ class MultiprocClient(ConnectedCoreClient):
         self._process.join(timeout=1.0)
         return f"exit code {self._process.exitcode}"
 
+    def kill(self) -> None:
+        self._process.kill()
+
     def _core_running(self) -> bool:
         return self._process.is_alive()
 

@@ -139,6 +139,9 @@ class RayReplicaClient(ConnectedCoreClient):
             return f"actor ended: {type(exc).__name__}"
         return "actor returned"
 
+    def kill(self) -> None:
+        import_ray().kill(self._actor)
+
     def _core_running(self) -> bool:
         return True  # a dead actor closes its socket: the receive path finds out at once
 

@@ -83,7 +83,8 @@ class ReplicaRouter:
     ) -> RoutingDecision:
         """The replica for a new user request (not yet recorded: `assign` does that), never one
         in `exclude`. Raises LookupError when no replica is left."""
-        hashes = self.block_hashes(prompt_token_ids, cache_salt)
+        # One replica: nothing to choose, so nothing to hash.
+        hashes = self.block_hashes(prompt_token_ids, cache_salt) if self.num_replicas > 1 else ()
         with self._lock:
             live = [r for r in range(self.num_replicas) if self.alive[r] and r not in exclude]
             if not live:
@@ -170,6 +171,12 @@ class ReplicaRouter:
             self.loads[replica] = 0
             self._prefixes[replica].clear()
             return lost
+
+    def revive(self, replica: int) -> None:
+        """A replica (a new one in a dead one's slot) is back in routing, with an empty cache."""
+        with self._lock:
+            self.alive[replica] = True
+            self.loads[replica] = 0
 
     def num_requests(self, replica: int) -> int:
         """Core requests in flight on `replica` (O(requests): for snapshots, not per step)."""

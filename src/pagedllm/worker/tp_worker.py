@@ -124,9 +124,8 @@ class WorkerArgs:
 def run_worker(args: WorkerArgs) -> None:
     """A worker's life (see the module docstring)."""
     rank, spec = args.rank, args.spec
-    # Stopped by rank 0 (or by its group breaking), not by the signals meant for the server.
+    # Stopped by rank 0 (or by its group breaking), not by a Ctrl-C meant for the server.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=args.log_level, format=f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s"
     )

@@ -62,17 +62,22 @@ def templated_server(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def doomed_server(tiny_model_dir, tmp_path):
-    """A tiny-model server of its own, for a test that kills its engine core."""
+    """A tiny-model server of its own, for a test that kills (and hangs) its engine core: a
+    3-second watchdog."""
     yield from start_server(
-        [str(tiny_model_dir), "--served-model-name", TINY_NAME, *_TINY_ENGINE], tmp_path / "log"
+        [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--engine-watchdog", "3", *_TINY_ENGINE],
+        tmp_path / "log",
     )
 
 
 @pytest.fixture
 def doomed_tp_server(tiny_model_dir, tmp_path):
-    """A tiny-model server over two tensor-parallel ranks, for a test that kills a worker."""
+    """A tiny-model server over two tensor-parallel ranks with no restarts, for a test that
+    kills a worker."""
     yield from start_server(
-        [str(tiny_model_dir), "--served-model-name", TINY_NAME, "-tp", "2", *_TINY_ENGINE], tmp_path / "log"
+        [str(tiny_model_dir), "--served-model-name", TINY_NAME, "-tp", "2", "--max-engine-restarts", "0"]
+        + _TINY_ENGINE,
+        tmp_path / "log",
     )
 
 

@@ -52,6 +52,7 @@ def test_schema_is_valid_openapi_and_covers_every_route(contract_server):
         ("/v1/models", "get"),
         ("/v1/models/{model_id}", "get"),
         ("/health", "get"),
+        ("/ready", "get"),
         ("/version", "get"),
         ("/metrics", "get"),
     ]:
@@ -88,7 +89,7 @@ def test_every_operation_keeps_its_contract(contract_server, tmp_path):
     assert done.returncode == 0, findings[-12000:]
     # It ran what it says: every operation, and the replacement check judged the valid cases,
     # most of which succeeded.
-    assert "9 selected / 9 total" in report and "No issues found" in report, findings[-3000:]
+    assert "10 selected / 10 total" in report and "No issues found" in report, findings[-3000:]
     statuses = judged.read_text().split()
     assert len(statuses) > 200 and sum(s == "200" for s in statuses) > len(statuses) / 2, statuses[:50]
     assert httpx.get(f"{contract_server.url}/health").status_code == 200

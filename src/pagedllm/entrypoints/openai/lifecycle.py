@@ -12,7 +12,9 @@ SIGINT, a killed-by-signal exit status for SIGTERM). Instead, the first signal s
 - then uvicorn stops as usual (the listening socket closes, idle connections too), the engine
   is shut down, and the process exits 0.
 
-A second signal stops at once.
+A second signal stops at once. The engine core and tensor-parallel workers ignore SIGINT (a
+terminal's Ctrl-C reaches the whole process group) but not SIGTERM: a service manager should
+signal the server alone (systemd: `KillMode=mixed`; Kubernetes and Docker signal PID 1 only).
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ class DrainingServer(uvicorn.Server):
         self.shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task | None = None
+
+    exit_code = 0
+
+    async def on_tick(self, counter: int) -> bool:
+        # An engine dead for good (its restarts spent): exit non-zero, so that a supervisor
+        # (systemd, Kubernetes) starts the server afresh, rather than answer 503s forever.
+        if self.ctx.llm.dead_error is not None and not self.ctx.draining:
+            logger.error("the engine is dead and no restart is left: exiting with status 1")
+            self.exit_code = 1
+            return True
+        return await super().on_tick(counter)
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()

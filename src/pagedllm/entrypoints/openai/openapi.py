@@ -143,6 +143,10 @@ class DetokenizeResponse(_Doc):
     prompt: str
 
 
+class ReadyResponse(_Doc):
+    status: Literal["ready"]
+
+
 class VersionResponse(_Doc):
     version: str
 
@@ -174,6 +178,7 @@ _MODELS = (
     TokenizeResponse,
     DetokenizeResponse,
     VersionResponse,
+    ReadyResponse,
     HealthResponse,
 )
 
@@ -256,7 +261,16 @@ _OPERATIONS: dict[str, dict[str, tuple]] = {
         "get": (
             None,
             {"application/json": {"schema": _ref(HealthResponse)}},
-            "Liveness: 200 while the engine (any replica) serves, else 503.",
+            "Liveness: 200 while the engine (any replica) serves, else 503 (also while a dead "
+            "engine core is being replaced).",
+            (405, 503),
+        )
+    },
+    "/ready": {
+        "get": (
+            None,
+            _json(ReadyResponse),
+            "Readiness: 200 while the server takes requests; 503 while it drains or its engine is down.",
             (405, 503),
         )
     },

@@ -260,7 +260,8 @@ def run_server(args: argparse.Namespace) -> int:
             # A backstop: the drain has already ended every request by then.
             timeout_graceful_shutdown=5,
         )
-        DrainingServer(config, ctx, args.shutdown_timeout).run()
+        server = DrainingServer(config, ctx, args.shutdown_timeout)
+        server.run()
     finally:
         llm.shutdown()
-    return 0
+    return server.exit_code
