@@ -33,7 +33,10 @@ MAX_TOKENS = 10
 @pytest.fixture(scope="module")
 def dp_server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("dp") / "server.log"
+    # No restarts: the kill test checks a dead replica left out of routing (restarts have
+    # their own test, test_engine_death.py).
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--data-parallel-size", "2"]
+    args += ["--max-engine-restarts", "0"]
     yield from start_server(args + _TINY_ENGINE, log)
 
 
