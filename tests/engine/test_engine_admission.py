@@ -65,9 +65,10 @@ def test_the_token_bound_counts_waiting_prompts(folder):
 
 
 def test_a_request_waiting_too_long_is_refused_but_started_ones_run_on(folder):
-    llm = engine(folder, max_queue_wait=0.3)
+    # 480 steps of the one seat take far longer than the 0.05 s the others may wait.
+    llm = engine(folder, max_queue_wait=0.05)
     try:
-        results = run(llm, [[5, 6], [7, 8], [9, 10]], max_tokens=400)
+        results = run(llm, [[5, 6], [7, 8], [9, 10]], max_tokens=480)
     finally:
         llm.shutdown()
     assert results["0"] == "length"  # scheduled at once: never refused, however long it runs
