@@ -12,13 +12,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from pagedllm.entrypoints.chat_utils import apply_chat_template
+from pagedllm.entrypoints.openai.body import parse_body, read_json_object
 from pagedllm.entrypoints.openai.context import ServingContext, new_id, usage
 from pagedllm.entrypoints.openai.errors import bad_request
 from pagedllm.entrypoints.openai.logprobs import chat_logprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
-    parse_body,
-    read_json_object,
     reject_unsupported,
 )
 from pagedllm.entrypoints.openai.reasoning import get_reasoning_parser

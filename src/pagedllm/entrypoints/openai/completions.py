@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from pagedllm.entrypoints.openai.body import parse_body, read_json_object
 from pagedllm.entrypoints.openai.context import ServingContext, new_id, usage
 from pagedllm.entrypoints.openai.errors import bad_request
 from pagedllm.entrypoints.openai.logprobs import CompletionLogprobs, prompt_logprobs_json
 from pagedllm.entrypoints.openai.protocol import (
     MAX_PROMPTS,
     CompletionRequest,
-    parse_body,
-    read_json_object,
     reject_unsupported,
 )
 from pagedllm.entrypoints.openai.streaming import (

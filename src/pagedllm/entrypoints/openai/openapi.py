@@ -1,6 +1,6 @@
 """The server's OpenAPI document: every route's request body, its answers and its errors.
 
-The routes read their bodies by hand (`protocol.read_json_object` + `parse_body`, for exact
+The routes read their bodies by hand (`body.read_json_object` + `parse_body`, for exact
 error messages), so FastAPI does not see the request models; this module declares them. The
 schemas come from the same pydantic models that validate the requests, with the served model's
 own limits filled in (its name as an enum, the largest token id, the context length), so the

@@ -5,14 +5,13 @@ from __future__ import annotations
 from fastapi import Request
 
 from pagedllm.entrypoints.chat_utils import apply_chat_template
+from pagedllm.entrypoints.openai.body import parse_body, read_json_object
 from pagedllm.entrypoints.openai.chat import add_generation_prompt, normalize_messages
 from pagedllm.entrypoints.openai.context import ServingContext
 from pagedllm.entrypoints.openai.errors import bad_request
 from pagedllm.entrypoints.openai.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
-    parse_body,
-    read_json_object,
 )
 
 
