@@ -36,6 +36,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from pagedllm.metrics_history import MetricsHistory, MetricTotals
+
 if TYPE_CHECKING:
     from pagedllm.core.scheduler import SchedulerStats
     from pagedllm.outputs import RequestOutput
@@ -194,6 +196,8 @@ class EngineMetrics:
         self._requests: dict[str, _RequestProgress] = {}
         self._last_stats: SchedulerStats | None = None
         self._window = _LogWindow(start=time.monotonic())
+        self.totals = MetricTotals()
+        self.history = MetricsHistory()
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -326,13 +330,18 @@ class EngineMetrics:
         if prompt_tokens:
             self.prompt_tokens.inc(prompt_tokens)
             self._window.prompt_tokens += prompt_tokens
+            self.totals.prompt_tokens += prompt_tokens
         if generation_tokens:
             self.generation_tokens.inc(generation_tokens)
             self._window.generation_tokens += generation_tokens
+            self.totals.generation_tokens += generation_tokens
 
     def _observe_first_token(self, metrics) -> None:
         if metrics.first_token_time is not None:
-            self.time_to_first_token.observe(metrics.first_token_time - metrics.arrival_time)
+            ttft = metrics.first_token_time - metrics.arrival_time
+            self.time_to_first_token.observe(ttft)
+            self.totals.first_tokens += 1
+            self.totals.ttft_seconds += ttft
         if metrics.first_scheduled_time is not None:
             self.request_queue_time.observe(metrics.first_scheduled_time - metrics.arrival_time)
 
@@ -343,6 +352,10 @@ class EngineMetrics:
             if reason is not None and completion.index not in progress.finished_indices:
                 progress.finished_indices.add(completion.index)
                 self._success(reason).inc()
+                if reason == "abort":
+                    self.totals.sequences_aborted += 1
+                else:
+                    self.totals.sequences_finished += 1
 
     def _success(self, reason: str):
         child = self.request_success.get(reason)
@@ -359,6 +372,11 @@ class EngineMetrics:
         self._requests.pop(request_id, None)
         if num_sequences > 0:
             self.request_success["abort"].inc(num_sequences)
+            self.totals.sequences_aborted += num_sequences
+
+    def sample_history(self) -> None:
+        """Record a history sample if a second has passed (call often, idle or not)."""
+        self.history.sample_if_due(self.totals, self._last_stats)
 
     # ---- periodic log line ------------------------------------------------------------------------
     def log_if_due(self, now: float | None = None) -> str | None:

@@ -156,3 +156,31 @@ def test_free_queue_operations():
     queue.popleft()
     with pytest.raises(ValueError, match="no free blocks"):
         queue.popleft()
+
+
+def test_states_follow_each_transition():
+    """The byte per block (free / in use / cached) that the web console's snapshot copies."""
+    from pagedllm.core.block_pool import BLOCK_CACHED as C
+    from pagedllm.core.block_pool import BLOCK_FREE as F
+    from pagedllm.core.block_pool import BLOCK_IN_USE as U
+
+    pool = BlockPool(4)
+    assert bytes(pool.states) == bytes([U, F, F, F, F])  # the null block counts as in use
+    a = pool.get_new_blocks(2)  # 1, 2
+    pool.cache_full_blocks(a[:1], [h(1)], [[1, 2]])
+    assert bytes(pool.states[1:]) == bytes([U, U, F, F])
+    pool.free_blocks(reversed(a))
+    assert bytes(pool.states[1:]) == bytes([C, F, F, F])
+    pool.touch([a[0]])  # a prefix hit takes the cached block back
+    assert bytes(pool.states[1:]) == bytes([U, F, F, F])
+    pool.free_blocks([a[0]])
+    # Allocation reuses the oldest free blocks (3, 4, 2) and evicts nothing cached yet.
+    b = pool.get_new_blocks(3)
+    assert bytes(pool.states[1:]) == bytes([C, U, U, U])
+    pool.get_new_blocks(1)  # only block 1 is left: its hash is evicted
+    assert bytes(pool.states[1:]) == bytes([U, U, U, U])
+    pool.free_blocks(b)
+    assert pool.reset_prefix_cache() is False  # block 1 still held
+    pool.free_blocks([a[0]])
+    assert pool.reset_prefix_cache() is True
+    assert bytes(pool.states[1:]) == bytes([F, F, F, F])

@@ -5,6 +5,8 @@ import random
 
 import pytest
 
+from pagedllm.core.block_pool import BLOCK_CACHED, BLOCK_FREE, BLOCK_IN_USE
+from pagedllm.core.snapshot import take_snapshot
 from pagedllm.request import RequestStatus
 
 EOS = 105
@@ -85,12 +87,34 @@ def random_requests(rng, make_request, count):
     return requests
 
 
+def check_snapshot(sched):
+    """What the web console is shown: counts and per-request blocks as the scheduler has them."""
+    snapshot = take_snapshot(sched, replica=1, step=7)
+    assert (snapshot.replica, snapshot.step) == (1, 7)
+    assert (snapshot.num_running, snapshot.num_waiting) == (sched.num_running, sched.num_waiting)
+    assert [r.request_id for r in snapshot.running] == [r.request_id for r in sched.running]
+    assert [r.request_id for r in snapshot.waiting] == [r.request_id for r in sched.waiting]
+    kv = sched.kv_cache_manager
+    for progress, request in zip(snapshot.running, sched.running):
+        held = sum(group.num_held_blocks(request.request_id) for group in kv.groups)
+        assert progress.num_blocks == held
+        assert progress.num_computed_tokens == request.num_computed_tokens
+        assert progress.status == "running"
+    for group, picture in zip(kv.groups, snapshot.kv_groups):
+        pool = group.block_pool
+        assert picture.num_free + picture.num_in_use + picture.num_cached == pool.num_blocks
+        assert picture.num_in_use == sum(1 for b in pool.blocks[1:] if b.ref_cnt)
+        assert picture.num_cached == sum(1 for b in pool.blocks[1:] if not b.ref_cnt and b.block_hash)
+        assert picture.block_states.count(BLOCK_IN_USE) == picture.num_in_use
+
+
 def check_invariants(sched, out, runner):
     config = sched.scheduler_config
     assert out.total_num_scheduled_tokens <= config.max_num_batched_tokens
     assert sched.num_running <= config.max_num_seqs
     kv = sched.kv_cache_manager
     running = {r.request_id for r in sched.running}
+    check_snapshot(sched)
     for g, group in enumerate(kv.groups):
         refs = collections.Counter(
             b.block_id for blocks in group.req_to_blocks.values() for b in blocks if b.block_id != 0
@@ -98,6 +122,12 @@ def check_invariants(sched, out, runner):
         pool = group.block_pool
         assert all(pool.blocks[i].ref_cnt == refs.get(i, 0) for i in range(1, pool.num_blocks + 1))
         assert pool.num_free_blocks == pool.num_blocks - len(refs)
+        # The byte per block the snapshots copy agrees with the blocks themselves.
+        truth = bytes(
+            BLOCK_IN_USE if b.ref_cnt else BLOCK_FREE if b.block_hash is None else BLOCK_CACHED
+            for b in pool.blocks[1:]
+        )
+        assert bytes(pool.states[1:]) == truth
         assert set(group.req_to_blocks) == running
         for request in sched.running:
             core_ids = kv.get_block_ids(request)[g]

@@ -15,6 +15,10 @@ A block is in exactly one of three states:
   * free:          ref_cnt == 0, no hash.
 Every block with ref_cnt == 0 sits in the free queue. Allocation pops from the head (least
 recently freed) and evicts the block's hash, so cached blocks live until they are reused.
+
+`BlockPool.states` mirrors those three states as one byte per block (BLOCK_FREE, BLOCK_IN_USE,
+BLOCK_CACHED), written at each transition: a picture of the whole pool (the web console's grid)
+is then a copy of a bytearray, not a walk over tens of thousands of block objects.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 NULL_BLOCK_ID = 0
+
+# One byte per block in `BlockPool.states`.
+BLOCK_FREE = 0
+BLOCK_IN_USE = 1
+BLOCK_CACHED = 2
 
 
 @dataclass(slots=True, eq=False)
@@ -107,6 +116,9 @@ class BlockPool:
         self.null_block.ref_cnt = 1  # permanently held: never enters the free queue
         self.free_queue = FreeBlockQueue(self.blocks[1:])
         self.cached_blocks: dict[bytes, KVCacheBlock] = {}
+        # Indexed by block id; the null block counts as in use.
+        self.states = bytearray(num_blocks + 1)
+        self.states[NULL_BLOCK_ID] = BLOCK_IN_USE
 
     @property
     def num_free_blocks(self) -> int:
@@ -123,10 +135,12 @@ class BlockPool:
         if num_blocks > self.num_free_blocks:
             raise ValueError(f"cannot allocate {num_blocks} blocks, only {self.num_free_blocks} free")
         new_blocks = []
+        states = self.states
         for _ in range(num_blocks):
             block = self.free_queue.popleft()
             self._evict(block)
             block.ref_cnt = 1
+            states[block.block_id] = BLOCK_IN_USE
             new_blocks.append(block)
         return new_blocks
 
@@ -144,6 +158,7 @@ class BlockPool:
                 raise RuntimeError(f"block {block.block_id} freed more often than allocated")
             if block.ref_cnt == 0:
                 self.free_queue.append(block)
+                self.states[block.block_id] = BLOCK_FREE if block.block_hash is None else BLOCK_CACHED
 
     def touch(self, blocks: Iterable[KVCacheBlock]) -> None:
         """Take a reference on prefix-hit blocks, pulling free ones out of the free queue.
@@ -155,6 +170,7 @@ class BlockPool:
                 continue
             if block.ref_cnt == 0:
                 self.free_queue.remove(block)
+                self.states[block.block_id] = BLOCK_IN_USE
             block.ref_cnt += 1
 
     def get_cached_block(self, block_hash: bytes, token_ids: Sequence[int]) -> KVCacheBlock | None:
@@ -181,6 +197,8 @@ class BlockPool:
             block.block_hash = block_hash
             block.token_ids = tuple(token_ids)
             self.cached_blocks[block_hash] = block
+            if block.ref_cnt == 0:
+                self.states[block.block_id] = BLOCK_CACHED
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash; refused (False) while any block is held by a request."""
@@ -190,6 +208,7 @@ class BlockPool:
             block.block_hash = None
             block.token_ids = None
         self.cached_blocks.clear()
+        self.states[1:] = bytes(self.num_blocks)
         return True
 
     def free_block_ids(self) -> list[int]:

@@ -10,6 +10,7 @@ that same receive thread (`engine_process=False`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from pagedllm.config import ConfigError, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
 from pagedllm.engine.input_processor import EngineOverloadedError, PromptType
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.engine.snapshot_board import SnapshotBoard
 from pagedllm.metrics import EngineMetrics
 from pagedllm.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -91,6 +93,7 @@ class AsyncLLM:
             self.metrics.watch_replicas(self.replica_states)
         self._metrics_lock = threading.Lock()
         self._last_stats = None
+        self._snapshots = SnapshotBoard(self.engine.client.request_snapshot)
         self._thread = threading.Thread(target=self._receive_loop, name="pagedllm-receive", daemon=True)
         self._thread.start()
 
@@ -177,6 +180,21 @@ class AsyncLLM:
         """The scheduler's state after the latest step (None before the first)."""
         return self._last_stats
 
+    async def engine_snapshots(self, timeout: float = 2.0):
+        """Each replica's `SchedulerSnapshot`, fresh from its core (the latest known for a core
+        that did not answer within `timeout` s), ordered by replica."""
+        return await self._snapshots.fresh(timeout)
+
+    def history_since(self, after: float | None) -> list:
+        """The metrics history's samples newer than `after` (wall clock; None: all kept)."""
+        with self._metrics_lock:
+            return self.metrics.history.since(after)
+
+    def metric_totals(self):
+        """A copy of the running totals (tokens, first tokens, finished and aborted sequences)."""
+        with self._metrics_lock:
+            return dataclasses.replace(self.metrics.totals)
+
     def replica_states(self):
         """Per data-parallel replica: liveness, load and counters (None with a single core)."""
         return self.engine.client.replica_states()
@@ -201,6 +219,8 @@ class AsyncLLM:
             while not self._stopped.is_set():
                 step = self.engine.receive(_RECEIVE_TIMEOUT_S)
                 if step is None:
+                    with self._metrics_lock:
+                        self.metrics.sample_history()
                     continue
                 # Metrics first: whoever sees a token finds it already counted.
                 with self._metrics_lock:
@@ -211,6 +231,9 @@ class AsyncLLM:
                         if isinstance(error, EngineOverloadedError):
                             self.metrics.record_rejection(error.param)
                     self.metrics.log_if_due()
+                    self.metrics.sample_history()
+                if step.snapshots:
+                    self._snapshots.post(step.snapshots)
                 deliveries: list[tuple[str, RequestOutput | BaseException]] = list(step.errors)
                 deliveries.extend((output.request_id, output) for output in step.request_outputs)
                 self._deliver(deliveries)

@@ -20,6 +20,7 @@ from pagedllm.engine.wire import (
     AddRequests,
     Failed,
     Outputs,
+    RequestSnapshot,
     Shutdown,
     client_codec,
     expect_ready,
@@ -96,6 +97,9 @@ class ConnectedCoreClient(EngineCoreClient):
 
     def abort_requests(self, request_ids: list[str]) -> None:
         self._send(AbortRequests(request_ids))  # a dead core holds nothing left to free
+
+    def request_snapshot(self) -> list[int]:
+        return [0] if self._send(RequestSnapshot()) else []
 
     def _send(self, message) -> bool:
         with self._send_lock:

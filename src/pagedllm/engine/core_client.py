@@ -38,6 +38,11 @@ class EngineCoreClient(ABC):
         """Finish requests before the core's next step (any thread; unknown ids are ignored)."""
 
     @abstractmethod
+    def request_snapshot(self) -> list[int]:
+        """Ask every core for a `SchedulerSnapshot` (any thread); it arrives in a later
+        `EngineCoreOutputs.snapshots`. Returns the replicas asked (those alive)."""
+
+    @abstractmethod
     def get_outputs(self, timeout: float | None = None) -> EngineCoreOutputs | None:
         """The next step's outputs, or None if none came within `timeout` seconds (None: wait).
 
@@ -79,32 +84,40 @@ class InprocClient(EngineCoreClient):
     def abort_requests(self, request_ids: list[str]) -> None:
         self._inputs.put(("abort", request_ids))
 
+    def request_snapshot(self) -> list[int]:
+        self._inputs.put(("snapshot", None))
+        return [0]
+
     def get_outputs(self, timeout: float | None = None) -> EngineCoreOutputs | None:
         if self._dead is not None:
             raise EngineDeadError(f"the engine core failed: {self._dead!r}")
         try:
             idle = not self.core.has_unfinished_requests()
-            applied, rejected = self._apply_inputs(wait=timeout if idle else 0.0)
+            applied, rejected, snapshot_wanted = self._apply_inputs(wait=timeout if idle else 0.0)
             if self.core.has_unfinished_requests():
                 outputs = self.core.step()
                 outputs.rejected.extend(rejected)
-                return outputs
+            elif applied:
+                # Nothing left to step: still report refusals and the scheduler's new state.
+                outputs = EngineCoreOutputs(rejected=rejected, stats=self.core.scheduler.make_stats())
+            else:
+                return None
+            if snapshot_wanted:
+                outputs.snapshots.append(self.core.snapshot())
+            return outputs
         except Exception as exc:
             self._dead = exc
             raise EngineDeadError(f"the engine core failed: {exc!r}") from exc
-        if applied:
-            # Nothing left to step: still report refusals and the scheduler's new state.
-            return EngineCoreOutputs(rejected=rejected, stats=self.core.scheduler.make_stats())
-        return None
 
-    def _apply_inputs(self, wait: float | None) -> tuple[bool, list]:
+    def _apply_inputs(self, wait: float | None) -> tuple[bool, list, bool]:
         """Apply every queued input in order, first waiting up to `wait` s for one if none is;
-        returns whether any request input was applied, and the refused requests."""
-        applied, rejected = False, []
+        returns whether any input was applied, the refused requests, and whether a snapshot
+        was asked for."""
+        applied, rejected, snapshot_wanted = False, [], False
         try:
             item = self._inputs.get(timeout=wait) if wait != 0.0 else self._inputs.get_nowait()
         except queue.Empty:
-            return applied, rejected
+            return applied, rejected, snapshot_wanted
         while True:
             applied = applied or item[0] != "wake"
             kind, payload = item
@@ -112,11 +125,13 @@ class InprocClient(EngineCoreClient):
                 rejected.extend(self.core.add_requests(payload))
             elif kind == "abort":
                 self.core.abort_requests(payload)
+            elif kind == "snapshot":
+                snapshot_wanted = True
             # "wake" (from shutdown) only ends the wait.
             try:
                 item = self._inputs.get_nowait()
             except queue.Empty:
-                return applied, rejected
+                return applied, rejected, snapshot_wanted
 
     @property
     def is_alive(self) -> bool:

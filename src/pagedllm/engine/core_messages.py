@@ -12,6 +12,7 @@ import msgspec
 
 from pagedllm.core.sched_output import EngineCoreOutput
 from pagedllm.core.scheduler import SchedulerStats
+from pagedllm.core.snapshot import SchedulerSnapshot
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -53,12 +54,14 @@ class EngineCoreOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
 
     `lost` is filled by a client in front of several cores (data parallel) when one of them
     dies: its requests end there, the client goes on with the others. A core never sets it.
+    `snapshots` answers a `RequestSnapshot`: the core's own, or one per replica once merged.
     """
 
     outputs: list[EngineCoreOutput] = msgspec.field(default_factory=list)
     stats: SchedulerStats | None = None
     rejected: list[RejectedRequest] = msgspec.field(default_factory=list)
     lost: list[LostRequest] = msgspec.field(default_factory=list)
+    snapshots: list[SchedulerSnapshot] = msgspec.field(default_factory=list)
 
 
 class EngineCoreInfo(msgspec.Struct, array_like=True):

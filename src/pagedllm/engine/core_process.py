@@ -25,6 +25,7 @@ from pagedllm.engine.wire import (
     Failed,
     Outputs,
     Ready,
+    RequestSnapshot,
     Shutdown,
     core_codec,
 )
@@ -104,6 +105,7 @@ class EngineCoreLoop:
             messages = [] if core.has_unfinished_requests() else [self.inputs.get()]
             messages.extend(self._drain())
             rejected = []
+            snapshot_wanted = False
             for message in messages:
                 if message is _STOP:
                     return
@@ -111,6 +113,8 @@ class EngineCoreLoop:
                     rejected.extend(core.add_requests(message.requests))
                 elif isinstance(message, AbortRequests):
                     core.abort_requests(message.request_ids)
+                elif isinstance(message, RequestSnapshot):
+                    snapshot_wanted = True
             if core.has_unfinished_requests():
                 outputs = core.step()
                 outputs.rejected.extend(rejected)
@@ -120,6 +124,9 @@ class EngineCoreLoop:
                 outputs = EngineCoreOutputs(rejected=rejected, stats=core.scheduler.make_stats())
             else:
                 continue
+            if snapshot_wanted:
+                # Taken after the step, so it shows what the outputs it travels with left behind.
+                outputs.snapshots.append(core.snapshot())
             self.conn.send_bytes(self.codec.encode(Outputs(outputs)))
 
     def _drain(self) -> list:

@@ -178,6 +178,13 @@ class DataParallelClient(EngineCoreClient):
         for replica, ids in by_replica.items():
             self.replicas[replica].abort_requests(ids)
 
+    def request_snapshot(self) -> list[int]:
+        asked = []
+        for index, replica in enumerate(self.replicas):
+            if self._replica_alive(index) and replica.request_snapshot():
+                asked.append(index)
+        return asked
+
     # ---- outputs (the receive thread) ----------------------------------------------------------
     def get_outputs(self, timeout: float | None = None) -> EngineCoreOutputs | None:
         if self._shut_down:
@@ -223,6 +230,7 @@ class DataParallelClient(EngineCoreClient):
                 router.release(rejected.request_id)
             merged.outputs.extend(outputs.outputs)
             merged.rejected.extend(outputs.rejected)
+            merged.snapshots.extend(outputs.snapshots)
         merged.stats = total_stats(self._stats, router.alive, self._retired)
         return merged
 

@@ -18,6 +18,7 @@ from pagedllm.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedllm.core.admission import AdmissionControl
 from pagedllm.core.kv_cache_spec import request_capacity_blocks
 from pagedllm.core.scheduler import Scheduler
+from pagedllm.core.snapshot import SchedulerSnapshot, take_snapshot
 from pagedllm.engine.core_messages import (
     EngineCoreInfo,
     EngineCoreOutputs,
@@ -107,6 +108,7 @@ class EngineCore:
             self.executor.shutdown()
             raise
         self.scheduler = Scheduler(self.scheduler_config, self.cache_config, self.kv_cache_groups)
+        self.num_steps = 0
         # Requests whose grammar is still compiling (constrained decoding).
         self._compiling: dict[str, Request] = {}
         self.admission = AdmissionControl(
@@ -233,6 +235,10 @@ class EngineCore:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
+    def snapshot(self) -> SchedulerSnapshot:
+        """The scheduler's block pools and requests now, for the web console (between steps)."""
+        return take_snapshot(self.scheduler, self.config.data_parallel_rank, self.num_steps)
+
     # ---- the step -----------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop the executor's processes (tensor-parallel workers); idempotent."""
@@ -250,4 +256,5 @@ class EngineCore:
             wait_futures(pending, timeout=0.05, return_when=FIRST_COMPLETED)
         runner_output = self.executor.execute_model(scheduler_output)
         outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        self.num_steps += 1
         return EngineCoreOutputs(outputs=outputs, stats=self.scheduler.make_stats(), rejected=rejected)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler import SchedulerStats
+from pagedllm.core.snapshot import SchedulerSnapshot
 from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
 from pagedllm.engine.core_messages import EngineCoreInfo
 from pagedllm.engine.input_processor import (
@@ -47,6 +48,8 @@ class EngineStep:
     # (InvalidRequestError), or that a dead replica was serving (EngineDeadError).
     errors: list[tuple[str, Exception]] = field(default_factory=list)
     stats: SchedulerStats | None = None
+    # The cores' answers to `request_snapshot`, when this step brought any.
+    snapshots: list[SchedulerSnapshot] = field(default_factory=list)
 
 
 class LLMEngine:
@@ -197,7 +200,7 @@ class LLMEngine:
         if to_abort:
             # Sequences a stop string ended here: the core stops them before its next step.
             self.client.abort_requests(to_abort)
-        return EngineStep(processed.request_outputs, errors, core_outputs.stats)
+        return EngineStep(processed.request_outputs, errors, core_outputs.stats, core_outputs.snapshots)
 
     def step(self) -> list[RequestOutput]:
         """Run (or wait for) one core step and return the outputs it made due.

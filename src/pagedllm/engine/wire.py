@@ -5,7 +5,7 @@ pickling, no text): a decoding request's output in a step is its id plus about t
 `SCHEMA_VERSION` names the layout: the core announces it in `Ready`, and a client refuses a
 core that speaks another, instead of misreading its messages.
 
-Client -> core: `AddRequests`, `AbortRequests`, `Shutdown`.
+Client -> core: `AddRequests`, `AbortRequests`, `RequestSnapshot`, `Shutdown`.
 Core -> client: `Ready` once, then `Outputs` per step, or `Failed` when the core cannot go on.
 """
 
@@ -16,7 +16,7 @@ import msgspec
 from pagedllm.engine.core_messages import EngineCoreInfo, EngineCoreOutputs, EngineCoreRequest
 
 # Bump whenever a message or a struct it carries changes its fields or their order.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class AddRequests(msgspec.Struct, tag=True, array_like=True):
@@ -25,6 +25,10 @@ class AddRequests(msgspec.Struct, tag=True, array_like=True):
 
 class AbortRequests(msgspec.Struct, tag=True, array_like=True):
     request_ids: list[str]
+
+
+class RequestSnapshot(msgspec.Struct, tag=True, array_like=True):
+    """Ask for the core's `SchedulerSnapshot`: it comes in the next `Outputs` it sends."""
 
 
 class Shutdown(msgspec.Struct, tag=True, array_like=True):
@@ -47,7 +51,7 @@ class Failed(msgspec.Struct, tag=True, array_like=True):
     invalid_config: bool = False
 
 
-ClientMessage = AddRequests | AbortRequests | Shutdown
+ClientMessage = AddRequests | AbortRequests | RequestSnapshot | Shutdown
 CoreMessage = Ready | Outputs | Failed
 
 
