@@ -55,6 +55,7 @@ def test_schema_is_valid_openapi_and_covers_every_route(contract_server):
         ("/ready", "get"),
         ("/version", "get"),
         ("/metrics", "get"),
+        ("/engine/snapshot", "get"),
     ]:
         operation = paths[path][method]
         assert "200" in operation["responses"], path
@@ -70,6 +71,10 @@ def test_schema_is_valid_openapi_and_covers_every_route(contract_server):
     assert completion["model"]["anyOf"][0]["enum"] == [TINY_NAME]
     assert {"minimum": 0, "maximum": 511}.items() <= completion["prompt"]["oneOf"][2]["items"].items()
     assert completion["n"]["maximum"] == 128 and completion["max_tokens"]["anyOf"][0]["maximum"] == 64
+    snapshot = schemas["EngineSnapshotResponse"]["properties"]
+    assert {"model", "totals", "replicas", "history"} <= set(snapshot)
+    # The console's page and files are not API.
+    assert "/" not in paths and not any(path.startswith("/console") for path in paths)
     # The same document every time (clients cache and diff it).
     assert httpx.get(f"{contract_server.url}/openapi.json").json() == document
 
@@ -89,7 +94,7 @@ def test_every_operation_keeps_its_contract(contract_server, tmp_path):
     assert done.returncode == 0, findings[-12000:]
     # It ran what it says: every operation, and the replacement check judged the valid cases,
     # most of which succeeded.
-    assert "10 selected / 10 total" in report and "No issues found" in report, findings[-3000:]
+    assert "11 selected / 11 total" in report and "No issues found" in report, findings[-3000:]
     statuses = judged.read_text().split()
     assert len(statuses) > 200 and sum(s == "200" for s in statuses) > len(statuses) / 2, statuses[:50]
     assert httpx.get(f"{contract_server.url}/health").status_code == 200

@@ -28,6 +28,8 @@ class ServingContext:
     max_request_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
     metrics_require_api_key: bool = False
+    # The chat playground and engine view at / (--no-web-console: off).
+    web_console: bool = True
     # Set by the first SIGTERM/SIGINT: not ready, new API requests refused (lifecycle.py).
     draining: bool = False
 

@@ -292,9 +292,12 @@ def build_openapi(
     max_model_len: int,
     vocab_size: int,
     open_paths: frozenset[str] | None = None,
+    extra_operations: dict[str, dict[str, tuple]] | None = None,
 ) -> dict:
     """The whole document (FastAPI's paths, with our bodies, answers and limits). `open_paths`:
-    with an API key, the paths answered without it (the others declare bearer auth)."""
+    with an API key, the paths answered without it (the others declare bearer auth).
+    `extra_operations`: other routes' entries, shaped as `_OPERATIONS`'s but with the 200
+    answer's pydantic model in place of its content (the web console's snapshot)."""
     schema = get_openapi(
         title=app.title,
         version=app.version,
@@ -321,7 +324,15 @@ def build_openapi(
         {"required": ["prompt"], "not": {"required": ["messages"]}},
         {"required": ["messages"], "not": {"required": ["prompt"]}},
     ]
-    for path, methods in _OPERATIONS.items():
+    operations = dict(_OPERATIONS)
+    for path, methods in (extra_operations or {}).items():
+        operations[path] = {}
+        for method, (body, answer, summary, errors) in methods.items():
+            answer_schema = answer.model_json_schema(ref_template=_REF, by_alias=True)
+            components.update(answer_schema.pop("$defs", {}))
+            components[answer.__name__] = answer_schema
+            operations[path][method] = (body, _json(answer), summary, errors)
+    for path, methods in operations.items():
         for method, (body, ok, summary, errors) in methods.items():
             operation = schema["paths"].setdefault(path, {}).setdefault(method, {})
             operation["summary"] = summary
@@ -385,12 +396,15 @@ def install_openapi(
     max_model_len: int,
     vocab_size: int,
     open_paths: frozenset[str] | None = None,
+    extra_operations: dict[str, dict[str, tuple]] | None = None,
 ) -> None:
     """Make `app.openapi()` (and GET /openapi.json) return `build_openapi`'s document, built once."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app, served_model_name, max_model_len, vocab_size, open_paths)
+            app.openapi_schema = build_openapi(
+                app, served_model_name, max_model_len, vocab_size, open_paths, extra_operations
+            )
         return app.openapi_schema
 
     app.openapi = openapi

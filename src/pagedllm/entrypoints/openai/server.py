@@ -25,12 +25,20 @@ from pagedllm.entrypoints.openai.request_guard import (
     RequestGuard,
 )
 from pagedllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
+from pagedllm.entrypoints.web_console.routes import (
+    CONSOLE_PREFIX,
+    OPENAPI_OPERATIONS,
+    PAGE_PATHS,
+    install_web_console,
+)
 
 logger = logging.getLogger(__name__)
 
-# Paths answered without an API key: liveness probes, the version, the schema and the docs pages
-# (no data in any), and Prometheus scrapes unless --metrics-require-api-key.
-OPEN_PATHS = frozenset({"/health", "/ready", "/version", "/openapi.json"}) | DOCS_PATHS
+# Paths answered without an API key: liveness probes, the version, the schema, the docs pages and
+# the web console's page and files (no data in any), and Prometheus scrapes unless
+# --metrics-require-api-key.
+OPEN_PATHS = frozenset({"/health", "/ready", "/version", "/openapi.json"}) | DOCS_PATHS | PAGE_PATHS
+OPEN_PREFIXES = (ASSETS_PATH + "/", CONSOLE_PREFIX)
 
 
 class APIKeyMiddleware:
@@ -46,7 +54,7 @@ class APIKeyMiddleware:
         if (
             scope["type"] != "http"
             or path in self.open_paths
-            or path.startswith(ASSETS_PATH + "/")
+            or path.startswith(OPEN_PREFIXES)
             or scope["method"] == "OPTIONS"
         ):
             await self.app(scope, receive, send)
@@ -137,7 +145,10 @@ def build_app(ctx: ServingContext) -> FastAPI:
     async def metrics() -> Response:
         return Response(content=ctx.llm.metrics.render(), media_type=ctx.llm.metrics.content_type)
 
-    install_openapi(app, ctx.served_model_name, ctx.max_model_len, ctx.vocab_size, open_paths)
+    install_web_console(app, ctx, page=ctx.web_console)
+    install_openapi(
+        app, ctx.served_model_name, ctx.max_model_len, ctx.vocab_size, open_paths, OPENAPI_OPERATIONS
+    )
     return app
 
 
@@ -203,6 +214,13 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="move <think>...</think> into reasoning_content (deepseek_r1, qwen3)",
     )
     parser.add_argument(
+        "--web-console",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the web console (chat playground and engine view) at / (default); "
+        "--no-web-console leaves / unanswered (GET /engine/snapshot stays)",
+    )
+    parser.add_argument(
         "--engine-process",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -249,9 +267,12 @@ def run_server(args: argparse.Namespace) -> int:
             max_request_body_bytes=args.max_request_body_bytes,
             max_json_depth=args.max_json_depth,
             metrics_require_api_key=args.metrics_require_api_key,
+            web_console=args.web_console,
         )
         log_capacity(llm)
         logger.info("serving %s on http://%s:%d", ctx.served_model_name, args.host, args.port)
+        if args.web_console:
+            logger.info("web console: http://%s:%d/", args.host, args.port)
         config = uvicorn.Config(
             build_app(ctx),
             host=args.host,
