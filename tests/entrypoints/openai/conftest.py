@@ -1,7 +1,8 @@
 """`pagedllm serve` started as a user starts it, on a free port of 127.0.0.1, once per session.
 
 Three servers in all: the real SmolLM2 model for behaviour, and a tiny random model (fast to
-load, no chat template) with an API key, and the same with `--chat-template`.
+load, no chat template) with an API key, and the same with `--chat-template`. The browser tests'
+`browser` and `open_console` fixtures are here too (helpers: console_browser.py).
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def keyed_server(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def templated_server(tiny_model_dir, tmp_path_factory):
-    """The same tiny model, given a chat template on the command line."""
+    """The same tiny model, given a chat template on the command line, without the web console
+    (`--no-web-console`, checked in test_web_console_engine.py)."""
     folder = tmp_path_factory.mktemp("templated")
     template = folder / "template.jinja"
     template.write_text(TINY_TEMPLATE)
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
+    args.append("--no-web-console")
     yield from start_server(args + _TINY_ENGINE, folder / "server.log")
 
 
@@ -95,3 +98,53 @@ def reasoning_server(tiny_model_dir, tmp_path_factory):
     args = [str(tiny_model_dir), "--served-model-name", TINY_NAME, "--chat-template", str(template)]
     args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "deepseek_r1"]
     yield from start_server(args + _TINY_ENGINE, folder / "server.log")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per browser test module (skipped without /usr/bin/chromium).
+
+    Module scope, not session: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and later modules' `asyncio.run` refuses to start inside it."""
+    from console_browser import CHROMIUM, TIMEOUT_MS
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        # expect()'s own default is 5 s: a reply on a busy 2-core CI machine can take longer.
+        expect.set_options(timeout=TIMEOUT_MS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def open_console(browser):
+    """open_console(server, width=, height=, **context options) -> Console: the page loaded in a
+    fresh context, its console messages, page errors and requests recorded from the start."""
+    from console_browser import TIMEOUT_MS, Console, origin_of
+
+    contexts = []
+
+    def open_(server, width: int = 1280, height: int = 800, **options) -> Console:
+        context = browser.new_context(viewport={"width": width, "height": height}, **options)
+        contexts.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        console = Console(page, origin_of(server.url))
+
+        def on_console(message) -> None:
+            if message.type in ("error", "warning", "warn"):
+                console.problems.append(f"console {message.type}: {message.text} ({message.location})")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: console.problems.append(f"page error: {error}"))
+        page.on("request", lambda request: console.requests.append(request))
+        page.goto(f"{server.url}/")
+        return console
+
+    yield open_
+    for context in contexts:
+        context.close()
