@@ -13,6 +13,7 @@ import torch
 
 from pagedllm import LLM, SamplingParams
 from pagedllm.ops import cpu_kernels
+from pagedllm.ops.decoder_stack import decoder_stack_info
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStack
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -114,4 +115,17 @@ def test_smollm2_int4_matches_python_layers(monkeypatch):
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
     stack = _stack_of(fused)
     assert stack is not None and stack.max_rows is not None
+    assert ours == reference
+
+
+def test_smollm2_int8_matches_python_layers(monkeypatch):
+    """int8 weights in the compiled int8 kernel's layout run inside the op too."""
+    prompts = _prompts(49152, [64, 9, 31], seed=8)
+    kwargs = dict(dtype="bfloat16", quantization="int8", max_num_batched_tokens=96, kv_cache_memory=0.25)
+    if not cpu_kernels.has_avx512_bf16():
+        pytest.skip("int8 weights are not in the compiled kernel's layout on this CPU")
+    fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
+    stack = _stack_of(fused)
+    assert stack is not None and stack.max_rows is not None
+    assert decoder_stack_info().kinds["int8_gemv"] in stack.weight_kinds
     assert ours == reference

@@ -23,6 +23,7 @@ from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
 from pagedllm.model.model_loader import load_model
 from pagedllm.ops.int4_gemv import GemvInt4Weight
+from pagedllm.ops.int8_gemv import GemvInt8Weight
 
 BLOCK_SIZE = 4
 
@@ -129,8 +130,9 @@ def test_smollm2_quantized_knows_the_capital_of_france(smollm2_quantized):
     assert "Paris" in out[0].outputs[0].text, (method, out[0].outputs[0].text)
     model = llm.engine.engine_core.executor.runner.model
     gate_up = model.model.layers[0].mlp.gate_up_proj
-    # 4-bit: the portable format, or the compiled kernel's where the CPU platform has it.
-    assert isinstance(gate_up.quant, (Int4Weight, GemvInt4Weight) if method == "int4" else Int8Weight)
+    # The portable format, or the compiled kernel's where the CPU platform has it.
+    formats = (Int4Weight, GemvInt4Weight) if method == "int4" else (Int8Weight, GemvInt8Weight)
+    assert isinstance(gate_up.quant, formats)
     if method == "int4":  # the GGUF's own codes, not a requantization
         path = resolve_model("smollm2-135m-instruct").path
         gate = next(

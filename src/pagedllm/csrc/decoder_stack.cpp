@@ -15,7 +15,8 @@
 // and the final norm. Linear layers run the kernel the Python layer would: packed bf16 weights
 // the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
 // AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
-// scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4.
+// scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4; 8-bit weights (int8_gemv.h)
+// pagedllm::gemv_int8.
 //
 // The constants the Python side must agree with (weights per layer, the skinny kernel's row
 // limit, the weight-kind codes) are exported by pagedllm::decoder_stack_info() -> int[], in
@@ -26,6 +27,7 @@
 //   [2] kind_plain         weight_kinds code of a plain weight [N, K]
 //   [3] kind_packed_bf16   code of a bf16 weight packed by pack_weight_bf16
 //   [4] kind_int4          code of a 4-bit weight in gemv_int4's layout
+//   [5] kind_int8          code of an 8-bit weight in gemv_int8's layout
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -95,6 +97,12 @@ const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Ten
   return handle;
 }
 
+const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemv_int8_handle() {
+  static const auto handle =
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemv_int8");
+  return handle;
+}
+
 const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemm_packed_handle() {
   static const auto handle =
       op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemm_packed_bf16");
@@ -103,7 +111,7 @@ const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Ten
 
 // How a linear layer's weight is stored (cpu_decoder_stack.py passes one code per weight;
 // exported by decoder_stack_info).
-enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2 };
+enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2, kInt8 = 3 };
 
 // x [M, K] @ W^T -> [M, out_features].
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
@@ -113,9 +121,9 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
     gemm_packed_handle().call(out, x, weight);
     return out;
   }
-  if (kind == kInt4) {
+  if (kind == kInt4 || kind == kInt8) {
     auto out = at::empty({x.size(0), out_features}, x.options());
-    gemv_int4_handle().call(out, x, weight);
+    (kind == kInt4 ? gemv_int4_handle() : gemv_int8_handle()).call(out, x, weight);
     return out;
   }
   if (kHasSkinnyKernel && x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
@@ -182,10 +190,10 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
   return x;
 }
 
-// [tensors_per_layer, skinny_max_rows, kind_plain, kind_packed_bf16, kind_int4]: see the file
-// header. The order is part of the op's interface.
+// [tensors_per_layer, skinny_max_rows, kind_plain, kind_packed_bf16, kind_int4, kind_int8]: see
+// the file header. The order is part of the op's interface.
 std::vector<int64_t> decoder_stack_info() {
-  return {kTensorsPerLayer, kHasSkinnyKernel ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4};
+  return {kTensorsPerLayer, kHasSkinnyKernel ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4, kInt8};
 }
 
 }  // namespace pagedllm

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "int8_gemv.h"   // gemv_int8, int8_linear, dequantize_int8_t (int8_gemv.cpp)
 #include "quant_gemv.h"  // gemv_int4, int4_linear, dequantize_int4_t (quant_gemv.cpp)
 
 namespace pagedllm {

@@ -34,6 +34,9 @@ TORCH_LIBRARY(pagedllm, m) {
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
   m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
+  m.def("gemv_int8(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("int8_linear(Tensor x, Tensor packed, int n) -> Tensor");
+  m.def("dequantize_int8_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
 
   // Token sampling (sampling.cpp).
   m.def("sample_tokens(Tensor(a!) out, Tensor logits, Tensor temperature, Tensor uniform) -> ()");
@@ -66,6 +69,9 @@ TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
   m.impl("gemv_int4", &pagedllm::gemv_int4);
   m.impl("int4_linear", &pagedllm::int4_linear);
   m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
+  m.impl("gemv_int8", &pagedllm::gemv_int8);
+  m.impl("int8_linear", &pagedllm::int8_linear);
+  m.impl("dequantize_int8_t", &pagedllm::dequantize_int8_t);
 
   m.impl("sample_tokens", &pagedllm::sample_tokens);
 

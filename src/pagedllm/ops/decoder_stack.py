@@ -27,8 +27,9 @@ def decoder_stack_info() -> DecoderStackInfo | None:
     """The library's constants, or None if this build has no decoder stack."""
     if not hasattr(torch.ops.pagedllm, "decoder_stack_info"):
         return None
-    tensors, skinny, plain, packed, int4 = op("decoder_stack_info")()
-    return DecoderStackInfo(tensors, skinny, {"plain": plain, "packed_bf16": packed, "int4_gemv": int4})
+    tensors, skinny, plain, packed, int4, int8 = op("decoder_stack_info")()
+    kinds = {"plain": plain, "packed_bf16": packed, "int4_gemv": int4, "int8_gemv": int8}
+    return DecoderStackInfo(tensors, skinny, kinds)
 
 
 def decoder_stack(

@@ -118,9 +118,7 @@ def pack_gemv(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> t
         codes = torch.cat([codes, codes.new_zeros(pad, k)])
         scale = torch.cat([scale, scale.new_zeros(pad, groups)])
         zero = torch.cat([zero, zero.new_zeros(pad, groups)])
-    # k = 32 g + 8 line + 4 j2 + 2 jl + h -> byte 2 h + j2 of the row's uint32, nibble jl.
-    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, 4, 2, 2, 2).permute(0, 2, 3, 1, 6, 4, 5)
-    lines = (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, groups, _GROUP_BYTES)
+    lines = nibble_lines(codes)
     pairs = torch.stack([scale, zero], dim=-1).to(torch.bfloat16).view(torch.uint8)  # [N, groups, 4]
     pairs = (
         pairs.view(blocks, GEMV_BLOCK_ROWS, groups, 4).transpose(1, 2).reshape(blocks, groups, _SCALE_BYTES)
@@ -135,6 +133,16 @@ def pack_gemv(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> t
                 torch.cat([t.reshape(-1, groups, nb * t.shape[-1]) for t in chunks], dim=2).reshape(-1)
             )
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def nibble_lines(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes uint8 [N, K] (N a multiple of 16, K of 32) as the kernels' lines: uint8
+    [N / 16, K / 32, 256], per block and group 4 lines of 64 bytes (see csrc/quant_gemv.h)."""
+    n, k = codes.shape
+    blocks, groups = n // GEMV_BLOCK_ROWS, k // GROUP_SIZE
+    # k = 32 g + 8 line + 4 j2 + 2 jl + h -> byte 2 h + j2 of the row's uint32, nibble jl.
+    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, 4, 2, 2, 2).permute(0, 2, 3, 1, 6, 4, 5)
+    return (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, groups, _GROUP_BYTES)
 
 
 def unpack_gemv(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

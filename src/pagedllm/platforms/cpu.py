@@ -19,8 +19,10 @@ from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
 from pagedllm.config import CacheConfig, ConfigError
 from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
 from pagedllm.model.layers.quantization.int4 import Int4Weight
+from pagedllm.model.layers.quantization.int8 import Int8Weight
 from pagedllm.ops import cpu_kernels, elementwise, sampling
 from pagedllm.ops.int4_gemv import GemvInt4Weight
+from pagedllm.ops.int8_gemv import GemvInt8Weight
 from pagedllm.ops.linear import skinny_linear
 from pagedllm.ops.packed_linear import pack_if_packable
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
@@ -44,6 +46,15 @@ def _int4_gemv_or_portable(blocks, dtype: torch.dtype):
     if dtype != torch.bfloat16:
         return Int4Weight(blocks, dtype)
     return GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
+
+
+def _int8_gemv_or_portable(weight: torch.Tensor):
+    """The compiled kernel's int8 format for bf16 activations (K a multiple of 32); the
+    portable one otherwise. Both round the weight the same way."""
+    portable = Int8Weight.from_float(weight)
+    if weight.dtype != torch.bfloat16 or weight.shape[1] % 32:
+        return portable
+    return GemvInt8Weight(portable.qweight, portable.scale)
 
 
 class CpuPlatform(Platform):
@@ -124,6 +135,7 @@ class CpuPlatform(Platform):
             if bf16 and self.options.packed_weights
             else NATIVE.pack_float_weight,
             int4_weight=_int4_gemv_or_portable if bf16 else None,
+            int8_weight=_int8_gemv_or_portable if bf16 else None,
             layer_impls={
                 "rms_norm": elementwise.rms_norm,
                 "silu_and_mul": elementwise.silu_and_mul,

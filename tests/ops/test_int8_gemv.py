@@ -1,0 +1,173 @@
+"""The int8 skinny matmul kernel (torch.ops.pagedllm.gemv_int8), its packed layout, and
+GemvInt8Weight against the portable Int8Weight (torch's int8 op and dequantize + matmul).
+
+The kernel multiplies exactly (bf16 x, and 16 x, by the nibbles of code + 128 as bf16) and
+accumulates in float32; it then removes 400 * sum(x) from the sum. Against a float64 product
+with the dequantized weight its errors are therefore the output's bf16 rounding (allowed: one
+ulp) and float32 rounding of sums whose terms reach about 530 |x| per value of k (allowed:
+2e-6 * 530 * sum |x| * scale, i.e. about 1e-3 of sum |x| |w| at the codes' full range).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pagedllm.model.layers.quantization import Int8Weight
+from pagedllm.ops import cpu_kernels
+from pagedllm.ops.int8_gemv import GEMV_MAX_ROWS, GemvInt8Weight, pack_gemv_int8
+
+needs_kernel = pytest.mark.skipif(
+    not (cpu_kernels.available() and cpu_kernels.has_avx512_bf16()),
+    reason="gemv_int8 needs the CPU kernels and AVX512-BF16",
+)
+
+# SmolLM2-135M's projections and shapes with tails (a padded block, one block, last
+# super-blocks of 1..3 blocks, a K of one group), as the 4-bit kernel's tests use.
+SHAPES = [
+    (960, 576),
+    (576, 576),
+    (3072, 576),
+    (576, 1536),
+    (40, 64),
+    (16, 32),
+    (200, 96),
+    (1000, 128),
+    (8, 32),
+]
+ROWS = [1, 2, 3, 4, 5, 8, 9, 17, 64, 65, 130]
+
+
+def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes int8 [N, K] in -127..127 and per-row scales [N] (bf16-representable)."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = (torch.rand(n, generator=gen) * 0.02 + 0.001).to(torch.bfloat16)
+    return codes, scale
+
+
+def assert_close_to_product(out, x, codes, scale, label: str) -> None:
+    weight = codes.double() * scale.double().unsqueeze(1)
+    expected = x.double() @ weight.t()
+    accumulation = 2e-6 * 530 * (x.double().abs().sum(1, keepdim=True) * scale.double().unsqueeze(0))
+    bound = expected.abs() * 2.0**-8 + accumulation
+    excess = (out.double() - expected).abs() - bound
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape, label
+    assert (excess <= 0).all(), f"{label}: {int((excess > 0).sum())} outputs off, worst by {excess.max():.3g}"
+
+
+def run_kernel(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
+    torch.ops.pagedllm.gemv_int8(out, x, packed)
+    return out
+
+
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_pack_layout_bytes(n, k):
+    """Size, and the documented positions of one row's scale and one value's two nibbles."""
+    codes, scale = random_weight(n, k, seed=1)
+    packed = pack_gemv_int8(codes, scale)
+    blocks, groups = -(-n // 16), k // 32
+    assert packed.dtype == torch.uint8 and packed.numel() == blocks * 16 * (k + 4)
+    nb = min(blocks, 4)  # the first super-block
+    block, row, g, line, j = min(1, nb - 1), 3, groups - 1, 2, 1
+    n_idx = block * 16 + row
+    if n_idx >= n:
+        return
+    scales = packed[: nb * 64].view(torch.float32).view(nb, 16)
+    assert scales[block, row].item() == scale[n_idx].float().item()
+    chunk = packed[nb * 64 : nb * 64 + groups * nb * 512].view(groups, nb, 512)
+    lo_word = int(chunk[g, block, line * 64 + row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
+    hi_word = int(chunk[g, block, 256 + line * 64 + row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
+    k0 = 32 * g + 8 * line
+    for kk, shift in ((k0 + 2 * j, 4 * j), (k0 + 2 * j + 1, 16 + 4 * j)):
+        u = int(codes[n_idx, kk]) + 128
+        assert ((lo_word >> shift) & 15, (hi_word >> shift) & 15) == (u & 15, u >> 4)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_gemv_int8_matches_float_product(n, k):
+    codes, scale = random_weight(n, k, seed=n + k)
+    packed = pack_gemv_int8(codes, scale)
+    gen = torch.Generator().manual_seed(1)
+    for rows in ROWS:
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        assert_close_to_product(run_kernel(x, packed, n), x, codes, scale, f"{n}x{k}, {rows} rows")
+
+
+@needs_kernel
+def test_gemv_int8_exact_on_integers():
+    """Small integer x and scales: every product and sum is exact in float32, so the output is
+    the exact product rounded once to bf16."""
+    gen = torch.Generator().manual_seed(2)
+    n, k = 48, 96
+    codes = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.randint(1, 4, (n,), generator=gen).float()
+    packed = pack_gemv_int8(codes, scale)
+    x = torch.randint(-2, 3, (5, k), generator=gen).to(torch.bfloat16)
+    expected = x.double() @ (codes.double() * scale.double().unsqueeze(1)).t()
+    assert torch.equal(run_kernel(x, packed, n), expected.to(torch.bfloat16))
+
+
+@needs_kernel
+def test_gemv_int8_strided_rows_and_output():
+    n, k = 80, 128
+    codes, scale = random_weight(n, k, seed=3)
+    packed = pack_gemv_int8(codes, scale)
+    x = torch.randn(6, k + 64).to(torch.bfloat16)[:, 32 : 32 + k]
+    wide_out = torch.zeros(6, n + 16, dtype=torch.bfloat16)
+    torch.ops.pagedllm.gemv_int8(wide_out[:, 8 : 8 + n], x, packed)
+    assert_close_to_product(wide_out[:, 8 : 8 + n], x, codes, scale, "strided")
+    assert (wide_out[:, :8] == 0).all() and (wide_out[:, 8 + n :] == 0).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (200, 96), (40, 64)])
+def test_dequantize_int8_t_is_exact(n, k):
+    codes, scale = random_weight(n, k, seed=4)
+    weight = GemvInt8Weight(codes, scale)
+    expected = codes.float() * scale.float().unsqueeze(1)
+    assert torch.equal(weight.dequantize(torch.float32), expected)
+    assert torch.equal(weight.dequantize(torch.bfloat16), expected.to(torch.bfloat16))
+    rows_t = torch.empty(k, 20, dtype=torch.float32)  # rows 16..36: one whole block, part of one
+    torch.ops.pagedllm.dequantize_int8_t(rows_t, weight.packed, 16)
+    assert torch.equal(rows_t, expected[16:36].t())
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 7, 64, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 300])
+def test_linear_matches_the_torch_int8_reference(rows):
+    """GemvInt8Weight.linear (the kernel up to GEMV_MAX_ROWS rows, dequantize + matmul beyond)
+    against the portable Int8Weight on the same rounding of the same float weight: torch's fused
+    int8 op for few rows, dequantize + matmul for many."""
+    gen = torch.Generator().manual_seed(rows)
+    weight = (torch.randn(576, 1536, generator=gen) * 0.05).to(torch.bfloat16)
+    reference = Int8Weight.from_float(weight)
+    ours = GemvInt8Weight(reference.qweight, reference.scale)
+    x = torch.randn(rows, 1536, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(576, generator=gen).to(torch.bfloat16)
+    got, want = ours.linear(x, bias), reference.linear(x, bias)
+    assert got.dtype == want.dtype == torch.bfloat16
+    w = reference.dequantize(torch.float64)
+    exact = x.double() @ w.t() + bias.double()
+    magnitude = x.double().abs() @ w.abs().t() + bias.double().abs()
+    # Both end in bf16 (the product, then the bias added): within 2^-9 of sum |x| |w| + |bias|
+    # everywhere, a bf16 ulp or so typically.
+    for label, out in (("ours", got), ("torch", want)):
+        error = (out.double() - exact).abs()
+        assert (error / magnitude).max() < 2.0**-9, f"{label}: {(error / magnitude).max():.3g}"
+        assert (error / exact.abs().clamp_min(1e-9)).median() < 2.0**-7, label
+    if rows <= 32:  # torch's fused int8 op: the same bf16 results
+        assert torch.equal(got, want)
+    assert ours.nbytes == 576 * (1536 + 4)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1000, 128), (200, 96), (16, 32)])
+def test_embed_gathers_the_rows_it_is_asked(n, k):
+    """A tied embedding reads rows straight from the layout (no kernel needed): code * scale."""
+    codes, scale = random_weight(n, k, seed=5)
+    weight = GemvInt8Weight(codes, scale)
+    ids = torch.tensor([[0, n - 1, 17], [n // 2, 3, 0]]) % n
+    expected = (codes.float() * scale.float().unsqueeze(1))[ids].to(torch.bfloat16)
+    assert torch.equal(weight.embed(ids), expected)
