@@ -76,9 +76,9 @@ def test_pack_layout_bytes(n, k):
         return
     scales = packed[: nb * 64].view(torch.float32).view(nb, 16)
     assert scales[block, row].item() == scale[n_idx].float().item()
-    chunk = packed[nb * 64 : nb * 64 + groups * nb * 512].view(groups, nb, 512)
-    lo_word = int(chunk[g, block, line * 64 + row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
-    hi_word = int(chunk[g, block, 256 + line * 64 + row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
+    chunk = packed[nb * 64 : nb * 64 + groups * nb * 512].view(groups, 4, nb, 2, 64)  # g, line, block, nibble
+    lo_word = int(chunk[g, line, block, 0, row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
+    hi_word = int(chunk[g, line, block, 1, row * 4 :][:4].view(torch.int32).item()) & 0xFFFFFFFF
     k0 = 32 * g + 8 * line
     for kk, shift in ((k0 + 2 * j, 4 * j), (k0 + 2 * j + 1, 16 + 4 * j)):
         u = int(codes[n_idx, kk]) + 128

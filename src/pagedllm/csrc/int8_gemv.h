@@ -12,11 +12,11 @@
 //   super-blocks of 4 blocks (64 rows; the last one holds the 1..4 blocks left), one after the
 //                other; a super-block of nb blocks starts with nb * 64 bytes of scales (16
 //                float32 per block, block by block), then for each group g of 32 values of k a
-//                chunk of nb * 512 bytes, block by block;
-//   a block's 512 bytes for a group: the low nibbles of u = code + 128 in 4 lines of 64 bytes,
-//                then the high nibbles in 4 more, each line laid out as gemv_int4's
-//                (quant_gemv.h): 8 values of k, one little-endian uint32 per row holding
-//                nibble[k0 + 2j] in bits 4j..4j+3 and nibble[k0 + 2j + 1] in bits 16+4j..19+4j.
+//                chunk of nb * 512 bytes: for each line o = 0..3 (k0 = 32 g + 8 o), block by
+//                block, 64 bytes of the low nibbles of u = code + 128, then 64 of the high ones;
+//   a line       8 values of k of a block's 16 rows, laid out as gemv_int4's (quant_gemv.h): one
+//                little-endian uint32 per row holding nibble[k0 + 2j] in bits 4j..4j+3 and
+//                nibble[k0 + 2j + 1] in bits 16+4j..19+4j.
 //
 // Each nibble becomes the exact bf16 16 + nibble with one shift and a mask, as in gemv_int4;
 // low nibbles meet x and high nibbles 16 x (exact in bf16) in the same float32 accumulator:

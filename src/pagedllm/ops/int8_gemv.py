@@ -4,8 +4,8 @@
 
 One uint8 tensor (`packed`) holds output rows in blocks of 16: per super-block of 64 rows its
 float32 scales, then for each group of 32 values of k the low and high nibbles of code + 128
-in gemv_int4's line layout, so `gemv_int8` reads each thread's rows as one stream, once for up
-to 64 rows of x. Up to `GEMV_MAX_ROWS` rows of bf16 x run the kernel; more rows dequantize
+in gemv_int4's line layout, the lines one tile reads together side by side, so `gemv_int8`
+reads each thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows of bf16 x run the kernel; more rows dequantize
 64-row slices (`dequantize_int8_t`) for an ordinary matmul. The CPU platform makes every int8
 weight a `GemvInt8Weight` when the kernels are built, the CPU has AVX512-BF16 and activations
 are bf16; elsewhere the portable `Int8Weight` (model/layers/quantization/int8.py) serves.
@@ -22,8 +22,10 @@ from pagedllm.ops.int4_gemv import GEMV_BLOCK_ROWS, GEMV_SUPER_BLOCKS, GROUP_SIZ
 from pagedllm.ops.weight_spec import WeightSpec
 
 # Up to this many rows gemv_int8 runs; more rows dequantize slices of the weight for a bf16
-# matmul (the same crossover as the 4-bit kernel, whose loop this one shares).
-GEMV_MAX_ROWS = 128
+# matmul: the measured crossover on SmolLM2's shapes (benchmarks/int8_kernels.py --rows 32 64 128;
+# figures in benchmarks/README.md). It comes at fewer rows than the 4-bit kernel's, as each value
+# costs this kernel two bf16 dot-product lanes.
+GEMV_MAX_ROWS = 32
 _SCALE_BYTES = GEMV_BLOCK_ROWS * 4
 
 
@@ -82,10 +84,11 @@ class GemvInt8Weight(nn.Module):
         g, o, r = kk // GROUP_SIZE, kk % GROUP_SIZE // 8, kk % 8
         byte_in_row = 2 * (r % 2) + r // 4
         shift = 4 * (r // 2 % 2)
-        codes_start = super_start + nb * _SCALE_BYTES + (blk - first) * 512 + row * 4
-        at = codes_start.unsqueeze(1) + (g * 512 * nb.unsqueeze(1) + o * 64 + byte_in_row)
+        codes_start = super_start + nb * _SCALE_BYTES + (blk - first) * 128 + row * 4
+        nb = nb.unsqueeze(1)
+        at = codes_start.unsqueeze(1) + (g * 512 * nb + o * 128 * nb + byte_in_row)
         low = (self.packed[at] >> shift) & 15
-        high = (self.packed[at + 256] >> shift) & 15
+        high = (self.packed[at + 64] >> shift) & 15
         values = ((high.to(torch.int16) << 4) + low - 128).to(torch.float32) * scale
         return values.to(self.activation_dtype).reshape(*ids.shape, k)
 
@@ -113,7 +116,9 @@ def pack_gemv_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if pad:
         u = torch.cat([u, u.new_full((pad, k), 128)])  # code 0
         scale = torch.cat([scale, scale.new_zeros(pad)])
-    lines = torch.cat([nibble_lines(u & 15), nibble_lines(u >> 4)], dim=2)  # [blocks, groups, 512]
+    # Per block and group: for each of the 4 lines, the low nibbles' 64 bytes, then the high ones'.
+    lines = torch.stack([nibble_lines(u & 15), nibble_lines(u >> 4)], dim=3)  # [blocks, groups, 256, 2]
+    lines = lines.view(blocks, groups, 4, 64, 2).transpose(3, 4)  # [blocks, groups, line, nibble, 64]
     scales = scale.view(blocks, _SCALE_BYTES // 4).view(torch.uint8)  # [blocks, 64]
     full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
     parts = []
@@ -121,6 +126,7 @@ def pack_gemv_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if end > start:  # all full super-blocks at once, then the last (1..3 blocks), if any
             nb = min(end - start, GEMV_SUPER_BLOCKS)
             head = scales[start:end].reshape(-1, nb * _SCALE_BYTES)
-            body = lines[start:end].view(-1, nb, groups, lines.shape[-1]).transpose(1, 2)
+            # [super-blocks, groups, line, block, nibble, 64]: a tile's lines side by side.
+            body = lines[start:end].view(-1, nb, groups, 4, 2, 64).permute(0, 2, 3, 1, 4, 5)
             parts.append(torch.cat([head, body.reshape(head.shape[0], -1)], dim=1).reshape(-1))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
