@@ -119,9 +119,10 @@ def test_smollm2_int4_matches_python_layers(monkeypatch):
 
 
 def test_smollm2_int8_matches_python_layers(monkeypatch):
-    """int8 weights in the compiled int8 kernel's layout run inside the op too."""
+    """int8 weights in the compiled int8 kernel's layout run inside the op too (steps of up to
+    the kernel's 32 rows, so every step of these prompts fits the op)."""
     prompts = _prompts(49152, [64, 9, 31], seed=8)
-    kwargs = dict(dtype="bfloat16", quantization="int8", max_num_batched_tokens=96, kv_cache_memory=0.25)
+    kwargs = dict(dtype="bfloat16", quantization="int8", max_num_batched_tokens=32, kv_cache_memory=0.25)
     if not cpu_kernels.has_avx512_bf16():
         pytest.skip("int8 weights are not in the compiled kernel's layout on this CPU")
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
