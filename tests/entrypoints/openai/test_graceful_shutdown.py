@@ -23,10 +23,14 @@ def tiny_server(tiny_model_dir, tmp_path, request):
     )
 
 
-def run_streams(url: str, count: int, max_tokens: int):
+def run_streams(url: str, count: int, max_tokens: int, transcripts: list | None = None):
     """Start `count` streamed completions; returns (threads, results, first-token events).
-    Each result is (completion tokens from the final usage, error code or None)."""
+    Each result is (completion tokens from the final usage, error code or None); `transcripts`,
+    if given, gets each stream's status, event count and last three events (for a failure's
+    message)."""
     results: list = [None] * count
+    if transcripts is not None:
+        transcripts.extend([None] * count)
     started = [threading.Event() for _ in range(count)]
     body = {
         "model": TINY_NAME,
@@ -37,14 +41,17 @@ def run_streams(url: str, count: int, max_tokens: int):
     }
 
     def stream(i: int) -> None:
-        tokens, error = 0, None
+        tokens, error, status, events = 0, None, None, []
         try:
             with httpx.stream(
                 "POST", f"{url}/v1/completions", json={**body, "prompt": [7 + i, 3, 5]}, timeout=120
             ) as response:
+                status = response.status_code
                 if response.status_code != 200:
                     error = f"status {response.status_code}: {response.read()[:200]!r}"
                 for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[:160])
                     if not line.startswith("data: {"):
                         continue
                     started[i].set()
@@ -58,6 +65,8 @@ def run_streams(url: str, count: int, max_tokens: int):
         finally:
             started[i].set()
             results[i] = (tokens, error)
+            if transcripts is not None:
+                transcripts[i] = (status, len(events), events[-3:])
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(count)]
     for thread in threads:
@@ -92,13 +101,17 @@ def test_sigterm_lets_40_streams_finish_then_exits_0(tiny_server):
 def test_streams_past_the_shutdown_timeout_end_with_a_clear_error(tiny_server):
     server = tiny_server
     # 16 long streams share 64 KV blocks: far more work than one second holds.
-    threads, results, started = run_streams(server.url, 16, max_tokens=500)
+    transcripts: list = []
+    threads, results, started = run_streams(server.url, 16, max_tokens=500, transcripts=transcripts)
     for event in started:
         assert event.wait(60)
     server.process.send_signal(signal.SIGINT)  # Ctrl-C: the same drain
     for thread in threads:
         thread.join(120)
     ended = [r for r in results if r[1] == "server_shutting_down"]
-    assert ended and all(r == (500, None) for r in results if r not in ended), results
+    odd = [(i, r, transcripts[i]) for i, r in enumerate(results) if r not in ended and r != (500, None)]
+    # (A stream ending with neither its tokens nor an error was seen twice under load, never
+    # reproduced on its own: the transcript says how it ended.)
+    assert ended and not odd, (results, odd, server.log()[-3000:])
     assert server.process.wait(timeout=60) == 0
     assert "Traceback" not in server.log(), server.log()[-3000:]
