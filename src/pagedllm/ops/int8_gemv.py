@@ -5,8 +5,9 @@
 One uint8 tensor (`packed`) holds output rows in blocks of 16: per super-block of 64 rows its
 float32 scales, then for each group of 32 values of k the low and high nibbles of code + 128
 in gemv_int4's line layout, the lines one tile reads together side by side, so `gemv_int8`
-reads each thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows of bf16 x run the kernel; more rows dequantize
-64-row slices (`dequantize_int8_t`) for an ordinary matmul. The CPU platform makes every int8
+reads each thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows
+of bf16 x run the kernel; more rows dequantize 64-row slices (`dequantize_int8_t`) for an
+ordinary matmul. The CPU platform makes every int8
 weight a `GemvInt8Weight` when the kernels are built, the CPU has AVX512-BF16 and activations
 are bf16; elsewhere the portable `Int8Weight` (model/layers/quantization/int8.py) serves.
 """
