@@ -62,6 +62,8 @@ def run_streams(url: str, count: int, max_tokens: int, transcripts: list | None 
                         tokens = payload["usage"]["completion_tokens"]
         except httpx.HTTPError as exc:  # the connection cut: what a drain must never do
             error = f"{type(exc).__name__}: {exc}"
+        except json.JSONDecodeError as exc:  # an event cut in two (a raw U+2028 did this once)
+            error = f"unparseable event: {exc}"
         finally:
             started[i].set()
             results[i] = (tokens, error)

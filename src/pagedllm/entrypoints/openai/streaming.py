@@ -24,9 +24,18 @@ T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
 
 
+# Characters that JSON leaves raw in strings but that Python's str.splitlines() (and so httpx's
+# iter_lines, and many hand-written SSE readers) treat as line ends: a token decoding to one of
+# them would cut its event in two for those clients. Escaped, the JSON is the same.
+_LINE_BREAKING_ESCAPES = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(payload: dict[str, Any]) -> str:
-    """One server-sent event carrying `payload` as compact JSON."""
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """One server-sent event carrying `payload` as compact JSON, on one line for any line
+    splitter (the SSE ones split on CR and LF only; str.splitlines also on U+0085, U+2028 and
+    U+2029, which are escaped)."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text.translate(_LINE_BREAKING_ESCAPES)}\n\n"
 
 
 def sse_error(exc: BaseException) -> str:
