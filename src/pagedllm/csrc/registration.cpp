@@ -8,9 +8,39 @@
 
 #include <torch/library.h>
 
-#include "ops.h"
+#include <string>
 
-TORCH_LIBRARY(pagedllm, m) {
+#include "ops.h"
+#include "vec.h"
+
+// The op namespace: `pagedllm` for the build made for this CPU, another name (passed with -D by
+// ops/cpu_kernels.py) for a build made for an older instruction set, so that a process can load
+// both and tests compare them. The indirection expands the name before TORCH_LIBRARY pastes it.
+#ifndef PAGEDLLM_OPS_NAMESPACE
+#define PAGEDLLM_OPS_NAMESPACE pagedllm
+#endif
+#define PAGEDLLM_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define PAGEDLLM_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+namespace {
+
+// The instruction set the kernels' vector paths were compiled for (vec.h's PAGEDLLM_ISA_*).
+std::string instruction_set() {
+#if defined(PAGEDLLM_ISA_AVX512_BF16)
+  return "avx512_bf16";
+#elif defined(PAGEDLLM_ISA_AVX2)
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
+}  // namespace
+
+PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
+  // Which vector paths this build has: "avx512_bf16", "avx2" or "scalar".
+  m.def("instruction_set() -> str");
+
   // Paged attention and the KV-cache write (attention.cpp, cache_write.cpp).
   m.def(
       "paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
@@ -52,7 +82,7 @@ TORCH_LIBRARY(pagedllm, m) {
   m.def("decoder_stack_info() -> int[]");
 }
 
-TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
+PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CPU, m) {
   m.impl("paged_attention", &pagedllm::paged_attention);
   m.impl("reshape_and_cache", &pagedllm::reshape_and_cache);
 
@@ -79,7 +109,8 @@ TORCH_LIBRARY_IMPL(pagedllm, CPU, m) {
 }
 
 // No tensor arguments, so no backend to dispatch on: one kernel for every key.
-TORCH_LIBRARY_IMPL(pagedllm, CompositeExplicitAutograd, m) {
+PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CompositeExplicitAutograd, m) {
+  m.impl("instruction_set", &instruction_set);
   m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
   m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
 }

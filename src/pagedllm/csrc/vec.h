@@ -1,9 +1,10 @@
 // Helpers shared by the CPU kernels: float conversions (scalar and 16 lanes), the vectorised
 // exp approximations, row loads and the CPU-tensor argument check.
 //
-// Every source is compiled with the same flags (-O3 -march=native, ops/cpu_kernels.py), so the
-// inline functions here are one definition across the library. The AVX512 parts are guarded
-// by the instruction sets they need; callers guard their own uses the same way.
+// Every source of one build is compiled with the same flags (ops/cpu_kernels.py: -march=native
+// for this CPU, or x86-64-v3 for the AVX2 build), so the inline functions here are one
+// definition across a library. The vector parts are guarded by the instruction sets they need;
+// callers guard their own uses the same way.
 
 #pragma once
 
@@ -15,6 +16,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+// Which vector paths a build compiles. AVX512-BF16 (with BW and VL) runs the bf16 dot-product
+// kernels; AVX2 with FMA runs their 8-lane ports, which widen bf16 to float32 and use FMA
+// (CPUs without AVX-512, or with AVX-512 but no BF16); neither leaves the scalar paths only.
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PAGEDLLM_ISA_AVX512_BF16 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define PAGEDLLM_ISA_AVX2 1
+#endif
 
 namespace pagedllm {
 
@@ -177,6 +187,71 @@ inline void store_bf16x16(uint16_t* p, __m512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16x16(x));
 }
 #endif
+
+#if defined(PAGEDLLM_ISA_AVX2)
+// ---------------------------------------------------------------------------------------
+// 8 lanes (AVX2 + FMA)
+// ---------------------------------------------------------------------------------------
+
+// 8 bf16 bit patterns widened to float32 (exact).
+inline __m256 bf16x8_to_float(__m128i bits) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+inline __m256 load_bf16x8(const uint16_t* p) {
+  return bf16x8_to_float(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Each 32-bit lane holding a pair of bf16 values: the low (first) or high (second) one as float32.
+inline __m256 low_bf16_to_float8(__m256i pairs) { return _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16)); }
+inline __m256 high_bf16_to_float8(__m256i pairs) {
+  return _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+}
+
+// float32 -> bf16 rounded to nearest even, NaN kept quiet (c10::BFloat16's rounding, which
+// AVX512-BF16's conversion also gives for normal numbers).
+inline __m128i to_bf16x8(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  // Pack the 32-bit lanes to 16 bits (per 128-bit half), then take each half's low 64 bits.
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+}
+inline __m256 round_bf16x8(__m256 x) { return bf16x8_to_float(to_bf16x8(x)); }
+inline void store_bf16x8(uint16_t* p, __m256 x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), to_bf16x8(x));
+}
+
+inline float reduce_add8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// fast_exp on 8 lanes.
+inline __m256 fast_exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpLowest)), _mm256_set1_ps(88.0f));
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f));
+  const __m256 whole = _mm256_floor_ps(t);
+  const __m256 f = _mm256_sub_ps(t, whole);
+  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(_mm256_cvtps_epi32(whole), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), exponent));
+}
+
+// Lanes 0..n-1 set (n <= 8), for maskload / maskstore of a row's tail.
+inline __m256i lane_mask8(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif  // PAGEDLLM_ISA_AVX2
 
 // ---------------------------------------------------------------------------------------
 // Argument checks

@@ -1,10 +1,21 @@
 """Compiled CPU kernels (src/pagedllm/csrc/*.cpp), built on first use and cached on disk.
 
 The kernels register as `torch.ops.pagedllm.*`. They are compiled once per machine (the cold
-build time is in docs/architecture.md) with the host's own instruction set into
-`<cache>/kernels/<key>/`, where `<key>` covers the sources, torch's version and the CPU's
-flags, so later starts only load the library. Where no compiler is available the build fails once, a warning says why, and
-callers keep their torch code paths (`available()` is False).
+build time is in docs/architecture.md) into `<cache>/kernels/<key>/`, where `<key>` covers the
+sources, torch's version, the flags and the CPU's flags, so later starts only load the library.
+Where no compiler is available the build fails once, a warning says why, and callers keep
+their torch code paths (`available()` is False).
+
+Two builds exist (`TARGETS`), chosen once per process by `PAGEDLLM_CPU_ISA`:
+- `native` (the default): this CPU's own instruction set (-march=native). On AVX512-BF16 CPUs
+  the kernels use bf16 dot products; elsewhere (AVX-512 without BF16, or AVX2 only) their
+  AVX2 + FMA paths.
+- `avx2`: the x86-64-v3 instruction set (AVX2, FMA, F16C), what a CPU without AVX-512 runs. It
+  registers its ops as `torch.ops.pagedllm_avx2.*`, so one process can load both builds and
+  the tests compare the AVX2 paths with the reference on an AVX-512 machine
+  (`forced_target`).
+`instruction_set()` says which vector paths the loaded build has; the platform's choices of
+kernels follow it.
 
 `PAGEDLLM_CPU_KERNELS=0` turns the kernels off for the whole process (read once): the CPU
 platform then runs the pure torch paths everywhere, which is what other devices start from.
@@ -20,7 +31,9 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +43,7 @@ from pagedllm.cache_dir import cache_dir
 logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "PAGEDLLM_CPU_KERNELS"
+TARGET_ENV = "PAGEDLLM_CPU_ISA"
 _SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
 
 
@@ -38,11 +52,31 @@ def _sources() -> list[Path]:
     return sorted(_SOURCE_DIR.glob("*.cpp"))
 
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++20"]
+@dataclass(frozen=True)
+class KernelTarget:
+    """One build of the kernel library: its compiler flags and its torch.ops namespace."""
+
+    name: str
+    namespace: str
+    flags: tuple[str, ...]
+
+
+# Hidden visibility keeps the two builds' C++ symbols (same names) apart in one process.
+_COMMON_FLAGS = ("-O3", "-fopenmp", "-std=c++20", "-fvisibility=hidden")
+TARGETS = {
+    "native": KernelTarget("native", "pagedllm", ("-march=native",)),
+    "avx2": KernelTarget(
+        "avx2",
+        "pagedllm_avx2",
+        ("-march=x86-64-v3", "-mtune=native", "-DPAGEDLLM_OPS_NAMESPACE=pagedllm_avx2"),
+    ),
+}
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
-_ops: dict[str, Callable] = {}
+_loaded: dict[str, bool] = {}  # target name -> whether its library loaded
+_ops: dict[tuple[str, str], Callable] = {}
+_instruction_sets: dict[str, str] = {}
 
 
 def _cpu_fingerprint() -> str:
@@ -56,22 +90,30 @@ def _cpu_fingerprint() -> str:
     return platform.processor()
 
 
-def _build_key() -> str:
+def _flags(target: KernelTarget) -> list[str]:
+    return [*_COMMON_FLAGS, *target.flags]
+
+
+def _build_key(target: KernelTarget) -> str:
     digest = hashlib.sha256()
     for path in sorted(_SOURCE_DIR.glob("*.[ch]*")):  # sources and headers
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
-    digest.update(" ".join(_FLAGS).encode())
+    digest.update(" ".join(_flags(target)).encode())
     digest.update(_cpu_fingerprint().encode())
     return digest.hexdigest()[:16]
 
 
-def _load() -> bool:
-    key = _build_key()
+def _registered(target: KernelTarget) -> bool:
+    return hasattr(getattr(torch.ops, target.namespace), "paged_attention")
+
+
+def _load(target: KernelTarget) -> bool:
+    key = _build_key(target)
     build_dir = cache_dir() / "kernels" / key
     build_dir.mkdir(parents=True, exist_ok=True)
-    name = f"pagedllm_cpu_ops_{key}"
+    name = f"pagedllm_cpu_ops_{target.name}_{key}"
     library = build_dir / f"{name}.so"
     # The key covers every source, header, flag, torch version and CPU: a library under it is
     # current, so load it without asking the build tool, which re-checks ~1,500 header
@@ -80,7 +122,7 @@ def _load() -> bool:
     if library.exists() and not (build_dir / "lock").exists():
         try:
             torch.ops.load_library(str(library))
-            return hasattr(torch.ops.pagedllm, "paged_attention")
+            return _registered(target)
         except (OSError, RuntimeError) as exc:
             logger.warning("cached CPU kernels at %s did not load (%s); rebuilding", library, exc)
     # Imported only to build: it pulls in setuptools (~0.1 s of every start otherwise).
@@ -88,13 +130,13 @@ def _load() -> bool:
 
     compiling = not library.exists()
     if compiling:
-        logger.info("compiling the CPU kernels for this machine (once; cached in %s) ...", build_dir)
+        logger.info("compiling the CPU kernels (%s build; once, cached in %s) ...", target.name, build_dir)
     start = time.perf_counter()
     # torch.utils.cpp_extension serialises concurrent builds of one folder with a lock file.
     load(
         name=name,
         sources=[str(p) for p in _sources()],
-        extra_cflags=_FLAGS,
+        extra_cflags=_flags(target),
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         is_python_module=False,
@@ -102,36 +144,87 @@ def _load() -> bool:
     )
     if compiling:
         logger.info("compiled the CPU kernels in %.1f s", time.perf_counter() - start)
-    return hasattr(torch.ops.pagedllm, "paged_attention")
+    return _registered(target)
+
+
+def selected_target() -> KernelTarget:
+    """The build this process uses: `PAGEDLLM_CPU_ISA` (native or avx2), native by default."""
+    name = os.environ.get(TARGET_ENV, "native").strip().lower() or "native"
+    if name not in TARGETS:
+        raise ValueError(f"{TARGET_ENV}={name!r} names no kernel build; use one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def load_target(target: KernelTarget) -> bool:
+    """Builds (the first time) and loads one build; False, with a warning, where it cannot."""
+    with _lock:
+        if target.name not in _loaded:
+            try:
+                _loaded[target.name] = _load(target)
+            except Exception as exc:  # a missing compiler or headers: fall back to torch code
+                logger.warning(
+                    "CPU kernels (%s build) unavailable, using torch code paths: %s", target.name, exc
+                )
+                _loaded[target.name] = False
+    return _loaded[target.name]
 
 
 def available() -> bool:
     """True when the CPU kernels are built and loaded (building them the first time)."""
     if "ok" in _state:
         return bool(_state["ok"])
-    with _lock:
-        if "ok" not in _state:
-            if os.environ.get(DISABLE_ENV, "1") == "0":
-                _state["ok"] = False
-            else:
-                try:
-                    _state["ok"] = _load()
-                except Exception as exc:  # a missing compiler or headers: fall back to torch code
-                    logger.warning("CPU kernels unavailable, using torch code paths: %s", exc)
-                    _state["ok"] = False
-    return bool(_state["ok"])
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        _state["ok"] = False
+        return False
+    target = selected_target()
+    ok = load_target(target)
+    _state["namespace"] = target.namespace
+    _state["ok"] = ok
+    return ok
 
 
 def op(name: str) -> Callable:
-    """`torch.ops.pagedllm.<name>.default`, looked up once (call after `available()`)."""
-    handle = _ops.get(name)
+    """`torch.ops.<namespace>.<name>.default` of the build in use, looked up once (call after
+    `available()`)."""
+    namespace = _state.get("namespace", "pagedllm")
+    handle = _ops.get((namespace, name))
     if handle is None:
-        handle = _ops[name] = getattr(torch.ops.pagedllm, name).default
+        handle = _ops[namespace, name] = getattr(getattr(torch.ops, namespace), name).default
     return handle
 
 
+def has_op(name: str) -> bool:
+    """Whether the build in use registers `name` (call after `available()`)."""
+    return hasattr(getattr(torch.ops, _state.get("namespace", "pagedllm")), name)
+
+
+def instruction_set() -> str:
+    """The vector paths of the build in use: "avx512_bf16", "avx2" or "scalar" ("scalar" also
+    when the kernels are off)."""
+    if not available():
+        return "scalar"
+    namespace = str(_state["namespace"])
+    if namespace not in _instruction_sets:
+        _instruction_sets[namespace] = op("instruction_set")()
+    return _instruction_sets[namespace]
+
+
 def has_avx512_bf16() -> bool:
-    """Whether the CPU has AVX512-BF16 dot products (the bf16 kernels' instruction set)."""
-    if "bf16" not in _state:
-        _state["bf16"] = "avx512_bf16" in _cpu_fingerprint()
-    return bool(_state["bf16"])
+    """Whether the build in use runs the AVX512-BF16 dot-product paths."""
+    return instruction_set() == "avx512_bf16"
+
+
+@contextmanager
+def forced_target(name: str) -> Iterator[KernelTarget]:
+    """Within the block, `op()` and `instruction_set()` answer for build `name` (built and
+    loaded the first time): how tests run an older instruction set's paths on this CPU.
+    Skips nothing itself: raises RuntimeError where the build cannot load."""
+    target = TARGETS[name]
+    if not available() or not load_target(target):
+        raise RuntimeError(f"the {name} build of the CPU kernels cannot be loaded on this machine")
+    previous = _state["namespace"]
+    _state["namespace"] = target.namespace
+    try:
+        yield target
+    finally:
+        _state["namespace"] = previous

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pagedllm.ops.cpu_kernels import op
+from pagedllm.ops.cpu_kernels import has_op, op
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class DecoderStackInfo:
 
 def decoder_stack_info() -> DecoderStackInfo | None:
     """The library's constants, or None if this build has no decoder stack."""
-    if not hasattr(torch.ops.pagedllm, "decoder_stack_info"):
+    if not has_op("decoder_stack_info"):
         return None
     tensors, skinny, plain, packed, int4, int8 = op("decoder_stack_info")()
     kinds = {"plain": plain, "packed_bf16": packed, "int4_gemv": int4, "int8_gemv": int8}

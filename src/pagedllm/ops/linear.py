@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagedllm.ops.cpu_kernels import op
+
 SKINNY_MAX_ROWS = 64
-_gemv_bf16 = None
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,7 +42,4 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 def gemv_bf16(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
     """out [M, N] = x [M, K] @ weight [N, K]^T (bf16, K % 32 == 0, M <= 256)."""
-    global _gemv_bf16
-    if _gemv_bf16 is None:
-        _gemv_bf16 = torch.ops.pagedllm.gemv_bf16.default
-    _gemv_bf16(out, x, weight)
+    op("gemv_bf16")(out, x, weight)
