@@ -104,6 +104,18 @@ void silu_and_mul_kernel(at::Tensor& out, const at::Tensor& x) {
           store_bf16x16(d16 + i, _mm512_mul_ps(silu, load_bf16x16(u16 + i)));
         }
       }
+#elif defined(PAGEDLLM_ISA_AVX2)
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        const auto* g16 = reinterpret_cast<const uint16_t*>(gate);
+        const auto* u16 = reinterpret_cast<const uint16_t*>(up);
+        auto* d16 = reinterpret_cast<uint16_t*>(dst);
+        const __m256 one = _mm256_set1_ps(1.0f);
+        for (; i + 8 <= d; i += 8) {
+          const __m256 g = load_bf16x8(g16 + i);
+          const __m256 silu = round_bf16x8(_mm256_div_ps(g, _mm256_add_ps(one, fast_exp8(_mm256_sub_ps(_mm256_setzero_ps(), g)))));
+          store_bf16x8(d16 + i, _mm256_mul_ps(silu, load_bf16x8(u16 + i)));
+        }
+      }
 #endif
       for (; i < d; ++i) {
         const float g = to_float(gate[i]);
@@ -154,6 +166,19 @@ void rotary_embedding_kernel(at::Tensor& x, const int64_t* pos, const float* tab
             const __m512 second = _mm512_add_ps(round_bf16(_mm512_mul_ps(b, c)), round_bf16(_mm512_mul_ps(a, s)));
             store_bf16x16(a16 + i, first);
             store_bf16x16(b16 + i, second);
+          }
+        }
+#elif defined(PAGEDLLM_ISA_AVX2)
+        if constexpr (std::is_same_v<T, at::BFloat16>) {
+          auto* a16 = reinterpret_cast<uint16_t*>(x1);
+          auto* b16 = reinterpret_cast<uint16_t*>(x2);
+          for (; i + 8 <= half; i += 8) {
+            const __m256 c = round_bf16x8(_mm256_loadu_ps(cos + i)), s = round_bf16x8(_mm256_loadu_ps(sin + i));
+            const __m256 a = load_bf16x8(a16 + i), b = load_bf16x8(b16 + i);
+            const __m256 first = _mm256_sub_ps(round_bf16x8(_mm256_mul_ps(a, c)), round_bf16x8(_mm256_mul_ps(b, s)));
+            const __m256 second = _mm256_add_ps(round_bf16x8(_mm256_mul_ps(b, c)), round_bf16x8(_mm256_mul_ps(a, s)));
+            store_bf16x8(a16 + i, first);
+            store_bf16x8(b16 + i, second);
           }
         }
 #endif
