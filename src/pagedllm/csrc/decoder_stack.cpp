@@ -14,16 +14,17 @@
 //   x = (silu(gate) * up)(x @ Wgate_up^T) @ Wdown^T
 // and the final norm. Linear layers run the kernel the Python layer would: packed bf16 weights
 // the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
-// AVX512-BF16 kernel (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
+// kernel where the build has one (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
 // scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4; 8-bit weights (int8_gemv.h)
 // pagedllm::gemv_int8.
 //
 // The constants the Python side must agree with (weights per layer, the skinny kernel's row
 // limit, the weight-kind codes) are exported by pagedllm::decoder_stack_info() -> int[], in
-// this fixed order (new entries only ever go at the end):
+// this fixed order (new entries only ever go at the end). Ops are looked up in this build's
+// own namespace (ops.h), so the AVX2 build's stack calls the AVX2 kernels.
 //   [0] tensors_per_layer  weights per layer in `weights` (the final norm follows the last layer)
-//   [1] skinny_max_rows    rows up to which plain bf16 weights take gemv_bf16; 0 when the skinny
-//                          kernel is not compiled in (no AVX512-BF16)
+//   [1] skinny_max_rows    rows up to which plain bf16 weights take gemv_bf16; 0 when the build
+//                          has no skinny kernel (gemv_bf16_max_rows() == 0)
 //   [2] kind_plain         weight_kinds code of a plain weight [N, K]
 //   [3] kind_packed_bf16   code of a bf16 weight packed by pack_weight_bf16
 //   [4] kind_int4          code of a 4-bit weight in gemv_int4's layout
@@ -35,6 +36,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
 
+#include <string>
 #include <vector>
 
 #include "ops.h"
@@ -45,44 +47,41 @@ namespace {
 // Must match ops/linear.py's SKINNY_MAX_ROWS: both paths choose the same kernel per shape
 // (exported by decoder_stack_info so that Python can check).
 constexpr int64_t kSkinnyMaxRows = 64;
-#if defined(__AVX512BF16__)
-constexpr bool kHasSkinnyKernel = true;
-#else
-constexpr bool kHasSkinnyKernel = false;
-#endif
 constexpr int64_t kTensorsPerLayer = 6;  // input norm, qkv, o, post-attention norm, gate_up, down
 
 using TensorList = c10::ArrayRef<at::Tensor>;
 
+// An op of this library by its short name (its namespace depends on the build, ops.h).
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+  const std::string full = std::string(PAGEDLLM_OPS_NAMESPACE_NAME "::") + name;
+  return c10::Dispatcher::singleton().findSchemaOrThrow(full.c_str(), "").typed<Signature>();
 }
 
 struct Kernels {
   c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&, double)> rms_norm =
-      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&, double)>("pagedllm::rms_norm");
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&, double)>("rms_norm");
   c10::TypedOperatorHandle<void(at::Tensor, at::Tensor, const at::Tensor&, double)> fused_add_rms_norm =
-      op_handle<void(at::Tensor, at::Tensor, const at::Tensor&, double)>("pagedllm::fused_add_rms_norm");
+      op_handle<void(at::Tensor, at::Tensor, const at::Tensor&, double)>("fused_add_rms_norm");
   c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&)> silu_and_mul =
-      op_handle<void(at::Tensor, const at::Tensor&)>("pagedllm::silu_and_mul");
+      op_handle<void(at::Tensor, const at::Tensor&)>("silu_and_mul");
   c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&, int64_t, int64_t)> rotary =
       op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
-          "pagedllm::rotary_embedding");
+          "rotary_embedding");
   c10::TypedOperatorHandle<void(const at::Tensor&, const at::Tensor&, at::Tensor, at::Tensor, const at::Tensor&,
                                 bool)>
       reshape_and_cache =
           op_handle<void(const at::Tensor&, const at::Tensor&, at::Tensor, at::Tensor, const at::Tensor&, bool)>(
-              "pagedllm::reshape_and_cache");
+              "reshape_and_cache");
   c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                 const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, double,
                                 bool)>
       paged_attention =
           op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&, double, int64_t, double, bool)>(
-              "pagedllm::paged_attention");
+              "paged_attention");
   c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)> gemv_bf16 =
-      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemv_bf16");
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("gemv_bf16");
 };
 
 const Kernels& kernels() {
@@ -93,19 +92,19 @@ const Kernels& kernels() {
 // Kernels from other translation units; looked up on first use only.
 const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemv_int4_handle() {
   static const auto handle =
-      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemv_int4");
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("gemv_int4");
   return handle;
 }
 
 const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemv_int8_handle() {
   static const auto handle =
-      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemv_int8");
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("gemv_int8");
   return handle;
 }
 
 const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>& gemm_packed_handle() {
   static const auto handle =
-      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("pagedllm::gemm_packed_bf16");
+      op_handle<void(at::Tensor, const at::Tensor&, const at::Tensor&)>("gemm_packed_bf16");
   return handle;
 }
 
@@ -126,7 +125,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
     (kind == kInt4 ? gemv_int4_handle() : gemv_int8_handle()).call(out, x, weight);
     return out;
   }
-  if (kHasSkinnyKernel && x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
+  if (gemv_bf16_max_rows() > 0 && x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
       x.size(0) <= kSkinnyMaxRows && x.size(1) % 32 == 0 && x.stride(1) == 1 && weight.is_contiguous()) {
     auto out = at::empty({x.size(0), weight.size(0)}, x.options());
     kernels().gemv_bf16.call(out, x, weight);
@@ -193,7 +192,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
 // [tensors_per_layer, skinny_max_rows, kind_plain, kind_packed_bf16, kind_int4, kind_int8]: see
 // the file header. The order is part of the op's interface.
 std::vector<int64_t> decoder_stack_info() {
-  return {kTensorsPerLayer, kHasSkinnyKernel ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4, kInt8};
+  return {kTensorsPerLayer, gemv_bf16_max_rows() > 0 ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4, kInt8};
 }
 
 }  // namespace pagedllm

@@ -17,6 +17,16 @@
 #include "int8_gemv.h"   // gemv_int8, int8_linear, dequantize_int8_t (int8_gemv.cpp)
 #include "quant_gemv.h"  // gemv_int4, int4_linear, dequantize_int4_t (quant_gemv.cpp)
 
+// The op namespace: `pagedllm` for the build made for this CPU, another name (passed with -D by
+// ops/cpu_kernels.py) for a build made for an older instruction set, so that a process can load
+// both and tests compare them. Ops that call other ops look them up under this name.
+#ifndef PAGEDLLM_OPS_NAMESPACE
+#define PAGEDLLM_OPS_NAMESPACE pagedllm
+#endif
+#define PAGEDLLM_STRINGIFY_(x) #x
+#define PAGEDLLM_STRINGIFY(x) PAGEDLLM_STRINGIFY_(x)
+#define PAGEDLLM_OPS_NAMESPACE_NAME PAGEDLLM_STRINGIFY(PAGEDLLM_OPS_NAMESPACE)
+
 namespace pagedllm {
 
 // attention.cpp

@@ -13,12 +13,8 @@
 #include "ops.h"
 #include "vec.h"
 
-// The op namespace: `pagedllm` for the build made for this CPU, another name (passed with -D by
-// ops/cpu_kernels.py) for a build made for an older instruction set, so that a process can load
-// both and tests compare them. The indirection expands the name before TORCH_LIBRARY pastes it.
-#ifndef PAGEDLLM_OPS_NAMESPACE
-#define PAGEDLLM_OPS_NAMESPACE pagedllm
-#endif
+// The op namespace is PAGEDLLM_OPS_NAMESPACE (ops.h); the indirection expands the name before
+// TORCH_LIBRARY pastes it.
 #define PAGEDLLM_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 #define PAGEDLLM_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
 

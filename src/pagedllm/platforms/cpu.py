@@ -1,10 +1,12 @@
 """The CPU platform: compiled kernels where they build, the pure-torch path where not.
 
 With the kernels (csrc/, built once per machine; `cpu_kernels` option / PAGEDLLM_CPU_KERNELS)
-the layers get the element-wise kernels, the skinny bf16 matmul and, on AVX512-BF16 CPUs,
-packed bf16 weights and the compiled 4-bit format; attention runs the paged CPU kernel, the
-sampler its fused kernel, and Llama-family stacks the compiled decoder stack. Without them
-everything is the torch reference, exactly what another device starts from.
+the layers get the element-wise kernels and, where the build has vector matmul paths
+(AVX512-BF16, or AVX2 + FMA: `cpu_kernels.instruction_set()`, PAGEDLLM_CPU_ISA forces the AVX2
+build), the skinny bf16 matmul, packed bf16 weights and the compiled 4-bit and int8 formats;
+attention runs the paged CPU kernel, the sampler its fused kernel, and Llama-family stacks the
+compiled decoder stack. Without them everything is the torch reference, exactly what another
+device starts from.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 _GiB = 1 << 30
 # Default KV budget: like vLLM-CPU's 4 GiB, never more than half of what is free.
 _DEFAULT_KV_BYTES = 4 * _GiB
+# Builds whose matmul kernels (gemv_bf16, packed bf16, 4-bit, int8) have vector paths.
+_MATMUL_INSTRUCTION_SETS = ("avx512_bf16",)
 
 
 def _int4_gemv_or_portable(blocks, dtype: torch.dtype):
@@ -126,10 +130,10 @@ class CpuPlatform(Platform):
     def _build_layer_ops(self) -> LayerOps:
         if not self.kernels:
             return NATIVE
-        bf16 = cpu_kernels.has_avx512_bf16()
+        # The matmul kernels need a vector build (AVX512-BF16 dot products or AVX2 + FMA).
+        bf16 = cpu_kernels.instruction_set() in _MATMUL_INSTRUCTION_SETS
         return LayerOps(
             name="cpu",
-            # The bf16 matmul kernels need AVX512-BF16 dot products.
             dense_linear=skinny_linear if bf16 else NATIVE.dense_linear,
             pack_float_weight=pack_if_packable
             if bf16 and self.options.packed_weights
@@ -158,4 +162,4 @@ class CpuPlatform(Platform):
     def kernels_label(self) -> str:
         if not self.kernels:
             return "off (torch reference)"
-        return "compiled" + (" (AVX512-BF16)" if cpu_kernels.has_avx512_bf16() else "")
+        return f"compiled ({cpu_kernels.instruction_set()})"
