@@ -31,7 +31,7 @@ STEPS = {
 
 @pytest.mark.parametrize(
     "dtype,block_size",
-    # bf16 with 16-token blocks: the blocked layout (on AVX512-BF16 CPUs)
+    # bf16 with 16-token blocks: the blocked layout (AVX512-BF16 and AVX2 builds)
     [(torch.float32, 4), (torch.bfloat16, 4), (torch.bfloat16, 16)],
 )
 @pytest.mark.parametrize("step", list(STEPS))
@@ -40,7 +40,9 @@ STEPS = {
     [(6, 2, None, None), (4, 4, None, None), (4, 1, 6, None), (6, 3, None, 5.0), (4, 2, 9, 3.0)],
 )
 @pytest.mark.parametrize("head_dim", [32, 64])  # 64: the kernel's compile-time head size
-def test_kernel_matches_reference(dtype, block_size, step, heads, kv_heads, window, soft_cap, head_dim):
+def test_kernel_matches_reference(
+    dtype, block_size, step, heads, kv_heads, window, soft_cap, head_dim, kernel_target
+):
     num_blocks = 64
     requests = STEPS[step]
     torch.manual_seed(0)
@@ -81,7 +83,9 @@ LONG_STEPS = {
 @pytest.mark.parametrize("step", list(LONG_STEPS))
 @pytest.mark.parametrize("window,soft_cap", [(None, None), (300, None), (100, 4.0)])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 9, 3), (128, 4, 2), (256, 4, 1)])
-def test_long_contexts_cross_chunks_and_tiles(step, window, soft_cap, head_dim, heads, kv_heads):
+def test_long_contexts_cross_chunks_and_tiles(
+    step, window, soft_cap, head_dim, heads, kv_heads, kernel_target
+):
     requests = LONG_STEPS[step]
     num_blocks = sum(-(-(c + q) // 16) for c, q in requests) + 8
     ref, out = run_both(requests, heads, kv_heads, head_dim, window, soft_cap, num_blocks, seed=3)
@@ -92,13 +96,13 @@ def write_context(backend, cache, layout, keys, values, slots):
     """Store earlier tokens' K/V the way each backend stores them (its declared layout)."""
     if isinstance(backend, CPUPagedBackend):
         blocked = layout.element_order == BLOCKED_BF16
-        torch.ops.pagedllm.reshape_and_cache(keys, values, cache[0], cache[1], slots, blocked)
+        cpu_kernels.op("reshape_and_cache")(keys, values, cache[0], cache[1], slots, blocked)
         return
     assert layout.element_order == ROW
     write_row_context(cache, keys, values, slots)
 
 
-def test_row_layout_cache_matches_reference_bit_for_bit():
+def test_row_layout_cache_matches_reference_bit_for_bit(kernel_target):
     """Outside the blocked layout, the kernel writes exactly what the reference writes."""
     torch.manual_seed(0)
     cache = torch.zeros(2, 2, 8, 4, 32)
@@ -113,13 +117,13 @@ def test_row_layout_cache_matches_reference_bit_for_bit():
     assert torch.equal(cache, expected)
 
 
-def test_kernel_backend_declares_the_blocked_order_where_it_uses_it():
-    """bf16 caches of 16-token blocks with head_dim % 32 == 0 on AVX512-BF16 CPUs are blocked;
-    the shape stays the reference's."""
+def test_kernel_backend_declares_the_blocked_order_where_it_uses_it(kernel_target):
+    """bf16 caches of 16-token blocks with head_dim % 32 == 0 are blocked where the build has
+    vector paths (AVX512-BF16 or AVX2); the shape stays the reference's."""
     kernel, reference = CPUPagedBackend(), TorchReferenceBackend()
     blocked = kernel.kv_cache_layout(9, 16, 3, 64, torch.bfloat16)
     assert blocked.shape == reference.kv_cache_layout(9, 16, 3, 64, torch.bfloat16).shape
-    expected = BLOCKED_BF16 if cpu_kernels.has_avx512_bf16() else ROW
+    expected = BLOCKED_BF16 if kernel_target in ("avx512_bf16", "avx2") else ROW
     assert blocked.element_order == expected
     for other in (
         (9, 8, 3, 64, torch.bfloat16),
@@ -160,7 +164,7 @@ DECODE_LENGTHS = [1, 2, 15, 16, 17, 31, 32, 33, 47, 100, 129, 200, 257]
     [(9, 3, 64), (4, 4, 64), (8, 2, 64), (7, 1, 64), (8, 1, 128), (4, 2, 128), (2, 1, 256), (6, 2, 32)],
 )
 @pytest.mark.parametrize("window,soft_cap", [(None, None), (20, None), (None, 4.0), (37, 2.0)])
-def test_decode_matches_reference(num_seqs, heads, kv_heads, head_dim, window, soft_cap):
+def test_decode_matches_reference(num_seqs, heads, kv_heads, head_dim, window, soft_cap, kernel_target):
     """Decode steps (one query per sequence): contexts of every length class around the
     16-token blocks, with and without sliding windows and soft caps."""
     rng = np.random.default_rng(num_seqs * 1000 + heads * 10 + kv_heads)
@@ -177,7 +181,7 @@ def test_decode_matches_reference(num_seqs, heads, kv_heads, head_dim, window, s
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4), (8, 1)])
-def test_single_token_tiles_of_a_chunk_match_reference(heads, kv_heads):
+def test_single_token_tiles_of_a_chunk_match_reference(heads, kv_heads, kernel_target):
     """A chunk whose last tile holds one token (attended as a decode) after cached context,
     after decodes (which come first, as the scheduler orders them) and next to other chunks."""
     tokens_per_tile = max(1, 48 // (heads // kv_heads))
@@ -195,7 +199,9 @@ def test_single_token_tiles_of_a_chunk_match_reference(heads, kv_heads):
 )
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (7, 1, 64), (8, 2, 128)])
 @pytest.mark.parametrize("window,soft_cap", [(None, None), (150, None), (None, 3.0), (70, 2.0)])
-def test_few_long_decodes_match_reference(lengths, heads, kv_heads, head_dim, window, soft_cap):
+def test_few_long_decodes_match_reference(
+    lengths, heads, kv_heads, head_dim, window, soft_cap, kernel_target
+):
     """Few decode items on several threads: each is cut into block ranges whose partial
     softmax results are combined."""
     threads = torch.get_num_threads()

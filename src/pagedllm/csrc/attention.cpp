@@ -209,7 +209,8 @@ void paged_attention(
     bool vnni) {
   check_cpu(query, "query");
   TORCH_CHECK(!vnni || vnni_layout_supported(key_cache),
-              "the blocked (vnni) cache layout needs bf16, block_size 16, head_dim % 32 == 0 and AVX512-BF16");
+              "the blocked (vnni) cache layout needs bf16, block_size 16, head_dim % 32 == 0 and an AVX512-BF16 "
+              "or AVX2 build");
   TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1, "query must be [T, heads, head_dim] with unit stride");
   TORCH_CHECK(out.sizes() == query.sizes() && out.stride(2) == 1, "out must match query's shape");
   TORCH_CHECK(key_cache.dim() == 4 && key_cache.is_contiguous() && value_cache.is_contiguous(),
@@ -254,7 +255,7 @@ void paged_attention(
     }
   }
   const int64_t head_dim = query.size(2);
-#if defined(__AVX512BF16__)
+#if defined(PAGEDLLM_BLOCKED_KV)
   if (vnni) {
     if (head_dim == 64) {
       paged_attention_vnni<64>(out, query, key_cache, value_cache, args, items);

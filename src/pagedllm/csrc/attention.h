@@ -32,10 +32,13 @@ struct AttentionArgs {
   float scale, cap;
 };
 
-#if defined(__AVX512BF16__)
+#if defined(PAGEDLLM_BLOCKED_KV)
 // A thread's buffers for attend_item_vnni.
 struct VnniScratch {
   std::vector<uint32_t> q_pairs;  // [rows][head_dim / 2] bf16 pairs
+#if defined(PAGEDLLM_ISA_AVX2)
+  std::vector<float> q_rows;  // [rows][head_dim]: q_pairs widened (the 8-lane path broadcasts floats)
+#endif
   std::vector<float> scores;      // [rows][span]
   std::vector<uint16_t> probs;    // [rows][span] bf16
   std::vector<float> out_acc;     // [rows][head_dim]: the tiled path's running p.V
@@ -43,7 +46,11 @@ struct VnniScratch {
   float row_sum[kTileRows];
   float row_max[kTileRows];
   explicit VnniScratch(int64_t head_dim)
-      : q_pairs(kTileRows * head_dim / 2), out_acc(kTileRows * head_dim) {}
+      : q_pairs(kTileRows * head_dim / 2),
+#if defined(PAGEDLLM_ISA_AVX2)
+        q_rows(kTileRows * head_dim),
+#endif
+        out_acc(kTileRows * head_dim) {}
 };
 
 // One work item with several query tokens over blocked-layout caches (attention_prefill.cpp).

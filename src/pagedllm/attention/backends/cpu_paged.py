@@ -5,10 +5,11 @@ prefix hit or a sliding window: each query reads its context in place through th
 table, so nothing is gathered, padded or masked densely.
 
 The cache has the reference backend's shape, [2, kv_heads, blocks, block_size, head_dim]. For
-bf16 caches with 16-token blocks and head_dim % 32 == 0 on CPUs with AVX512-BF16, each block's
-memory is ordered for bf16 dot products instead (`BLOCKED_BF16`: K dim-pair major, V token-pair
-major); the layout says which, once, when the cache is allocated. Other caches keep the row
-order the torch reference backend uses.
+bf16 caches with 16-token blocks and head_dim % 32 == 0, where the kernel build in use has
+vector paths for it (AVX512-BF16, or AVX2 + FMA), each block's memory is ordered for bf16 dot
+products instead (`BLOCKED_BF16`: K dim-pair major, V token-pair major); the layout says which,
+once, when the cache is allocated. Other caches keep the row order the torch reference backend
+uses.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 
 from pagedllm.attention.backends.base import BLOCKED_BF16, ROW, AttentionBackend, KVCacheLayout
 from pagedllm.attention.metadata import AttentionMetadata
-from pagedllm.ops.cpu_kernels import has_avx512_bf16, op
+from pagedllm.ops.cpu_kernels import instruction_set, op
 
 # The blocked order's block: 16 tokens, head_dim a multiple of 32 (csrc/ attention sources).
 _BLOCKED_BLOCK_SIZE = 16
 _BLOCKED_HEAD_DIM_MULTIPLE = 32
+# Builds whose decode, prefill and cache-write kernels all read and write the blocked order.
+_BLOCKED_INSTRUCTION_SETS = ("avx512_bf16", "avx2")
 
 
 def blocked_order_applies(block_size: int, head_dim: int, dtype: torch.dtype) -> bool:
@@ -30,7 +33,7 @@ def blocked_order_applies(block_size: int, head_dim: int, dtype: torch.dtype) ->
         dtype == torch.bfloat16
         and block_size == _BLOCKED_BLOCK_SIZE
         and head_dim % _BLOCKED_HEAD_DIM_MULTIPLE == 0
-        and has_avx512_bf16()
+        and instruction_set() in _BLOCKED_INSTRUCTION_SETS
     )
 
 
