@@ -251,8 +251,8 @@ void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeIte
 // ---------------------------------------------------------------------------------------
 
 constexpr int kDecodeRows = 4;    // query rows per pass over the blocks (2 score vectors each)
-constexpr int kPvTileRows = 2;    // p.V register tile: 2 rows x 4 vectors of 8 dims
-constexpr int kPvTileVecs = 4;
+constexpr int kPvTileRows = 2;    // p.V register tiles: 2 rows x 4 vectors of 8 dims, or a
+constexpr int kPvTileVecs = 4;    // last odd row x 8 vectors (8 independent FMA chains either way)
 
 // cap * tanh(x / cap) on 8 lanes, as soft_cap16.
 inline __m256 soft_cap8(__m256 x, float cap) {
@@ -270,15 +270,15 @@ inline float reduce_max8(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-// kR rows' p.V over one block for dims [c0 * 8, (c0 + kPvTileVecs) * 8): probs [kR][16]
-// (float, bf16-exact), acc [kR][kD].
-template <int kD, int kR>
+// kR rows' p.V over one block for dims [c0 * 8, (c0 + kVecs) * 8): probs [kR][16] (float,
+// bf16-exact), acc [kR][kD].
+template <int kD, int kR, int kVecs>
 inline void decode_pv_tile(const uint16_t* vb, const float* probs, float* acc, int c0) {
-  __m256 a[kR][kPvTileVecs];
+  __m256 a[kR][kVecs];
 #pragma GCC unroll 4
   for (int r = 0; r < kR; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < kPvTileVecs; ++c) a[r][c] = _mm256_load_ps(acc + r * kD + (c0 + c) * 8);
+#pragma GCC unroll 8
+    for (int c = 0; c < kVecs; ++c) a[r][c] = _mm256_load_ps(acc + r * kD + (c0 + c) * 8);
 #pragma GCC unroll 8
   for (int tp = 0; tp < kVnniBlock / 2; ++tp) {
     __m256 p_even[kR], p_odd[kR];
@@ -287,8 +287,8 @@ inline void decode_pv_tile(const uint16_t* vb, const float* probs, float* acc, i
       p_even[r] = _mm256_broadcast_ss(probs + r * kVnniBlock + 2 * tp);
       p_odd[r] = _mm256_broadcast_ss(probs + r * kVnniBlock + 2 * tp + 1);
     }
-#pragma GCC unroll 4
-    for (int c = 0; c < kPvTileVecs; ++c) {
+#pragma GCC unroll 8
+    for (int c = 0; c < kVecs; ++c) {
       const __m256i vv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb + (tp * kD + (c0 + c) * 8) * 2));
       const __m256 v_even = low_bf16_to_float8(vv), v_odd = high_bf16_to_float8(vv);
 #pragma GCC unroll 4
@@ -300,8 +300,8 @@ inline void decode_pv_tile(const uint16_t* vb, const float* probs, float* acc, i
   }
 #pragma GCC unroll 4
   for (int r = 0; r < kR; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < kPvTileVecs; ++c) _mm256_store_ps(acc + r * kD + (c0 + c) * 8, a[r][c]);
+#pragma GCC unroll 8
+    for (int c = 0; c < kVecs; ++c) _mm256_store_ps(acc + r * kD + (c0 + c) * 8, a[r][c]);
 }
 
 // kN rows (query heads) of one decode item, as the AVX512-BF16 decode_rows: q [kN][kD]
@@ -312,8 +312,9 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const float* q, ui
                  float cap) {
   constexpr int64_t kPairs = kD / 2, kBlockElems = kD * kVnniBlock;
   static_assert(kPairs * 64 == kBlockElems * 2, "one prefetch per dim pair covers a block");
-  static_assert(kD % (8 * kPvTileVecs) == 0, "head size must be a multiple of 32");
-  // Few rows leave too few independent FMA chains for the scores: split each into even and odd dims.
+  static_assert(kD % (16 * kPvTileVecs) == 0, "head size must be a multiple of 64");
+  // Few rows leave too few independent FMA chains for the scores: split each into even and odd
+  // dims (not for 3 rows: 12 accumulators and the 4 key vectors would spill).
   constexpr int kSplit = kN <= 2 ? 2 : 1;
   alignas(32) float acc[kN][kD];
   alignas(32) float probs[kN][kVnniBlock];
@@ -349,7 +350,6 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const float* q, ui
     for (int h = 0; h < kSplit; ++h)
 #pragma GCC unroll 4
       for (int i = 0; i < kN; ++i) s[h][i][0] = s[h][i][1] = _mm256_setzero_ps();
-#pragma GCC unroll 4
     for (int64_t p = 0; p < kPairs; ++p) {
       prefetch_line(pk + p * 64);
       prefetch_line(pv + p * 64);
@@ -411,12 +411,17 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const float* q, ui
     }
 
     // Probability-weighted values, a register tile at a time.
+    constexpr int kPairedRows = kN - kN % kPvTileRows;
     for (int c0 = 0; c0 < kD / 8; c0 += kPvTileVecs) {
-      int i = 0;
-      for (; i + kPvTileRows <= kN; i += kPvTileRows) {
-        decode_pv_tile<kD, kPvTileRows>(vb, probs[i], acc[i], c0);
+#pragma GCC unroll 2
+      for (int i = 0; i < kPairedRows; i += kPvTileRows) {
+        decode_pv_tile<kD, kPvTileRows, kPvTileVecs>(vb, probs[i], acc[i], c0);
       }
-      if constexpr (kN % kPvTileRows != 0) decode_pv_tile<kD, kN % kPvTileRows>(vb, probs[i], acc[i], c0);
+    }
+    if constexpr (kPairedRows < kN) {
+      for (int c0 = 0; c0 < kD / 8; c0 += 2 * kPvTileVecs) {
+        decode_pv_tile<kD, 1, 2 * kPvTileVecs>(vb, probs[kPairedRows], acc[kPairedRows], c0);
+      }
     }
   }
   if (partial != nullptr) {
