@@ -3,7 +3,8 @@
 // the blocks, with an online softmax) and paged_attention_vnni, which schedules every work
 // item of a call over the threads: decodes in chunks that prefetch across items, long decodes
 // split into block ranges when there are too few for the threads, and items of several tokens
-// handed to attend_item_vnni (attention_prefill.cpp).
+// handed to attend_item_vnni (attention_prefill.cpp). The decode routine has an AVX512-BF16
+// version and an AVX2 + FMA one (the build's PAGEDLLM_ISA_*); the scheduler is shared.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -251,8 +252,8 @@ void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeIte
 // ---------------------------------------------------------------------------------------
 
 constexpr int kDecodeRows = 4;    // query rows per pass over the blocks (2 score vectors each)
-constexpr int kPvTileRows = 2;    // p.V register tiles: 2 rows x 4 vectors of 8 dims, or a
-constexpr int kPvTileVecs = 4;    // last odd row x 8 vectors (8 independent FMA chains either way)
+constexpr int kPvTileRows = 2;    // p.V register tiles: 2 rows x 4 vectors of 8 dims (and the
+constexpr int kPvTileVecs = 4;    // odd row of a group x 8 vectors), 8 FMA chains each
 
 // cap * tanh(x / cap) on 8 lanes, as soft_cap16.
 inline __m256 soft_cap8(__m256 x, float cap) {
@@ -263,7 +264,8 @@ inline __m256 soft_cap8(__m256 x, float cap) {
   return _mm256_mul_ps(_mm256_or_ps(t, _mm256_and_ps(x, sign_bit)), _mm256_set1_ps(cap));
 }
 
-inline float reduce_max8(__m256 v) {
+// The largest of 8 lanes.
+inline float max_of_lanes8(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_movehdup_ps(m));
@@ -394,7 +396,7 @@ void decode_rows(const DecodeItem& d, const DecodeItem* next, const float* q, ui
         s1 = soft_cap8(s1, cap);
       }
       const float block_max =
-          reduce_max8(_mm256_max_ps(_mm256_blendv_ps(neg_inf, s0, visible0), _mm256_blendv_ps(neg_inf, s1, visible1)));
+          max_of_lanes8(_mm256_max_ps(_mm256_blendv_ps(neg_inf, s0, visible0), _mm256_blendv_ps(neg_inf, s1, visible1)));
       if (block_max > row_max[i]) {
         const float alpha = fast_exp(row_max[i] - block_max);  // ~0 for the first block
         const __m256 va = _mm256_set1_ps(alpha);

@@ -1,6 +1,7 @@
 // Paged attention over the blocked bf16 layout (kv_layout.h): work items of several query
 // tokens (prefill chunks, with or without cached context), as attend_item_vnni. Decode items
 // and the scheduling of every work item are in attention_decode.cpp, the op in attention.cpp.
+// An AVX512-BF16 version and an AVX2 + FMA one (the build's PAGEDLLM_ISA_*).
 
 #include <ATen/core/Tensor.h>
 #include <immintrin.h>
@@ -20,9 +21,10 @@ namespace pagedllm {
 #if defined(PAGEDLLM_BLOCKED_KV)
 // ---------------------------------------------------------------------------------------
 // Work items of several query tokens over the blocked layout (kv_layout.h): scores for 16
-// keys per `vdpbf16ps` chain, 8 rows at a time, then softmax, then p.V with dims in lanes.
-// Queries and probabilities are rounded to bf16 (as the torch reference backend does before
-// its matmuls); accumulation is float32.
+// keys per `vdpbf16ps` chain, 8 rows at a time, then softmax, then p.V with dims in lanes
+// (the AVX2 port below: 8 keys per FMA chain, 4 rows at a time). Queries and probabilities
+// are rounded to bf16 (as the torch reference backend does before its matmuls); accumulation
+// is float32.
 // ---------------------------------------------------------------------------------------
 
 // The item's query rows (tokens x the GQA group) as scaled bf16 pairs in w.q_pairs, and the
@@ -393,12 +395,15 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
 // (8 accumulators), p.V for 2 rows x 32 dims.
 // ---------------------------------------------------------------------------------------
 
+namespace {
+
 constexpr int64_t kChunkBlocks = 16;  // 256 keys
 constexpr int kScoreRows = 4;
 constexpr int kPvRows = 2;
 constexpr int kPvVecs = 4;  // vectors of 8 dims per p.V pass
 
-inline float reduce_max8(__m256 v) {
+// The largest of 8 lanes.
+inline float max_of_lanes8(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_movehdup_ps(m));
@@ -467,6 +472,8 @@ inline void chunk_pv8(const uint16_t* probs, int64_t stride, const uint16_t* v_h
       for (int c = 0; c < kPvVecs; ++c) _mm256_storeu_ps(out_acc + i * dim + (c0 + c) * 8, acc[i][c]);
   }
 }
+
+}  // namespace
 
 template <int kD>
 void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
@@ -544,7 +551,7 @@ void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uin
       for (int64_t j = j0; j < j1; j += 8) {
         vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(neg_inf, _mm256_loadu_ps(s + j), visible(j)));
       }
-      const float m = reduce_max8(vmax);
+      const float m = max_of_lanes8(vmax);
       if (m > w.row_max[row]) {
         const float rescale = fast_exp(w.row_max[row] - m);  // 0-ish for the first chunk: nothing yet
         w.row_sum[row] *= rescale;
