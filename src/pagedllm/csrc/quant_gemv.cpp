@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "ops.h"
@@ -41,7 +42,7 @@ constexpr int64_t kRowChunk = 64;                                   // rows of x
 // row of x than without (2 threads, cold weights); 2 groups gained half of that, 8 no more.
 constexpr int64_t kPrefetchGroups = 4;
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) || defined(PAGEDLLM_ISA_AVX2)
 
 // Where a tile finds its blocks' data: block b's codes for group g at
 // codes + g * group_stride + b * block_stride, its (scale, zero) lanes at
@@ -52,6 +53,19 @@ struct Int4Tile {
   const uint8_t* sz;
   int64_t sz_group_stride, sz_block_stride;
 };
+
+// Where block `blk` (of `blocks`) of a packed weight with `groups` groups starts.
+inline Int4Tile locate(const uint8_t* packed, int64_t blk, int64_t blocks, int64_t groups) {
+  const int64_t first = blk / kInt4SuperBlocks * kInt4SuperBlocks, lane = blk - first;
+  const int64_t nb = std::min(kInt4SuperBlocks, blocks - first), chunk = nb * (kGroupBytes + kScaleBytes);
+  const uint8_t* base = packed + first * groups * (kGroupBytes + kScaleBytes);
+  return {base + lane * kGroupBytes, chunk, kGroupBytes, base + nb * kGroupBytes + lane * kScaleBytes, chunk,
+          kScaleBytes};
+}
+
+#endif
+
+#if defined(__AVX512BF16__)
 
 // Rows m0..m0 + kM of x against kNB blocks of 16 output rows, over all of K.
 //   xsum: [kM][groups] float sums of x over each group
@@ -155,21 +169,154 @@ const std::array<std::array<TileFn, 4>, kMaxTileRows> kTiles = {
     tiles_for_rows<1>(), tiles_for_rows<2>(), tiles_for_rows<3>(), tiles_for_rows<4>(),
     tiles_for_rows<5>(), tiles_for_rows<6>(), tiles_for_rows<7>(), tiles_for_rows<8>()};
 
-// Where block `blk` (of `blocks`) of a packed weight with `groups` groups starts.
-inline Int4Tile locate(const uint8_t* packed, int64_t blk, int64_t blocks, int64_t groups) {
-  const int64_t first = blk / kInt4SuperBlocks * kInt4SuperBlocks, lane = blk - first;
-  const int64_t nb = std::min(kInt4SuperBlocks, blocks - first), chunk = nb * (kGroupBytes + kScaleBytes);
-  const uint8_t* base = packed + first * groups * (kGroupBytes + kScaleBytes);
-  return {base + lane * kGroupBytes, chunk, kGroupBytes, base + nb * kGroupBytes + lane * kScaleBytes, chunk,
-          kScaleBytes};
+#elif defined(PAGEDLLM_ISA_AVX2)
+
+// AVX2 works on units of 8 output rows: half a block, the 32-byte half of each 64-byte line
+// (rows 0-7, then 8-15) and of each group's (scale, zero) lanes.
+constexpr int64_t kUnitRows = 8;
+constexpr int64_t kUnitBytes = 32;
+constexpr int kMaxUnits = 4;  // units per tile
+
+// The units of one tile (consecutive, within one super-block, so one stride each): unit i's
+// codes for group g at codes[i] + g * group_stride, its (scale, zero) pairs at
+// sz[i] + g * sz_group_stride; valid[i] of its rows exist (fewer in the padded last block).
+struct Int4Units {
+  const uint8_t* codes[kMaxUnits];
+  const uint8_t* sz[kMaxUnits];
+  int64_t group_stride, sz_group_stride;
+  int valid[kMaxUnits];
+};
+
+// vpshufb control that moves byte q of each 32-bit lane to the lane's low byte and clears
+// the other three: with the nibbles masked beforehand, lane = one code, ready for cvtdq2ps.
+template <int kQ>
+inline __m256i byte_to_lane() {
+  constexpr int32_t c = static_cast<int32_t>(0x80808000u) | kQ;
+  return _mm256_setr_epi32(c, c + 4, c + 8, c + 12, c, c + 4, c + 8, c + 12);
 }
 
-#endif  // __AVX512BF16__
+template <int kQ>
+inline __m256 code_of(__m256i nibbles) {
+  return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(nibbles, byte_to_lane<kQ>()));
+}
+
+// Rows of x (float32, row stride x_stride) against kU units of 8 output rows, over all of K.
+// Per line and unit: the even and the odd nibbles masked into bytes (two ops for 8 values of
+// k), then per value of k one shuffle and one conversion give the 8 rows' codes as exact
+// floats, shared by the kM rows of x (one FMA each). Codes 0..15 times bf16 x are exact in
+// float32; per group, sum (code - 8) x = acc - 8 sum x, so the (scale, zero) term is
+// acc * scale + (zero - 8 scale) * sum x, applied once per 32 values of k.
+//   xsum: [kM][groups] float sums of x over each group
+template <int kM, int kU>
+void int4_tile8(const Int4Units& t, const float* x, int64_t x_stride, const float* xsum, int64_t groups,
+                uint16_t* out, int64_t out_stride) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256 minus8 = _mm256_set1_ps(-8.0f);
+  __m256 total[kM][kU];
+  for (int m = 0; m < kM; ++m)
+    for (int u = 0; u < kU; ++u) total[m][u] = _mm256_setzero_ps();
+
+  for (int64_t g = 0; g < groups; ++g) {
+    if (g + kPrefetchGroups < groups) {  // as the AVX-512 path: the hardware prefetcher ramps up late
+      for (int u = 0; u < kU; ++u) {
+        if (u > 0 && t.codes[u] - t.codes[u - 1] == kUnitBytes) continue;  // the same lines
+        const uint8_t* ahead = t.codes[u] + (g + kPrefetchGroups) * t.group_stride;
+        for (int o = 0; o < 4; ++o) _mm_prefetch(reinterpret_cast<const char*>(ahead + o * kOctetBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(t.sz[u] + (g + kPrefetchGroups) * t.sz_group_stride), _MM_HINT_T0);
+      }
+    }
+    __m256 acc[kM][kU];
+    for (int m = 0; m < kM; ++m)
+      for (int u = 0; u < kU; ++u) acc[m][u] = _mm256_setzero_ps();
+    const float* xg = x + g * kInt4GroupSize;
+#pragma GCC unroll 4
+    for (int o = 0; o < 4; ++o) {
+#pragma GCC unroll 2
+      for (int s = 0; s < 2; ++s) {
+        // Nibble 2i + s of each lane into byte i: k = 8o + 2s + 4 (i % 2) + i / 2 (quant_gemv.h).
+        __m256i nib[kU];
+        for (int u = 0; u < kU; ++u) {
+          const __m256i d =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.codes[u] + g * t.group_stride + o * kOctetBytes));
+          nib[u] = _mm256_and_si256(s == 0 ? d : _mm256_srli_epi32(d, 4), low4);
+        }
+        auto step = [&](auto q_const) {
+          constexpr int q = decltype(q_const)::value;
+          const int kk = o * 8 + 2 * s + 4 * (q % 2) + q / 2;
+          __m256 w[kU];
+          for (int u = 0; u < kU; ++u) w[u] = code_of<q>(nib[u]);
+          for (int m = 0; m < kM; ++m) {
+            const __m256 xb = _mm256_broadcast_ss(xg + m * x_stride + kk);
+            for (int u = 0; u < kU; ++u) acc[m][u] = _mm256_fmadd_ps(xb, w[u], acc[m][u]);
+          }
+        };
+        step(std::integral_constant<int, 0>{});
+        step(std::integral_constant<int, 1>{});
+        step(std::integral_constant<int, 2>{});
+        step(std::integral_constant<int, 3>{});
+      }
+    }
+    for (int u = 0; u < kU; ++u) {
+      const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.sz[u] + g * t.sz_group_stride));
+      const __m256 scale = low_bf16_to_float8(pairs);
+      const __m256 offset = _mm256_fmadd_ps(scale, minus8, high_bf16_to_float8(pairs));
+      for (int m = 0; m < kM; ++m) {
+        total[m][u] = _mm256_fmadd_ps(acc[m][u], scale, total[m][u]);
+        total[m][u] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xsum[m * groups + g]), total[m][u]);
+      }
+    }
+  }
+  for (int m = 0; m < kM; ++m)
+    for (int u = 0; u < kU; ++u) {
+      uint16_t* dst = out + m * out_stride + u * kUnitRows;
+      if (t.valid[u] == kUnitRows) {
+        store_bf16x8(dst, total[m][u]);
+      } else if (t.valid[u] > 0) {  // the padded last block: only the rows that exist
+        uint16_t tmp[kUnitRows];
+        store_bf16x8(tmp, total[m][u]);
+        std::copy(tmp, tmp + t.valid[u], dst);
+      }
+    }
+}
+
+using Tile8Fn = void (*)(const Int4Units&, const float*, int64_t, const float*, int64_t, uint16_t*, int64_t);
+
+// Units per tile for kM rows of x: the kM * kU accumulators, kU masked lines, kU codes and
+// the broadcast x within the 16 ymm registers (the per-group totals are touched once per 32
+// values of k; they may live in memory).
+constexpr int units_for(int m) { return m <= 2 ? 4 : (m <= 4 ? 2 : 1); }
+
+template <int kM>
+constexpr std::array<Tile8Fn, kMaxUnits> tiles8_for_rows() {
+  return {&int4_tile8<kM, 1>, &int4_tile8<kM, std::min(2, units_for(kM))>,
+          &int4_tile8<kM, std::min(3, units_for(kM))>, &int4_tile8<kM, std::min(4, units_for(kM))>};
+}
+
+const std::array<std::array<Tile8Fn, kMaxUnits>, kMaxTileRows> kTiles8 = {
+    tiles8_for_rows<1>(), tiles8_for_rows<2>(), tiles8_for_rows<3>(), tiles8_for_rows<4>(),
+    tiles8_for_rows<5>(), tiles8_for_rows<6>(), tiles8_for_rows<7>(), tiles8_for_rows<8>()};
+
+// Units first..first + count (8 rows each) of a packed weight of n_len rows.
+Int4Units units_at(const uint8_t* packed, int64_t first, int count, int64_t blocks, int64_t groups, int64_t n_len) {
+  Int4Units t{};
+  for (int i = 0; i < count; ++i) {
+    const int64_t unit = first + i, half = unit % 2;
+    const Int4Tile b = locate(packed, unit / 2, blocks, groups);
+    t.codes[i] = b.codes + half * kUnitBytes;
+    t.sz[i] = b.sz + half * kUnitBytes;
+    t.group_stride = b.group_stride;
+    t.sz_group_stride = b.sz_group_stride;
+    t.valid[i] = static_cast<int>(std::clamp<int64_t>(n_len - unit * kUnitRows, 0, kUnitRows));
+  }
+  return t;
+}
+
+#endif  // __AVX512BF16__ / PAGEDLLM_ISA_AVX2
 
 }  // namespace
 
 bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) || defined(PAGEDLLM_ISA_AVX2)
   return x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(0) <= kInt4GemvMaxRows && x.stride(1) == 1 &&
          x.size(1) % kInt4GroupSize == 0 && x.size(1) > 0 && n > 0 && x.device().is_cpu() &&
          packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu() &&
@@ -234,6 +381,52 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
       }
     }
   });
+#elif defined(PAGEDLLM_ISA_AVX2)
+  const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
+  if (rows == 0) return;
+  const int64_t groups = k_len / kInt4GroupSize, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* codes = packed.data_ptr<uint8_t>();
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
+  // A chunk of rows of x widened to float32 once (broadcast straight from memory in the
+  // tiles), with its sums over each group; one parallel sweep over W per chunk.
+  const int64_t chunk_rows = std::min(rows, kRowChunk);
+  std::vector<float> xf(chunk_rows * k_len), xs(chunk_rows * groups);
+  for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
+    const int64_t mc = std::min(rows, m0 + kRowChunk) - m0;
+    for (int64_t m = 0; m < mc; ++m)
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint16_t* src = xp + (m0 + m) * x_stride + g * kInt4GroupSize;
+        float* dst = xf.data() + m * k_len + g * kInt4GroupSize;
+        __m256 sum = _mm256_setzero_ps();
+        for (int i = 0; i < kInt4GroupSize; i += 8) {
+          const __m256 v = load_bf16x8(src + i);
+          _mm256_storeu_ps(dst + i, v);
+          sum = _mm256_add_ps(sum, v);
+        }
+        xs[m * groups + g] = reduce_add8(sum);
+      }
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      const int64_t units_end = 2 * end, super_units = 2 * kInt4SuperBlocks;
+      for (int64_t u = 2 * begin; u < units_end;) {
+        // A pass stays within one super-block; its rows of x run in tiles over it.
+        const int pass = static_cast<int>(
+            std::min({static_cast<int64_t>(kMaxUnits), units_end - u, (u / super_units + 1) * super_units - u}));
+        for (int64_t m = 0; m < mc; m += kMaxTileRows) {
+          const int mt = static_cast<int>(std::min<int64_t>(kMaxTileRows, mc - m));
+          const int nu = units_for(mt);
+          for (int done = 0; done < pass; done += nu) {
+            const int cnt = std::min(nu, pass - done);
+            kTiles8[mt - 1][cnt - 1](units_at(codes, u + done, cnt, blocks, groups, n_len), xf.data() + m * k_len,
+                                     k_len, xs.data() + m * groups, groups,
+                                     op + (m0 + m) * out_stride + (u + done) * kUnitRows, out_stride);
+          }
+        }
+        u += pass;
+      }
+    });
+  }
 #endif
 }
 
@@ -291,9 +484,58 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
       }
     }
   });
+#elif defined(PAGEDLLM_ISA_AVX2)
+  if (n_rows == 0) return;
+  const int64_t groups = k_len / kInt4GroupSize, all_blocks = packed.numel() / (k_len * 10);
+  const int64_t first = row_begin / kInt4BlockRows, blocks = (n_rows + kInt4BlockRows - 1) / kInt4BlockRows;
+  const auto* codes = packed.data_ptr<uint8_t>();
+  const bool bf16 = out.scalar_type() == at::kBFloat16;
+  char* base = static_cast<char*>(out.data_ptr());
+  const int64_t row_bytes = out.stride(0) * (bf16 ? 2 : 4);
+  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+    const __m256i nibble = _mm256_set1_epi32(15);
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    for (int64_t b = begin; b < end; ++b) {
+      const Int4Tile t = locate(codes, first + b, all_blocks, groups);
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t row0 = b * kInt4BlockRows + half * kUnitRows;
+        const int valid = static_cast<int>(std::clamp<int64_t>(n_rows - row0, 0, kUnitRows));
+        if (valid == 0) break;
+        const __m256i lanes = lane_mask8(valid);
+        for (int64_t g = 0; g < groups; ++g) {
+          const __m256i pairs =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.sz + g * t.sz_group_stride + half * kUnitBytes));
+          const __m256 scale = low_bf16_to_float8(pairs);
+          const __m256 zero = high_bf16_to_float8(pairs);
+          for (int o = 0; o < 4; ++o) {
+            const __m256i d = _mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * kOctetBytes + half * kUnitBytes));
+            for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+              const __m256i c = _mm256_and_si256(_mm256_srli_epi32(d, 4 * (r / 2) + 16 * (r % 2)), nibble);
+              // The AVX-512 path's arithmetic, so both builds give the same bits.
+              const __m256 w = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), eight), scale, zero);
+              char* dst = base + ((g * 4 + o) * 8 + r) * row_bytes;
+              if (bf16) {
+                auto* p = reinterpret_cast<uint16_t*>(dst) + row0;
+                if (valid == kUnitRows) {
+                  store_bf16x8(p, w);
+                } else {
+                  uint16_t tmp[kUnitRows];
+                  store_bf16x8(tmp, w);
+                  std::copy(tmp, tmp + valid, p);
+                }
+              } else {
+                _mm256_maskstore_ps(reinterpret_cast<float*>(dst) + row0, lanes, w);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
 #else
   (void)packed, (void)row_begin;
-  TORCH_CHECK(false, "dequantize_int4_t: built without AVX512-BF16");
+  TORCH_CHECK(false, "dequantize_int4_t: built without AVX512-BF16 or AVX2");
 #endif
 }
 
