@@ -189,6 +189,14 @@ struct Int4Units {
 
 // vpshufb control that moves byte q of each 32-bit lane to the lane's low byte and clears
 // the other three: with the nibbles masked beforehand, lane = one code, ready for cvtdq2ps.
+// One bf16 bit pattern as float32 (exact).
+inline float bf16_bits_to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float f;
+  __builtin_memcpy(&f, &wide, sizeof(f));
+  return f;
+}
+
 template <int kQ>
 inline __m256i byte_to_lane() {
   constexpr int32_t c = static_cast<int32_t>(0x80808000u) | kQ;
@@ -200,16 +208,17 @@ inline __m256 code_of(__m256i nibbles) {
   return _mm256_cvtepi32_ps(_mm256_shuffle_epi8(nibbles, byte_to_lane<kQ>()));
 }
 
-// Rows of x (float32, row stride x_stride) against kU units of 8 output rows, over all of K.
+// kM rows of x against kU units of 8 output rows, over all of K.
 // Per line and unit: the even and the odd nibbles masked into bytes (two ops for 8 values of
 // k), then per value of k one shuffle and one conversion give the 8 rows' codes as exact
 // floats, shared by the kM rows of x (one FMA each). Codes 0..15 times bf16 x are exact in
 // float32; per group, sum (code - 8) x = acc - 8 sum x, so the (scale, zero) term is
 // acc * scale + (zero - 8 scale) * sum x, applied once per 32 values of k.
-//   xsum: [kM][groups] float sums of x over each group
+//   x:    [K][kM] float32 (k-major, so that every broadcast is at a constant offset)
+//   xsum: [groups][kM] float sums of x over each group
 template <int kM, int kU>
-void int4_tile8(const Int4Units& t, const float* x, int64_t x_stride, const float* xsum, int64_t groups,
-                uint16_t* out, int64_t out_stride) {
+void int4_tile8(const Int4Units& t, const float* x, const float* xsum, int64_t groups, uint16_t* out,
+                int64_t out_stride) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256 minus8 = _mm256_set1_ps(-8.0f);
   __m256 total[kM][kU];
@@ -228,7 +237,7 @@ void int4_tile8(const Int4Units& t, const float* x, int64_t x_stride, const floa
     __m256 acc[kM][kU];
     for (int m = 0; m < kM; ++m)
       for (int u = 0; u < kU; ++u) acc[m][u] = _mm256_setzero_ps();
-    const float* xg = x + g * kInt4GroupSize;
+    const float* xg = x + g * kInt4GroupSize * kM;
 #pragma GCC unroll 4
     for (int o = 0; o < 4; ++o) {
 #pragma GCC unroll 2
@@ -246,7 +255,7 @@ void int4_tile8(const Int4Units& t, const float* x, int64_t x_stride, const floa
           __m256 w[kU];
           for (int u = 0; u < kU; ++u) w[u] = code_of<q>(nib[u]);
           for (int m = 0; m < kM; ++m) {
-            const __m256 xb = _mm256_broadcast_ss(xg + m * x_stride + kk);
+            const __m256 xb = _mm256_broadcast_ss(xg + kk * kM + m);
             for (int u = 0; u < kU; ++u) acc[m][u] = _mm256_fmadd_ps(xb, w[u], acc[m][u]);
           }
         };
@@ -262,7 +271,7 @@ void int4_tile8(const Int4Units& t, const float* x, int64_t x_stride, const floa
       const __m256 offset = _mm256_fmadd_ps(scale, minus8, high_bf16_to_float8(pairs));
       for (int m = 0; m < kM; ++m) {
         total[m][u] = _mm256_fmadd_ps(acc[m][u], scale, total[m][u]);
-        total[m][u] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xsum[m * groups + g]), total[m][u]);
+        total[m][u] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xsum[g * kM + m]), total[m][u]);
       }
     }
   }
@@ -279,12 +288,15 @@ void int4_tile8(const Int4Units& t, const float* x, int64_t x_stride, const floa
     }
 }
 
-using Tile8Fn = void (*)(const Int4Units&, const float*, int64_t, const float*, int64_t, uint16_t*, int64_t);
+using Tile8Fn = void (*)(const Int4Units&, const float*, const float*, int64_t, uint16_t*, int64_t);
 
 // Units per tile for kM rows of x: the kM * kU accumulators, kU masked lines, kU codes and
 // the broadcast x within the 16 ymm registers (the per-group totals are touched once per 32
 // values of k; they may live in memory).
-constexpr int units_for(int m) { return m <= 2 ? 4 : (m <= 4 ? 2 : 1); }
+// (In cache on one core, 4 units for one row ran 17.5 G products/s against 17.1 with 2 units
+// and two accumulators each; 2 units for 2-4 rows, one beyond, were the fastest that do not
+// spill.)
+constexpr int units_for(int m) { return m == 1 ? 4 : (m <= 4 ? 2 : 1); }
 
 template <int kM>
 constexpr std::array<Tile8Fn, kMaxUnits> tiles8_for_rows() {
@@ -389,24 +401,28 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   const auto* codes = packed.data_ptr<uint8_t>();
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
-  // A chunk of rows of x widened to float32 once (broadcast straight from memory in the
-  // tiles), with its sums over each group; one parallel sweep over W per chunk.
+  // A chunk of rows of x widened to float32 once, k-major within each tile of rows (the
+  // tiles broadcast it straight from memory), with its sums over each group; one parallel
+  // sweep over W per chunk.
   const int64_t chunk_rows = std::min(rows, kRowChunk);
   std::vector<float> xf(chunk_rows * k_len), xs(chunk_rows * groups);
   for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
     const int64_t mc = std::min(rows, m0 + kRowChunk) - m0;
-    for (int64_t m = 0; m < mc; ++m)
+    for (int64_t m = 0; m < mc; ++m) {
+      const int64_t tile = m / kMaxTileRows * kMaxTileRows, mt = std::min<int64_t>(kMaxTileRows, mc - tile);
+      float* dst = xf.data() + tile * k_len + (m - tile);
+      float* sums = xs.data() + tile * groups + (m - tile);
       for (int64_t g = 0; g < groups; ++g) {
         const uint16_t* src = xp + (m0 + m) * x_stride + g * kInt4GroupSize;
-        float* dst = xf.data() + m * k_len + g * kInt4GroupSize;
-        __m256 sum = _mm256_setzero_ps();
-        for (int i = 0; i < kInt4GroupSize; i += 8) {
-          const __m256 v = load_bf16x8(src + i);
-          _mm256_storeu_ps(dst + i, v);
-          sum = _mm256_add_ps(sum, v);
+        float sum = 0.0f;
+        for (int i = 0; i < kInt4GroupSize; ++i) {
+          const float v = bf16_bits_to_float(src[i]);
+          dst[(g * kInt4GroupSize + i) * mt] = v;
+          sum += v;
         }
-        xs[m * groups + g] = reduce_add8(sum);
+        sums[g * mt] = sum;
       }
+    }
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
       const int64_t units_end = 2 * end, super_units = 2 * kInt4SuperBlocks;
       for (int64_t u = 2 * begin; u < units_end;) {
@@ -419,8 +435,8 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
           for (int done = 0; done < pass; done += nu) {
             const int cnt = std::min(nu, pass - done);
             kTiles8[mt - 1][cnt - 1](units_at(codes, u + done, cnt, blocks, groups, n_len), xf.data() + m * k_len,
-                                     k_len, xs.data() + m * groups, groups,
-                                     op + (m0 + m) * out_stride + (u + done) * kUnitRows, out_stride);
+                                     xs.data() + m * groups, groups, op + (m0 + m) * out_stride + (u + done) * kUnitRows,
+                                     out_stride);
           }
         }
         u += pass;
