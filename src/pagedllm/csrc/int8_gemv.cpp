@@ -295,6 +295,31 @@ Int8Units units_at(const uint8_t* packed, int64_t first, int count, int64_t bloc
   return t;
 }
 
+// One value of k of a block's 16 rows (w[0]: rows 0-7, w[1]: 8-15) into row `dst` of a
+// dequantized weight, from column col: bf16 or float32, only the first `valid` rows.
+inline void store_block_row(char* dst, int64_t col, bool bf16, const __m256 w[2], int valid) {
+  if (bf16) {
+    const __m256i v = _mm256_set_m128i(to_bf16x8(w[1]), to_bf16x8(w[0]));
+    auto* p = reinterpret_cast<uint16_t*>(dst) + col;
+    if (valid == 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+    } else {
+      uint16_t tmp[16];
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), v);
+      std::copy(tmp, tmp + valid, p);
+    }
+  } else {
+    float* p = reinterpret_cast<float*>(dst) + col;
+    if (valid == 16) {
+      _mm256_storeu_ps(p, w[0]);
+      _mm256_storeu_ps(p + 8, w[1]);
+    } else {
+      _mm256_maskstore_ps(p, lane_mask8(std::min(valid, 8)), w[0]);
+      _mm256_maskstore_ps(p + 8, lane_mask8(std::max(valid - 8, 0)), w[1]);
+    }
+  }
+}
+
 #endif  // __AVX512BF16__ / PAGEDLLM_ISA_AVX2
 
 }  // namespace
@@ -477,39 +502,27 @@ void dequantize_int8_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
     const __m256i nibble = _mm256_set1_epi32(15);
     const __m256 offset = _mm256_set1_ps(128.0f);
     for (int64_t b = begin; b < end; ++b) {
+      const int valid = static_cast<int>(std::min<int64_t>(kInt8BlockRows, n_rows - b * kInt8BlockRows));
       const Int8Tile t = locate(codes, first + b, all_blocks, groups);
-      for (int64_t half = 0; half < 2; ++half) {
-        const int64_t row0 = b * kInt8BlockRows + half * kUnitRows;
-        const int valid = static_cast<int>(std::clamp<int64_t>(n_rows - row0, 0, kUnitRows));
-        if (valid == 0) break;
-        const __m256i lanes = lane_mask8(valid);
-        const __m256 scale = _mm256_loadu_ps(reinterpret_cast<const float*>(t.scales + half * kUnitBytes));
-        for (int64_t g = 0; g < groups; ++g) {
-          for (int o = 0; o < 4; ++o) {
-            const uint8_t* line = t.codes + g * t.group_stride + o * t.line_stride + half * kUnitBytes;
-            const __m256i dl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line));
-            const __m256i dh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + kLineBytes));
-            for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
-              const int shift = 4 * (r / 2) + 16 * (r % 2);
-              const __m256i u = _mm256_or_si256(
-                  _mm256_and_si256(_mm256_srli_epi32(dl, shift), nibble),
-                  _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(dh, shift), nibble), 4));
+      const auto* scales = reinterpret_cast<const float*>(t.scales);
+      const __m256 scale[2] = {_mm256_loadu_ps(scales), _mm256_loadu_ps(scales + kUnitRows)};
+      for (int64_t g = 0; g < groups; ++g) {
+        for (int o = 0; o < 4; ++o) {
+          // Both halves of the block (rows 0-7, 8-15) at once: one 32-byte store per value of k.
+          const auto* line = reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * t.line_stride);
+          const __m256i dl[2] = {_mm256_loadu_si256(line), _mm256_loadu_si256(line + 1)};
+          const __m256i dh[2] = {_mm256_loadu_si256(line + 2), _mm256_loadu_si256(line + 3)};
+          for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+            const int shift = 4 * (r / 2) + 16 * (r % 2);
+            __m256 w[2];
+            for (int h = 0; h < 2; ++h) {
+              const __m256i u =
+                  _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(dl[h], shift), nibble),
+                                  _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(dh[h], shift), nibble), 4));
               // The AVX-512 path's arithmetic, so both builds give the same bits.
-              const __m256 w = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(u), offset), scale);
-              char* dst = base + ((g * 4 + o) * 8 + r) * row_bytes;
-              if (bf16) {
-                auto* p = reinterpret_cast<uint16_t*>(dst) + row0;
-                if (valid == kUnitRows) {
-                  store_bf16x8(p, w);
-                } else {
-                  uint16_t tmp[kUnitRows];
-                  store_bf16x8(tmp, w);
-                  std::copy(tmp, tmp + valid, p);
-                }
-              } else {
-                _mm256_maskstore_ps(reinterpret_cast<float*>(dst) + row0, lanes, w);
-              }
+              w[h] = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(u), offset), scale[h]);
             }
+            store_block_row(base + ((g * 4 + o) * 8 + r) * row_bytes, b * kInt8BlockRows, bf16, w, valid);
           }
         }
       }

@@ -330,6 +330,31 @@ Int4Units units_at(const uint8_t* packed, int64_t first, int count, int64_t bloc
   return t;
 }
 
+// One value of k of a block's 16 rows (w[0]: rows 0-7, w[1]: 8-15) into row `dst` of a
+// dequantized weight, from column col: bf16 or float32, only the first `valid` rows.
+inline void store_block_row(char* dst, int64_t col, bool bf16, const __m256 w[2], int valid) {
+  if (bf16) {
+    const __m256i v = _mm256_set_m128i(to_bf16x8(w[1]), to_bf16x8(w[0]));
+    auto* p = reinterpret_cast<uint16_t*>(dst) + col;
+    if (valid == 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+    } else {
+      uint16_t tmp[16];
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), v);
+      std::copy(tmp, tmp + valid, p);
+    }
+  } else {
+    float* p = reinterpret_cast<float*>(dst) + col;
+    if (valid == 16) {
+      _mm256_storeu_ps(p, w[0]);
+      _mm256_storeu_ps(p + 8, w[1]);
+    } else {
+      _mm256_maskstore_ps(p, lane_mask8(std::min(valid, 8)), w[0]);
+      _mm256_maskstore_ps(p + 8, lane_mask8(std::max(valid - 8, 0)), w[1]);
+    }
+  }
+}
+
 #endif  // __AVX512BF16__ / PAGEDLLM_ISA_AVX2
 
 }  // namespace
@@ -519,38 +544,25 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
     const __m256i nibble = _mm256_set1_epi32(15);
     const __m256 eight = _mm256_set1_ps(8.0f);
     for (int64_t b = begin; b < end; ++b) {
+      const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
       const Int4Tile t = locate(codes, first + b, all_blocks, groups);
-      for (int64_t half = 0; half < 2; ++half) {
-        const int64_t row0 = b * kInt4BlockRows + half * kUnitRows;
-        const int valid = static_cast<int>(std::clamp<int64_t>(n_rows - row0, 0, kUnitRows));
-        if (valid == 0) break;
-        const __m256i lanes = lane_mask8(valid);
-        for (int64_t g = 0; g < groups; ++g) {
-          const __m256i pairs =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.sz + g * t.sz_group_stride + half * kUnitBytes));
-          const __m256 scale = low_bf16_to_float8(pairs);
-          const __m256 zero = high_bf16_to_float8(pairs);
-          for (int o = 0; o < 4; ++o) {
-            const __m256i d = _mm256_loadu_si256(
-                reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * kOctetBytes + half * kUnitBytes));
-            for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
-              const __m256i c = _mm256_and_si256(_mm256_srli_epi32(d, 4 * (r / 2) + 16 * (r % 2)), nibble);
+      for (int64_t g = 0; g < groups; ++g) {
+        // Both halves of the block (rows 0-7, 8-15) at once: one 32-byte store per value of k.
+        const auto* sz = reinterpret_cast<const __m256i*>(t.sz + g * t.sz_group_stride);
+        const __m256i pairs[2] = {_mm256_loadu_si256(sz), _mm256_loadu_si256(sz + 1)};
+        const __m256 scale[2] = {low_bf16_to_float8(pairs[0]), low_bf16_to_float8(pairs[1])};
+        const __m256 zero[2] = {high_bf16_to_float8(pairs[0]), high_bf16_to_float8(pairs[1])};
+        for (int o = 0; o < 4; ++o) {
+          const auto* line = reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * kOctetBytes);
+          const __m256i d[2] = {_mm256_loadu_si256(line), _mm256_loadu_si256(line + 1)};
+          for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+            __m256 w[2];
+            for (int h = 0; h < 2; ++h) {
+              const __m256i c = _mm256_and_si256(_mm256_srli_epi32(d[h], 4 * (r / 2) + 16 * (r % 2)), nibble);
               // The AVX-512 path's arithmetic, so both builds give the same bits.
-              const __m256 w = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), eight), scale, zero);
-              char* dst = base + ((g * 4 + o) * 8 + r) * row_bytes;
-              if (bf16) {
-                auto* p = reinterpret_cast<uint16_t*>(dst) + row0;
-                if (valid == kUnitRows) {
-                  store_bf16x8(p, w);
-                } else {
-                  uint16_t tmp[kUnitRows];
-                  store_bf16x8(tmp, w);
-                  std::copy(tmp, tmp + valid, p);
-                }
-              } else {
-                _mm256_maskstore_ps(reinterpret_cast<float*>(dst) + row0, lanes, w);
-              }
+              w[h] = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), eight), scale[h], zero[h]);
             }
+            store_block_row(base + ((g * 4 + o) * 8 + r) * row_bytes, b * kInt4BlockRows, bf16, w, valid);
           }
         }
       }
