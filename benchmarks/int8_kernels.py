@@ -3,6 +3,7 @@ gemv_int8 (the compiled path now), with gemv_int4 and bf16 beside them, per byte
 
     python benchmarks/int8_kernels.py [--rows 1 4 16] [--threads 2] [--shapes smollm2 llama1b]
                                       [--targets native avx2] [--rounds 3] [--best]
+                                      [--cold-mb 96]
 
 For each projection shape and number of rows M: µs per call and GB/s of the format's own weight
 bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the weight), for
@@ -19,7 +20,8 @@ bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the we
                 `dequantize_int8_t` for bf16 matmuls (`--rows 64 128 256` places
                 `pagedllm.ops.int8_gemv.GEMV_MAX_ROWS`, where this starts to win).
 
-Weights are cycled through copies totalling more than the L3 cache, as in a decode step; each
+Weights are cycled through copies totalling more than the L3 cache (`--cold-mb`; 96 MB by
+default, quant_kernels.COLD_BYTES: raise it where the L3 is larger), as in a decode step; each
 figure is the median over `--rounds` rounds, which take the columns in turn (so that other load
 on the machine reaches them alike), of the median of single calls in a round
 (quant_kernels.time_per_call).
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab import cpu_model  # noqa: E402
-from quant_kernels import _copies, time_per_call  # noqa: E402
+from quant_kernels import COLD_BYTES, time_per_call  # noqa: E402
 
 from pagedllm.model.layers.quantization import Int8Weight  # noqa: E402
 from pagedllm.model.layers.quantization.int4 import quantize_groups  # noqa: E402
@@ -57,6 +59,11 @@ SHAPES = {
 def _run(kernel, weight: torch.Tensor, x: torch.Tensor, n: int) -> None:
     out = torch.empty(x.shape[0], n, dtype=x.dtype)
     kernel(out, x, weight)
+
+
+def _copies(nbytes: int, cold_bytes: float) -> int:
+    """Copies of a weight of nbytes that together exceed cold_bytes (at least one)."""
+    return max(1, round(cold_bytes / nbytes))
 
 
 def _kernels(target: str) -> dict[str, object]:
@@ -81,6 +88,12 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["native"], choices=list(cpu_kernels.TARGETS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--cold-mb",
+        type=float,
+        default=COLD_BYTES / 1e6,
+        help="MB of copies of each weight cycled through (more than the last-level cache)",
+    )
+    parser.add_argument(
         "--best",
         action="store_true",
         help="the fastest single call instead of medians (for a machine shared with other work)",
@@ -90,11 +103,15 @@ def main() -> None:
         raise SystemExit("the compiled kernels are not available here (CPU kernels off, or no compiler)")
     kernels = {target: _kernels(target) for target in args.targets}
     torch.set_num_threads(args.threads)
+    cold = args.cold_mb * 1e6
     cols = ["torch int8"]
     cols += [f"gemv_int8 {t}" for t in args.targets] + [f"gemv_int4 {t}" for t in args.targets]
     cols += ["torch bf16", "bf16", "deq int8"]
     statistic = "fastest call" if args.best else "median"
-    print(f"{cpu_model()}; {torch.get_num_threads()} threads, bf16 x, cold weights, {statistic}")
+    print(
+        f"{cpu_model()}; {torch.get_num_threads()} threads, bf16 x, "
+        f"weights cycled through {args.cold_mb:.0f} MB of copies, {statistic}"
+    )
     print(f"kernel builds: {', '.join(f'{t} ({cpu_kernels.TARGETS[t].namespace})' for t in args.targets)}")
     print("µs per call (GB/s of that format's weight bytes)")
     print(f"{'shape':<17}{'N x K':>12}{'M':>4}" + "".join(f"{c:>18}" for c in cols))
@@ -111,13 +128,14 @@ def main() -> None:
             )
             sizes += [weight.nbytes, weight.nbytes, gemv8.nbytes]
             torch8 = [
-                Int8Weight(portable.qweight.clone(), portable.scale) for _ in range(_copies(portable.nbytes))
+                Int8Weight(portable.qweight.clone(), portable.scale)
+                for _ in range(_copies(portable.nbytes, cold))
             ]
-            ours8 = [gemv8.packed.clone() for _ in range(_copies(gemv8.nbytes))]
-            ours4 = [gemv4.packed.clone() for _ in range(_copies(gemv4.nbytes))]
-            dense = [weight.clone() for _ in range(_copies(weight.nbytes))]
+            ours8 = [gemv8.packed.clone() for _ in range(_copies(gemv8.nbytes, cold))]
+            ours4 = [gemv4.packed.clone() for _ in range(_copies(gemv4.nbytes, cold))]
+            dense = [weight.clone() for _ in range(_copies(weight.nbytes, cold))]
             modules8 = [
-                GemvInt8Weight(portable.qweight, portable.scale) for _ in range(_copies(gemv8.nbytes))
+                GemvInt8Weight(portable.qweight, portable.scale) for _ in range(_copies(gemv8.nbytes, cold))
             ]
             for m in args.rows:
                 x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
