@@ -169,8 +169,6 @@ struct Int8Units {
   int valid[kMaxUnits];
 };
 
-// vpshufb control that moves byte q of each 32-bit lane to the lane's top byte and clears the
-// other three: a signed byte c becomes the int32 c * 2^24, which converts to float exactly.
 // One bf16 bit pattern as float32 (exact).
 inline float bf16_bits_to_float(uint16_t bits) {
   const uint32_t wide = static_cast<uint32_t>(bits) << 16;
@@ -179,6 +177,8 @@ inline float bf16_bits_to_float(uint16_t bits) {
   return f;
 }
 
+// vpshufb control that moves byte q of each 32-bit lane to the lane's top byte and clears the
+// other three: a signed byte c becomes the int32 c * 2^24, which converts to float exactly.
 template <int kQ>
 inline __m256i byte_to_top() {
   constexpr int32_t c = static_cast<int32_t>((static_cast<uint32_t>(kQ) << 24) | 0x00808080u);

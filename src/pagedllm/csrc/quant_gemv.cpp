@@ -194,8 +194,6 @@ struct Int4Units {
   int valid[kMaxUnits];
 };
 
-// vpshufb control that moves byte q of each 32-bit lane to the lane's low byte and clears
-// the other three: with the nibbles masked beforehand, lane = one code, ready for cvtdq2ps.
 // One bf16 bit pattern as float32 (exact).
 inline float bf16_bits_to_float(uint16_t bits) {
   const uint32_t wide = static_cast<uint32_t>(bits) << 16;
@@ -204,6 +202,8 @@ inline float bf16_bits_to_float(uint16_t bits) {
   return f;
 }
 
+// vpshufb control that moves byte q of each 32-bit lane to the lane's low byte and clears
+// the other three: with the nibbles masked beforehand, lane = one code, ready for cvtdq2ps.
 template <int kQ>
 inline __m256i byte_to_lane() {
   constexpr int32_t c = static_cast<int32_t>(0x80808000u) | kQ;
