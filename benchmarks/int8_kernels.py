@@ -2,6 +2,8 @@
 gemv_int8 (the compiled path now), with gemv_int4 and bf16 beside them, per byte read.
 
     python benchmarks/int8_kernels.py [--rows 1 4 16] [--threads 2] [--shapes smollm2 llama1b]
+                                      [--targets native avx2] [--rounds 3] [--best]
+                                      [--cold-mb 96]
 
 For each projection shape and number of rows M: µs per call and GB/s of the format's own weight
 bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the weight), for
@@ -9,26 +11,35 @@ bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the we
 - `torch int8`: `aten._weight_int8pack_mm` on `Int8Weight` (int8 codes, bf16 per-row scales);
 - `gemv_int8`:  `torch.ops.pagedllm.gemv_int8` on `GemvInt8Weight`;
 - `gemv_int4`:  `torch.ops.pagedllm.gemv_int4` on `GemvInt4Weight` (the 4-bit decode path);
+  both once per kernel build in `--targets` (`native`: -march=native, on an AVX512-BF16 CPU its
+  bf16 dot products; `avx2`: the x86-64-v3 build, timed here through
+  `cpu_kernels.forced_target`, what CPUs without AVX-512 run), e.g. `gemv_int4 avx2`;
+- `torch bf16`: `F.linear` on the weight in bf16 (torch's own path for a dequantized weight);
 - `bf16`:       `pagedllm.ops.linear.skinny_linear` on the bf16 weight;
 - `deq int8`:   the many-rows path of `GemvInt8Weight`: slices dequantized by
                 `dequantize_int8_t` for bf16 matmuls (`--rows 64 128 256` places
                 `pagedllm.ops.int8_gemv.GEMV_MAX_ROWS`, where this starts to win).
 
-Weights are cycled through copies totalling more than the L3 cache, as in a decode step; each
-figure is the median of single calls (quant_kernels.time_per_call).
+Weights are cycled through copies totalling more than the L3 cache (`--cold-mb`; 96 MB by
+default, quant_kernels.COLD_BYTES: raise it where the L3 is larger), as in a decode step; each
+figure is the median over `--rounds` rounds, which take the columns in turn (so that other load
+on the machine reaches them alike), of the median of single calls in a round
+(quant_kernels.time_per_call).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab import cpu_model  # noqa: E402
-from quant_kernels import _copies, gemv_int4_available, time_per_call  # noqa: E402
+from quant_kernels import COLD_BYTES, time_per_call  # noqa: E402
 
 from pagedllm.model.layers.quantization import Int8Weight  # noqa: E402
 from pagedllm.model.layers.quantization.int4 import quantize_groups  # noqa: E402
@@ -45,9 +56,22 @@ SHAPES = {
 }
 
 
-def _run(op_name: str, weight: torch.Tensor, x: torch.Tensor, n: int) -> None:
+def _run(kernel, weight: torch.Tensor, x: torch.Tensor, n: int) -> None:
     out = torch.empty(x.shape[0], n, dtype=x.dtype)
-    cpu_kernels.op(op_name)(out, x, weight)
+    kernel(out, x, weight)
+
+
+def _copies(nbytes: int, cold_bytes: float) -> int:
+    """Copies of a weight of nbytes that together exceed cold_bytes (at least one)."""
+    return max(1, round(cold_bytes / nbytes))
+
+
+def _kernels(target: str) -> dict[str, object]:
+    """gemv_int8 and gemv_int4 of one kernel build, looked up once."""
+    with cpu_kernels.forced_target(target):
+        if cpu_kernels.instruction_set() == "scalar":
+            raise SystemExit(f"the {target} build of the kernels has no vector paths on this CPU")
+        return {name: cpu_kernels.op(name) for name in ("gemv_int8", "gemv_int4")}
 
 
 def _dequantized(q: GemvInt8Weight, x: torch.Tensor) -> torch.Tensor:
@@ -61,12 +85,34 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--targets", nargs="+", default=["native"], choices=list(cpu_kernels.TARGETS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cold-mb",
+        type=float,
+        default=COLD_BYTES / 1e6,
+        help="MB of copies of each weight cycled through (more than the last-level cache)",
+    )
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="the fastest single call instead of medians (for a machine shared with other work)",
+    )
     args = parser.parse_args()
-    if not gemv_int4_available():
-        raise SystemExit("the compiled kernels are not available here (CPU kernels off, or no AVX512-BF16)")
+    if not cpu_kernels.available():
+        raise SystemExit("the compiled kernels are not available here (CPU kernels off, or no compiler)")
+    kernels = {target: _kernels(target) for target in args.targets}
     torch.set_num_threads(args.threads)
-    cols = ["torch int8", "gemv_int8", "gemv_int4", "bf16", "deq int8"]
-    print(f"{cpu_model()}; {torch.get_num_threads()} threads, bf16 x, cold weights")
+    cold = args.cold_mb * 1e6
+    cols = ["torch int8"]
+    cols += [f"gemv_int8 {t}" for t in args.targets] + [f"gemv_int4 {t}" for t in args.targets]
+    cols += ["torch bf16", "bf16", "deq int8"]
+    statistic = "fastest call" if args.best else "median"
+    print(
+        f"{cpu_model()}; {torch.get_num_threads()} threads, bf16 x, "
+        f"weights cycled through {args.cold_mb:.0f} MB of copies, {statistic}"
+    )
+    print(f"kernel builds: {', '.join(f'{t} ({cpu_kernels.TARGETS[t].namespace})' for t in args.targets)}")
     print("µs per call (GB/s of that format's weight bytes)")
     print(f"{'shape':<17}{'N x K':>12}{'M':>4}" + "".join(f"{c:>18}" for c in cols))
     gen = torch.Generator().manual_seed(0)
@@ -77,21 +123,35 @@ def main() -> None:
             gemv8 = GemvInt8Weight(portable.qweight, portable.scale)
             blocks = quantize_groups(weight.float())
             gemv4 = GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
-            sizes = [portable.nbytes, gemv8.nbytes, gemv4.nbytes, weight.nbytes, gemv8.nbytes]
-            torch8 = [Int8Weight(portable.qweight.clone(), portable.scale) for _ in range(_copies(sizes[0]))]
-            ours8 = [gemv8.packed.clone() for _ in range(_copies(sizes[1]))]
-            ours4 = [gemv4.packed.clone() for _ in range(_copies(sizes[2]))]
-            dense = [weight.clone() for _ in range(_copies(sizes[3]))]
-            modules8 = [GemvInt8Weight(portable.qweight, portable.scale) for _ in range(_copies(sizes[1]))]
+            sizes = (
+                [portable.nbytes] + [gemv8.nbytes] * len(args.targets) + [gemv4.nbytes] * len(args.targets)
+            )
+            sizes += [weight.nbytes, weight.nbytes, gemv8.nbytes]
+            torch8 = [
+                Int8Weight(portable.qweight.clone(), portable.scale)
+                for _ in range(_copies(portable.nbytes, cold))
+            ]
+            ours8 = [gemv8.packed.clone() for _ in range(_copies(gemv8.nbytes, cold))]
+            ours4 = [gemv4.packed.clone() for _ in range(_copies(gemv4.nbytes, cold))]
+            dense = [weight.clone() for _ in range(_copies(weight.nbytes, cold))]
+            modules8 = [
+                GemvInt8Weight(portable.qweight, portable.scale) for _ in range(_copies(gemv8.nbytes, cold))
+            ]
             for m in args.rows:
                 x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-                timings = [
-                    time_per_call([lambda q=q, x=x: q.linear(x) for q in torch8]),
-                    time_per_call([lambda p=p, x=x, n=n: _run("gemv_int8", p, x, n) for p in ours8]),
-                    time_per_call([lambda p=p, x=x, n=n: _run("gemv_int4", p, x, n) for p in ours4]),
-                    time_per_call([lambda w=w, x=x: skinny_linear(x, w) for w in dense]),
-                    time_per_call([lambda q=q, x=x: _dequantized(q, x) for q in modules8]),
+                calls = [[lambda q=q, x=x: q.linear(x) for q in torch8]]
+                for op_name, copies in (("gemv_int8", ours8), ("gemv_int4", ours4)):
+                    for t in args.targets:
+                        kernel = kernels[t][op_name]
+                        calls.append([lambda p=p, x=x, n=n, f=kernel: _run(f, p, x, n) for p in copies])
+                calls.append([lambda w=w, x=x: F.linear(x, w) for w in dense])
+                calls.append([lambda w=w, x=x: skinny_linear(x, w) for w in dense])
+                calls.append([lambda q=q, x=x: _dequantized(q, x) for q in modules8])
+                rounds = [
+                    [time_per_call(c, budget=0.25 / args.rounds, best=args.best) for c in calls]
+                    for _ in range(args.rounds)
                 ]
+                timings = [(min if args.best else statistics.median)(column) for column in zip(*rounds)]
                 cells = "".join(f"{t:>9.1f} ({b / t / 1e3:>5.1f})" for t, b in zip(timings, sizes))
                 print(f"{family + ' ' + name:<17}{f'{n}x{k}':>12}{m:>4}{cells}", flush=True)
 

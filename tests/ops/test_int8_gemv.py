@@ -6,6 +6,9 @@ accumulates in float32; it then removes 400 * sum(x) from the sum. Against a flo
 with the dequantized weight its errors are therefore the output's bf16 rounding (allowed: one
 ulp) and float32 rounding of sums whose terms reach about 530 |x| per value of k (allowed:
 2e-6 * 530 * sum |x| * scale, i.e. about 1e-3 of sum |x| |w| at the codes' full range).
+The AVX2 build (run by every kernel test too, `vector_target`) sums code * 2^24 * x, exact
+products of signed codes, in float32: terms of at most 127 |x| (times the power of two), so the
+same bounds hold.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from pagedllm.model.layers.quantization import Int8Weight
 from pagedllm.ops import cpu_kernels
 from pagedllm.ops.int8_gemv import GEMV_MAX_ROWS, GemvInt8Weight, pack_gemv_int8
 
-needs_kernel = pytest.mark.skipif(
-    not (cpu_kernels.available() and cpu_kernels.has_avx512_bf16()),
-    reason="gemv_int8 needs the CPU kernels and AVX512-BF16",
-)
+
+@pytest.fixture
+def vector_target(kernel_target):
+    """Runs a kernel test on each build whose gemv_int8 has vector paths (AVX512-BF16, AVX2)."""
+    if kernel_target == "scalar":
+        pytest.skip("gemv_int8 needs AVX512-BF16 or AVX2 + FMA")
+    return kernel_target
+
 
 # SmolLM2-135M's projections and shapes with tails (a padded block, one block, last
 # super-blocks of 1..3 blocks, a K of one group), as the 4-bit kernel's tests use.
@@ -58,7 +65,7 @@ def assert_close_to_product(out, x, codes, scale, label: str) -> None:
 
 def run_kernel(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-    torch.ops.pagedllm.gemv_int8(out, x, packed)
+    cpu_kernels.op("gemv_int8")(out, x, packed)
     return out
 
 
@@ -83,9 +90,8 @@ def test_pack_layout_bytes(n, k):
         assert ((lo_word >> shift) & 15, (hi_word >> shift) & 15) == (u & 15, u >> 4)
 
 
-@needs_kernel
 @pytest.mark.parametrize(("n", "k"), SHAPES)
-def test_gemv_int8_matches_float_product(n, k):
+def test_gemv_int8_matches_float_product(n, k, vector_target):
     codes, scale = random_weight(n, k, seed=n + k)
     packed = pack_gemv_int8(codes, scale)
     gen = torch.Generator().manual_seed(1)
@@ -94,8 +100,7 @@ def test_gemv_int8_matches_float_product(n, k):
         assert_close_to_product(run_kernel(x, packed, n), x, codes, scale, f"{n}x{k}, {rows} rows")
 
 
-@needs_kernel
-def test_gemv_int8_exact_on_integers():
+def test_gemv_int8_exact_on_integers(vector_target):
     """Small integer x and scales: every product and sum is exact in float32, so the output is
     the exact product rounded once to bf16."""
     gen = torch.Generator().manual_seed(2)
@@ -108,34 +113,31 @@ def test_gemv_int8_exact_on_integers():
     assert torch.equal(run_kernel(x, packed, n), expected.to(torch.bfloat16))
 
 
-@needs_kernel
-def test_gemv_int8_strided_rows_and_output():
+def test_gemv_int8_strided_rows_and_output(vector_target):
     n, k = 80, 128
     codes, scale = random_weight(n, k, seed=3)
     packed = pack_gemv_int8(codes, scale)
     x = torch.randn(6, k + 64).to(torch.bfloat16)[:, 32 : 32 + k]
     wide_out = torch.zeros(6, n + 16, dtype=torch.bfloat16)
-    torch.ops.pagedllm.gemv_int8(wide_out[:, 8 : 8 + n], x, packed)
+    cpu_kernels.op("gemv_int8")(wide_out[:, 8 : 8 + n], x, packed)
     assert_close_to_product(wide_out[:, 8 : 8 + n], x, codes, scale, "strided")
     assert (wide_out[:, :8] == 0).all() and (wide_out[:, 8 + n :] == 0).all()
 
 
-@needs_kernel
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (200, 96), (40, 64)])
-def test_dequantize_int8_t_is_exact(n, k):
+def test_dequantize_int8_t_is_exact(n, k, vector_target):
     codes, scale = random_weight(n, k, seed=4)
     weight = GemvInt8Weight(codes, scale)
     expected = codes.float() * scale.float().unsqueeze(1)
     assert torch.equal(weight.dequantize(torch.float32), expected)
     assert torch.equal(weight.dequantize(torch.bfloat16), expected.to(torch.bfloat16))
     rows_t = torch.empty(k, 20, dtype=torch.float32)  # rows 16..36: one whole block, part of one
-    torch.ops.pagedllm.dequantize_int8_t(rows_t, weight.packed, 16)
+    cpu_kernels.op("dequantize_int8_t")(rows_t, weight.packed, 16)
     assert torch.equal(rows_t, expected[16:36].t())
 
 
-@needs_kernel
 @pytest.mark.parametrize("rows", [1, 7, 64, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 300])
-def test_linear_matches_the_torch_int8_reference(rows):
+def test_linear_matches_the_torch_int8_reference(rows, vector_target):
     """GemvInt8Weight.linear (the kernel up to GEMV_MAX_ROWS rows, dequantize + matmul beyond)
     against the portable Int8Weight on the same rounding of the same float weight: torch's fused
     int8 op for few rows, dequantize + matmul for many."""
@@ -156,8 +158,14 @@ def test_linear_matches_the_torch_int8_reference(rows):
         error = (out.double() - exact).abs()
         assert (error / magnitude).max() < 2.0**-9, f"{label}: {(error / magnitude).max():.3g}"
         assert (error / exact.abs().clamp_min(1e-9)).median() < 2.0**-7, label
-    if rows <= 32:  # torch's fused int8 op: the same bf16 results
+    if rows <= 32 and vector_target == "avx512_bf16":  # torch's fused int8 op: the same bf16 results
         assert torch.equal(got, want)
+    elif rows <= 32:
+        # The AVX2 build sums each output in another order than torch (one float32 sum along K
+        # per output row rather than torch's 16 partial sums): a rare output (1 of 18432 at 32
+        # rows here) lands one bf16 ulp apart.
+        ulps = (got.view(torch.int16).int() - want.view(torch.int16).int()).abs()
+        assert ulps.max() <= 1 and (ulps > 0).double().mean() < 1e-3
     assert ours.nbytes == 576 * (1536 + 4)
 
 

@@ -3,7 +3,9 @@
 The kernel multiplies exactly (bf16 x by 4-bit codes) and accumulates in float32, so against a
 float64 product with the dequantized weight its only errors are the bf16 rounding of the
 output (half an ulp, allowed: one ulp) and float32 accumulation (allowed: 1e-5 of the sum of
-|x| |w|, which also covers results that cancel to near zero).
+|x| |w|, which also covers results that cancel to near zero). The same bounds hold for the
+AVX2 build (codes as exact float32, FMA with float32 x), whose kernel tests run too
+(`vector_target`: once per build).
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from pagedllm.ops import cpu_kernels
 from pagedllm.ops.int4_gemv import GEMV_MAX_ROWS, GemvInt4Weight, pack_gemv, unpack_gemv
 from pagedllm.platforms import resolve_platform
 
-needs_kernel = pytest.mark.skipif(
-    not (cpu_kernels.available() and cpu_kernels.has_avx512_bf16()),
-    reason="gemv_int4 needs the CPU kernels and AVX512-BF16",
-)
+
+@pytest.fixture
+def vector_target(kernel_target):
+    """Runs a kernel test on each build whose gemv_int4 has vector paths (AVX512-BF16, AVX2)."""
+    if kernel_target == "scalar":
+        pytest.skip("gemv_int4 needs AVX512-BF16 or AVX2 + FMA")
+    return kernel_target
+
 
 # SmolLM2-135M's projections (qkv, o, gate/up, down; 960 rows end in a super-block of 3
 # blocks) and shapes with tails: a padded block (N % 16 != 0), a single block, last
@@ -56,7 +62,7 @@ def assert_close_to_product(out: torch.Tensor, x: torch.Tensor, weight: torch.Te
 
 def run_kernel(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
-    torch.ops.pagedllm.gemv_int4(out, x, packed)
+    cpu_kernels.op("gemv_int4")(out, x, packed)
     return out
 
 
@@ -83,9 +89,8 @@ def test_pack_gemv_round_trip(n, k):
         assert pair.tolist() == [scale[n_idx, g].item(), zero[n_idx, g].item()]
 
 
-@needs_kernel
 @pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
-def test_gemv_int4_matches_float_product(n, k):
+def test_gemv_int4_matches_float_product(n, k, vector_target):
     codes, scale, zero = random_weight(n, k, seed=n + k)
     packed = pack_gemv(codes, scale, zero)
     weight = weight_of(codes, scale, zero)
@@ -95,8 +100,7 @@ def test_gemv_int4_matches_float_product(n, k):
         assert_close_to_product(run_kernel(x, packed, n), x, weight, f"{n}x{k}, {rows} rows")
 
 
-@needs_kernel
-def test_gemv_int4_exact_on_integers():
+def test_gemv_int4_exact_on_integers(vector_target):
     """Small integer x, scales and zeros: every product and sum is exact in float32, so the
     output is the exact product rounded once to bf16."""
     gen = torch.Generator().manual_seed(2)
@@ -110,8 +114,7 @@ def test_gemv_int4_exact_on_integers():
     assert torch.equal(run_kernel(x, packed, n), expected.to(torch.bfloat16))
 
 
-@needs_kernel
-def test_gemv_int4_strided_rows_and_output():
+def test_gemv_int4_strided_rows_and_output(vector_target):
     """x rows and out rows with strides past their width (views into wider tensors)."""
     n, k = 80, 128
     codes, scale, zero = random_weight(n, k, seed=3)
@@ -120,32 +123,30 @@ def test_gemv_int4_strided_rows_and_output():
     x = wide_x[:, 32 : 32 + k]
     wide_out = torch.zeros(6, n + 16, dtype=torch.bfloat16)
     out = wide_out[:, :n]
-    torch.ops.pagedllm.gemv_int4(out, x, packed)
+    cpu_kernels.op("gemv_int4")(out, x, packed)
     assert_close_to_product(out, x, weight_of(codes, scale, zero), "strided")
     assert (wide_out[:, n:] == 0).all()  # the padded tail block is not written past N
     # The functional form (what Int4Weight.linear calls) takes any x, even with K strided.
-    assert torch.equal(torch.ops.pagedllm.int4_linear(x, packed, n), out)
+    assert torch.equal(cpu_kernels.op("int4_linear")(x, packed, n), out)
     x_t = x.t().contiguous().t()  # unit stride along M, not K
-    assert x_t.stride(1) != 1 and torch.equal(torch.ops.pagedllm.int4_linear(x_t, packed, n), out)
+    assert x_t.stride(1) != 1 and torch.equal(cpu_kernels.op("int4_linear")(x_t, packed, n), out)
 
 
-@needs_kernel
-def test_gemv_int4_rejects_what_it_cannot_take():
+def test_gemv_int4_rejects_what_it_cannot_take(vector_target):
     codes, scale, zero = random_weight(32, 64)
     packed = pack_gemv(codes, scale, zero)
     out = torch.empty(1, 32, dtype=torch.bfloat16)
     x = torch.randn(1, 64).to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="gemv_int4"):
-        torch.ops.pagedllm.gemv_int4(out, x.float(), packed)  # float32 x
+        cpu_kernels.op("gemv_int4")(out, x.float(), packed)  # float32 x
     with pytest.raises(RuntimeError, match="gemv_int4"):
-        torch.ops.pagedllm.gemv_int4(out, torch.randn(1, 96).to(torch.bfloat16), packed)  # K
+        cpu_kernels.op("gemv_int4")(out, torch.randn(1, 96).to(torch.bfloat16), packed)  # K
     with pytest.raises(RuntimeError, match="gemv_int4"):  # N beyond the packed blocks
-        torch.ops.pagedllm.gemv_int4(torch.empty(1, 48, dtype=torch.bfloat16), x, packed)
+        cpu_kernels.op("gemv_int4")(torch.empty(1, 48, dtype=torch.bfloat16), x, packed)
 
 
-@needs_kernel
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (80, 96)])
-def test_int4_weight_runs_the_kernel_and_matches_the_dequantize_path(n, k):
+def test_int4_weight_runs_the_kernel_and_matches_the_dequantize_path(n, k, vector_target):
     codes, scale, zero = random_weight(n, k, seed=4)
     q = GemvInt4Weight(codes, scale, zero)
     spec = q.weight_spec()
@@ -177,8 +178,7 @@ def assert_close_to_product_loose(out, x, weight, label):
     assert err <= 2e-2 * expected.abs().max().item(), label
 
 
-@needs_kernel
-def test_large_gemv_weight_dequantizes_in_slices():
+def test_large_gemv_weight_dequantizes_in_slices(vector_target):
     """Prefill on a weight over a million entries dequantizes 64-row slices from the gemv layout."""
     codes, scale, zero = random_weight(56 * 64 + 48, 576, seed=6)
     q = GemvInt4Weight(codes, scale, zero)
@@ -214,9 +214,8 @@ def test_portable_layouts():
         Int4Weight(blocks, torch.bfloat16, layout="blocked")
 
 
-@needs_kernel
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (200, 96), (40, 64)])
-def test_dequantize_int4_t_slices(n, k):
+def test_dequantize_int4_t_slices(n, k, vector_target):
     """The prefill path's dequantization: rows row_begin.. of W transposed, exactly the blocks'
     weight (float32: (code - 8) * scale + zero rounded once; bf16: that rounded to bf16)."""
     codes, scale, zero = random_weight(n, k, seed=8)
@@ -231,9 +230,9 @@ def test_dequantize_int4_t_slices(n, k):
     ]:
         for dtype in (torch.float32, torch.bfloat16):
             out = torch.empty(k, end - start, dtype=dtype)
-            torch.ops.pagedllm.dequantize_int4_t(out, packed, start)
+            cpu_kernels.op("dequantize_int4_t")(out, packed, start)
             assert torch.equal(out, weight[start:end].t().to(dtype)), (start, end, dtype)
     with pytest.raises(RuntimeError, match="multiple of 16"):
-        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, 8), packed, 8)
+        cpu_kernels.op("dequantize_int4_t")(torch.empty(k, 8), packed, 8)
     with pytest.raises(RuntimeError, match="layout"):
-        torch.ops.pagedllm.dequantize_int4_t(torch.empty(k, n + 16), packed, 0)
+        cpu_kernels.op("dequantize_int4_t")(torch.empty(k, n + 16), packed, 0)

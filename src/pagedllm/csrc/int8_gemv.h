@@ -1,5 +1,5 @@
 // Skinny matmuls (decode) on 8-bit weights with one scale per output row, for CPUs with
-// AVX512-BF16: the compiled path of `--quantization int8`.
+// AVX512-BF16 or with AVX2 + FMA (the avx2 build): the compiled path of `--quantization int8`.
 //
 // Registered as torch.ops.pagedllm.gemv_int8 / int8_linear / dequantize_int8_t
 // (registration.cpp); declared here for the decoder stack.
@@ -23,6 +23,16 @@
 //     acc = sum 16x (16 + hi) + x (16 + lo) = sum x u + 272 sum x,
 // so sum x code = acc - 400 sum x, scaled by the row's scale once. Per byte of weight this is
 // gemv_int4's work: one shift, one mask and half a dot product per row of x.
+//
+// The AVX2 path reads each line as two 32-byte halves (rows 0-7, then 8-15), merges the two
+// nibble planes into the signed code bytes (u ^ 0x80), moves each byte to the top of its lane
+// with a byte shuffle (code * 2^24, an exact float32 after conversion) and accumulates
+// code * 2^24 * x (exact products) with float32 FMAs; 2^-24 and the row's scale come last.
+// Neither path is bit-equal to torch's _weight_int8pack_mm in general (each sums in its own
+// order in float32, then rounds to bf16): on a 576 x 1536 weight and 32 random rows, without
+// bias, the AVX-512 path's output differed from torch's in 16 of 18432 values, the AVX2
+// path's in 3, by one bf16 ulp (more only where the sum cancels to near zero); with a bias
+// added (test_int8_gemv.py), the AVX-512 path's were all equal, the AVX2 path's all but one.
 
 #pragma once
 
@@ -42,8 +52,8 @@ constexpr int64_t int8_packed_bytes(int64_t n, int64_t k) {
   return (n + kInt8BlockRows - 1) / kInt8BlockRows * kInt8BlockRows * (k + 4);
 }
 
-// Whether gemv_int8 takes x [M, K] against a weight of n rows packed as above: AVX512-BF16
-// build, x a bf16 CPU tensor with unit stride along K, M <= kInt8GemvMaxRows, K % 32 == 0,
+// Whether gemv_int8 takes x [M, K] against a weight of n rows packed as above: a build with
+// AVX512-BF16 or AVX2 + FMA, x a bf16 CPU tensor with unit stride along K, M <= kInt8GemvMaxRows, K % 32 == 0,
 // `packed` a contiguous uint8 CPU tensor of int8_packed_bytes(n, K) bytes.
 bool gemv_int8_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n);
 

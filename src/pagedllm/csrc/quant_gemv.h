@@ -1,4 +1,5 @@
-// Skinny matmuls (decode) on 4-bit group-quantized weights, for CPUs with AVX512-BF16.
+// Skinny matmuls (decode) on 4-bit group-quantized weights, for CPUs with AVX512-BF16 or with
+// AVX2 + FMA (the avx2 build).
 //
 // Declared here so that other translation units can call them directly; they are also
 // registered as torch.ops.pagedllm.gemv_int4 / int4_linear / dequantize_int4_t (registration.cpp).
@@ -22,6 +23,11 @@
 // pair in float32; each group's scale and offset (zero - 24 * scale, times the group's sum of
 // x) are applied once. Products are exact, accumulation is in float32, and the output is
 // rounded to bf16 once.
+//
+// The AVX2 path reads the same bytes as two 32-byte halves per line (rows 0-7, then 8-15):
+// the nibbles are masked into bytes, each byte becomes one row's code as an exact float32
+// (a byte shuffle and a conversion) and meets the broadcast float32 x[k] in an FMA; per group
+// the term is then acc * scale + (zero - 8 * scale) * sum of x. The same exactness holds.
 
 #pragma once
 
@@ -41,8 +47,8 @@ constexpr int64_t int4_packed_bytes(int64_t n, int64_t k) {
   return (n + kInt4BlockRows - 1) / kInt4BlockRows * k * 10;
 }
 
-// Whether gemv_int4 takes x [M, K] against a weight of n rows packed as above: AVX512-BF16
-// build, x a bf16 CPU tensor with unit stride along K, M <= kInt4GemvMaxRows, K % 32 == 0,
+// Whether gemv_int4 takes x [M, K] against a weight of n rows packed as above: a build with
+// AVX512-BF16 or AVX2 + FMA, x a bf16 CPU tensor with unit stride along K, M <= kInt4GemvMaxRows, K % 32 == 0,
 // `packed` a contiguous uint8 CPU tensor of int4_packed_bytes(n, K) bytes.
 bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n);
 
