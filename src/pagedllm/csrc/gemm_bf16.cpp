@@ -99,43 +99,48 @@ void widen_rows_as_pairs(const uint16_t* x, int64_t x_stride, int64_t rows, int6
 }
 
 // kM rows of x (widened, row stride k_len) against weight rows [n_begin, n_end), kR rows per
-// pass. Each weight load is widened once (even and odd halves) and used by all kM rows.
-// kSplit keeps the even and odd products in separate accumulators: with one row of x the
-// FMA chains would otherwise be too few to hide FMA latency.
-template <int kM, int kR, bool kSplit>
+// pass. Each weight load is widened once (even and odd halves) and used by all kM rows. Every
+// output has one accumulator, fed in the same order whatever kM and kR are, so a row's result
+// does not depend on the other rows in the batch.
+template <int kM, int kR>
 void gemv_bf16_rows(const float* x, const uint16_t* w, uint16_t* out, int64_t out_stride, int64_t n_begin,
                     int64_t n_end, int64_t k_len) {
-  constexpr int kAcc = kSplit ? 2 : 1;
   int64_t n = n_begin;
   auto pass = [&](auto rows_in_pass) {
     constexpr int kRows = decltype(rows_in_pass)::value;
-    __m256 acc[kAcc][kM][kRows];
-    for (int a = 0; a < kAcc; ++a)
-      for (int m = 0; m < kM; ++m)
-        for (int r = 0; r < kRows; ++r) acc[a][m][r] = _mm256_setzero_ps();
+    __m256 acc[kM][kRows];
+    for (int m = 0; m < kM; ++m)
+      for (int r = 0; r < kRows; ++r) acc[m][r] = _mm256_setzero_ps();
     const uint16_t* wr = w + n * k_len;
     for (int64_t k = 0; k < k_len; k += 16) {
-      __m256i raw[kRows];
-      __m256 half[kRows];
-      for (int r = 0; r < kRows; ++r)
-        raw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + r * k_len + k));
-      for (int r = 0; r < kRows; ++r) half[r] = low_bf16_to_float8(raw[r]);
-      for (int m = 0; m < kM; ++m) {
-        const __m256 xv = _mm256_loadu_ps(x + m * k_len + k);
-        for (int r = 0; r < kRows; ++r) acc[0][m][r] = _mm256_fmadd_ps(half[r], xv, acc[0][m][r]);
-      }
-      for (int r = 0; r < kRows; ++r) half[r] = high_bf16_to_float8(raw[r]);
-      for (int m = 0; m < kM; ++m) {
-        const __m256 xv = _mm256_loadu_ps(x + m * k_len + k + 8);
+      if constexpr (kM == 1) {
+        // One row of x: many weight rows at once (more streams in flight, more FMA chains),
+        // each widened and consumed at once so that nothing stays live across the rows.
+        const __m256 x_even = _mm256_loadu_ps(x + k), x_odd = _mm256_loadu_ps(x + k + 8);
+        for (int r = 0; r < kRows; ++r) {
+          const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + r * k_len + k));
+          acc[0][r] = _mm256_fmadd_ps(low_bf16_to_float8(raw), x_even, acc[0][r]);
+          acc[0][r] = _mm256_fmadd_ps(high_bf16_to_float8(raw), x_odd, acc[0][r]);
+        }
+      } else {
+        __m256i raw[kRows];
+        __m256 half[kRows];
         for (int r = 0; r < kRows; ++r)
-          acc[kAcc - 1][m][r] = _mm256_fmadd_ps(half[r], xv, acc[kAcc - 1][m][r]);
+          raw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + r * k_len + k));
+        for (int r = 0; r < kRows; ++r) half[r] = low_bf16_to_float8(raw[r]);
+        for (int m = 0; m < kM; ++m) {
+          const __m256 xv = _mm256_loadu_ps(x + m * k_len + k);
+          for (int r = 0; r < kRows; ++r) acc[m][r] = _mm256_fmadd_ps(half[r], xv, acc[m][r]);
+        }
+        for (int r = 0; r < kRows; ++r) half[r] = high_bf16_to_float8(raw[r]);
+        for (int m = 0; m < kM; ++m) {
+          const __m256 xv = _mm256_loadu_ps(x + m * k_len + k + 8);
+          for (int r = 0; r < kRows; ++r) acc[m][r] = _mm256_fmadd_ps(half[r], xv, acc[m][r]);
+        }
       }
     }
     for (int m = 0; m < kM; ++m)
-      for (int r = 0; r < kRows; ++r) {
-        const __m256 sum = kSplit ? _mm256_add_ps(acc[0][m][r], acc[kAcc - 1][m][r]) : acc[0][m][r];
-        out[m * out_stride + n + r] = bf16_bits(reduce_add8(sum));
-      }
+      for (int r = 0; r < kRows; ++r) out[m * out_stride + n + r] = bf16_bits(reduce_add8(acc[m][r]));
   };
   for (; n + kR <= n_end; n += kR) pass(std::integral_constant<int, kR>{});
   for (; n < n_end; ++n) pass(std::integral_constant<int, 1>{});
@@ -189,11 +194,11 @@ void gemv_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& weight) {
       const int64_t n1 = std::min(end, n0 + block);
       int64_t m = 0;
       for (; m + 4 <= rows; m += 4)
-        gemv_bf16_rows<4, 2, false>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len);
+        gemv_bf16_rows<4, 2>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len);
       switch (rows - m) {
-        case 1: gemv_bf16_rows<1, 4, true>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
-        case 2: gemv_bf16_rows<2, 4, false>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
-        case 3: gemv_bf16_rows<3, 3, false>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 1: gemv_bf16_rows<1, 8>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 2: gemv_bf16_rows<2, 4>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
+        case 3: gemv_bf16_rows<3, 3>(xf + m * k_len, wp, op + m * out_stride, out_stride, n0, n1, k_len); break;
         default: break;
       }
     }
