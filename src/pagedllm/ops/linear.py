@@ -1,4 +1,4 @@
-"""x @ W^T (+ b) for plain bf16 weights through the skinny AVX512-BF16 kernel where it pays.
+"""x @ W^T (+ b) for plain bf16 weights through the skinny compiled kernel where it pays.
 
 Decode steps of a few sequences multiply a handful of rows by every weight: that is bound by
 memory bandwidth, and oneDNN's bf16 path reads the weights far below it for one row. Up to
@@ -7,8 +7,12 @@ float32) through `F.linear`. Measured on SmolLM2's shapes (weights not in cache,
 one row 33 vs 58 us (576->960), 783 vs 2456 us (LM head); 32 rows 491 vs 423 GFLOP/s
 (1536->576); 64 rows 465 vs 300 (576->576); at 128 rows oneDNN wins on some shapes.
 
-The CPU platform hands `skinny_linear` to the layers once, when the kernels are built and the
-CPU has AVX512-BF16; the checks below are the kernel's shape preconditions, not a device choice.
+`gemv_bf16` has an AVX512-BF16 path and an AVX2 + FMA path (bf16 widened to float32): both
+builds take up to 256 rows (`gemv_bf16_max_rows()`), only the scalar build none. Without
+AVX-512, torch's own bf16 matmul is far slower still (its fast bf16 paths need AVX-512), so the
+kernel pays there at least as much. The CPU platform hands `skinny_linear` to the layers once,
+when the loaded build has the kernel; the checks below are the kernel's shape preconditions,
+not a device choice.
 The compiled decoder stack makes the same choice per shape (it reads SKINNY_MAX_ROWS from the
 library, `decoder_stack_info`, and the step compiler asserts they agree).
 """
@@ -41,5 +45,5 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def gemv_bf16(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
-    """out [M, N] = x [M, K] @ weight [N, K]^T (bf16, K % 32 == 0, M <= 256)."""
+    """out [M, N] = x [M, K] @ weight [N, K]^T (bf16, K % 32 == 0, M <= 256), in the build in use."""
     op("gemv_bf16")(out, x, weight)

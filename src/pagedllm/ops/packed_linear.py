@@ -1,12 +1,14 @@
-"""bf16 weights prepacked for the compiled AVX512-BF16 matmul (csrc/gemm_bf16.cpp).
+"""bf16 weights prepacked for the compiled bf16 matmul (csrc/gemm_bf16.cpp).
 
-On CPUs with AVX512-BF16 a linear layer's bf16 weight is repacked once after loading so that
-one 64-byte load holds 16 output columns x 2 input features: the kernel then accumulates
-broadcast activation pairs times 16 columns with no horizontal sums, and a 64-column panel of
-the weight stays in L2 while every row tile passes over it. Measured on SmolLM2's shapes (2
-threads, quiet machine): ~1000 GFLOP/s from 32 to 512 rows, where oneDNN ran 460-920 and the
-row-dot-product skinny kernel 610-640; one row streams the weight at memory bandwidth. The
-packed tensor replaces the float weight (same size); `dequantize()` gives W back.
+A linear layer's bf16 weight is repacked once after loading so that one 64-byte load holds 16
+output columns x 2 input features: with AVX512-BF16 the kernel then accumulates broadcast
+activation pairs times 16 columns with no horizontal sums, and a 64-column panel of the weight
+stays in L2 while every row tile passes over it. The AVX2 build reads the same layout (32-byte
+loads of 8 columns x 2 features, widened to float32 for FMA; 16-column slices of a panel per
+row tile), so one packed tensor serves both builds. Measured with AVX512-BF16 on SmolLM2's
+shapes (2 threads, quiet machine): ~1000 GFLOP/s from 32 to 512 rows, where oneDNN ran 460-920
+and the row-dot-product skinny kernel 610-640; one row streams the weight at memory bandwidth.
+The packed tensor replaces the float weight (same size); `dequantize()` gives W back.
 
 The CPU platform packs every packable weight after loading unless weight packing is off
 (`--no-packed-weights`, `PAGEDLLM_PACKED_WEIGHTS=0`: plain weights, oneDNN and the skinny kernel).
@@ -25,7 +27,7 @@ PANEL = 64  # output columns per panel, as in gemm_bf16.cpp
 
 def packable(weight: torch.Tensor) -> bool:
     """Whether the kernel takes `weight [N, K]`: bf16 on the CPU, N a multiple of 16, K of 32
-    (the platform has checked that the kernels are built and the CPU has AVX512-BF16)."""
+    (the platform has checked that the loaded build has a vector path: AVX512-BF16 or AVX2)."""
     return (
         weight.dim() == 2
         and weight.dtype == torch.bfloat16
