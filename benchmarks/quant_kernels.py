@@ -70,8 +70,9 @@ def _copies(nbytes: float) -> int:
 
 
 def gemv_int4_available() -> bool:
-    """Whether gemv_int4 runs here: the CPU kernels built (and not turned off) on an AVX512-BF16 CPU."""
-    return cpu_kernels.available() and cpu_kernels.has_avx512_bf16()
+    """Whether gemv_int4 runs here: the CPU kernels built (and not turned off) with vector paths
+    (AVX512-BF16 or AVX2)."""
+    return cpu_kernels.instruction_set() != "scalar"
 
 
 def _dequantize_path(q: Int4Weight | GemvInt4Weight, x: torch.Tensor) -> torch.Tensor:

@@ -172,10 +172,10 @@ def _copies(nbytes: float) -> int:
 
 
 def _layer_int4(weight: torch.Tensor):
-    """The 4-bit format the CPU platform gives bf16 layers: gemv_int4's where the kernels run on an
-    AVX512-BF16 CPU, else torch's int4 kernel's."""
+    """The 4-bit format the CPU platform gives bf16 layers: gemv_int4's where the kernels run on a
+    CPU with vector paths (AVX512-BF16 or AVX2), else torch's int4 kernel's."""
     blocks = quantize_groups(weight)
-    if cpu_kernels.available() and cpu_kernels.has_avx512_bf16():
+    if cpu_kernels.instruction_set() != "scalar":
         return GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
     return Int4Weight(blocks, torch.bfloat16)
 

@@ -85,19 +85,29 @@ def _cpu_has(flag: str) -> bool:
         return False
 
 
+def _kernels_of(target: str):
+    from pagedllm.ops import cpu_kernels
+
+    if not cpu_kernels.available():
+        pytest.skip("CPU kernels could not be built")
+    if target == "native":
+        yield cpu_kernels.instruction_set()
+        return
+    if not (_cpu_has("avx2") and _cpu_has("fma")):
+        pytest.skip("the CPU has no AVX2 + FMA")
+    with cpu_kernels.forced_target(target):
+        yield cpu_kernels.instruction_set()
+
+
 @pytest.fixture(params=["native", "avx2"])
 def kernel_target(request):
     """Runs a kernel test once on the build for this CPU and once on the AVX2 build (forced:
     its ops answer `cpu_kernels.op()` for the test's duration); yields the build's
     instruction set ("avx512_bf16", "avx2" or "scalar")."""
-    from pagedllm.ops import cpu_kernels
+    yield from _kernels_of(request.param)
 
-    if not cpu_kernels.available():
-        pytest.skip("CPU kernels could not be built")
-    if request.param == "native":
-        yield cpu_kernels.instruction_set()
-        return
-    if not (_cpu_has("avx2") and _cpu_has("fma")):
-        pytest.skip("the CPU has no AVX2 + FMA")
-    with cpu_kernels.forced_target(request.param):
-        yield cpu_kernels.instruction_set()
+
+@pytest.fixture
+def avx2_kernels():
+    """The AVX2 build forced for the test's duration (skipped where the CPU has no AVX2)."""
+    yield from _kernels_of("avx2")

@@ -1,26 +1,23 @@
 """SmolLM2 in bf16 with packed weights (ops/packed_linear.py) against the same engine with plain
 weights (oneDNN / the skinny kernel): the same greedy text up to bf16 near-ties, close logprobs.
 
-The two differ only in the order the matmuls sum in, so before any divergence the chosen
-tokens' logprobs agree to bf16 rounding (the logits themselves are bf16: a logit near 20 is
-stored to 0.125), and a divergence is allowed only where the plain run's top two are within
-`BF16_NEAR_TIE` nats, two such steps (far more than the float32 rule in numerics.py allows).
+The two differ only in the order the matmuls sum in, so they are held to numerics.py's bf16
+rule (`assert_bf16_greedy_close`).
 """
 
 from __future__ import annotations
 
 import pytest
 
+from numerics import assert_bf16_greedy_close
 from pagedllm import LLM, SamplingParams
 from pagedllm.ops import cpu_kernels
 from pagedllm.ops.packed_linear import PackedBF16Weight
 
 pytestmark = pytest.mark.skipif(
-    not (cpu_kernels.available() and cpu_kernels.has_avx512_bf16()), reason="needs the AVX512-BF16 kernels"
+    cpu_kernels.instruction_set() == "scalar", reason="needs the CPU kernels' vector paths"
 )
 
-BF16_NEAR_TIE = 0.25
-LOGPROB_TOLERANCE = 0.25
 PROMPTS = [
     "The history of the printing press begins in",
     "def fibonacci(n):",
@@ -51,17 +48,4 @@ def test_packed_weights_match_plain_weights(monkeypatch):
     assert plain_llm.engine.engine_core.executor.runner.model.lm_head.quant is None
     plain = _generate(plain_llm)
 
-    identical = 0
-    for (ours, ours_lps), (ref, ref_lps) in zip(packed, plain):
-        for step, (a, b) in enumerate(zip(ours, ref)):
-            ref_top = sorted(ref_lps[step].values(), key=lambda lp: lp.rank)
-            if a != b:
-                gap = ref_top[0].logprob - ref_top[1].logprob
-                assert gap < BF16_NEAR_TIE and a in ref_lps[step], (
-                    f"step {step}: packed chose {a}, plain {b} with a top-2 gap of {gap:.3f} nats"
-                )
-                break
-            assert ours_lps[step][a].logprob == pytest.approx(ref_lps[step][b].logprob, abs=LOGPROB_TOLERANCE)
-        else:
-            identical += 1
-    assert identical >= len(PROMPTS) // 2
+    assert_bf16_greedy_close(packed, plain, "packed vs plain")

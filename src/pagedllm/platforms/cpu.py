@@ -42,7 +42,7 @@ _GiB = 1 << 30
 # Default KV budget: like vLLM-CPU's 4 GiB, never more than half of what is free.
 _DEFAULT_KV_BYTES = 4 * _GiB
 # Builds whose matmul kernels (gemv_bf16, packed bf16, 4-bit, int8) have vector paths.
-_MATMUL_INSTRUCTION_SETS = ("avx512_bf16",)
+_MATMUL_INSTRUCTION_SETS = ("avx512_bf16", "avx2")
 
 
 def _int4_gemv_or_portable(blocks, dtype: torch.dtype):
@@ -80,7 +80,10 @@ class CpuPlatform(Platform):
         return self._kernels
 
     def default_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        # bf16 where its matmuls are fast: bf16 units (AVX512-BF16, AMX), or the kernels' AVX2
+        # paths, which widen bf16 weights in registers, so decode reads half of float32's bytes.
+        vector_kernels = self.kernels and cpu_kernels.instruction_set() in _MATMUL_INSTRUCTION_SETS
+        return torch.bfloat16 if cpu_has_fast_bf16() or vector_kernels else torch.float32
 
     def configure_model_process(self, num_ranks: int = 1) -> None:
         tune_cpu_allocator()
