@@ -76,7 +76,7 @@ def _prompts(vocab: int, lengths: list[int], seed: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_mistral_dir"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tiny_models_match_python_layers(fixture, dtype, request, monkeypatch):
+def test_tiny_models_match_python_layers(fixture, dtype, kernel_target, request, monkeypatch):
     path = request.getfixturevalue(fixture)
     prompts = _prompts(512, [48, 5, 17, 33, 70], seed=3)
     kwargs = dict(model=str(path), dtype=dtype, max_num_batched_tokens=32, num_kv_blocks=96, block_size=16)
