@@ -7,8 +7,8 @@ One uint8 tensor (`packed`) holds output rows in blocks of 16, k-major, the code
 thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows of bf16 x
 (decode, small prefills) run the kernel; more rows dequantize 64-row slices of the weight
 (`dequantize_int4_t`) for an ordinary matmul. The CPU platform makes every 4-bit weight a
-`GemvInt4Weight` when the kernels are built, the CPU has AVX512-BF16 and activations are bf16;
-elsewhere the portable `Int4Weight` (model/layers/quantization/int4.py) serves.
+`GemvInt4Weight` when the kernels are built with vector paths (AVX512-BF16 or AVX2) and
+activations are bf16; elsewhere the portable `Int4Weight` (model/layers/quantization/int4.py) serves.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ in gemv_int4's line layout, the lines one tile reads together side by side, so `
 reads each thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows
 of bf16 x run the kernel; more rows dequantize 64-row slices (`dequantize_int8_t`) for an
 ordinary matmul. The CPU platform makes every int8
-weight a `GemvInt8Weight` when the kernels are built, the CPU has AVX512-BF16 and activations
-are bf16; elsewhere the portable `Int8Weight` (model/layers/quantization/int8.py) serves.
+weight a `GemvInt8Weight` when the kernels are built with vector paths (AVX512-BF16 or AVX2)
+and activations are bf16; elsewhere the portable `Int8Weight` (model/layers/quantization/int8.py) serves.
 """
 
 from __future__ import annotations
