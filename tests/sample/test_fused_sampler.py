@@ -1,4 +1,5 @@
-"""The fused CPU sampling kernel (torch.ops.pagedllm.sample_tokens) and the sampler's use of it.
+"""The fused CPU sampling kernel (sample_tokens) and the sampler's use of it, every test on the
+kernel build for this CPU and on the AVX2 build.
 
 References: torch.argmax for greedy rows; for random rows the inverse CDF of softmax(x / T)
 computed in float64 and the sampler's torch path (`Sampler.sample`), both for the same uniform
@@ -25,12 +26,17 @@ MARGIN = 2e-6
 sampler = Sampler(sample_tokens)  # as the CPU platform builds it
 
 
+@pytest.fixture(autouse=True)
+def _on_both_builds(kernel_target):
+    """Every test here runs once per kernel build (tests/conftest.py's kernel_target)."""
+
+
 def fused(logits: torch.Tensor, temperature, uniform) -> torch.Tensor:
     rows = logits.shape[0]
     temperature = torch.as_tensor(temperature, dtype=torch.float32).expand(rows).contiguous()
     uniform = torch.as_tensor(uniform, dtype=torch.float32).expand(rows).contiguous()
     out = torch.full((rows,), -1, dtype=torch.long)
-    torch.ops.pagedllm.sample_tokens(out, logits, temperature, uniform)
+    cpu_kernels.op("sample_tokens")(out, logits, temperature, uniform)
     return out
 
 

@@ -32,6 +32,8 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define PAGEDLLM_SAMPLING_AVX512 1
+#elif defined(PAGEDLLM_ISA_AVX2)
+#define PAGEDLLM_SAMPLING_AVX2 1
 #endif
 
 namespace pagedllm {
@@ -56,6 +58,36 @@ inline __m512 load16(const at::Half* p, __mmask16 k) { return _mm512_cvtph_ps(_m
 template <typename T>
 inline __m512 weights16(const T* x, __mmask16 k, __m512 max, __m512 scale) {
   return exp_nonpositive16(_mm512_mul_ps(_mm512_sub_ps(load16(x, k), max), scale), k);
+}
+#elif defined(PAGEDLLM_SAMPLING_AVX2)
+// 8 tokens as float32 from `remaining` (> 0) left in the row; lanes past the row read as 0.
+inline __m256 load8_full(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8_full(const at::BFloat16* p) { return load_bf16x8(reinterpret_cast<const uint16_t*>(p)); }
+inline __m256 load8_full(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <typename T>
+inline __m256 load8(const T* p, int64_t remaining) {
+  if (remaining >= 8) return load8_full(p);
+  alignas(32) float tail[8] = {};  // AVX2 has no 16-bit masked load: copy the tail
+  for (int64_t j = 0; j < remaining; ++j) tail[j] = static_cast<float>(p[j]);
+  return _mm256_load_ps(tail);
+}
+// All-ones lanes for the tokens of the row among the next 8.
+inline __m256 lanes8(int64_t remaining) {
+  return remaining >= 8 ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                        : _mm256_castsi256_ps(lane_mask8(static_cast<int>(remaining)));
+}
+inline float reduce_max8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+// The unnormalised probabilities of 8 tokens (0 outside `k`), as weights16.
+template <typename T>
+inline __m256 weights8(const T* x, int64_t remaining, __m256 k, __m256 max, __m256 scale) {
+  return exp_nonpositive8(_mm256_mul_ps(_mm256_sub_ps(load8(x, remaining), max), scale), k);
 }
 #else
 template <typename T>
@@ -89,6 +121,23 @@ RowMax row_max(const T* x, int64_t n) {
     m0 = _mm512_mask_max_ps(m0, k, a, m0);
   }
   return {_mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), nan != 0};
+#elif defined(PAGEDLLM_SAMPLING_AVX2)
+  const __m256 minus_inf = _mm256_set1_ps(-kInf);
+  __m256 m0 = minus_inf, m1 = m0, nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = load8_full(x + i), b = load8_full(x + i + 8);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));  // unordered: either is NaN
+    m0 = _mm256_max_ps(a, m0);  // a NaN in `a` keeps m0
+    m1 = _mm256_max_ps(b, m1);
+  }
+  for (; i < n; i += 8) {
+    const __m256 k = lanes8(n - i);
+    const __m256 a = _mm256_blendv_ps(minus_inf, load8(x + i, n - i), k);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    m0 = _mm256_max_ps(a, m0);
+  }
+  return {reduce_max8(_mm256_max_ps(m0, m1)), _mm256_movemask_ps(nan) != 0};
 #else
   RowMax m{-kInf, false};
   for (int64_t i = 0; i < n; ++i) {
@@ -111,6 +160,14 @@ int64_t first_index(const T* x, int64_t n, float value, bool nan) {
     const __mmask16 hit = nan ? _mm512_mask_cmp_ps_mask(k, a, a, _CMP_UNORD_Q) : _mm512_mask_cmp_ps_mask(k, a, v, _CMP_EQ_OQ);
     if (hit) return i + __builtin_ctz(hit);
   }
+#elif defined(PAGEDLLM_SAMPLING_AVX2)
+  const __m256 v = _mm256_set1_ps(value);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 a = load8(x + i, n - i);
+    const __m256 same = nan ? _mm256_cmp_ps(a, a, _CMP_UNORD_Q) : _mm256_cmp_ps(a, v, _CMP_EQ_OQ);
+    const int hit = _mm256_movemask_ps(_mm256_and_ps(same, lanes8(n - i)));
+    if (hit) return i + __builtin_ctz(static_cast<unsigned>(hit));
+  }
 #else
   for (int64_t i = 0; i < n; ++i) {
     const float a = static_cast<float>(x[i]);
@@ -126,6 +183,8 @@ double block_sums(const T* x, int64_t n, float max, float scale, float* sums) {
   double total = 0.0;
 #if defined(PAGEDLLM_SAMPLING_AVX512)
   const __m512 vmax = _mm512_set1_ps(max), vscale = _mm512_set1_ps(scale);
+#elif defined(PAGEDLLM_SAMPLING_AVX2)
+  const __m256 vmax = _mm256_set1_ps(max), vscale = _mm256_set1_ps(scale), all = lanes8(8);
 #endif
   for (int64_t lo = 0, b = 0; lo < n; lo += kBlock, ++b) {
     const int64_t hi = std::min(n, lo + kBlock);
@@ -139,6 +198,15 @@ double block_sums(const T* x, int64_t n, float max, float scale, float* sums) {
     }
     for (; i < hi; i += 16) acc0 = _mm512_add_ps(acc0, weights16(x + i, lanes(hi - i), vmax, vscale));
     sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(PAGEDLLM_SAMPLING_AVX2)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = lo;
+    for (; i + 16 <= hi; i += 16) {
+      acc0 = _mm256_add_ps(acc0, weights8(x + i, 8, all, vmax, vscale));
+      acc1 = _mm256_add_ps(acc1, weights8(x + i + 8, 8, all, vmax, vscale));
+    }
+    for (; i < hi; i += 8) acc0 = _mm256_add_ps(acc0, weights8(x + i, hi - i, lanes8(hi - i), vmax, vscale));
+    sum = reduce_add8(_mm256_add_ps(acc0, acc1));
 #else
     sum = 0.0f;
     for (int64_t i = lo; i < hi; ++i) sum += weight(x[i], max, scale);
@@ -179,6 +247,24 @@ int64_t locate(const T* x, int64_t n, float max, float scale, const float* sums,
     }
     _mm512_store_ps(w, v);
     for (int64_t j = 0; j < 16 && i + j < hi; ++j) {
+      cum += w[j];
+      if (cum > target) return i + j;  // w[j] > 0 here: cum did not exceed target before
+    }
+  }
+#elif defined(PAGEDLLM_SAMPLING_AVX2)
+  const __m256 vmax = _mm256_set1_ps(max), vscale = _mm256_set1_ps(scale);
+  alignas(32) float w[8];
+  for (int64_t i = lo; i < hi; i += 8) {
+    const __m256 v = weights8(x + i, hi - i, lanes8(hi - i), vmax, vscale);
+    const int positive = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+    if (positive) last = i + 31 - __builtin_clz(static_cast<unsigned>(positive));
+    const float sum = reduce_add8(v);
+    if (cum + sum <= target) {
+      cum += sum;
+      continue;
+    }
+    _mm256_store_ps(w, v);
+    for (int64_t j = 0; j < 8 && i + j < hi; ++j) {
       cum += w[j];
       if (cum > target) return i + j;  // w[j] > 0 here: cum did not exceed target before
     }

@@ -247,6 +247,28 @@ inline __m256 fast_exp8(__m256 x) {
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), exponent));
 }
 
+// exp_nonpositive16 on 8 lanes: exp(y) on the lanes set in `k` (all-ones lanes), 0 elsewhere,
+// for y <= 0; lanes below kExpLowest, -inf and NaN give exactly 0. The same reduction and
+// polynomial; 2^n is built from its exponent bits (n >= -126 on live lanes, a normal float).
+inline __m256 exp_nonpositive8(__m256 y, __m256 k) {
+  const __m256 lowest = _mm256_set1_ps(kExpLowest);
+  const __m256 live = _mm256_and_ps(k, _mm256_cmp_ps(y, lowest, _CMP_GE_OQ));
+  y = _mm256_max_ps(y, lowest);  // NaN lanes become `lowest` (max returns its second operand)
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.4426950408889634f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), y);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068203094172e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
+}
+
 // Lanes 0..n-1 set (n <= 8), for maskload / maskstore of a row's tail.
 inline __m256i lane_mask8(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
