@@ -51,7 +51,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
 
   // bf16 matmuls: the skinny one on plain weights and the packed-weight ones (gemm_bf16.cpp).
   m.def("gemv_bf16(Tensor(a!) out, Tensor x, Tensor weight) -> ()");
-  m.def("gemv_bf16_max_rows() -> int");  // the most rows gemv_bf16 takes; 0 without AVX512-BF16
+  m.def("gemv_bf16_max_rows() -> int");  // the most rows gemv_bf16 takes; 0 in a scalar build
   m.def("pack_weight_bf16(Tensor weight) -> Tensor");
   m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
   m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
@@ -74,7 +74,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
       "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
       "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");
   // Its constants, for Python to check at load, in this fixed order: [tensors_per_layer,
-  // skinny_max_rows (0 without AVX512-BF16), kind_plain, kind_packed_bf16, kind_int4].
+  // skinny_max_rows (0 in a scalar build), kind_plain, kind_packed_bf16, kind_int4, kind_int8].
   m.def("decoder_stack_info() -> int[]");
 }
 

@@ -5,11 +5,8 @@ output columns x 2 input features: with AVX512-BF16 the kernel then accumulates 
 activation pairs times 16 columns with no horizontal sums, and a 64-column panel of the weight
 stays in L2 while every row tile passes over it. The AVX2 build reads the same layout (32-byte
 loads of 8 columns x 2 features, widened to float32 for FMA; 16-column slices of a panel per
-row tile), so one packed tensor serves both builds. Measured with AVX512-BF16 on SmolLM2's
-shapes (2 threads, quiet machine): ~1000 GFLOP/s from 32 to 512 rows, where oneDNN ran 460-920
-and the row-dot-product skinny kernel 610-640; one row streams the weight at memory bandwidth.
-The AVX2 build, forced on the same machine: 110-165 GFLOP/s at 64-256 rows on SmolLM2's and
-Llama-3.2-1B's shapes, where torch's bf16 matmul limited to AVX2 ran 11-33.
+row tile), so one packed tensor serves both builds. One row streams the weight at memory
+bandwidth; the measured rates against oneDNN, per build, are in docs/architecture.md.
 The packed tensor replaces the float weight (same size); `dequantize()` gives W back.
 
 The CPU platform packs every packable weight after loading unless weight packing is off
