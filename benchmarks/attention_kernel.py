@@ -5,9 +5,9 @@ Usage: python benchmarks/attention_kernel.py [--cases 128x192,32x192,1x200] [--i
 
 Builds bf16 caches as the CPU paged backend lays them out (`CPUPagedBackend.kv_cache_layout`:
 the blocked bf16 element order; written by `reshape_and_cache`) for the SmolLM2-135M attention
-shape (9 query heads, 3 KV heads, head_dim 64, 16-token blocks) and calls
-`torch.ops.pagedllm.paged_attention` directly. Each call reads another layer's cache,
-rotating over enough caches (at least --min-footprint-mb in all, more than L3) that K/V come
+shape (9 query heads, 3 KV heads, head_dim 64, 16-token blocks) and calls the kernel build's
+`paged_attention` op directly (`PAGEDLLM_CPU_ISA=avx2` times the AVX2 build). Each call reads
+another layer's cache, rotating over enough caches (at least --min-footprint-mb in all, more than L3) that K/V come
 from DRAM as in a real decode step, where ~270 MB of weights pass between two layers'
 attention. Context lengths vary by +-16 tokens around the case's mean. Prints the best mean
 ms per call over the repeats and the median call (robust to other processes taking a core
@@ -159,7 +159,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     assert cpu_kernels.available(), "CPU kernels unavailable"
-    print(f"threads {torch.get_num_threads()}, layout {args.layout}, huge pages {args.huge_pages}")
+    print(
+        f"threads {torch.get_num_threads()}, kernels {cpu_kernels.instruction_set()}, layout {args.layout}, "
+        f"huge pages {args.huge_pages}"
+    )
     for case in args.cases.split(","):
         seqs, length = (int(x) for x in case.split("x"))
         run_case(seqs, length, args)
