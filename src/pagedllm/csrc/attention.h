@@ -1,15 +1,19 @@
 // Paged attention: what attention.cpp (the op and the plain-layout kernel),
-// attention_prefill.cpp (multi-token items over the blocked layout) and attention_decode.cpp
-// (decode items and the work scheduler of the blocked layout) share. Cache layouts: kv_layout.h.
+// attention_prefill.cpp and attention_prefill_avx2.cpp (multi-token items over the blocked
+// layout, by instruction set) and attention_decode.cpp and attention_decode_avx2.cpp (decode
+// items and the work scheduler of the blocked layout) share. Cache layouts: kv_layout.h.
 
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "kv_layout.h"
+#include "vec.h"
 
 namespace pagedllm {
 
@@ -53,7 +57,8 @@ struct VnniScratch {
         out_acc(kTileRows * head_dim) {}
 };
 
-// One work item with several query tokens over blocked-layout caches (attention_prefill.cpp).
+// One work item with several query tokens over blocked-layout caches (attention_prefill.cpp;
+// attention_prefill_avx2.cpp in the AVX2 build).
 // kD: head_dim when known at compile time (64, 128 or 256), else 0 (read from runtime_head_dim).
 template <int kD>
 void attend_item_vnni(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base,
@@ -66,6 +71,70 @@ template <int kD>
 void paged_attention_vnni(at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                           const at::Tensor& value_cache, const AttentionArgs& args,
                           const std::vector<AttentionItem>& items);
+
+// The item's query rows (tokens x the GQA group) as scaled bf16 pairs in w.q_pairs, and the
+// range of positions [lo, hi] each row sees (causal, and within the window if any): the
+// first step of attend_item_vnni in either build (attention_prefill.cpp,
+// attention_prefill_avx2.cpp).
+inline void prepare_rows(const AttentionItem& it, const AttentionArgs& a, const uint16_t* q_base, int64_t pairs,
+                         VnniScratch& w) {
+  const int64_t r = it.request, group = a.group;
+  const int64_t first_pos = a.lens[r] - (a.starts[r + 1] - a.starts[r]);
+  for (int64_t t = it.first_token; t < it.end_token; ++t) {
+    const int64_t pos = first_pos + t;
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t row = (t - it.first_token) * group + g;
+      const uint16_t* q = q_base + (a.starts[r] + t) * a.q_stride0 + (it.kv_head * group + g) * a.q_stride1;
+      uint32_t* dst = w.q_pairs.data() + row * pairs;
+      for (int64_t p = 0; p < pairs; ++p) {
+        const float x0 = bf16_to_float(q[2 * p]) * a.scale;
+        const float x1 = bf16_to_float(q[2 * p + 1]) * a.scale;
+        dst[p] = static_cast<uint32_t>(bf16_bits(x0)) | (static_cast<uint32_t>(bf16_bits(x1)) << 16);
+      }
+      w.hi[row] = pos;
+      w.lo[row] = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+    }
+  }
+}
+
+namespace detail {
+
+// ---------------------------------------------------------------------------------------
+// Decode: a work item with one query token (a decoding request, or a chunk's last token
+// alone in its tile). Its rows are the GQA group sharing the KV head, so each K and V block
+// is read once for all of them, in one pass: per block, the group's 16 scores, an online
+// softmax step (running max and sum; the float32 accumulators are rescaled when the max
+// grows) and the probability-weighted values. Decode reads every block of its context once
+// and computes little on it, so it runs at memory speed; block tables scatter the blocks,
+// which the hardware prefetcher cannot follow, so the loop prefetches the blocks
+// ahead itself (kDecodeAhead), into the next item of the thread's chunk when the current one ends.
+// ---------------------------------------------------------------------------------------
+
+constexpr int64_t kDecodeAhead = 2;  // blocks (K and V) prefetched ahead of the one in use
+inline void prefetch_line(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
+
+struct DecodeItem {
+  const uint16_t* k;      // the KV head's K blocks
+  const uint16_t* v;      // its V blocks
+  const int32_t* blocks;  // block ids from the first block holding a visible key
+  int64_t num_blocks;
+  int64_t lo, hi;  // visible keys, counted from the first of those blocks' first token
+  int64_t token;   // the query (and output) row
+};
+
+#if defined(PAGEDLLM_ISA_AVX2)
+// Every row of a decode item: the AVX2 + FMA decode routine (attention_decode_avx2.cpp; the
+// AVX512-BF16 one is internal to attention_decode.cpp, whose scheduler calls either), for
+// head sizes 64, 128 and 256. Outputs to the item's output rows, or for a part of a split
+// item unnormalised to partial: per query head of the group, [kD accumulators, running max,
+// running sum]. next: the item after it in the thread's chunk, whose first blocks its last
+// ones prefetch (nullptr: none).
+template <int kD>
+void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeItem* next, const AttentionArgs& a,
+                   const uint16_t* q_base, uint16_t* o_base, float* partial);
+#endif
+
+}  // namespace detail
 #endif
 
 }  // namespace pagedllm
