@@ -5,7 +5,7 @@
 // This file: the op (argument checks, work items, dispatch) and the kernel for the plain
 // layout (any dtype). Over the blocked bf16 layout, work items of several query tokens
 // (prefill) are in attention_prefill.cpp; decode items, and the scheduling of all of its work
-// items, in attention_decode.cpp.
+// items, in attention_decode.cpp; their AVX2 builds in the *_avx2.cpp files beside them.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
