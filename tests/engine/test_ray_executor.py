@@ -35,6 +35,14 @@ from pagedllm.worker.tp_group import free_port
 ray = pytest.importorskip("ray")
 
 
+def _dead(pid: int) -> bool:
+    """Whether `pid` has exited: gone, or a zombie its parent (Ray's raylet) has not reaped yet."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def ray_start(temp_dir: str, *args: str) -> None:
     """`ray start` one node of the test's cluster (the venv's Ray, under `temp_dir`)."""
     command = [
@@ -187,7 +195,7 @@ def test_ranks_on_two_ray_nodes_generate_what_local_ranks_do(two_node_cluster, f
                 [{"prompt_token_ids": [5] * 20}],
                 SamplingParams(temperature=0.0, max_tokens=300, ignore_eos=True),
             )
-        assert not psutil.pid_exists(rank1)
+        assert _dead(rank1)
     finally:
         timer.cancel()
         llm.engine.shutdown()
