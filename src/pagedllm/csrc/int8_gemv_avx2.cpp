@@ -164,31 +164,6 @@ Int8Units units_at(const uint8_t* packed, int64_t first, int count, int64_t bloc
   return t;
 }
 
-// One value of k of a block's 16 rows (w[0]: rows 0-7, w[1]: 8-15) into row `dst` of a
-// dequantized weight, from column col: bf16 or float32, only the first `valid` rows.
-inline void store_block_row(char* dst, int64_t col, bool bf16, const __m256 w[2], int valid) {
-  if (bf16) {
-    const __m256i v = _mm256_set_m128i(to_bf16x8(w[1]), to_bf16x8(w[0]));
-    auto* p = reinterpret_cast<uint16_t*>(dst) + col;
-    if (valid == 16) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-    } else {
-      uint16_t tmp[16];
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), v);
-      std::copy(tmp, tmp + valid, p);
-    }
-  } else {
-    float* p = reinterpret_cast<float*>(dst) + col;
-    if (valid == 16) {
-      _mm256_storeu_ps(p, w[0]);
-      _mm256_storeu_ps(p + 8, w[1]);
-    } else {
-      _mm256_maskstore_ps(p, lane_mask8(std::min(valid, 8)), w[0]);
-      _mm256_maskstore_ps(p + 8, lane_mask8(std::max(valid - 8, 0)), w[1]);
-    }
-  }
-}
-
 }  // namespace
 
 void gemv_int8_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {

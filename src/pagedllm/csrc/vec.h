@@ -273,6 +273,32 @@ inline __m256 exp_nonpositive8(__m256 y, __m256 k) {
 inline __m256i lane_mask8(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
+
+// The 4-bit and int8 dequantize kernels' store: one value of k of a block's 16 rows (w[0]: rows
+// 0-7, w[1]: 8-15) into row `dst` of a dequantized weight, from column col: bf16 or float32,
+// only the first `valid` rows.
+inline void store_block_row(char* dst, int64_t col, bool bf16, const __m256 w[2], int valid) {
+  if (bf16) {
+    const __m256i v = _mm256_set_m128i(to_bf16x8(w[1]), to_bf16x8(w[0]));
+    auto* p = reinterpret_cast<uint16_t*>(dst) + col;
+    if (valid == 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+    } else {
+      uint16_t tmp[16];
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), v);
+      std::copy(tmp, tmp + valid, p);
+    }
+  } else {
+    float* p = reinterpret_cast<float*>(dst) + col;
+    if (valid == 16) {
+      _mm256_storeu_ps(p, w[0]);
+      _mm256_storeu_ps(p + 8, w[1]);
+    } else {
+      _mm256_maskstore_ps(p, lane_mask8(std::min(valid, 8)), w[0]);
+      _mm256_maskstore_ps(p + 8, lane_mask8(std::max(valid - 8, 0)), w[1]);
+    }
+  }
+}
 #endif  // PAGEDLLM_ISA_AVX2
 
 // ---------------------------------------------------------------------------------------

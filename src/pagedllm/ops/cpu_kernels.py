@@ -59,6 +59,9 @@ class KernelTarget:
     name: str
     namespace: str
     flags: tuple[str, ...]
+    # CPU flags (/proc/cpuinfo) the build's code needs: one built for more than the CPU has
+    # would die of an illegal instruction at its first vector op, so it is never loaded there.
+    cpu_flags: tuple[str, ...] = ()
 
 
 # Hidden visibility keeps the two builds' C++ symbols (same names) apart in one process.
@@ -69,6 +72,7 @@ TARGETS = {
         "avx2",
         "pagedllm_avx2",
         ("-march=x86-64-v3", "-mtune=native", "-DPAGEDLLM_OPS_NAMESPACE=pagedllm_avx2"),
+        ("avx2", "fma", "f16c", "bmi1", "bmi2", "movbe"),  # x86-64-v3's vector and bit ops
     ),
 }
 
@@ -159,6 +163,15 @@ def load_target(target: KernelTarget) -> bool:
     """Builds (the first time) and loads one build; False, with a warning, where it cannot."""
     with _lock:
         if target.name not in _loaded:
+            missing = [flag for flag in target.cpu_flags if flag not in _cpu_fingerprint().split()]
+            if missing:
+                logger.warning(
+                    "CPU kernels (%s build) need CPU features %s that this CPU lacks; using torch code paths",
+                    target.name,
+                    ", ".join(missing),
+                )
+                _loaded[target.name] = False
+                return False
             try:
                 _loaded[target.name] = _load(target)
             except Exception as exc:  # a missing compiler or headers: fall back to torch code
@@ -209,16 +222,12 @@ def instruction_set() -> str:
     return _instruction_sets[namespace]
 
 
-def has_avx512_bf16() -> bool:
-    """Whether the build in use runs the AVX512-BF16 dot-product paths."""
-    return instruction_set() == "avx512_bf16"
-
-
 @contextmanager
 def forced_target(name: str) -> Iterator[KernelTarget]:
     """Within the block, `op()` and `instruction_set()` answer for build `name` (built and
     loaded the first time): how tests run an older instruction set's paths on this CPU.
-    Skips nothing itself: raises RuntimeError where the build cannot load."""
+    Raises RuntimeError where the build cannot load (no compiler, or a CPU without its
+    instruction set)."""
     target = TARGETS[name]
     if not available() or not load_target(target):
         raise RuntimeError(f"the {name} build of the CPU kernels cannot be loaded on this machine")
