@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import threading
+import time
 
 import httpx
 import openai
@@ -128,7 +129,11 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
     replicas = health.json()["replicas"]
     assert [r["status"] for r in replicas] == ["serving", "serving"], replicas
 
-    num_streams, max_tokens = 8, 500
+    # 16 streams of 503 tokens need 32 KV blocks each and a replica has 64: each replica can
+    # hold two at once, so its share takes several rounds of 500 steps and is far from done when
+    # the kill lands. (With 8 streams each replica could finish while the server was still
+    # streaming its buffered tokens out, and the kill then found nothing to end.)
+    num_streams, max_tokens = 16, 500
     body = {
         "model": TINY_NAME,
         "max_tokens": max_tokens,
@@ -138,7 +143,7 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
         "temperature": 0,
     }
     results: list[tuple[int, str | None]] = [(0, None)] * num_streams
-    first_tokens = [threading.Event() for _ in range(num_streams)]
+    tokens_flow = threading.Event()
 
     def stream(i: int) -> None:
         completion_tokens, error = 0, None
@@ -150,23 +155,29 @@ def test_killed_replica_ends_its_requests_and_the_other_serves_on(dp_server):
                 if not line.startswith("data: {"):
                     continue
                 payload = json.loads(line[len("data: ") :])
-                first_tokens[i].set()
+                tokens_flow.set()
                 if "error" in payload:
                     error = payload["error"]["code"]
                 elif payload.get("usage"):
                     completion_tokens = payload["usage"]["completion_tokens"]
-        first_tokens[i].set()
         results[i] = (completion_tokens, error)
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(num_streams)]
+    routed_before = replica_metrics(dp_server, "pagedllm:replica_requests_routed_total")
     for thread in threads:
         thread.start()
-    for event in first_tokens:
-        assert event.wait(timeout=60)
-    # Every stream has begun; kill the replica with more work left, at once.
-    load = replica_metrics(dp_server, "pagedllm:replica_load_tokens")
-    assert load["0"] > 0 and load["1"] > 0, load
-    victim = max(replicas, key=lambda r: load[str(r["replica"])])
+    deadline = time.monotonic() + 60
+    while True:
+        routed = replica_metrics(dp_server, "pagedllm:replica_requests_routed_total")
+        mine = {r: routed[r] - routed_before.get(r, 0) for r in routed}
+        if sum(mine.values()) == num_streams:
+            break
+        assert time.monotonic() < deadline, mine
+        time.sleep(0.01)
+    assert tokens_flow.wait(timeout=60)
+    # Every stream is routed and tokens flow; kill the replica with more of them, at once.
+    assert min(mine.values()) > 0, mine
+    victim = max(replicas, key=lambda r: mine[str(r["replica"])])
     os.kill(victim["pid"], signal.SIGKILL)
     for thread in threads:
         thread.join(timeout=120)
