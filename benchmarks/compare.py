@@ -3,6 +3,11 @@
     python benchmarks/setup_peers.py          # once: builds vLLM-CPU and llama.cpp into the cache
     python benchmarks/compare.py [--only pagedllm,transformers,llamacpp,vllm] [--workloads a,b,c]
                                  [--quick] [--pagedllm-quantization int8,int4] [--output-json F]
+    python benchmarks/compare.py --model llama-3.2-1b-random [--rounds 3] ...   # compare_rounds.py
+
+The second form (the 1B shape, or `--rounds N` on the default model) runs pagedllm, vLLM-CPU and
+llama.cpp in interleaved rounds per weight format; its workloads are in compare_rounds.py. What
+follows is the first form, one engine after the other:
 
 Workloads (SmolLM2-135M-Instruct; random token-id prompts drawn as `pagedllm bench` draws them,
 the same ids for every engine; `ignore_eos` everywhere):
@@ -604,6 +609,18 @@ def quantized_column(q: str) -> Column:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # --model picks the model; the 1B shape (and --rounds on either model) runs the engines in
+    # interleaved rounds, per weight format (compare_rounds.py).
+    chooser = argparse.ArgumentParser(add_help=False)
+    chooser.add_argument("--model", choices=(MODEL_NAME, setup_peers.RANDOM_1B_ALIAS), default=MODEL_NAME)
+    chooser.add_argument("--rounds", default=None)
+    chosen, rest = chooser.parse_known_args(argv)
+    if chosen.model != MODEL_NAME or chosen.rounds is not None:
+        import compare_rounds
+
+        return compare_rounds.main(
+            rest + (["--rounds", chosen.rounds] if chosen.rounds else []), chosen.model
+        )
     args = parse_args(argv)
     sizes = dataclasses.replace(QUICK if args.quick else Sizes())
     if args.llamacpp_slots:

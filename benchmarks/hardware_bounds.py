@@ -31,30 +31,42 @@ def model_flops(config, sizes: Sizes) -> dict[str, float]:
     }
 
 
-def measure_peak_gflops(config, rows: int = 2048, seconds: float = 2.0) -> float:
-    """bf16 GFLOP/s of torch matmuls on one layer's projection shapes, `rows` tokens at once."""
-    import torch
-
+def _projection_shapes(config) -> list[tuple[int, int]]:
+    """(K, N) of one layer's matmuls: qkv, o, gate_up, down."""
     h, heads = config.hidden_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     q, kv = heads * head_dim, config.num_key_value_heads * head_dim
     inter = config.intermediate_size
-    shapes = [(h, q + 2 * kv), (q, h), (h, 2 * inter), (inter, h)]  # qkv, o, gate_up, down
+    return [(h, q + 2 * kv), (q, h), (h, 2 * inter), (inter, h)]
+
+
+def _rate(matmul, pairs: list, flops: float, seconds: float) -> float:
+    """GFLOP/s of `matmul(x, w)` over `pairs`, after a warm-up, for about `seconds`."""
+    import torch
+
+    with torch.inference_mode():
+        for x, w in pairs * 3:
+            matmul(x, w)
+        iterations, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for x, w in pairs:
+                matmul(x, w)
+            iterations += 1
+        elapsed = time.perf_counter() - start
+    return flops * iterations / elapsed / 1e9
+
+
+def measure_peak_gflops(config, rows: int = 2048, seconds: float = 2.0) -> float:
+    """bf16 GFLOP/s of torch matmuls (oneDNN) on one layer's projection shapes, `rows` tokens at once."""
+    import torch
+
+    shapes = _projection_shapes(config)
     pairs = [
         (torch.randn(rows, k, dtype=torch.bfloat16), torch.randn(n, k, dtype=torch.bfloat16))
         for k, n in shapes
     ]
     flops = sum(2.0 * rows * k * n for k, n in shapes)
-    with torch.inference_mode():
-        for x, w in pairs * 3:
-            torch.nn.functional.linear(x, w)
-        iterations, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            for x, w in pairs:
-                torch.nn.functional.linear(x, w)
-            iterations += 1
-        elapsed = time.perf_counter() - start
-    return flops * iterations / elapsed / 1e9
+    return _rate(torch.nn.functional.linear, pairs, flops, seconds)
 
 
 def measure_read_gbps(megabytes: int = 512, repeats: int = 5) -> float:
@@ -84,3 +96,22 @@ def model_flops_utilization(
     """MFU in percent: achieved prompt + output FLOP/s over the measured bf16 peak."""
     achieved = (total_tps - output_tps) * flops["prompt"] + output_tps * flops["output"]
     return 100.0 * achieved / (peak_gflops * 1e9)
+
+
+def measure_packed_gflops(config, rows: int = 2048, seconds: float = 2.0) -> float:
+    """The same shapes through pagedllm's packed bf16 kernel; 0 where the kernels do not build."""
+    import torch
+
+    from pagedllm.ops import cpu_kernels
+    from pagedllm.ops.packed_linear import PackedBF16Weight, packable
+
+    if not cpu_kernels.available():
+        return 0.0
+    shapes = _projection_shapes(config)
+    layers = []
+    for k, n in shapes:
+        weight = torch.randn(n, k, dtype=torch.bfloat16)
+        if not packable(weight):
+            return 0.0
+        layers.append((torch.randn(rows, k, dtype=torch.bfloat16), PackedBF16Weight(weight)))
+    return _rate(lambda x, w: w.linear(x), layers, sum(2.0 * rows * k * n for k, n in shapes), seconds)

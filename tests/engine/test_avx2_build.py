@@ -41,7 +41,7 @@ def test_smollm2_on_the_avx2_build_generates_what_the_torch_path_does(
     kwargs = dict(
         dtype="bfloat16", kv_cache_memory=0.25, quantization=quantization, max_num_batched_tokens=32
     )
-    llm = LLM(**kwargs)
+    llm = LLM(**kwargs, packed_weights=True)  # packed on every CPU (AMX ones default to plain)
     runner = llm.engine.engine_core.executor.runner
     assert cpu_kernels.instruction_set() == "avx2"
     assert runner.compiled_step is not None

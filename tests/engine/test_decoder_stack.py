@@ -98,9 +98,14 @@ def test_environment_switch_overrides_the_config(tiny_llama_dir, monkeypatch):
     assert _stack_of(LLM(**kwargs)) is None
 
 
-def test_smollm2_bf16_matches_python_layers(monkeypatch):
+@pytest.mark.parametrize("packed_weights", [True, False])
+def test_smollm2_bf16_matches_python_layers(monkeypatch, packed_weights):
+    """Packed weights, and plain ones (the skinny kernel up to the platform's row limit for
+    this CPU, oneDNN above: the op must split the rows where the layers do)."""
     prompts = _prompts(49152, [64, 9, 130, 31], seed=5)
-    kwargs = dict(dtype="bfloat16", max_num_batched_tokens=96, kv_cache_memory=0.25)
+    kwargs = dict(
+        dtype="bfloat16", max_num_batched_tokens=96, kv_cache_memory=0.25, packed_weights=packed_weights
+    )
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
     assert _stack_of(fused) is not None
     assert ours == reference

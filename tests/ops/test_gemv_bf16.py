@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from pagedllm.ops import cpu_kernels
-from pagedllm.ops.linear import SKINNY_MAX_ROWS, gemv_bf16, skinny_linear
+from pagedllm.ops.linear import (
+    AMX_SKINNY_MAX_ROWS,
+    SKINNY_MAX_ROWS,
+    gemv_bf16,
+    skinny_linear,
+    skinny_linear_upto,
+)
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels could not be built")
 
@@ -59,10 +65,14 @@ def test_row_limit_and_skinny_linear(vector_build):
     assert cpu_kernels.op("gemv_bf16_max_rows")() == 256 >= SKINNY_MAX_ROWS
     torch.manual_seed(2)
     weight, bias = torch.randn(96, 64).bfloat16(), torch.randn(96).bfloat16()
-    for rows in (1, SKINNY_MAX_ROWS, SKINNY_MAX_ROWS + 1):
-        x = torch.randn(rows, 64).bfloat16()
-        expected = (x.double() @ weight.double().T + bias.double()).float()
-        torch.testing.assert_close(skinny_linear(x, weight, bias).float(), expected, atol=3e-2, rtol=1.6e-2)
+    for limit in (SKINNY_MAX_ROWS, AMX_SKINNY_MAX_ROWS):
+        linear = skinny_linear_upto(limit)
+        assert linear.skinny_max_rows == limit
+        for rows in (1, limit, limit + 1):
+            x = torch.randn(rows, 64).bfloat16()
+            expected = (x.double() @ weight.double().T + bias.double()).float()
+            torch.testing.assert_close(linear(x, weight, bias).float(), expected, atol=3e-2, rtol=1.6e-2)
+            torch.testing.assert_close(skinny_linear(x, weight, bias, limit), linear(x, weight, bias))
 
 
 def test_shapes_the_kernel_cannot_take_raise(vector_build):

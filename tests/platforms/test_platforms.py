@@ -25,7 +25,9 @@ from pagedllm.model.layers.layer_ops import NATIVE
 from pagedllm.model.layers.norm import GemmaRMSNorm, RMSNorm
 from pagedllm.model.layers.rotary import get_rope
 from pagedllm.ops import cpu_kernels
+from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS
 from pagedllm.platforms import CpuPlatform, PlatformOptions, resolve_platform
+from pagedllm.platforms import cpu as cpu_platform
 
 kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels not built")
 SWITCH_ENVS = (
@@ -47,7 +49,9 @@ def test_cli_flags_become_config_fields_and_env_overrides_them(clean_env):
     parser = argparse.ArgumentParser()
     add_engine_args(parser)
     defaults = engine_config_from_args(parser.parse_args([]))
-    assert (defaults.cpu_kernels, defaults.packed_weights, defaults.step_compiler) == (True, True, True)
+    assert (defaults.cpu_kernels, defaults.packed_weights, defaults.step_compiler) == (True, None, True)
+    forced = engine_config_from_args(parser.parse_args(["--packed-weights"]))
+    assert forced.packed_weights is True
     off = engine_config_from_args(
         parser.parse_args(["--no-cpu-kernels", "--no-packed-weights", "--no-step-compiler"])
     )
@@ -85,6 +89,27 @@ def test_kernel_platform_pieces(clean_env):
     assert platform.sample_kernel() is not None and platform.step_compiler(torch.bfloat16) is not None
     no_packing = resolve_platform(EngineConfig(device="cpu", packed_weights=False)).layer_ops(torch.bfloat16)
     assert no_packing.pack_float_weight(torch.zeros(64, 64, dtype=torch.bfloat16)) is None
+
+
+@kernels
+@pytest.mark.parametrize("amx", [False, True])
+def test_weight_packing_defaults_off_only_on_amx_cpus(clean_env, amx):
+    """Unset, the platform packs bf16 weights unless the CPU has AMX (oneDNN's bf16 matmul runs
+    there); set, the user's choice holds either way."""
+    clean_env.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: amx)
+    weight = torch.zeros(64, 64, dtype=torch.bfloat16)
+    if cpu_kernels.instruction_set() not in ("avx512_bf16", "avx2"):
+        pytest.skip("this build has no vector matmul kernels")
+    skinny_rows = AMX_SKINNY_MAX_ROWS if amx else SKINNY_MAX_ROWS
+    for configured, packs in ((None, not amx), (True, True), (False, False)):
+        platform = resolve_platform(EngineConfig(device="cpu", packed_weights=configured))
+        ops = platform.layer_ops(torch.bfloat16)
+        assert (ops.pack_float_weight(weight) is not None) == packs, (configured, amx)
+        # Plain weights take the skinny kernel up to the CPU's limit, in the layers and the stack.
+        assert ops.dense_linear.skinny_max_rows == skinny_rows
+        assert platform.step_compiler(torch.bfloat16).skinny_max_rows == skinny_rows
+    clean_env.setenv("PAGEDLLM_PACKED_WEIGHTS", "1")
+    assert resolve_platform(EngineConfig(device="cpu")).options.packed_weights is True
 
 
 def _bind(layer: CustomOp) -> CustomOp:

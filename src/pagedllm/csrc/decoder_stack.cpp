@@ -13,18 +13,18 @@
 //   x = a @ Wo^T; x, residual = fused_add_rms_norm(x, residual)
 //   x = (silu(gate) * up)(x @ Wgate_up^T) @ Wdown^T
 // and the final norm. Linear layers run the kernel the Python layer would: packed bf16 weights
-// the packed matmul (gemm_bf16.cpp); plain bf16 weights up to kSkinnyMaxRows rows the skinny
-// kernel where the build has one (as ops/linear.py), otherwise at::linear; 4-bit weights (codes and
+// the packed matmul (gemm_bf16.cpp); plain bf16 weights up to `skinny_max_rows` rows (an argument:
+// the platform's choice per CPU, as ops/linear.py gets it) the skinny kernel, otherwise at::linear; 4-bit weights (codes and
 // scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4; 8-bit weights (int8_gemv.h)
 // pagedllm::gemv_int8.
 //
-// The constants the Python side must agree with (weights per layer, the skinny kernel's row
-// limit, the weight-kind codes) are exported by pagedllm::decoder_stack_info() -> int[], in
+// The constants the Python side must agree with (weights per layer, the most rows the skinny
+// kernel takes, the weight-kind codes) are exported by pagedllm::decoder_stack_info() -> int[], in
 // this fixed order (new entries only ever go at the end). Ops are looked up in this build's
 // own namespace (ops.h), so the AVX2 build's stack calls the AVX2 kernels.
 //   [0] tensors_per_layer  weights per layer in `weights` (the final norm follows the last layer)
-//   [1] skinny_max_rows    rows up to which plain bf16 weights take gemv_bf16; 0 when the build
-//                          has no skinny kernel (gemv_bf16_max_rows() == 0)
+//   [1] skinny_max_rows    the most rows gemv_bf16 takes (gemv_bf16_max_rows()); 0 when the
+//                          build has no skinny kernel
 //   [2] kind_plain         weight_kinds code of a plain weight [N, K]
 //   [3] kind_packed_bf16   code of a bf16 weight packed by pack_weight_bf16
 //   [4] kind_int4          code of a 4-bit weight in gemv_int4's layout
@@ -44,9 +44,6 @@
 namespace pagedllm {
 namespace {
 
-// Must match ops/linear.py's SKINNY_MAX_ROWS: both paths choose the same kernel per shape
-// (exported by decoder_stack_info so that Python can check).
-constexpr int64_t kSkinnyMaxRows = 64;
 constexpr int64_t kTensorsPerLayer = 6;  // input norm, qkv, o, post-attention norm, gate_up, down
 
 using TensorList = c10::ArrayRef<at::Tensor>;
@@ -113,8 +110,10 @@ const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Ten
 enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2, kInt8 = 3 };
 
 // x [M, K] @ W^T -> [M, out_features].
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
-                  int64_t out_features) {
+// Plain bf16 weights take gemv_bf16 up to `skinny_max_rows` rows (the platform's choice, the
+// same that the Python layers make: ops/linear.py), oneDNN above.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind, int64_t out_features,
+                  int64_t skinny_max_rows) {
   if (kind == kPackedBf16) {
     auto out = at::empty({x.size(0), out_features}, x.options());
     gemm_packed_handle().call(out, x, weight);
@@ -126,7 +125,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind,
     return out;
   }
   if (gemv_bf16_max_rows() > 0 && x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
-      x.size(0) <= kSkinnyMaxRows && x.size(1) % 32 == 0 && x.stride(1) == 1 && weight.is_contiguous()) {
+      x.size(0) <= skinny_max_rows && x.size(1) % 32 == 0 && x.stride(1) == 1 && weight.is_contiguous()) {
     auto out = at::empty({x.size(0), weight.size(0)}, x.options());
     kernels().gemv_bf16.call(out, x, weight);
     return out;
@@ -141,7 +140,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
                          c10::IntArrayRef layer_groups, c10::IntArrayRef windows, TensorList block_tables,
                          TensorList slot_mappings, const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                          int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t intermediate_size,
-                         double eps, double scale, bool vnni) {
+                         double eps, double scale, bool vnni, int64_t skinny_max_rows) {
   const int64_t num_layers = static_cast<int64_t>(kv_caches.size());
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == num_layers * kTensorsPerLayer + 1,
               "decoder_stack: expected 6 weights per layer plus the final norm");
@@ -166,7 +165,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
     } else {
       k.fused_add_rms_norm.call(x, residual, weights[w0], eps);
     }
-    at::Tensor qkv = linear(x, weights[w0 + 1], weight_kinds[w0 + 1], q_size + 2 * kv_size);
+    at::Tensor qkv = linear(x, weights[w0 + 1], weight_kinds[w0 + 1], q_size + 2 * kv_size, skinny_max_rows);
     k.rotary.call(qkv.narrow(1, 0, q_size + kv_size), positions, cos_sin_cache, head_dim, rotary_dim);
     const at::Tensor q = qkv.narrow(1, 0, q_size).view({tokens, num_heads, head_dim});
     const at::Tensor key = qkv.narrow(1, q_size, kv_size).view({tokens, num_kv_heads, head_dim});
@@ -178,12 +177,12 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
     at::Tensor attn = at::empty({tokens, num_heads, head_dim}, hidden_in.options());
     k.paged_attention.call(attn, q, key_cache, value_cache, block_tables[group], query_start_loc, seq_lens, scale,
                            windows[layer], 0.0, vnni);
-    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_kinds[w0 + 2], hidden_size);
+    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_kinds[w0 + 2], hidden_size, skinny_max_rows);
     k.fused_add_rms_norm.call(x, residual, weights[w0 + 3], eps);
-    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_kinds[w0 + 4], 2 * intermediate_size);
+    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_kinds[w0 + 4], 2 * intermediate_size, skinny_max_rows);
     at::Tensor act = at::empty({tokens, intermediate_size}, hidden_in.options());
     k.silu_and_mul.call(act, gate_up);
-    x = linear(act, weights[w0 + 5], weight_kinds[w0 + 5], hidden_size);
+    x = linear(act, weights[w0 + 5], weight_kinds[w0 + 5], hidden_size, skinny_max_rows);
   }
   k.fused_add_rms_norm.call(x, residual, weights[num_layers * kTensorsPerLayer], eps);
   return x;
@@ -192,7 +191,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
 // [tensors_per_layer, skinny_max_rows, kind_plain, kind_packed_bf16, kind_int4, kind_int8]: see
 // the file header. The order is part of the op's interface.
 std::vector<int64_t> decoder_stack_info() {
-  return {kTensorsPerLayer, gemv_bf16_max_rows() > 0 ? kSkinnyMaxRows : 0, kPlain, kPackedBf16, kInt4, kInt8};
+  return {kTensorsPerLayer, gemv_bf16_max_rows(), kPlain, kPackedBf16, kInt4, kInt8};
 }
 
 }  // namespace pagedllm

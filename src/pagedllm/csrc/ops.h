@@ -64,7 +64,8 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
                          c10::IntArrayRef windows, c10::ArrayRef<at::Tensor> block_tables,
                          c10::ArrayRef<at::Tensor> slot_mappings, const at::Tensor& query_start_loc,
                          const at::Tensor& seq_lens, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                         int64_t intermediate_size, double eps, double scale, bool vnni);
+                         int64_t intermediate_size, double eps, double scale, bool vnni,
+                         int64_t skinny_max_rows);
 std::vector<int64_t> decoder_stack_info();
 
 }  // namespace pagedllm

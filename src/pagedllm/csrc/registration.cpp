@@ -72,9 +72,10 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
       "decoder_stack(Tensor(b!) hidden, Tensor positions, Tensor cos_sin_cache, Tensor[] weights, int[] weight_kinds, "
       "Tensor(a!)[] kv_caches, int[] layer_groups, int[] windows, Tensor[] block_tables, Tensor[] slot_mappings, "
       "Tensor query_start_loc, Tensor seq_lens, int num_heads, int num_kv_heads, int head_dim, "
-      "int intermediate_size, float eps, float scale, bool vnni) -> Tensor");
+      "int intermediate_size, float eps, float scale, bool vnni, int skinny_max_rows) -> Tensor");
   // Its constants, for Python to check at load, in this fixed order: [tensors_per_layer,
-  // skinny_max_rows (0 in a scalar build), kind_plain, kind_packed_bf16, kind_int4, kind_int8].
+  // the most rows gemv_bf16 takes (0 in a scalar build), kind_plain, kind_packed_bf16, kind_int4,
+  // kind_int8].
   m.def("decoder_stack_info() -> int[]");
 }
 

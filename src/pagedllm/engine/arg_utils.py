@@ -152,9 +152,21 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         action="store_true",
         help="run the pure-torch path instead of the compiled CPU kernels ($PAGEDLLM_CPU_KERNELS=0)",
     )
-    fast.add_argument(
+    packing = fast.add_mutually_exclusive_group()
+    packing.add_argument(
+        "--packed-weights",
+        dest="packed_weights",
+        action="store_const",
+        const=True,
+        default=None,
+        help="pack bf16 weights for the compiled matmul even where the platform would not (on CPUs "
+        "with AMX it keeps them plain for oneDNN) ($PAGEDLLM_PACKED_WEIGHTS=1)",
+    )
+    packing.add_argument(
         "--no-packed-weights",
-        action="store_true",
+        dest="packed_weights",
+        action="store_const",
+        const=False,
         help="keep bf16 weights as loaded instead of packed for the compiled matmul ($PAGEDLLM_PACKED_WEIGHTS=0)",
     )
     fast.add_argument(
@@ -184,7 +196,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         chat_template=chat_template,
         quantization=None if args.quantization == "none" else args.quantization,
         cpu_kernels=not args.no_cpu_kernels,
-        packed_weights=not args.no_packed_weights,
+        packed_weights=args.packed_weights,
         step_compiler=not args.no_step_compiler,
         attention_backend=args.attention_backend,
         tokenizer=args.tokenizer,

@@ -36,7 +36,7 @@ class LLM:
         chat_template: str | None = None,
         quantization: str | None = None,
         cpu_kernels: bool = True,
-        packed_weights: bool = True,
+        packed_weights: bool | None = None,
         step_compiler: bool = True,
         attention_backend: str = "auto",
         tokenizer: str | None = None,

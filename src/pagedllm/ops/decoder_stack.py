@@ -15,8 +15,8 @@ from pagedllm.ops.cpu_kernels import has_op, op
 
 @dataclass(frozen=True, slots=True)
 class DecoderStackInfo:
-    """What the compiled op takes: tensors per layer, the skinny matmul's row limit for plain
-    bf16 weights (0: not compiled in), and its weight-kind codes."""
+    """What the compiled op takes: tensors per layer, the most rows its skinny matmul takes for
+    plain bf16 weights (0: not compiled in), and its weight-kind codes."""
 
     tensors_per_layer: int
     skinny_max_rows: int
@@ -52,6 +52,7 @@ def decoder_stack(
     eps: float,
     scale: float,
     blocked_kv: bool,
+    skinny_max_rows: int,
 ) -> torch.Tensor:
     """Embedding output [T, hidden] -> final-normed hidden states [T, hidden] (see the C++ op)."""
     return op("decoder_stack")(
@@ -74,4 +75,5 @@ def decoder_stack(
         eps,
         scale,
         blocked_kv,
+        skinny_max_rows,
     )

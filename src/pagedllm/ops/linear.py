@@ -13,8 +13,10 @@ AVX-512, torch's own bf16 matmul is far slower still (its fast bf16 paths need A
 kernel pays there at least as much. The CPU platform hands `skinny_linear` to the layers once,
 when the loaded build has the kernel; the checks below are the kernel's shape preconditions,
 not a device choice.
-The compiled decoder stack makes the same choice per shape (it reads SKINNY_MAX_ROWS from the
-library, `decoder_stack_info`, and the step compiler asserts they agree).
+The row limit is the platform's per-CPU choice (`skinny_linear_upto`): SKINNY_MAX_ROWS where the
+kernel is the fastest matmul up to there, far fewer on CPUs with AMX, where oneDNN's bf16 matmul
+runs on the tiles and overtakes it from a few rows on. The compiled decoder stack takes the same
+limit as an argument, so both paths choose the same kernel per shape.
 """
 
 from __future__ import annotations
@@ -25,13 +27,20 @@ import torch.nn.functional as F
 from pagedllm.ops.cpu_kernels import op
 
 SKINNY_MAX_ROWS = 64
+# On CPUs with AMX: oneDNN's bf16 matmul overtakes gemv_bf16 between 1 and 8 rows.
+AMX_SKINNY_MAX_ROWS = 4
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias), through `gemv_bf16` for 2-D bf16 x of up to SKINNY_MAX_ROWS rows."""
+def skinny_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    max_rows: int = SKINNY_MAX_ROWS,
+) -> torch.Tensor:
+    """F.linear(x, weight, bias), through `gemv_bf16` for 2-D bf16 x of up to `max_rows` rows."""
     if (
         x.dim() == 2
-        and x.shape[0] <= SKINNY_MAX_ROWS
+        and x.shape[0] <= max_rows
         and x.dtype == torch.bfloat16
         and weight.dtype == torch.bfloat16
         and x.shape[1] % 32 == 0
@@ -42,6 +51,16 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         gemv_bf16(out, x, weight)
         return out if bias is None else out.add_(bias)
     return F.linear(x, weight, bias)
+
+
+def skinny_linear_upto(max_rows: int):
+    """`skinny_linear` with the row limit `max_rows`, as a layer's dense matmul."""
+
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return skinny_linear(x, weight, bias, max_rows)
+
+    linear.skinny_max_rows = max_rows
+    return linear
 
 
 def gemv_bf16(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:

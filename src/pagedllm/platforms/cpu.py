@@ -25,11 +25,12 @@ from pagedllm.model.layers.quantization.int8 import Int8Weight
 from pagedllm.ops import cpu_kernels, elementwise, sampling
 from pagedllm.ops.int4_gemv import GemvInt4Weight
 from pagedllm.ops.int8_gemv import GemvInt8Weight
-from pagedllm.ops.linear import skinny_linear
+from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS, skinny_linear_upto
 from pagedllm.ops.packed_linear import pack_if_packable
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
 from pagedllm.platforms.cpu_threads import (
     configure_model_threads,
+    cpu_has_amx_bf16,
     cpu_has_fast_bf16,
     replica_cores,
     tune_cpu_allocator,
@@ -137,10 +138,8 @@ class CpuPlatform(Platform):
         bf16 = cpu_kernels.instruction_set() in _MATMUL_INSTRUCTION_SETS
         return LayerOps(
             name="cpu",
-            dense_linear=skinny_linear if bf16 else NATIVE.dense_linear,
-            pack_float_weight=pack_if_packable
-            if bf16 and self.options.packed_weights
-            else NATIVE.pack_float_weight,
+            dense_linear=skinny_linear_upto(self._skinny_max_rows()) if bf16 else NATIVE.dense_linear,
+            pack_float_weight=pack_if_packable if bf16 and self._pack_weights() else NATIVE.pack_float_weight,
             int4_weight=_int4_gemv_or_portable if bf16 else None,
             int8_weight=_int8_gemv_or_portable if bf16 else None,
             layer_impls={
@@ -150,8 +149,24 @@ class CpuPlatform(Platform):
             },
         )
 
+    def _skinny_max_rows(self) -> int:
+        """Rows up to which plain bf16 weights take the skinny kernel: few where oneDNN has AMX."""
+        return AMX_SKINNY_MAX_ROWS if cpu_has_amx_bf16() else SKINNY_MAX_ROWS
+
+    def _pack_weights(self) -> bool:
+        """Packed bf16 weights unless the user said otherwise or the CPU has AMX: there oneDNN's
+        bf16 matmul runs on the AMX tiles, several times the packed kernel's rate from a few
+        dozen rows on (prefill), while plain weights keep decode on the skinny kernel."""
+        if self.options.packed_weights is not None:
+            return self.options.packed_weights
+        return not cpu_has_amx_bf16()
+
     def weight_packing_label(self, ops: LayerOps) -> str:
-        return "bf16 panels" if ops.pack_float_weight is pack_if_packable else "off"
+        if ops.pack_float_weight is pack_if_packable:
+            return "bf16 panels"
+        if self.options.packed_weights is None and ops is not NATIVE:
+            return "off (AMX: plain weights for oneDNN)"
+        return "off"
 
     def sample_kernel(self):
         return sampling.sample_tokens if self.kernels else None
@@ -159,8 +174,8 @@ class CpuPlatform(Platform):
     def step_compiler(self, dtype: torch.dtype, scheduler_config=None):
         if not (self.kernels and self.options.step_compiler):
             return None
-        skinny = self.layer_ops(dtype).dense_linear is skinny_linear
-        return CpuDecoderStackCompiler(skinny_linear_used=skinny)
+        dense_linear = self.layer_ops(dtype).dense_linear
+        return CpuDecoderStackCompiler(skinny_max_rows=getattr(dense_linear, "skinny_max_rows", 0))
 
     def kernels_label(self) -> str:
         if not self.kernels:

@@ -21,7 +21,6 @@ from pagedllm.attention.backends.cpu_paged import CPUPagedBackend
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.model.layers.fusion_spec import DecoderStackSpec, NormSpec, PreNormSwiGLULayerSpec
 from pagedllm.ops.decoder_stack import DecoderStackInfo, decoder_stack, decoder_stack_info
-from pagedllm.ops.linear import SKINNY_MAX_ROWS
 from pagedllm.platforms.step_compiler import CompiledStep, StepCompiler
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class CpuDecoderStack(CompiledStep):
 
     name = "cpu_decoder_stack"
 
-    def __init__(self, spec: DecoderStackSpec, weights, kinds, max_rows: int | None):
+    def __init__(self, spec: DecoderStackSpec, weights, kinds, max_rows: int | None, skinny_max_rows: int):
         first = spec.layers[0]
         attn = first.attention
         self.embed = spec.embed
@@ -48,6 +47,7 @@ class CpuDecoderStack(CompiledStep):
         self.windows = [layer.attention.sliding_window or 0 for layer in spec.layers]
         self.blocked_kv = attn.kv_layout.element_order == BLOCKED_BF16
         self.max_rows = max_rows  # None: any number of tokens
+        self.skinny_max_rows = skinny_max_rows
 
     def applies(self, positions: torch.Tensor, md: AttentionMetadata) -> bool:
         tokens = positions.shape[0]
@@ -84,19 +84,20 @@ class CpuDecoderStack(CompiledStep):
             self.eps,
             self.scale,
             self.blocked_kv,
+            self.skinny_max_rows,
         )
 
 
 class CpuDecoderStackCompiler(StepCompiler):
     """Compiles models that describe a uniform "prenorm_swiglu" stack; see the module docstring.
 
-    `skinny_linear_used`: whether the Python layers multiply plain bf16 weights with the skinny
-    kernel (ops/linear.py); the op makes the same choice only if the library agrees."""
+    `skinny_max_rows`: up to how many rows the Python layers multiply plain bf16 weights with
+    the skinny kernel (ops/linear.py; 0: never); the op is given the same limit."""
 
     name = "cpu_decoder_stack"
 
-    def __init__(self, skinny_linear_used: bool):
-        self.skinny_linear_used = skinny_linear_used
+    def __init__(self, skinny_max_rows: int):
+        self.skinny_max_rows = skinny_max_rows
 
     def compile(self, model: nn.Module) -> CpuDecoderStack | None:
         info = decoder_stack_info()
@@ -136,14 +137,13 @@ class CpuDecoderStackCompiler(StepCompiler):
                     max_rows = part.max_rows if max_rows is None else min(max_rows, part.max_rows)
         weights.append(spec.final_norm.weight)
         kinds.append(info.kinds["plain"])
-        return CpuDecoderStack(spec, weights, kinds, max_rows)
+        return CpuDecoderStack(spec, weights, kinds, max_rows, self.skinny_max_rows)
 
     def _check_library(self, info: DecoderStackInfo) -> None:
-        expected_skinny = SKINNY_MAX_ROWS if self.skinny_linear_used else 0
-        if info.tensors_per_layer != _TENSORS_PER_LAYER or info.skinny_max_rows != expected_skinny:
+        if info.tensors_per_layer != _TENSORS_PER_LAYER or info.skinny_max_rows < self.skinny_max_rows:
             raise RuntimeError(
                 f"the compiled decoder stack ({info}) disagrees with Python (tensors per layer "
-                f"{_TENSORS_PER_LAYER}, skinny rows {expected_skinny}): rebuild the kernels"
+                f"{_TENSORS_PER_LAYER}, skinny rows up to {self.skinny_max_rows}): rebuild the kernels"
             )
 
 

@@ -32,8 +32,9 @@ STEP_COMPILER_ENV = "PAGEDLLM_DECODER_STACK"
 ATTENTION_BACKEND_ENV = "PAGEDLLM_ATTENTION_BACKEND"
 
 
-def _switch(env: str, configured: bool) -> bool:
-    """ "0" turns a fast path off, any other value on (as `cpu_kernels.available()` reads it)."""
+def _switch(env: str, configured: bool | None) -> bool | None:
+    """ "0" turns a fast path off, any other value on (as `cpu_kernels.available()` reads it);
+    unset leaves the configured value (None: the platform's choice)."""
     value = os.environ.get(env)
     return configured if value is None else value.strip() != "0"
 
@@ -43,7 +44,8 @@ class PlatformOptions:
     """The user's switches for the fast paths (each on by default).
 
     - `cpu_kernels`: the compiled CPU kernels (off: the pure-torch path other devices start from).
-    - `packed_weights`: bf16 weights repacked for the compiled matmul.
+    - `packed_weights`: bf16 weights repacked for the compiled matmul (None: where the platform
+      finds that it pays).
     - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
     - `attention_backend`: "auto" (the platform's choice) or a backend the user forces.
     - `enforce_eager`: no captured graphs (GPU): every step runs the model's Python layers.
@@ -53,7 +55,7 @@ class PlatformOptions:
     """
 
     cpu_kernels: bool = True
-    packed_weights: bool = True
+    packed_weights: bool | None = None
     step_compiler: bool = True
     attention_backend: str = "auto"
     enforce_eager: bool = False
