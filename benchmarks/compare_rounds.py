@@ -515,6 +515,8 @@ def main(argv: list[str] | None, alias: str) -> int:
             derived(entry, plan, flops, rnd)
         rnd.seconds = time.perf_counter() - round_start
         rounds.append(rnd)
+        if args.output_json:  # after every round, so that a stopped run keeps what it measured
+            write_json(Path(args.output_json), alias, plan, flops, rounds)
     labels = [e.label(plan) for e in entries]
     lines = [
         f"{alias}, {cpu_model()}, {THREADS} threads; {args.rounds} rounds, {time.perf_counter() - start:.0f} s "
@@ -540,16 +542,18 @@ def main(argv: list[str] | None, alias: str) -> int:
         for what, error in rnd.errors.items():
             lines.append(f"round {index + 1}: {what} failed: {error.splitlines()[0][:300]}")
     print("\n" + "\n".join(lines))
-    if args.output_json:
-        payload = {
-            "model": alias,
-            "cpu": cpu_model(),
-            "plan": dataclasses.asdict(plan) | {"gguf": {k: [t, str(p)] for k, (t, p) in plan.gguf.items()}},
-            "flops_per_token": flops,
-            "rounds": [dataclasses.asdict(r) for r in rounds],
-        }
-        Path(args.output_json).write_text(json.dumps(payload, indent=2, default=str))
     return 0 if not any(r.errors for r in rounds) else 1
+
+
+def write_json(path: Path, alias: str, plan: Plan, flops: dict[str, float], rounds: list[Round]) -> None:
+    payload = {
+        "model": alias,
+        "cpu": cpu_model(),
+        "plan": dataclasses.asdict(plan) | {"gguf": {k: [t, str(p)] for k, (t, p) in plan.gguf.items()}},
+        "flops_per_token": flops,
+        "rounds": [dataclasses.asdict(r) for r in rounds],
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def versions(entries: list[Entry]) -> str:
