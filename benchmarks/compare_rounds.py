@@ -32,138 +32,29 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import statistics
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import setup_peers  # noqa: E402  (sibling scripts)
+from compare_rounds_plan import ENGINE_LABELS, Entry, Plan, Round, entries_for, missing, plan_for  # noqa: E402
+from compare_rounds_table import derived, figure_table, markdown, ratio_table, weight_bytes_per_token  # noqa: E402
 from compare_table import Sizes  # noqa: E402
-from hardware_bounds import (  # noqa: E402
-    measure_packed_gflops,
-    measure_peak_gflops,
-    measure_read_gbps,
-    model_flops,
-    model_flops_utilization,
-)
+from hardware_bounds import measure_packed_gflops, measure_peak_gflops, measure_read_gbps, model_flops  # noqa: E402
 from processes import Server, free_port, fresh_connections, peer_env, run_logged, tail  # noqa: E402
 
 from pagedllm.bench.serve import ServeBenchConfig, run_benchmark  # noqa: E402
 from pagedllm.bench.throughput import random_prompts  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "offline_worker.py"
-THREADS = "2"
+THREADS = str(os.cpu_count() or 2)
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "4"}
 SEED_A, SEED_B, SEED_WARMUP, SEED_C = 0, 100, 200, 300
-ENGINE_LABELS = {"pagedllm": "pagedllm", "vllm": "vLLM", "llamacpp": "llama.cpp"}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One model's workloads and files."""
-
-    alias: str
-    offline: tuple[int, int, int]  # requests, prompt tokens, output tokens
-    single: tuple[int, int, int]  # prompt tokens, output tokens, repetitions per round
-    serving: tuple[tuple[int, int], ...]  # (requests, concurrency)
-    serving_lengths: tuple[int, int]  # prompt tokens, output tokens
-    gguf: dict[str, tuple[str, Path]]  # format -> (llama.cpp type name, file)
-
-    @property
-    def hf_dir(self) -> Path:
-        return setup_peers.hf_model_dir(self.alias)
-
-
-def plan_for(alias: str, quick: bool) -> Plan:
-    if alias == setup_peers.RANDOM_1B_ALIAS:
-        plan = Plan(
-            alias,
-            offline=(32, 256, 64),
-            single=(64, 64, 2),
-            serving=((16, 8),),
-            serving_lengths=(128, 64),
-            gguf={
-                "bf16": ("BF16", setup_peers.random_1b_gguf("bf16")),
-                "int8": ("Q8_0", setup_peers.random_1b_gguf("q8_0")),
-                "int4": ("Q4_0", setup_peers.random_1b_gguf("q4_0")),
-            },
-        )
-    elif alias == setup_peers.DEFAULT_ALIAS:
-        plan = Plan(
-            alias,
-            offline=(128, 128, 128),
-            single=(64, 128, 2),
-            serving=((8, 1), (64, 8), (64, 32)),
-            serving_lengths=(128, 128),
-            gguf={"int4": ("Q4_1", setup_peers.default_gguf())},
-        )
-    else:
-        raise ValueError(f"no interleaved plan for {alias!r}")
-    if quick:
-        plan = dataclasses.replace(
-            plan,
-            offline=(4, 32, 8),
-            single=(16, 8, 1),
-            serving=tuple((4, c) for _, c in plan.serving),
-            serving_lengths=(16, 8),
-        )
-    return plan
-
-
-@dataclass(frozen=True)
-class Entry:
-    engine: str
-    fmt: str  # bf16 | int8 | int4: the weight format class
-
-    def label(self, plan: Plan) -> str:
-        if self.engine == "llamacpp":
-            return f"llama.cpp {plan.gguf[self.fmt][0]}"
-        return f"{ENGINE_LABELS[self.engine]} {self.fmt}"
-
-
-@dataclass
-class Round:
-    """What one round measured: the probes, and each entry's figures (or errors)."""
-
-    torch_gflops: float = 0.0
-    packed_gflops: float = 0.0
-    read_gbps: float = 0.0
-    values: dict[str, dict[str, float]] = field(default_factory=dict)  # entry label -> key -> value
-    errors: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def entries_for(plan: Plan, engines: list[str], formats: list[str]) -> list[Entry]:
-    """Grouped by format, so that engines on the same format run side by side in a round."""
-    entries = []
-    for fmt in formats:
-        for engine in engines:
-            if engine == "vllm" and fmt != "bf16":
-                continue  # vLLM-CPU's weight-only int8/int4 need pre-quantized checkpoints
-            if engine == "llamacpp" and fmt not in plan.gguf:
-                continue
-            entries.append(Entry(engine, fmt))
-    return entries
-
-
-def missing(entry: Entry, plan: Plan) -> str | None:
-    if entry.engine == "vllm" and setup_peers.read_marker("vllm") is None:
-        return "vLLM-CPU not built (benchmarks/setup_peers.py --only vllm)"
-    if entry.engine in ("pagedllm", "vllm") and not (plan.hf_dir / "config.json").is_file():
-        return f"{plan.hf_dir} missing (benchmarks/setup_peers.py)"
-    if entry.engine == "llamacpp":
-        if setup_peers.read_marker("llamacpp") is None:
-            return "llama.cpp not built (benchmarks/setup_peers.py --only llamacpp)"
-        if not plan.gguf[entry.fmt][1].is_file():
-            return f"{plan.gguf[entry.fmt][1]} missing (benchmarks/setup_peers.py --only gguf1b)"
-    return None
-
-
 # --- one entry ------------------------------------------------------------------------------
 
 
@@ -321,116 +212,6 @@ def run_entry(entry: Entry, plan: Plan, workloads: str, vocab: int, workdir: Pat
     rnd.values[label] = values
     shown = ", ".join(f"{k} {v:.1f}" for k, v in values.items())
     print(f"  {label}: {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
-
-
-# --- bytes, figures, tables -----------------------------------------------------------------
-
-
-def weight_bytes_per_token(entry: Entry, plan: Plan, flops: dict[str, float]) -> float:
-    """Weight bytes one decode step reads (the tied embedding is read whole, as the LM head).
-
-    pagedllm: bf16 2 bytes per parameter; int8 1 byte plus a bf16 scale per output row; int4
-    half a byte plus a bf16 scale and zero per 32 (0.625 bytes), its LM head int8. llama.cpp:
-    the GGUF's size (its tensors are all read per token; metadata is well under 1%).
-    """
-    matmul_params, head_params = flops["matmul"] / 2, flops["lm_head"] / 2
-    if entry.engine == "llamacpp":
-        return float(plan.gguf[entry.fmt][1].stat().st_size)
-    if entry.fmt == "int8":
-        return matmul_params + head_params
-    if entry.fmt == "int4":
-        return matmul_params * 0.625 + head_params
-    return 2.0 * (matmul_params + head_params)
-
-
-def derived(entry: Entry, plan: Plan, flops: dict[str, float], rnd: Round) -> None:
-    """MFU for (a) and bandwidth fraction for (b), against this round's probes."""
-    values = rnd.values.get(entry.label(plan), {})
-    best = max(rnd.torch_gflops, rnd.packed_gflops)
-    if "a.output" in values:
-        values["a.mfu"] = model_flops_utilization(flops, best, values["a.output"], values["a.total"])
-    if "b.decode" in values and rnd.read_gbps:
-        read = values["b.decode"] * weight_bytes_per_token(entry, plan, flops)
-        values["b.bw"] = 100.0 * read / (rnd.read_gbps * 1e9)
-
-
-def rows(plan: Plan, workloads: str) -> list[tuple[str, str]]:
-    count, prompt_len, output_len = plan.offline
-    single_prompt, single_output, _ = plan.single
-    out = []
-    if "a" in workloads:
-        head = f"(a) offline {count}x{prompt_len}->{output_len}"
-        out += [("a.output", f"{head}: output tok/s"), ("a.mfu", f"{head}: MFU %")]
-    if "b" in workloads:
-        head = f"(b) single stream {single_prompt}->{single_output}"
-        out += [
-            ("b.decode", f"{head}: decode tok/s"),
-            ("b.bw", f"{head}: % of read bandwidth"),
-            ("b.ttft", f"{head}: TTFT ms"),
-        ]
-    if "c" in workloads:
-        for num, concurrency in plan.serving:
-            head = f"(c) serve c={concurrency} ({num}x{plan.serving_lengths[0]}->{plan.serving_lengths[1]})"
-            out += [
-                (f"c{concurrency}.output", f"{head}: output tok/s"),
-                (f"c{concurrency}.ttft", f"{head}: median TTFT ms"),
-                (f"c{concurrency}.tpot", f"{head}: median TPOT ms"),
-            ]
-        out.append(("c.startup", "(c) server start-up s"))
-    return out
-
-
-def spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    median = statistics.median(values)
-    if len(values) == 1:
-        return f"{median:.1f}"
-    return f"{median:.1f} ({min(values):.1f}-{max(values):.1f})"
-
-
-def figure_table(plan: Plan, labels: list[str], rounds: list[Round], workloads: str) -> list[list[str]]:
-    table = [["", *labels]]
-    for key, name in rows(plan, workloads):
-        table.append(
-            [
-                name,
-                *(
-                    spread([r.values[lb][key] for r in rounds if key in r.values.get(lb, {})])
-                    for lb in labels
-                ),
-            ]
-        )
-    return table
-
-
-LOWER_IS_BETTER = ("ttft", "tpot", "startup")
-
-
-def ratio_table(plan: Plan, entries: list[Entry], rounds: list[Round], workloads: str) -> list[list[str]]:
-    """pagedllm / each peer on the same format, per round; speed ratios (above 1: pagedllm faster)."""
-    table = [["pagedllm / peer (same round)", "peer", "median (min-max)"]]
-    for mine in (e for e in entries if e.engine == "pagedllm"):
-        for peer in (e for e in entries if e.engine != "pagedllm" and e.fmt == mine.fmt):
-            for key, name in rows(plan, workloads):
-                if key in ("a.mfu", "b.bw", "c.startup"):
-                    continue
-                ratios = []
-                for r in rounds:
-                    a, b = r.values.get(mine.label(plan), {}), r.values.get(peer.label(plan), {})
-                    if key in a and key in b and a[key] > 0 and b[key] > 0:
-                        faster = any(k in key for k in LOWER_IS_BETTER)
-                        ratios.append(b[key] / a[key] if faster else a[key] / b[key])
-                if ratios:
-                    text = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-                    table.append([f"{mine.label(plan)}: {name}", peer.label(plan), text])
-    return table
-
-
-def markdown(table: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
-    return "\n".join(lines)
 
 
 # --- main -----------------------------------------------------------------------------------
