@@ -14,6 +14,8 @@ import torch
 from pagedllm import LLM, SamplingParams
 from pagedllm.ops import cpu_kernels
 from pagedllm.ops.decoder_stack import decoder_stack_info
+from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS
+from pagedllm.platforms import cpu as cpu_platform
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStack
 from pagedllm.worker.model_runner import ModelRunner
 
@@ -98,16 +100,22 @@ def test_environment_switch_overrides_the_config(tiny_llama_dir, monkeypatch):
     assert _stack_of(LLM(**kwargs)) is None
 
 
-@pytest.mark.parametrize("packed_weights", [True, False])
-def test_smollm2_bf16_matches_python_layers(monkeypatch, packed_weights):
-    """Packed weights, and plain ones (the skinny kernel up to the platform's row limit for
-    this CPU, oneDNN above: the op must split the rows where the layers do)."""
+@pytest.mark.parametrize(
+    ("packed_weights", "amx"),
+    [(True, False), (False, False), (False, True)],
+    ids=["packed", "plain", "plain-amx"],
+)
+def test_smollm2_bf16_matches_python_layers(monkeypatch, packed_weights, amx):
+    """Packed weights, and plain ones: the skinny kernel up to the platform's row limit (64, or
+    4 where it takes the CPU for an AMX one), oneDNN above; the op must split the rows where the
+    layers do, whichever limit the platform passes it."""
+    monkeypatch.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: amx)
     prompts = _prompts(49152, [64, 9, 130, 31], seed=5)
     kwargs = dict(
         dtype="bfloat16", max_num_batched_tokens=96, kv_cache_memory=0.25, packed_weights=packed_weights
     )
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
-    assert _stack_of(fused) is not None
+    assert _stack_of(fused).skinny_max_rows == (AMX_SKINNY_MAX_ROWS if amx else SKINNY_MAX_ROWS)
     assert ours == reference
 
 

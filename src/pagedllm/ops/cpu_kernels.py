@@ -25,6 +25,7 @@ once at start-up; this module only builds, loads and describes the library.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -92,6 +93,13 @@ def _cpu_fingerprint() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as /proc/cpuinfo names them (empty where it cannot be read)."""
+    line = _cpu_fingerprint()
+    return frozenset(line.split(":", 1)[1].split()) if line.startswith("flags") else frozenset()
 
 
 def _flags(target: KernelTarget) -> list[str]:
@@ -163,7 +171,7 @@ def load_target(target: KernelTarget) -> bool:
     """Builds (the first time) and loads one build; False, with a warning, where it cannot."""
     with _lock:
         if target.name not in _loaded:
-            missing = [flag for flag in target.cpu_flags if flag not in _cpu_fingerprint().split()]
+            missing = [flag for flag in target.cpu_flags if flag not in cpu_flags()]
             if missing:
                 logger.warning(
                     "CPU kernels (%s build) need CPU features %s that this CPU lacks; using torch code paths",

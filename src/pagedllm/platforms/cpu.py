@@ -164,8 +164,8 @@ class CpuPlatform(Platform):
     def weight_packing_label(self, ops: LayerOps) -> str:
         if ops.pack_float_weight is pack_if_packable:
             return "bf16 panels"
-        if self.options.packed_weights is None and ops is not NATIVE:
-            return "off (AMX: plain weights for oneDNN)"
+        if self.options.packed_weights is None and hasattr(ops.dense_linear, "skinny_max_rows"):
+            return "off (AMX: plain weights for oneDNN)"  # a vector build chose not to pack
         return "off"
 
     def sample_kernel(self):

@@ -7,27 +7,20 @@ import os
 
 import torch
 
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+from pagedllm.ops.cpu_kernels import cpu_flags
 
 
 def cpu_has_fast_bf16() -> bool:
     """AVX512-BF16 or AMX lets bf16 matmuls run ~4x faster than fp32 on CPU."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_has_amx_bf16() -> bool:
-    """Intel AMX with bf16 tiles, which torch's oneDNN uses for bf16 matmuls."""
-    return "amx_bf16" in _cpu_flags()
+    """Intel AMX with bf16 tiles that torch's oneDNN can use: the CPU has them, and torch finds
+    the tiles usable (its check includes the kernel's permission for the process)."""
+    amx_usable = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "amx_bf16" in cpu_flags() and (amx_usable is None or bool(amx_usable()))
 
 
 _M_TRIM_THRESHOLD = -1
