@@ -135,15 +135,23 @@ def start_server(engine: str, ctx: Context, slots: int, log: Path) -> Server:
 
 
 def serve_bench(
-    base_url: str, num: int, concurrency: int, input_len: int, output_len: int, seed: int, vocab: int
+    base_url: str,
+    num: int,
+    concurrency: int,
+    input_len: int,
+    output_len: int,
+    seed: int,
+    vocab: int,
+    model: str = MODEL_NAME,
 ) -> dict:
+    """`bench serve`'s client against a server; raises unless every request gave every token."""
     config = ServeBenchConfig(
         base_url=base_url,
         num_prompts=num,
         input_len=input_len,
         output_len=output_len,
         max_concurrency=concurrency,
-        model=MODEL_NAME,
+        model=model,
         vocab_size=vocab,
         seed=seed,
     )

@@ -29,7 +29,6 @@ Workloads (random token-id prompts as `pagedllm bench` draws them, the same ids 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
@@ -41,14 +40,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import setup_peers  # noqa: E402  (sibling scripts)
+import compare  # noqa: E402  (sibling scripts)
+import setup_peers  # noqa: E402
 from compare_rounds_plan import ENGINE_LABELS, Entry, Plan, Round, entries_for, missing, plan_for  # noqa: E402
 from compare_rounds_table import derived, figure_table, markdown, ratio_table, weight_bytes_per_token  # noqa: E402
 from compare_table import Sizes  # noqa: E402
 from hardware_bounds import measure_packed_gflops, measure_peak_gflops, measure_read_gbps, model_flops  # noqa: E402
-from processes import Server, free_port, fresh_connections, peer_env, run_logged, tail  # noqa: E402
+from processes import Server, free_port, peer_env, run_logged, tail  # noqa: E402
 
-from pagedllm.bench.serve import ServeBenchConfig, run_benchmark  # noqa: E402
 from pagedllm.bench.throughput import random_prompts  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "offline_worker.py"
@@ -123,24 +122,9 @@ def serve_bench(
     server: Server, plan: Plan, num: int, concurrency: int, lengths, seed: int, vocab: int
 ) -> dict:
     input_len, output_len = lengths
-    config = ServeBenchConfig(
-        base_url=server.base_url,
-        num_prompts=num,
-        input_len=input_len,
-        output_len=output_len,
-        max_concurrency=concurrency,
-        model=plan.alias,
-        vocab_size=vocab,
-        seed=seed,
+    return compare.serve_bench(
+        server.base_url, num, concurrency, input_len, output_len, seed, vocab, model=plan.alias
     )
-    with fresh_connections():
-        result = asyncio.run(run_benchmark(config))
-    if result["failed"] or result["total_output_tokens"] != num * output_len:
-        raise RuntimeError(
-            f"{result['failed']} of {num} requests failed, {result['total_output_tokens']} of "
-            f"{num * output_len} tokens: {result['errors'][:3]}"
-        )
-    return result
 
 
 def llamacpp_offline(entry: Entry, plan: Plan, vocab: int, workdir: Path) -> dict[str, float]:
