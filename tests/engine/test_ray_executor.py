@@ -35,12 +35,19 @@ from pagedllm.worker.tp_group import free_port
 ray = pytest.importorskip("ray")
 
 
-def _dead(pid: int) -> bool:
-    """Whether `pid` has exited: gone, or a zombie its parent (Ray's raylet) has not reaped yet."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def _dead(pid: int, within: float = 10.0) -> bool:
+    """Whether `pid` exits within `within` s: gone, or a zombie its parent (Ray's raylet) has not
+    reaped yet. A SIGKILLed process with gigabytes mapped can take a moment to tear down."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def ray_start(temp_dir: str, *args: str) -> None:
