@@ -13,26 +13,23 @@
 //                other; a super-block of nb blocks starts with nb * 64 bytes of scales (16
 //                float32 per block, block by block), then for each group g of 32 values of k a
 //                chunk of nb * 512 bytes: for each line o = 0..3 (k0 = 32 g + 8 o), block by
-//                block, 64 bytes of the low nibbles of u = code + 128, then 64 of the high ones;
-//   a line       8 values of k of a block's 16 rows, laid out as gemv_int4's (quant_gemv.h): one
-//                little-endian uint32 per row holding nibble[k0 + 2j] in bits 4j..4j+3 and
-//                nibble[k0 + 2j + 1] in bits 16+4j..19+4j.
+//                block, the line's 128 bytes;
+//   a line       8 values of k of a block's 16 rows as four pairs p = 0..3 of 32 bytes: for each
+//                row r the signed codes of k0 + 2p and k0 + 2p + 1, side by side.
 //
-// Each nibble becomes the exact bf16 16 + nibble with one shift and a mask, as in gemv_int4;
-// low nibbles meet x and high nibbles 16 x (exact in bf16) in the same float32 accumulator:
-//     acc = sum 16x (16 + hi) + x (16 + lo) = sum x u + 272 sum x,
-// so sum x code = acc - 400 sum x, scaled by the row's scale once. Per byte of weight this is
-// gemv_int4's work: one shift, one mask and half a dot product per row of x.
+// A pair's 32 bytes, sign-extended and converted to float32 in two halves of 16 (rows 0-7,
+// rows 8-15) and packed to bf16 (exact: |code| <= 127 < 2^8), give in each 32-bit lane r the
+// codes of row r at k and k + 1: the operand of one bf16 dot product against the broadcast
+// pair x[k], x[k + 1]. Products are exact in float32 and sums run in float32; the row's scale
+// comes once at the end. The conversion (5 instructions per 32 values) is shared by every row
+// of x in a tile, so a row of x costs one dot product per 32 values: half what a value split
+// into two nibble lanes (gemv_int4's trick) would cost.
 //
-// The AVX2 path reads each line as two 32-byte halves (rows 0-7, then 8-15), merges the two
-// nibble planes into the signed code bytes (u ^ 0x80), moves each byte to the top of its lane
-// with a byte shuffle (code * 2^24, an exact float32 after conversion) and accumulates
-// code * 2^24 * x (exact products) with float32 FMAs; 2^-24 and the row's scale come last.
-// Neither path is bit-equal to torch's _weight_int8pack_mm in general (each sums in its own
-// order in float32, then rounds to bf16): on a 576 x 1536 weight and 32 random rows, without
-// bias, the AVX-512 path's output differed from torch's in 16 of 18432 values, the AVX2
-// path's in 3, by one bf16 ulp (more only where the sum cancels to near zero); with a bias
-// added (test_int8_gemv.py), the AVX-512 path's were all equal, the AVX2 path's all but one.
+// The AVX2 path converts 8 bytes (4 rows, both values of a pair) to float32 at a time and
+// accumulates code * x with float32 FMAs against the broadcast pair x[k], x[k + 1]; adjacent
+// lanes are added at the end. Neither path is bit-equal to torch's _weight_int8pack_mm in
+// general (each sums in its own order in float32, then rounds to bf16): outputs may differ by
+// one bf16 ulp, more only where the sum cancels to near zero (test_int8_gemv.py measures it).
 
 #pragma once
 

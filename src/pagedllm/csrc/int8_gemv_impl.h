@@ -15,8 +15,8 @@
 namespace pagedllm {
 namespace int8_detail {
 
-constexpr int64_t kLineBytes = 64;                          // one nibble of 8 values of k, 16 rows
-constexpr int64_t kLinePairBytes = 2 * kLineBytes;          // both nibbles of 8 values of k
+constexpr int64_t kPairBytes = 32;                          // codes of 2 values of k, 16 rows
+constexpr int64_t kLinePairBytes = 4 * kPairBytes;          // a block's line: 8 values of k
 constexpr int64_t kBlockGroupBytes = 4 * kLinePairBytes;    // a block's bytes for one group
 constexpr int64_t kScaleBytes = kInt8BlockRows * 4;         // a block's float32 scales
 constexpr int kMaxTileRows = 8;
@@ -25,8 +25,8 @@ constexpr int64_t kPrefetchGroups = 2;  // 2 KB a block ahead: as far as gemv_in
 
 #if defined(__AVX512BF16__) || defined(PAGEDLLM_ISA_AVX2)
 
-// Where a tile finds its blocks: block b's low-nibble line o of group g at
-// codes + g * group_stride + o * line_stride + b * kLinePairBytes (its high nibbles 64 bytes
+// Where a tile finds its blocks: block b's line o of group g at
+// codes + g * group_stride + o * line_stride + b * kLinePairBytes (its pair p kPairBytes * p
 // on); its scales at scales + b * kScaleBytes.
 struct Int8Tile {
   const uint8_t* codes;

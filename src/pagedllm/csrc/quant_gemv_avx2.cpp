@@ -242,30 +242,30 @@ void dequantize_int4_t_avx2(const at::Tensor& out, const at::Tensor& packed, int
   const bool bf16 = out.scalar_type() == at::kBFloat16;
   char* base = static_cast<char*>(out.data_ptr());
   const int64_t row_bytes = out.stride(0) * (bf16 ? 2 : 4);
-  at::parallel_for(0, blocks, 4, [&](int64_t begin, int64_t end) {
+  // Parallel over lines (8 values of k), each line's blocks in turn, as on the AVX-512 path.
+  at::parallel_for(0, groups * 4, 1, [&](int64_t begin, int64_t end) {
     const __m256i nibble = _mm256_set1_epi32(15);
     const __m256 eight = _mm256_set1_ps(8.0f);
-    for (int64_t b = begin; b < end; ++b) {
-      const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
-      const Int4Tile t = locate(codes, first + b, all_blocks, groups);
-      for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t line_index = begin; line_index < end; ++line_index) {
+      const int64_t g = line_index / 4, o = line_index % 4;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
+        const Int4Tile t = locate(codes, first + b, all_blocks, groups);
         // Both halves of the block (rows 0-7, 8-15) at once: one 32-byte store per value of k.
         const auto* sz = reinterpret_cast<const __m256i*>(t.sz + g * t.sz_group_stride);
         const __m256i pairs[2] = {_mm256_loadu_si256(sz), _mm256_loadu_si256(sz + 1)};
         const __m256 scale[2] = {low_bf16_to_float8(pairs[0]), low_bf16_to_float8(pairs[1])};
         const __m256 zero[2] = {high_bf16_to_float8(pairs[0]), high_bf16_to_float8(pairs[1])};
-        for (int o = 0; o < 4; ++o) {
-          const auto* line = reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * kOctetBytes);
-          const __m256i d[2] = {_mm256_loadu_si256(line), _mm256_loadu_si256(line + 1)};
-          for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
-            __m256 w[2];
-            for (int h = 0; h < 2; ++h) {
-              const __m256i c = _mm256_and_si256(_mm256_srli_epi32(d[h], 4 * (r / 2) + 16 * (r % 2)), nibble);
-              // The AVX-512 path's arithmetic, so both builds give the same bits.
-              w[h] = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), eight), scale[h], zero[h]);
-            }
-            store_block_row(base + ((g * 4 + o) * 8 + r) * row_bytes, b * kInt4BlockRows, bf16, w, valid);
+        const auto* line = reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * kOctetBytes);
+        const __m256i d[2] = {_mm256_loadu_si256(line), _mm256_loadu_si256(line + 1)};
+        for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+          __m256 w[2];
+          for (int h = 0; h < 2; ++h) {
+            const __m256i c = _mm256_and_si256(_mm256_srli_epi32(d[h], 4 * (r / 2) + 16 * (r % 2)), nibble);
+            // The AVX-512 path's arithmetic, so both builds give the same bits.
+            w[h] = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), eight), scale[h], zero[h]);
           }
+          store_block_row(base + (line_index * 8 + r) * row_bytes, b * kInt4BlockRows, bf16, w, valid);
         }
       }
     }

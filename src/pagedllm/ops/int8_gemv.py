@@ -3,9 +3,10 @@
     w[n, k] = code[n, k] * scale[n]        code in -127..127 (Int8Weight's rounding)
 
 One uint8 tensor (`packed`) holds output rows in blocks of 16: per super-block of 64 rows its
-float32 scales, then for each group of 32 values of k the low and high nibbles of code + 128
-in gemv_int4's line layout, the lines one tile reads together side by side, so `gemv_int8`
-reads each thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows
+float32 scales, then for each group of 32 values of k the signed codes in lines of 8 values of
+k, each line as four pairs of values of k with a row's two codes side by side (one bf16 dot
+product's operand once converted), the lines one tile reads together side by side, so
+`gemv_int8` reads each thread's rows as one stream, once for up to 64 rows of x. Up to `GEMV_MAX_ROWS` rows
 of bf16 x run the kernel; more rows dequantize 64-row slices (`dequantize_int8_t`) for an
 ordinary matmul. The CPU platform makes every int8
 weight a `GemvInt8Weight` when the kernels are built with vector paths (AVX512-BF16 or AVX2)
@@ -19,15 +20,15 @@ from torch import nn
 
 from pagedllm.ops.cpu_kernels import op
 from pagedllm.ops.dequantized_matmul import dequantized_matmul
-from pagedllm.ops.int4_gemv import GEMV_BLOCK_ROWS, GEMV_SUPER_BLOCKS, GROUP_SIZE, nibble_lines
+from pagedllm.ops.int4_gemv import GEMV_BLOCK_ROWS, GEMV_SUPER_BLOCKS, GROUP_SIZE
 from pagedllm.ops.weight_spec import WeightSpec
 
 # Up to this many rows gemv_int8 runs; more rows dequantize slices of the weight for a bf16
 # matmul: the measured crossover on SmolLM2's shapes (benchmarks/int8_kernels.py --rows 32 64 128;
-# figures in benchmarks/README.md). It comes at fewer rows than the 4-bit kernel's, as each value
-# costs this kernel two bf16 dot-product lanes.
+# figures in benchmarks/README.md).
 GEMV_MAX_ROWS = 32
 _SCALE_BYTES = GEMV_BLOCK_ROWS * 4
+_LINE_BYTES = GEMV_BLOCK_ROWS * 8  # 8 values of k of a block's 16 rows
 
 
 class GemvInt8Weight(nn.Module):
@@ -76,21 +77,16 @@ class GemvInt8Weight(nn.Module):
         blk, row = flat // GEMV_BLOCK_ROWS, flat % GEMV_BLOCK_ROWS
         first = blk // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
         nb = (blocks - first).clamp(max=GEMV_SUPER_BLOCKS)
-        super_start = first * (_SCALE_BYTES + groups * 2 * 256)
+        super_start = first * (_SCALE_BYTES + groups * 4 * _LINE_BYTES)
         scale_at = super_start + (blk - first) * _SCALE_BYTES + row * 4
         scale = self.packed[scale_at.unsqueeze(1) + torch.arange(4)].view(torch.float32)  # [ids, 1]
-        # Value k of a row: group g, line o, and within the line's uint32 byte 2 h + j2, nibble jl
-        # for k % 8 = 4 j2 + 2 jl + h (csrc/int8_gemv.h).
+        # Value k of a row: group g, line o, pair p, the pair's first or second (csrc/int8_gemv.h).
         kk = torch.arange(k)
-        g, o, r = kk // GROUP_SIZE, kk % GROUP_SIZE // 8, kk % 8
-        byte_in_row = 2 * (r % 2) + r // 4
-        shift = 4 * (r // 2 % 2)
-        codes_start = super_start + nb * _SCALE_BYTES + (blk - first) * 128 + row * 4
+        g, o, p, h = kk // GROUP_SIZE, kk % GROUP_SIZE // 8, kk % 8 // 2, kk % 2
+        codes_start = super_start + nb * _SCALE_BYTES + (blk - first) * _LINE_BYTES + row * 2
         nb = nb.unsqueeze(1)
-        at = codes_start.unsqueeze(1) + (g * 512 * nb + o * 128 * nb + byte_in_row)
-        low = (self.packed[at] >> shift) & 15
-        high = (self.packed[at + 64] >> shift) & 15
-        values = ((high.to(torch.int16) << 4) + low - 128).to(torch.float32) * scale
+        at = codes_start.unsqueeze(1) + (g * 4 * _LINE_BYTES * nb + o * _LINE_BYTES * nb + p * 32 + h)
+        values = self.packed[at].view(torch.int8).to(torch.float32) * scale
         return values.to(self.activation_dtype).reshape(*ids.shape, k)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -112,14 +108,14 @@ def pack_gemv_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     n, k = qweight.shape
     blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
     pad = blocks * GEMV_BLOCK_ROWS - n
-    u = (qweight.to(torch.int16) + 128).to(torch.uint8)
+    codes = qweight.view(torch.uint8)
     scale = scale.float()
     if pad:
-        u = torch.cat([u, u.new_full((pad, k), 128)])  # code 0
+        codes = torch.cat([codes, codes.new_zeros(pad, k)])  # code 0
         scale = torch.cat([scale, scale.new_zeros(pad)])
-    # Per block and group: for each of the 4 lines, the low nibbles' 64 bytes, then the high ones'.
-    lines = torch.stack([nibble_lines(u & 15), nibble_lines(u >> 4)], dim=3)  # [blocks, groups, 256, 2]
-    lines = lines.view(blocks, groups, 4, 64, 2).transpose(3, 4)  # [blocks, groups, line, nibble, 64]
+    # k = 32 g + 8 line + 2 pair + h; per block, group and line: pair by pair, row by row, h.
+    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, 4, 4, 2).permute(0, 2, 3, 4, 1, 5)
+    lines = c.reshape(blocks, groups, 4, _LINE_BYTES)
     scales = scale.view(blocks, _SCALE_BYTES // 4).view(torch.uint8)  # [blocks, 64]
     full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
     parts = []
@@ -127,7 +123,7 @@ def pack_gemv_int8(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if end > start:  # all full super-blocks at once, then the last (1..3 blocks), if any
             nb = min(end - start, GEMV_SUPER_BLOCKS)
             head = scales[start:end].reshape(-1, nb * _SCALE_BYTES)
-            # [super-blocks, groups, line, block, nibble, 64]: a tile's lines side by side.
-            body = lines[start:end].view(-1, nb, groups, 4, 2, 64).permute(0, 2, 3, 1, 4, 5)
+            # [super-blocks, groups, line, block, 128]: a tile's lines side by side.
+            body = lines[start:end].reshape(-1, nb, groups, 4, _LINE_BYTES).permute(0, 2, 3, 1, 4)
             parts.append(torch.cat([head, body.reshape(head.shape[0], -1)], dim=1).reshape(-1))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
