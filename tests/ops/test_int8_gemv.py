@@ -79,7 +79,8 @@ def test_pack_layout_bytes(n, k):
     n_idx = block * 16 + row  # < n for every shape here
     scales = packed[: nb * 64].view(torch.float32).view(nb, 16)
     assert scales[block, row].item() == scale[n_idx].float().item()
-    chunk = packed[nb * 64 : nb * 64 + groups * nb * 512].view(groups, 4, nb, 4, 16, 2)  # g, line, block, pair, row
+    # [group, line, block, pair, row, value]
+    chunk = packed[nb * 64 : nb * 64 + groups * nb * 512].view(groups, 4, nb, 4, 16, 2)
     k0 = 32 * g + 8 * line + 2 * pair
     got = chunk[g, line, block, pair, row].view(torch.int8)
     assert got.tolist() == codes[n_idx, k0 : k0 + 2].tolist()
