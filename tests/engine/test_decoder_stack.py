@@ -120,7 +120,9 @@ def test_smollm2_bf16_matches_python_layers(monkeypatch, packed_weights, amx):
 
 
 def test_smollm2_int4_matches_python_layers(monkeypatch):
-    """4-bit weights in the compiled 4-bit kernel's layout run inside the op too."""
+    """4-bit weights in the compiled 4-bit kernel's layout run inside the op too (the platform
+    taken for one without AMX, whose 128-row kernel limit every step here fits)."""
+    monkeypatch.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: False)
     prompts = _prompts(49152, [64, 9, 31], seed=7)
     kwargs = dict(dtype="bfloat16", quantization="int4", max_num_batched_tokens=96, kv_cache_memory=0.25)
     if cpu_kernels.instruction_set() == "scalar":
@@ -133,7 +135,9 @@ def test_smollm2_int4_matches_python_layers(monkeypatch):
 
 def test_smollm2_int8_matches_python_layers(monkeypatch):
     """int8 weights in the compiled int8 kernel's layout run inside the op too (steps of up to
-    the kernel's 32 rows, so every step of these prompts fits the op)."""
+    the kernel's 32 rows, so every step of these prompts fits the op; the platform taken for
+    one without AMX, where the limit is fewer rows)."""
+    monkeypatch.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: False)
     prompts = _prompts(49152, [64, 9, 31], seed=8)
     kwargs = dict(dtype="bfloat16", quantization="int8", max_num_batched_tokens=32, kv_cache_memory=0.25)
     if cpu_kernels.instruction_set() == "scalar":

@@ -23,8 +23,9 @@ from pagedllm.model.layers.activation import SiluAndMul
 from pagedllm.model.layers.custom_op import CustomOp, bind_layer_ops
 from pagedllm.model.layers.layer_ops import NATIVE
 from pagedllm.model.layers.norm import GemmaRMSNorm, RMSNorm
+from pagedllm.model.layers.quantization.int4 import quantize_groups
 from pagedllm.model.layers.rotary import get_rope
-from pagedllm.ops import cpu_kernels
+from pagedllm.ops import cpu_kernels, int4_gemv, int8_gemv
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS
 from pagedllm.platforms import CpuPlatform, PlatformOptions, resolve_platform
 from pagedllm.platforms import cpu as cpu_platform
@@ -101,6 +102,11 @@ def test_weight_packing_defaults_off_only_on_amx_cpus(clean_env, amx):
     if cpu_kernels.instruction_set() not in ("avx512_bf16", "avx2"):
         pytest.skip("this build has no vector matmul kernels")
     skinny_rows = AMX_SKINNY_MAX_ROWS if amx else SKINNY_MAX_ROWS
+    quant_rows = (
+        (int8_gemv.AMX_GEMV_MAX_ROWS, int4_gemv.AMX_GEMV_MAX_ROWS)
+        if amx
+        else (int8_gemv.GEMV_MAX_ROWS, int4_gemv.GEMV_MAX_ROWS)
+    )
     for configured, packs in ((None, not amx), (True, True), (False, False)):
         platform = resolve_platform(EngineConfig(device="cpu", packed_weights=configured))
         ops = platform.layer_ops(torch.bfloat16)
@@ -108,6 +114,11 @@ def test_weight_packing_defaults_off_only_on_amx_cpus(clean_env, amx):
         # Plain weights take the skinny kernel up to the CPU's limit, in the layers and the stack.
         assert ops.dense_linear.skinny_max_rows == skinny_rows
         assert platform.step_compiler(torch.bfloat16).skinny_max_rows == skinny_rows
+        # So do int8 and 4-bit weights their kernels (beyond: dequantize + oneDNN's matmul).
+        int8_weight = ops.int8_weight(torch.randn(32, 64).to(torch.bfloat16))
+        assert int8_weight.fused_rows == int8_weight.weight_spec().max_rows == quant_rows[0]
+        int4_weight = ops.int4_weight(quantize_groups(torch.randn(32, 64), 32), torch.bfloat16)
+        assert int4_weight.fused_rows == int4_weight.weight_spec().max_rows == quant_rows[1]
     clean_env.setenv("PAGEDLLM_PACKED_WEIGHTS", "1")
     assert resolve_platform(EngineConfig(device="cpu")).options.packed_weights is True
 

@@ -27,6 +27,10 @@ GROUP_SIZE = 32
 # 3072x576 / 576x1536) against 154 / 823 / 374 dequantizing; at 128 rows 251 / 1311 / 555
 # against 241 / 1284 / 621; at 256 rows dequantizing won by 1-14%.
 GEMV_MAX_ROWS = 128
+# On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles: that overtook
+# gemv_int4 at 20-24 rows on 1B and SmolLM2 shapes (2 threads, Xeon family 6 model 167: at 16
+# rows the kernel took 0.64-0.80 of the dequantize path's time, at 24 rows 1.01-1.25).
+AMX_GEMV_MAX_ROWS = 16
 # The layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block; per
 # block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).
 GEMV_BLOCK_ROWS = 16
@@ -43,8 +47,11 @@ class GemvInt4Weight(nn.Module):
 
     layout = "gemv"
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
-        """codes uint8 [N, K], scale and zero [N, K / 32] (stored rounded to bf16)."""
+    def __init__(
+        self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max_rows: int = GEMV_MAX_ROWS
+    ):
+        """codes uint8 [N, K], scale and zero [N, K / 32] (stored rounded to bf16); up to
+        `max_rows` rows of x run the kernel (the platform's per-CPU choice)."""
         super().__init__()
         self.out_features, self.in_features = codes.shape
         if self.in_features % GROUP_SIZE or scale.shape != (
@@ -55,7 +62,7 @@ class GemvInt4Weight(nn.Module):
         self.group_size = GROUP_SIZE
         self.activation_dtype = torch.bfloat16
         self.register_buffer("packed", pack_gemv(codes, scale, zero), persistent=True)
-        self.fused_rows = GEMV_MAX_ROWS
+        self.fused_rows = max_rows
 
     def extra_repr(self) -> str:
         return f"{self.out_features}x{self.in_features}, group {self.group_size}, gemv layout"

@@ -27,6 +27,10 @@ from pagedllm.ops.weight_spec import WeightSpec
 # matmul: the measured crossover on SmolLM2's shapes (benchmarks/int8_kernels.py --rows 32 64 128;
 # figures in benchmarks/README.md).
 GEMV_MAX_ROWS = 32
+# On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles: that overtook
+# gemv_int8 at 16-20 rows on 1B and SmolLM2 shapes (2 threads, Xeon family 6 model 167: at 16
+# rows the kernel took 0.77-1.02 of the dequantize path's time, at 20 rows 1.08-1.43).
+AMX_GEMV_MAX_ROWS = 16
 _SCALE_BYTES = GEMV_BLOCK_ROWS * 4
 _LINE_BYTES = GEMV_BLOCK_ROWS * 8  # 8 values of k of a block's 16 rows
 
@@ -36,15 +40,16 @@ class GemvInt8Weight(nn.Module):
 
     layout = "gemv"
 
-    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor):
-        """qweight int8 [N, K] (codes in -127..127), scale [N] (any float dtype; kept as float32)."""
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, max_rows: int = GEMV_MAX_ROWS):
+        """qweight int8 [N, K] (codes in -127..127), scale [N] (any float dtype; kept as float32);
+        up to `max_rows` rows of x run the kernel (the platform's per-CPU choice)."""
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         if self.in_features % GROUP_SIZE or scale.shape != (self.out_features,):
             raise ValueError(f"cannot store a {tuple(qweight.shape)} weight in gemv_int8's layout")
         self.activation_dtype = torch.bfloat16
         self.register_buffer("packed", pack_gemv_int8(qweight, scale), persistent=True)
-        self.fused_rows = GEMV_MAX_ROWS
+        self.fused_rows = max_rows
 
     def extra_repr(self) -> str:
         return f"{self.out_features}x{self.in_features}, per-row scales, gemv layout"

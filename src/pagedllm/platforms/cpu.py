@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 import torch
 
@@ -22,7 +23,7 @@ from pagedllm.config import CacheConfig, ConfigError
 from pagedllm.model.layers.layer_ops import NATIVE, LayerOps
 from pagedllm.model.layers.quantization.int4 import Int4Weight
 from pagedllm.model.layers.quantization.int8 import Int8Weight
-from pagedllm.ops import cpu_kernels, elementwise, sampling
+from pagedllm.ops import cpu_kernels, elementwise, int4_gemv, int8_gemv, sampling
 from pagedllm.ops.int4_gemv import GemvInt4Weight
 from pagedllm.ops.int8_gemv import GemvInt8Weight
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS, skinny_linear_upto
@@ -46,20 +47,21 @@ _DEFAULT_KV_BYTES = 4 * _GiB
 _MATMUL_INSTRUCTION_SETS = ("avx512_bf16", "avx2")
 
 
-def _int4_gemv_or_portable(blocks, dtype: torch.dtype):
-    """The compiled kernel's 4-bit format for bf16 activations; the portable one otherwise."""
+def _int4_gemv_or_portable(blocks, dtype: torch.dtype, max_rows: int = int4_gemv.GEMV_MAX_ROWS):
+    """The compiled kernel's 4-bit format for bf16 activations (the kernel up to `max_rows`
+    rows); the portable one otherwise."""
     if dtype != torch.bfloat16:
         return Int4Weight(blocks, dtype)
-    return GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
+    return GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero, max_rows=max_rows)
 
 
-def _int8_gemv_or_portable(weight: torch.Tensor):
-    """The compiled kernel's int8 format for bf16 activations (K a multiple of 32); the
-    portable one otherwise. Both round the weight the same way."""
+def _int8_gemv_or_portable(weight: torch.Tensor, max_rows: int = int8_gemv.GEMV_MAX_ROWS):
+    """The compiled kernel's int8 format for bf16 activations (K a multiple of 32; the kernel
+    up to `max_rows` rows); the portable one otherwise. Both round the weight the same way."""
     portable = Int8Weight.from_float(weight)
     if weight.dtype != torch.bfloat16 or weight.shape[1] % 32:
         return portable
-    return GemvInt8Weight(portable.qweight, portable.scale)
+    return GemvInt8Weight(portable.qweight, portable.scale, max_rows=max_rows)
 
 
 class CpuPlatform(Platform):
@@ -136,12 +138,13 @@ class CpuPlatform(Platform):
             return NATIVE
         # The matmul kernels need a vector build (AVX512-BF16 dot products or AVX2 + FMA).
         bf16 = cpu_kernels.instruction_set() in _MATMUL_INSTRUCTION_SETS
+        int4_rows, int8_rows = self._quantized_kernel_max_rows()
         return LayerOps(
             name="cpu",
             dense_linear=skinny_linear_upto(self._skinny_max_rows()) if bf16 else NATIVE.dense_linear,
             pack_float_weight=pack_if_packable if bf16 and self._pack_weights() else NATIVE.pack_float_weight,
-            int4_weight=_int4_gemv_or_portable if bf16 else None,
-            int8_weight=_int8_gemv_or_portable if bf16 else None,
+            int4_weight=partial(_int4_gemv_or_portable, max_rows=int4_rows) if bf16 else None,
+            int8_weight=partial(_int8_gemv_or_portable, max_rows=int8_rows) if bf16 else None,
             layer_impls={
                 "rms_norm": elementwise.rms_norm,
                 "silu_and_mul": elementwise.silu_and_mul,
@@ -152,6 +155,13 @@ class CpuPlatform(Platform):
     def _skinny_max_rows(self) -> int:
         """Rows up to which plain bf16 weights take the skinny kernel: few where oneDNN has AMX."""
         return AMX_SKINNY_MAX_ROWS if cpu_has_amx_bf16() else SKINNY_MAX_ROWS
+
+    def _quantized_kernel_max_rows(self) -> tuple[int, int]:
+        """Rows up to which 4-bit and int8 weights take their kernels, beyond which dequantize
+        + oneDNN's bf16 matmul: fewer where oneDNN has AMX."""
+        if cpu_has_amx_bf16():
+            return int4_gemv.AMX_GEMV_MAX_ROWS, int8_gemv.AMX_GEMV_MAX_ROWS
+        return int4_gemv.GEMV_MAX_ROWS, int8_gemv.GEMV_MAX_ROWS
 
     def _pack_weights(self) -> bool:
         """Packed bf16 weights unless the user said otherwise or the CPU has AMX: there oneDNN's
