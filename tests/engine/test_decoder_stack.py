@@ -15,6 +15,7 @@ from pagedllm import LLM, SamplingParams
 from pagedllm.ops import cpu_kernels
 from pagedllm.ops.decoder_stack import decoder_stack_info
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS
+from pagedllm.ops.onednn_linear import onednn_available
 from pagedllm.platforms import cpu as cpu_platform
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStack
 from pagedllm.worker.model_runner import ModelRunner
@@ -116,6 +117,17 @@ def test_smollm2_bf16_matches_python_layers(monkeypatch, packed_weights, amx):
     )
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
     assert _stack_of(fused).skinny_max_rows == (AMX_SKINNY_MAX_ROWS if amx else SKINNY_MAX_ROWS)
+    assert ours == reference
+
+
+@pytest.mark.skipif(not onednn_available(), reason="torch has no oneDNN bf16 matmul on this CPU")
+def test_smollm2_onednn_weights_match_python_layers(monkeypatch):
+    """bf16 weights packed for oneDNN (`onednn_weights`): the op calls oneDNN's matmul on the
+    same tensors as the layers; the tied LM head stays a plain table."""
+    prompts = _prompts(49152, [64, 9, 130, 31], seed=6)
+    kwargs = dict(dtype="bfloat16", max_num_batched_tokens=96, kv_cache_memory=0.25, onednn_weights=True)
+    fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
+    assert decoder_stack_info().kinds["onednn_bf16"] in _stack_of(fused).weight_kinds
     assert ours == reference
 
 

@@ -27,6 +27,7 @@ from pagedllm.model.layers.quantization.int4 import quantize_groups
 from pagedllm.model.layers.rotary import get_rope
 from pagedllm.ops import cpu_kernels, int4_gemv, int8_gemv
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS
+from pagedllm.ops.onednn_linear import OneDnnBF16Weight, onednn_available
 from pagedllm.platforms import CpuPlatform, PlatformOptions, resolve_platform
 from pagedllm.platforms import cpu as cpu_platform
 
@@ -34,6 +35,7 @@ kernels = pytest.mark.skipif(not cpu_kernels.available(), reason="CPU kernels no
 SWITCH_ENVS = (
     "PAGEDLLM_CPU_KERNELS",
     "PAGEDLLM_PACKED_WEIGHTS",
+    "PAGEDLLM_ONEDNN_WEIGHTS",
     "PAGEDLLM_DECODER_STACK",
     "PAGEDLLM_ATTENTION_BACKEND",
 )
@@ -53,6 +55,7 @@ def test_cli_flags_become_config_fields_and_env_overrides_them(clean_env):
     assert (defaults.cpu_kernels, defaults.packed_weights, defaults.step_compiler) == (True, None, True)
     forced = engine_config_from_args(parser.parse_args(["--packed-weights"]))
     assert forced.packed_weights is True
+    assert engine_config_from_args(parser.parse_args(["--onednn-weights"])).onednn_weights is True
     off = engine_config_from_args(
         parser.parse_args(["--no-cpu-kernels", "--no-packed-weights", "--no-step-compiler"])
     )
@@ -121,6 +124,21 @@ def test_weight_packing_defaults_off_only_on_amx_cpus(clean_env, amx):
         assert int4_weight.fused_rows == int4_weight.weight_spec().max_rows == quant_rows[1]
     clean_env.setenv("PAGEDLLM_PACKED_WEIGHTS", "1")
     assert resolve_platform(EngineConfig(device="cpu")).options.packed_weights is True
+
+
+def test_onednn_weights_are_opt_in(clean_env):
+    """`onednn_weights` (or PAGEDLLM_ONEDNN_WEIGHTS=1) packs bf16 weights for oneDNN's matmul."""
+    if cpu_kernels.instruction_set() not in ("avx512_bf16", "avx2") or not onednn_available():
+        pytest.skip("this build has no vector matmul kernels, or torch no oneDNN bf16 matmul")
+    weight = torch.zeros(64, 64, dtype=torch.bfloat16)
+    default = resolve_platform(EngineConfig(device="cpu")).layer_ops(torch.bfloat16)
+    assert not isinstance(default.pack_float_weight(weight), OneDnnBF16Weight)
+    platform = resolve_platform(EngineConfig(device="cpu", onednn_weights=True))
+    ops = platform.layer_ops(torch.bfloat16)
+    assert isinstance(ops.pack_float_weight(weight), OneDnnBF16Weight)
+    assert platform.weight_packing_label(ops) == "oneDNN's layout"
+    clean_env.setenv("PAGEDLLM_ONEDNN_WEIGHTS", "1")
+    assert resolve_platform(EngineConfig(device="cpu")).options.onednn_weights is True
 
 
 def _bind(layer: CustomOp) -> CustomOp:

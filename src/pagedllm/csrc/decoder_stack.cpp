@@ -16,7 +16,8 @@
 // the packed matmul (gemm_bf16.cpp); plain bf16 weights up to `skinny_max_rows` rows (an argument:
 // the platform's choice per CPU, as ops/linear.py gets it) the skinny kernel, otherwise at::linear; 4-bit weights (codes and
 // scales in one uint8 tensor, quant_gemv.h) pagedllm::gemv_int4; 8-bit weights (int8_gemv.h)
-// pagedllm::gemv_int8.
+// pagedllm::gemv_int8; bf16 weights packed for oneDNN (ops/onednn_linear.py) torch's
+// mkldnn::_linear_pointwise.
 //
 // The constants the Python side must agree with (weights per layer, the most rows the skinny
 // kernel takes, the weight-kind codes) are exported by pagedllm::decoder_stack_info() -> int[], in
@@ -29,6 +30,7 @@
 //   [3] kind_packed_bf16   code of a bf16 weight packed by pack_weight_bf16
 //   [4] kind_int4          code of a 4-bit weight in gemv_int4's layout
 //   [5] kind_int8          code of an 8-bit weight in gemv_int8's layout
+//   [6] kind_onednn_bf16   code of a bf16 weight packed by mkldnn::_reorder_linear_weight
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -36,6 +38,10 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
 
+#include <ATen/core/List.h>
+#include <ATen/core/stack.h>
+
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -105,9 +111,27 @@ const c10::TypedOperatorHandle<void(at::Tensor, const at::Tensor&, const at::Ten
   return handle;
 }
 
+// torch's oneDNN matmul on a weight it packed (mkldnn::_linear_pointwise, no bias, no
+// post-op), called boxed: its C++ argument types have moved between torch versions, its schema
+// has not.
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight) {
+  static const c10::OperatorHandle handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack;
+  stack.reserve(6);
+  stack.emplace_back(x);
+  stack.emplace_back(weight);
+  stack.emplace_back();  // no bias
+  stack.emplace_back(std::string("none"));
+  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+  stack.emplace_back();  // no algorithm
+  handle.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
 // How a linear layer's weight is stored (cpu_decoder_stack.py passes one code per weight;
 // exported by decoder_stack_info).
-enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2, kInt8 = 3 };
+enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2, kInt8 = 3, kOneDnnBf16 = 4 };
 
 // x [M, K] @ W^T -> [M, out_features].
 // Plain bf16 weights take gemv_bf16 up to `skinny_max_rows` rows (the platform's choice, the
@@ -119,6 +143,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind, i
     gemm_packed_handle().call(out, x, weight);
     return out;
   }
+  if (kind == kOneDnnBf16) return onednn_linear(x.is_contiguous() ? x : x.contiguous(), weight);
   if (kind == kInt4 || kind == kInt8) {
     auto out = at::empty({x.size(0), out_features}, x.options());
     (kind == kInt4 ? gemv_int4_handle() : gemv_int8_handle()).call(out, x, weight);
@@ -191,7 +216,7 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
 // [tensors_per_layer, skinny_max_rows, kind_plain, kind_packed_bf16, kind_int4, kind_int8]: see
 // the file header. The order is part of the op's interface.
 std::vector<int64_t> decoder_stack_info() {
-  return {kTensorsPerLayer, gemv_bf16_max_rows(), kPlain, kPackedBf16, kInt4, kInt8};
+  return {kTensorsPerLayer, gemv_bf16_max_rows(), kPlain, kPackedBf16, kInt4, kInt8, kOneDnnBf16};
 }
 
 }  // namespace pagedllm

@@ -75,7 +75,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
       "int intermediate_size, float eps, float scale, bool vnni, int skinny_max_rows) -> Tensor");
   // Its constants, for Python to check at load, in this fixed order: [tensors_per_layer,
   // the most rows gemv_bf16 takes (0 in a scalar build), kind_plain, kind_packed_bf16, kind_int4,
-  // kind_int8].
+  // kind_int8, kind_onednn_bf16].
   m.def("decoder_stack_info() -> int[]");
 }
 
@@ -104,6 +104,10 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CPU, m) {
 
   m.impl("decoder_stack", &pagedllm::decoder_stack);
 }
+
+// Weights packed for oneDNN (ops/onednn_linear.py) are MkldnnCPU tensors, which make that the
+// dispatch key of a decoder stack holding them; the stack itself is the same CPU code.
+PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, MkldnnCPU, m) { m.impl("decoder_stack", &pagedllm::decoder_stack); }
 
 // No tensor arguments, so no backend to dispatch on: one kernel for every key.
 PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CompositeExplicitAutograd, m) {

@@ -169,6 +169,12 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         const=False,
         help="keep bf16 weights as loaded instead of packed for the compiled matmul ($PAGEDLLM_PACKED_WEIGHTS=0)",
     )
+    packing.add_argument(
+        "--onednn-weights",
+        action="store_true",
+        help="CPU: pack bf16 weights once for oneDNN's matmul (with AMX: faster batches and "
+        "prefill, slower single-stream decode) ($PAGEDLLM_ONEDNN_WEIGHTS=1)",
+    )
     fast.add_argument(
         "--no-step-compiler",
         action="store_true",
@@ -197,6 +203,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         quantization=None if args.quantization == "none" else args.quantization,
         cpu_kernels=not args.no_cpu_kernels,
         packed_weights=args.packed_weights,
+        onednn_weights=args.onednn_weights,
         step_compiler=not args.no_step_compiler,
         attention_backend=args.attention_backend,
         tokenizer=args.tokenizer,

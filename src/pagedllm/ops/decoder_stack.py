@@ -12,6 +12,9 @@ import torch
 
 from pagedllm.ops.cpu_kernels import has_op, op
 
+# WeightSpec kinds in the order decoder_stack_info() exports their codes.
+_KIND_NAMES = ("plain", "packed_bf16", "int4_gemv", "int8_gemv", "onednn_bf16")
+
 
 @dataclass(frozen=True, slots=True)
 class DecoderStackInfo:
@@ -27,8 +30,8 @@ def decoder_stack_info() -> DecoderStackInfo | None:
     """The library's constants, or None if this build has no decoder stack."""
     if not has_op("decoder_stack_info"):
         return None
-    tensors, skinny, plain, packed, int4, int8 = op("decoder_stack_info")()
-    kinds = {"plain": plain, "packed_bf16": packed, "int4_gemv": int4, "int8_gemv": int8}
+    tensors, skinny, *codes = op("decoder_stack_info")()
+    kinds = dict(zip(_KIND_NAMES, codes, strict=True))
     return DecoderStackInfo(tensors, skinny, kinds)
 
 

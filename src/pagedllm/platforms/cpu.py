@@ -27,6 +27,7 @@ from pagedllm.ops import cpu_kernels, elementwise, int4_gemv, int8_gemv, samplin
 from pagedllm.ops.int4_gemv import GemvInt4Weight
 from pagedllm.ops.int8_gemv import GemvInt8Weight
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS, skinny_linear_upto
+from pagedllm.ops.onednn_linear import onednn_available, pack_for_onednn
 from pagedllm.ops.packed_linear import pack_if_packable
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
 from pagedllm.platforms.cpu_threads import (
@@ -142,7 +143,7 @@ class CpuPlatform(Platform):
         return LayerOps(
             name="cpu",
             dense_linear=skinny_linear_upto(self._skinny_max_rows()) if bf16 else NATIVE.dense_linear,
-            pack_float_weight=pack_if_packable if bf16 and self._pack_weights() else NATIVE.pack_float_weight,
+            pack_float_weight=self._float_weight_format() if bf16 else NATIVE.pack_float_weight,
             int4_weight=partial(_int4_gemv_or_portable, max_rows=int4_rows) if bf16 else None,
             int8_weight=partial(_int8_gemv_or_portable, max_rows=int8_rows) if bf16 else None,
             layer_impls={
@@ -163,17 +164,26 @@ class CpuPlatform(Platform):
             return int4_gemv.AMX_GEMV_MAX_ROWS, int8_gemv.AMX_GEMV_MAX_ROWS
         return int4_gemv.GEMV_MAX_ROWS, int8_gemv.GEMV_MAX_ROWS
 
-    def _pack_weights(self) -> bool:
-        """Packed bf16 weights unless the user said otherwise or the CPU has AMX: there oneDNN's
-        bf16 matmul runs on the AMX tiles, several times the packed kernel's rate from a few
-        dozen rows on (prefill), while plain weights keep decode on the skinny kernel."""
-        if self.options.packed_weights is not None:
-            return self.options.packed_weights
-        return not cpu_has_amx_bf16()
+    def _float_weight_format(self):
+        """How bf16 weights are stored once loaded: packed for oneDNN's matmul where the user
+        asked (`--onednn-weights`), else packed panels for our bf16 matmul unless the user
+        said otherwise or the CPU has AMX (there oneDNN's bf16 matmul runs on the tiles, several
+        times the panel kernel's rate from a few dozen rows on, while plain weights keep decode
+        on the skinny kernel)."""
+        if self.options.onednn_weights:
+            if not onednn_available():
+                raise ConfigError("--onednn-weights needs a torch with oneDNN and bf16 support on this CPU")
+            return pack_for_onednn
+        packed = self.options.packed_weights
+        if packed is None:
+            packed = not cpu_has_amx_bf16()
+        return pack_if_packable if packed else NATIVE.pack_float_weight
 
     def weight_packing_label(self, ops: LayerOps) -> str:
         if ops.pack_float_weight is pack_if_packable:
             return "bf16 panels"
+        if ops.pack_float_weight is pack_for_onednn:
+            return "oneDNN's layout"
         if self.options.packed_weights is None and hasattr(ops.dense_linear, "skinny_max_rows"):
             return "off (AMX: plain weights for oneDNN)"  # a vector build chose not to pack
         return "off"

@@ -28,6 +28,7 @@ _GiB = 1 << 30
 # The kernels' own switch is the one `cpu_kernels.available()` honours, so kernel tests skip too.
 CPU_KERNELS_ENV = cpu_kernels.DISABLE_ENV
 PACKED_WEIGHTS_ENV = "PAGEDLLM_PACKED_WEIGHTS"
+ONEDNN_WEIGHTS_ENV = "PAGEDLLM_ONEDNN_WEIGHTS"
 STEP_COMPILER_ENV = "PAGEDLLM_DECODER_STACK"
 ATTENTION_BACKEND_ENV = "PAGEDLLM_ATTENTION_BACKEND"
 
@@ -44,8 +45,9 @@ class PlatformOptions:
     """The user's switches for the fast paths (each on by default).
 
     - `cpu_kernels`: the compiled CPU kernels (off: the pure-torch path other devices start from).
-    - `packed_weights`: bf16 weights repacked for the compiled matmul (None: where the platform
-      finds that it pays).
+    - `packed_weights`: bf16 weights repacked for the compiled matmul (None: the platform's
+      choice).
+    - `onednn_weights`: bf16 weights packed once for oneDNN's matmul instead (opt-in).
     - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
     - `attention_backend`: "auto" (the platform's choice) or a backend the user forces.
     - `enforce_eager`: no captured graphs (GPU): every step runs the model's Python layers.
@@ -60,11 +62,13 @@ class PlatformOptions:
     attention_backend: str = "auto"
     enforce_eager: bool = False
     local_replica: tuple[int, int] = (0, 1)
+    onednn_weights: bool = False
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> PlatformOptions:
         """The config's switches, each overridden by its environment variable if set
-        (`PAGEDLLM_CPU_KERNELS`, `PAGEDLLM_PACKED_WEIGHTS`, `PAGEDLLM_DECODER_STACK`: 0 = off;
+        (`PAGEDLLM_CPU_KERNELS`, `PAGEDLLM_PACKED_WEIGHTS`, `PAGEDLLM_ONEDNN_WEIGHTS`,
+        `PAGEDLLM_DECODER_STACK`: 0 = off;
         `PAGEDLLM_ATTENTION_BACKEND`: a backend name)."""
         backend = os.environ.get(ATTENTION_BACKEND_ENV, "").strip() or config.attention_backend
         if backend not in ATTENTION_BACKENDS:
@@ -75,6 +79,7 @@ class PlatformOptions:
         return cls(
             cpu_kernels=_switch(CPU_KERNELS_ENV, config.cpu_kernels),
             packed_weights=_switch(PACKED_WEIGHTS_ENV, config.packed_weights),
+            onednn_weights=bool(_switch(ONEDNN_WEIGHTS_ENV, config.onednn_weights)),
             step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
             attention_backend=backend,
             enforce_eager=config.enforce_eager,

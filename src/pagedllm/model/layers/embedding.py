@@ -110,6 +110,8 @@ class ParallelLMHead(VocabParallelEmbedding):
             super().process_weights_after_loading(scheme, shared, layer_ops)
             return
         platform_weight = layer_ops.pack_float_weight(self.weight)
+        if platform_weight is not None and self._tied_to and not hasattr(platform_weight, "embed"):
+            platform_weight = None  # a format whose rows cannot be looked up keeps a tied table plain
         if platform_weight is None:
             self.dense_linear = layer_ops.dense_linear
             return
