@@ -211,7 +211,7 @@ def parse_args(argv: list[str] | None, alias: str) -> argparse.Namespace:
     parser.add_argument("--only", default="pagedllm,vllm,llamacpp", help="engines")
     parser.add_argument(
         "--formats",
-        default="bf16,int8,int4" if alias == setup_peers.RANDOM_1B_ALIAS else "bf16,int4",
+        default="bf16,int8,int4",
         help="weight formats: bf16, int8 (llama.cpp Q8_0), int4 (Q4_0; Q4_1 for the default model)",
     )
     parser.add_argument("--workloads", default="a,b,c", help="subset of a,b,c")

@@ -49,7 +49,11 @@ def plan_for(alias: str, quick: bool) -> Plan:
             single=(64, 128, 2),
             serving=((8, 1), (64, 8), (64, 32)),
             serving_lengths=(128, 128),
-            gguf={"int4": ("Q4_1", setup_peers.default_gguf())},
+            gguf={
+                "bf16": ("BF16", setup_peers.converted_gguf(setup_peers.DEFAULT_ALIAS, "bf16")),
+                "int8": ("Q8_0", setup_peers.converted_gguf(setup_peers.DEFAULT_ALIAS, "q8_0")),
+                "int4": ("Q4_1", setup_peers.default_gguf()),
+            },
         )
     else:
         raise ValueError(f"no interleaved plan for {alias!r}")
@@ -109,5 +113,6 @@ def missing(entry: Entry, plan: Plan) -> str | None:
         if setup_peers.read_marker("llamacpp") is None:
             return "llama.cpp not built (benchmarks/setup_peers.py --only llamacpp)"
         if not plan.gguf[entry.fmt][1].is_file():
-            return f"{plan.gguf[entry.fmt][1]} missing (benchmarks/setup_peers.py --only gguf1b)"
+            builder = "gguf1b" if plan.alias == setup_peers.RANDOM_1B_ALIAS else "ggufdefault"
+            return f"{plan.gguf[entry.fmt][1]} missing (benchmarks/setup_peers.py --only {builder})"
     return None

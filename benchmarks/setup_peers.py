@@ -9,6 +9,9 @@
                                                convert_hf_to_gguf.py with gguf-py and conversion
     <cache>/peers/gguf/llama-3.2-1b-random-*.gguf  hf1b converted by llama.cpp's own tools to
                                                bf16, Q8_0 and Q4_0 (gguf1b; needs llamacpp, hf1b)
+    <cache>/peers/gguf/smollm2-135m-instruct-*.gguf  the default model's hf folder converted to
+                                               bf16 and Q8_0 (ggufdefault; needs llamacpp, hf):
+                                               format-matched peers for pagedllm bf16 and int8
     <cache>/peers/<peer>.ready                 marker: written last, JSON with what was built
 
 `<cache>` is pagedllm's cache root (`$PAGEDLLM_CACHE`, else `~/.cache/pagedllm`). A peer whose
@@ -16,7 +19,7 @@ marker exists is skipped, so running this again is cheap; `--force` rebuilds. Th
 in parallel (the vLLM install is mostly download, llama.cpp is mostly compile); their output
 goes to `<cache>/peers/logs/<peer>.log`.
 
-    python benchmarks/setup_peers.py [--only vllm,hf,hf1b,llamacpp,gguf1b] [--force]
+    python benchmarks/setup_peers.py [--only vllm,hf,hf1b,llamacpp,gguf1b,ggufdefault] [--force]
 
 The peers are benchmark tools, never dependencies of pagedllm.
 """
@@ -266,17 +269,20 @@ def llamacpp_version() -> str:
     return lines[0].removeprefix("version: ") if lines else "unknown"
 
 
+def converted_gguf(alias: str, kind: str) -> Path:
+    """The hf folder of `alias` as llama.cpp's GGUF of `kind` (bf16, q8_0 or q4_0)."""
+    return peers_dir() / "gguf" / f"{alias}-{kind}.gguf"
+
+
 def random_1b_gguf(kind: str) -> Path:
     """hf1b's checkpoint as llama.cpp's GGUF of `kind` (bf16, q8_0 or q4_0)."""
-    return peers_dir() / "gguf" / f"{RANDOM_1B_ALIAS}-{kind}.gguf"
+    return converted_gguf(RANDOM_1B_ALIAS, kind)
 
 
-def build_random_1b_gguf(log: Log) -> dict:
-    """hf1b converted with llama.cpp's own converter (bf16, Q8_0) and quantize tool (Q4_0)."""
-    if read_marker("llamacpp") is None or read_marker("hf1b") is None:
-        raise RuntimeError("gguf1b needs the llamacpp and hf1b peers: build those first")
-    root, source = peers_dir() / "llamacpp", hf_model_dir(RANDOM_1B_ALIAS)
-    random_1b_gguf("bf16").parent.mkdir(parents=True, exist_ok=True)
+def _convert_hf(log: Log, alias: str, kinds: tuple[str, ...]) -> None:
+    """hf/<alias> converted with llama.cpp's own converter to each of `kinds`."""
+    root, source = peers_dir() / "llamacpp", hf_model_dir(alias)
+    converted_gguf(alias, kinds[0]).parent.mkdir(parents=True, exist_ok=True)
     # The converter imports sentencepiece even for BPE vocabularies; it goes beside the
     # converter, not into pagedllm's environment.
     site = root / "convert" / "site-packages"
@@ -284,10 +290,17 @@ def build_random_1b_gguf(log: Log) -> dict:
         pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--target", str(site)]
         log.run(pip + [SENTENCEPIECE])
     env = dict(os.environ, PYTHONPATH=str(site))
-    for kind in ("bf16", "q8_0"):
+    for kind in kinds:
         log.step(f"converting {source.name} to {kind}")
         convert = [sys.executable, str(root / "convert" / "convert_hf_to_gguf.py"), str(source)]
-        log.run(convert + ["--outtype", kind, "--outfile", str(random_1b_gguf(kind))], env=env)
+        log.run(convert + ["--outtype", kind, "--outfile", str(converted_gguf(alias, kind))], env=env)
+
+
+def build_random_1b_gguf(log: Log) -> dict:
+    """hf1b converted with llama.cpp's own converter (bf16, Q8_0) and quantize tool (Q4_0)."""
+    if read_marker("llamacpp") is None or read_marker("hf1b") is None:
+        raise RuntimeError("gguf1b needs the llamacpp and hf1b peers: build those first")
+    _convert_hf(log, RANDOM_1B_ALIAS, ("bf16", "q8_0"))
     log.step("quantizing to q4_0")
     log.run(
         [
@@ -300,6 +313,15 @@ def build_random_1b_gguf(log: Log) -> dict:
     return {kind: str(random_1b_gguf(kind)) for kind in ("bf16", "q8_0", "q4_0")}
 
 
+def build_default_gguf(log: Log) -> dict:
+    """The default model's hf folder (its Q4_1 file's values in bf16) converted to bf16 and
+    Q8_0: llama.cpp's formats matching pagedllm's bf16 and int8 on the same weights."""
+    if read_marker("llamacpp") is None or read_marker("hf") is None:
+        raise RuntimeError("ggufdefault needs the llamacpp and hf peers: build those first")
+    _convert_hf(log, DEFAULT_ALIAS, ("bf16", "q8_0"))
+    return {kind: str(converted_gguf(DEFAULT_ALIAS, kind)) for kind in ("bf16", "q8_0")}
+
+
 # --- driver ---------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[Log], dict]] = {
@@ -308,8 +330,9 @@ BUILDERS: dict[str, Callable[[Log], dict]] = {
     "hf1b": build_random_1b,
     "llamacpp": build_llamacpp,
     "gguf1b": build_random_1b_gguf,
+    "ggufdefault": build_default_gguf,
 }
-CONVERSIONS = ("gguf1b",)
+CONVERSIONS = ("gguf1b", "ggufdefault")
 
 
 def build_one(peer: str, force: bool) -> tuple[str, str, float]:
