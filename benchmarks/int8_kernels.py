@@ -16,9 +16,12 @@ bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the we
   `cpu_kernels.forced_target`, what CPUs without AVX-512 run), e.g. `gemv_int4 avx2`;
 - `torch bf16`: `F.linear` on the weight in bf16 (torch's own path for a dequantized weight);
 - `bf16`:       `pagedllm.ops.linear.skinny_linear` on the bf16 weight;
+- `onednn bf16`: the bf16 weight reordered once for oneDNN (`OneDnnBF16Weight`,
+                `--onednn-weights`);
 - `deq int8`:   the many-rows path of `GemvInt8Weight`: slices dequantized by
                 `dequantize_int8_t` for bf16 matmuls (`--rows 64 128 256` places
-                `pagedllm.ops.int8_gemv.GEMV_MAX_ROWS`, where this starts to win).
+                `pagedllm.ops.int8_gemv.GEMV_MAX_ROWS`, where this starts to win);
+- `deq int4`:   the same for `GemvInt4Weight` (`dequantize_int4_t`).
 
 Weights are cycled through copies totalling more than the L3 cache (`--cold-mb`; 96 MB by
 default, quant_kernels.COLD_BYTES: raise it where the L3 is larger), as in a decode step; each
@@ -48,6 +51,7 @@ from pagedllm.ops.dequantized_matmul import dequantized_matmul  # noqa: E402
 from pagedllm.ops.int4_gemv import GemvInt4Weight  # noqa: E402
 from pagedllm.ops.int8_gemv import GemvInt8Weight  # noqa: E402
 from pagedllm.ops.linear import skinny_linear  # noqa: E402
+from pagedllm.ops.onednn_linear import OneDnnBF16Weight  # noqa: E402
 
 SHAPES = {
     "smollm2": {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)},
@@ -106,7 +110,7 @@ def main() -> None:
     cold = args.cold_mb * 1e6
     cols = ["torch int8"]
     cols += [f"gemv_int8 {t}" for t in args.targets] + [f"gemv_int4 {t}" for t in args.targets]
-    cols += ["torch bf16", "bf16", "deq int8"]
+    cols += ["torch bf16", "bf16", "onednn bf16", "deq int8", "deq int4"]
     statistic = "fastest call" if args.best else "median"
     print(
         f"{cpu_model()}; {torch.get_num_threads()} threads, bf16 x, "
@@ -126,7 +130,7 @@ def main() -> None:
             sizes = (
                 [portable.nbytes] + [gemv8.nbytes] * len(args.targets) + [gemv4.nbytes] * len(args.targets)
             )
-            sizes += [weight.nbytes, weight.nbytes, gemv8.nbytes]
+            sizes += [weight.nbytes, weight.nbytes, weight.nbytes, gemv8.nbytes, gemv4.nbytes]
             torch8 = [
                 Int8Weight(portable.qweight.clone(), portable.scale)
                 for _ in range(_copies(portable.nbytes, cold))
@@ -137,6 +141,12 @@ def main() -> None:
             modules8 = [
                 GemvInt8Weight(portable.qweight, portable.scale) for _ in range(_copies(gemv8.nbytes, cold))
             ]
+            onednn = [OneDnnBF16Weight(weight) for _ in range(_copies(weight.nbytes, cold))]
+            # max_rows 0: every call takes the dequantize path.
+            modules4 = [
+                GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero, max_rows=0)
+                for _ in range(_copies(gemv4.nbytes, cold))
+            ]
             for m in args.rows:
                 x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
                 calls = [[lambda q=q, x=x: q.linear(x) for q in torch8]]
@@ -146,7 +156,9 @@ def main() -> None:
                         calls.append([lambda p=p, x=x, n=n, f=kernel: _run(f, p, x, n) for p in copies])
                 calls.append([lambda w=w, x=x: F.linear(x, w) for w in dense])
                 calls.append([lambda w=w, x=x: skinny_linear(x, w) for w in dense])
+                calls.append([lambda q=q, x=x: q.linear(x) for q in onednn])
                 calls.append([lambda q=q, x=x: _dequantized(q, x) for q in modules8])
+                calls.append([lambda q=q, x=x: q.linear(x) for q in modules4])
                 rounds = [
                     [time_per_call(c, budget=0.25 / args.rounds, best=args.best) for c in calls]
                     for _ in range(args.rounds)
@@ -154,6 +166,8 @@ def main() -> None:
                 timings = [(min if args.best else statistics.median)(column) for column in zip(*rounds)]
                 cells = "".join(f"{t:>9.1f} ({b / t / 1e3:>5.1f})" for t, b in zip(timings, sizes))
                 print(f"{family + ' ' + name:<17}{f'{n}x{k}':>12}{m:>4}{cells}", flush=True)
+            # Each column holds --cold-mb of copies: free this shape's before the next is built.
+            del torch8, ours8, ours4, dense, modules8, onednn, modules4, calls
 
 
 if __name__ == "__main__":

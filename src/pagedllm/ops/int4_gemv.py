@@ -27,9 +27,9 @@ GROUP_SIZE = 32
 # 3072x576 / 576x1536) against 154 / 823 / 374 dequantizing; at 128 rows 251 / 1311 / 555
 # against 241 / 1284 / 621; at 256 rows dequantizing won by 1-14%.
 GEMV_MAX_ROWS = 128
-# On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles: that overtook
-# gemv_int4 at 20-24 rows on 1B and SmolLM2 shapes (2 threads, Xeon family 6 model 167: at 16
-# rows the kernel took 0.64-0.80 of the dequantize path's time, at 24 rows 1.01-1.25).
+# On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles and overtakes
+# gemv_int4 between 20 and 32 rows (two measurements disagree; benchmarks/README.md, "The int8
+# pair layout"); 16 follows the first and may be low.
 AMX_GEMV_MAX_ROWS = 16
 # The layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block; per
 # block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).

@@ -24,12 +24,13 @@ from pagedllm.ops.int4_gemv import GEMV_BLOCK_ROWS, GEMV_SUPER_BLOCKS, GROUP_SIZ
 from pagedllm.ops.weight_spec import WeightSpec
 
 # Up to this many rows gemv_int8 runs; more rows dequantize slices of the weight for a bf16
-# matmul: the measured crossover on SmolLM2's shapes (benchmarks/int8_kernels.py --rows 32 64 128;
-# figures in benchmarks/README.md).
+# matmul: the crossover measured on SmolLM2's shapes with the earlier nibble layout, on a CPU
+# without AMX (benchmarks/int8_kernels.py --rows 32 64 128; figures in benchmarks/README.md).
+# The pair layout is faster from 4 rows on, so the crossover there may now lie higher: not
+# re-measured on such a CPU.
 GEMV_MAX_ROWS = 32
-# On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles: that overtook
-# gemv_int8 at 16-20 rows on 1B and SmolLM2 shapes (2 threads, Xeon family 6 model 167: at 16
-# rows the kernel took 0.77-1.02 of the dequantize path's time, at 20 rows 1.08-1.43).
+# On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles and overtakes
+# gemv_int8 at about 16-20 rows (benchmarks/README.md, "The int8 pair layout").
 AMX_GEMV_MAX_ROWS = 16
 _SCALE_BYTES = GEMV_BLOCK_ROWS * 4
 _LINE_BYTES = GEMV_BLOCK_ROWS * 8  # 8 values of k of a block's 16 rows
