@@ -92,3 +92,52 @@ def test_embedding_rows_from_the_packed_table(vector_build):
         assert torch.equal(packed.embed(ids), w[ids])
         with pytest.raises(RuntimeError, match="outside"):
             packed.embed(torch.tensor([1, n]))
+
+
+def _tile_kernel_or_skip() -> None:
+    if cpu_kernels.op("packed_bf16_amx_min_rows")() < 0:
+        pytest.skip("the build has no AMX tile kernel, or the OS did not grant the tile state")
+
+
+def _through(kernel: str, x: torch.Tensor, packed: PackedBF16Weight) -> torch.Tensor:
+    out = torch.empty((x.shape[0], packed.out_features), dtype=torch.bfloat16)
+    cpu_kernels.op("gemm_packed_bf16_kernel")(out, x, packed.packed, kernel)
+    return out
+
+
+@pytest.mark.parametrize("n,k", [(960, 576), (576, 1536), (80, 64), (48, 32), (16, 96)])
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 32, 33, 63, 64, 65, 100, 193, 385])
+def test_each_kernel_matches_float64_reference(n, k, m):
+    """The native build's kernels forced one at a time on the same packed weight: the vdpbf16ps
+    register tiles and, on AMX CPUs, the tile kernel (its 1 x 4 blocks below 64 rows, 2 x 2
+    blocks from there, zero-padded last blocks, panels 16-64 columns wide)."""
+    if cpu_kernels.instruction_set() == "scalar":
+        pytest.skip("the packed matmul needs AVX512-BF16 or AVX2")
+    w = _weight(n, k, seed=n * k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + 1)).to(torch.bfloat16)
+    packed = PackedBF16Weight(w)
+    _check(_through("vector", x, packed), x, w)
+    _tile_kernel_or_skip()
+    tiles = _through("amx", x, packed)
+    _check(tiles, x, w)
+    assert torch.equal(packed.linear(x), tiles)  # what the dispatch picks on this CPU
+
+
+def test_tile_kernel_rows_do_not_depend_on_the_batch():
+    _tile_kernel_or_skip()
+    w = _weight(1024, 576, seed=7)
+    packed = PackedBF16Weight(w)
+    x = torch.randn(300, 576, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+    full = _through("amx", x, packed)
+    for rows in (slice(0, 1), slice(5, 21), slice(40, 104), slice(150, 300)):
+        assert torch.equal(_through("amx", x[rows].contiguous(), packed), full[rows])
+
+
+def test_forcing_a_kernel_that_is_not_there_says_so():
+    packed = PackedBF16Weight(_weight(16, 32, seed=9))
+    x = torch.zeros(1, 32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="must be 'vector' or 'amx'"):
+        _through("sse", x, packed)
+    if cpu_kernels.op("packed_bf16_amx_min_rows")() < 0:
+        with pytest.raises(RuntimeError, match="no AMX tile kernel"):
+            _through("amx", x, packed)

@@ -96,11 +96,13 @@ def test_kernel_platform_pieces(clean_env):
 
 
 @kernels
-@pytest.mark.parametrize("amx", [False, True])
-def test_weight_packing_defaults_off_only_on_amx_cpus(clean_env, amx):
-    """Unset, the platform packs bf16 weights unless the CPU has AMX (oneDNN's bf16 matmul runs
-    there); set, the user's choice holds either way."""
+@pytest.mark.parametrize("amx,tiles", [(False, False), (True, False), (True, True)])
+def test_weight_packing_defaults_off_only_on_amx_cpus_without_the_tile_kernel(clean_env, amx, tiles):
+    """Unset, the platform packs bf16 weights unless the CPU has AMX and the loaded build cannot
+    multiply the panels on its tiles (oneDNN's bf16 matmul does there); set, the user's choice
+    holds either way."""
     clean_env.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: amx)
+    clean_env.setattr(cpu_platform, "packed_matmul_on_amx", lambda: tiles)
     weight = torch.zeros(64, 64, dtype=torch.bfloat16)
     if cpu_kernels.instruction_set() not in ("avx512_bf16", "avx2"):
         pytest.skip("this build has no vector matmul kernels")
@@ -110,7 +112,7 @@ def test_weight_packing_defaults_off_only_on_amx_cpus(clean_env, amx):
         if amx
         else (int8_gemv.GEMV_MAX_ROWS, int4_gemv.GEMV_MAX_ROWS)
     )
-    for configured, packs in ((None, not amx), (True, True), (False, False)):
+    for configured, packs in ((None, not amx or tiles), (True, True), (False, False)):
         platform = resolve_platform(EngineConfig(device="cpu", packed_weights=configured))
         ops = platform.layer_ops(torch.bfloat16)
         assert (ops.pack_float_weight(weight) is not None) == packs, (configured, amx)

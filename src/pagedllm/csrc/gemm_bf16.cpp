@@ -6,7 +6,8 @@
 //                     use it for plain bf16 weights whether packing is on or off).
 //   pack_weight_bf16, gemm_packed_bf16, embed_packed_bf16
 //                     W prepacked for more rows (8-128 and beyond), and rows of a packed table
-//                     read back out (embedding lookups tied to a packed LM head).
+//                     read back out (embedding lookups tied to a packed LM head). On CPUs with
+//                     AMX-BF16 the packed matmul runs on the tiles (gemm_bf16_amx.cpp).
 //
 // This file holds the ops: their argument checks, packing, the packed-table lookup and the
 // dispatch to the build's kernels, which live one instruction set per file
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <c10/util/string_view.h>
 
 #include "gemm_bf16_impl.h"
 #include "ops.h"
@@ -122,19 +124,58 @@ at::Tensor pack_weight_bf16(const at::Tensor& w) {
   return packed;
 }
 
-void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+namespace {
+
+void check_packed_matmul(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   check_packable(packed);
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 && x.size(1) == packed.size(1),
               "packed bf16 matmul: x must be bf16 [M, K] with unit column stride");
   TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.size(0) == x.size(0) &&
                   out.size(1) == packed.size(0) && out.stride(1) == 1,
               "packed bf16 matmul: out must be bf16 [M, N]");
+}
+
+void gemm_packed_bf16_vector(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
 #if defined(__AVX512BF16__)
   detail::gemm_packed_bf16_avx512(out, x, packed);
 #elif defined(PAGEDLLM_ISA_AVX2)
   detail::gemm_packed_bf16_avx2(out, x, packed);
 #else
   TORCH_CHECK(false, "packed bf16 matmul needs AVX512-BF16 or AVX2");
+#endif
+}
+
+}  // namespace
+
+void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+  check_packed_matmul(out, x, packed);
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  if (x.size(0) >= detail::kAmxMinRows && detail::gemm_packed_bf16_amx(out, x, packed)) return;
+#endif
+  gemm_packed_bf16_vector(out, x, packed);
+}
+
+// gemm_packed_bf16 through one kernel, whatever the row count: "vector" (vdpbf16ps, or AVX2 FMA)
+// or "amx" (the tiles; an error where the build or the OS does not have them). For tests and
+// benchmarks, which compare the two on the same packed weight.
+void gemm_packed_bf16_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed,
+                             c10::string_view kernel) {
+  check_packed_matmul(out, x, packed);
+  if (kernel == "vector") return gemm_packed_bf16_vector(out, x, packed);
+  TORCH_CHECK(kernel == "amx", "gemm_packed_bf16_kernel: kernel must be 'vector' or 'amx', got '", kernel, "'");
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  if (detail::gemm_packed_bf16_amx(out, x, packed)) return;
+#endif
+  TORCH_CHECK(false, "gemm_packed_bf16_kernel: no AMX kernel in this build or no tile state granted by the OS");
+}
+
+// The fewest rows of x from which gemm_packed_bf16 runs on the AMX tiles; -1 where it never does
+// (a build without AMX-BF16, or the OS did not grant the tile state).
+int64_t packed_bf16_amx_min_rows() {
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  return detail::gemm_packed_bf16_amx_min_rows();
+#else
+  return -1;
 #endif
 }
 

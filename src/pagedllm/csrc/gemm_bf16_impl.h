@@ -24,6 +24,17 @@ void gemv_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const at::Tens
 void gemm_packed_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 #endif
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define PAGEDLLM_HAVE_AMX_BF16 1
+// gemm_bf16_amx.cpp: gemm_packed_bf16 on the AMX tiles, from kAmxMinRows rows of x on (below,
+// the vdpbf16ps kernel streams the panels at least as fast). gemm_packed_bf16_amx returns false,
+// doing nothing, where Linux did not grant the tile state; gemm_packed_bf16_amx_min_rows() is
+// then -1.
+constexpr int64_t kAmxMinRows = 1;
+bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
+int64_t gemm_packed_bf16_amx_min_rows();
+#endif
+
 #if defined(PAGEDLLM_ISA_AVX2)
 // gemm_bf16_avx2.cpp: the same, for the AVX2 build.
 void gemv_bf16_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight);

@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 #include <vector>
@@ -52,6 +53,9 @@ int64_t gemv_bf16_max_rows();
 at::Tensor pack_weight_bf16(const at::Tensor& w);
 void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& packed);
 void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tensor& ids);
+void gemm_packed_bf16_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed,
+                             c10::string_view kernel);
+int64_t packed_bf16_amx_min_rows();
 
 // sampling.cpp
 void sample_tokens(at::Tensor out, const at::Tensor& logits, const at::Tensor& temperature,

@@ -55,6 +55,8 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
   m.def("pack_weight_bf16(Tensor weight) -> Tensor");
   m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
   m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
+  m.def("gemm_packed_bf16_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
+  m.def("packed_bf16_amx_min_rows() -> int");
 
   // 4-bit weights (quant_gemv.cpp; layout in quant_gemv.h).
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
@@ -92,6 +94,7 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CPU, m) {
   m.impl("pack_weight_bf16", &pagedllm::pack_weight_bf16);
   m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
   m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
+  m.impl("gemm_packed_bf16_kernel", &pagedllm::gemm_packed_bf16_kernel);
 
   m.impl("gemv_int4", &pagedllm::gemv_int4);
   m.impl("int4_linear", &pagedllm::int4_linear);
@@ -113,5 +116,6 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, MkldnnCPU, m) { m.impl("decoder_st
 PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CompositeExplicitAutograd, m) {
   m.impl("instruction_set", &instruction_set);
   m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
+  m.impl("packed_bf16_amx_min_rows", &pagedllm::packed_bf16_amx_min_rows);
   m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
 }

@@ -6,7 +6,9 @@ activation pairs times 16 columns with no horizontal sums, and a 64-column panel
 stays in L2 while every row tile passes over it. The AVX2 build reads the same layout (32-byte
 loads of 8 columns x 2 features, widened to float32 for FMA; 16-column slices of a panel per
 row tile), so one packed tensor serves both builds. One row streams the weight at memory
-bandwidth; the measured rates against oneDNN, per build, are in docs/architecture.md.
+bandwidth; the measured rates against oneDNN, per build, are in docs/architecture.md. On CPUs
+with AMX-BF16 the native build multiplies the same panels on the AMX tiles (16 k pairs of 16
+columns are one tile operand, read in place), which is what makes packing pay there too.
 The packed tensor replaces the float weight (same size); `dequantize()` gives W back.
 
 The CPU platform packs every packable weight after loading unless weight packing is off
@@ -22,6 +24,12 @@ from pagedllm.ops.cpu_kernels import op
 from pagedllm.ops.weight_spec import WeightSpec
 
 PANEL = 64  # output columns per panel, as in gemm_bf16.cpp
+
+
+def packed_matmul_on_amx() -> bool:
+    """Whether the loaded kernel build multiplies packed weights on Intel AMX tiles: it was built
+    for an AMX-BF16 CPU (the native build there) and Linux granted the process the tile state."""
+    return op("packed_bf16_amx_min_rows")() >= 0
 
 
 def packable(weight: torch.Tensor) -> bool:

@@ -28,7 +28,7 @@ from pagedllm.ops.int4_gemv import GemvInt4Weight
 from pagedllm.ops.int8_gemv import GemvInt8Weight
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS, skinny_linear_upto
 from pagedllm.ops.onednn_linear import onednn_available, pack_for_onednn
-from pagedllm.ops.packed_linear import pack_if_packable
+from pagedllm.ops.packed_linear import pack_if_packable, packed_matmul_on_amx
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
 from pagedllm.platforms.cpu_threads import (
     configure_model_threads,
@@ -166,22 +166,23 @@ class CpuPlatform(Platform):
 
     def _float_weight_format(self):
         """How bf16 weights are stored once loaded: packed for oneDNN's matmul where the user
-        asked (`--onednn-weights`), else packed panels for our bf16 matmul unless the user
-        said otherwise or the CPU has AMX (there oneDNN's bf16 matmul runs on the tiles, several
-        times the panel kernel's rate from a few dozen rows on, while plain weights keep decode
-        on the skinny kernel)."""
+        asked (`--onednn-weights`), else packed panels for our bf16 matmul unless the user said
+        otherwise, or the CPU has AMX and the loaded build cannot reach it (the AVX2 build): there
+        oneDNN's bf16 matmul runs on the tiles, several times the vector panel kernel's rate from
+        a few dozen rows on, while plain weights keep decode on the skinny kernel. With the
+        native build on an AMX CPU the panels are multiplied on the tiles themselves."""
         if self.options.onednn_weights:
             if not onednn_available():
                 raise ConfigError("--onednn-weights needs a torch with oneDNN and bf16 support on this CPU")
             return pack_for_onednn
         packed = self.options.packed_weights
         if packed is None:
-            packed = not cpu_has_amx_bf16()
+            packed = not cpu_has_amx_bf16() or packed_matmul_on_amx()
         return pack_if_packable if packed else NATIVE.pack_float_weight
 
     def weight_packing_label(self, ops: LayerOps) -> str:
         if ops.pack_float_weight is pack_if_packable:
-            return "bf16 panels"
+            return "bf16 panels (AMX tiles)" if packed_matmul_on_amx() else "bf16 panels"
         if ops.pack_float_weight is pack_for_onednn:
             return "oneDNN's layout"
         if self.options.packed_weights is None and hasattr(ops.dense_linear, "skinny_max_rows"):

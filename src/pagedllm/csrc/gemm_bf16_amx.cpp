@@ -1,0 +1,212 @@
+// The Intel AMX kernel of gemm_packed_bf16: the packed panels of gemm_bf16.cpp multiplied on the
+// tile unit (tdpbf16ps), compiled only where the build targets AMX-BF16 (-march=native on such
+// a CPU) and used only once Linux has granted this process the tile state.
+//
+// Why tiles: from a few dozen rows on, the vdpbf16ps register tiles of gemm_bf16_avx512.cpp are
+// bound by arithmetic while the tile unit does 16 x 16 x 32 products per instruction. oneDNN
+// reaches the tiles too, but on weights as loaded it reorders them on every call, which at
+// 16-256 rows costs more than the product itself; the packed panels are already the tile
+// unit's B operand layout: a panel's rows are k pairs of its 64 columns, so 16 k pairs of 16
+// columns are 16 rows of 64 bytes, `width * 4` bytes apart.
+//
+// Tiles: 0-3 accumulate a 16-row x 64-column block (16 x 16 float32 each), 4 holds 16 rows of x
+// (32 k), 5-7 the panel's 16-column slices (the fourth slice reuses 5). A 16-row block streams
+// the whole panel once, k pair rows in order; the panel stays in L2 for the next row blocks.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "gemm_bf16_impl.h"
+#include "vec.h"
+
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+
+namespace pagedllm {
+namespace detail {
+namespace {
+
+// Linux keeps the 8 KB tile data state off until a process asks for it (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); without it the first tile instruction faults.
+constexpr long kArchRequestPermission = 0x1023;
+constexpr long kFeatureTileData = 18;
+
+bool tile_permission() {
+  static const bool granted = syscall(SYS_arch_prctl, kArchRequestPermission, kFeatureTileData) == 0;
+  return granted;
+}
+
+// The LDTILECFG operand (palette 1): every tile 16 rows of 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
+constexpr int64_t kPairBlockMinRows = 64;  // see gemm_packed_bf16_amx
+constexpr int64_t kPairsPerTile = 16;  // k pairs per A/B tile (32 k)
+
+// acc[16 x kNV*16] = x[16 rows, all k] @ columns [0, kNV*16) of a panel, through tiles.
+// `cols` points at the panel's first column in use; `row_bytes` is one k pair row of the panel.
+template <int kNV>
+inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* cols, int64_t row_bytes,
+                       int64_t pairs, float* acc) {
+  _tile_zero(0);
+  if constexpr (kNV > 1) _tile_zero(1);
+  if constexpr (kNV > 2) _tile_zero(2);
+  if constexpr (kNV > 3) _tile_zero(3);
+  const char* b = reinterpret_cast<const char*>(cols);
+  for (int64_t j = 0; j < pairs; j += kPairsPerTile, b += kPairsPerTile * row_bytes) {
+    _tile_loadd(4, x + 2 * j, x_row_bytes);
+    _tile_loadd(5, b, row_bytes);
+    if constexpr (kNV > 1) _tile_loadd(6, b + 64, row_bytes);
+    if constexpr (kNV > 2) _tile_loadd(7, b + 128, row_bytes);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (kNV > 1) _tile_dpbf16ps(1, 4, 6);
+    if constexpr (kNV > 2) _tile_dpbf16ps(2, 4, 7);
+    if constexpr (kNV > 3) {
+      _tile_loadd(5, b + 192, row_bytes);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+  }
+  constexpr int64_t acc_row_bytes = 4 * kVec * 4;  // acc rows are 64 floats apart
+  _tile_stored(0, acc, acc_row_bytes);
+  if constexpr (kNV > 1) _tile_stored(1, acc + kVec, acc_row_bytes);
+  if constexpr (kNV > 2) _tile_stored(2, acc + 2 * kVec, acc_row_bytes);
+  if constexpr (kNV > 3) _tile_stored(3, acc + 3 * kVec, acc_row_bytes);
+}
+
+// acc[32 x kNT*16] (rows 32 floats apart) = x[kMT*16 rows] @ kNT 16-column slices of a panel:
+// 2 x 2 tiles, each x tile and each weight tile used twice, which halves the tile loads per
+// product against tile_block once row blocks come from L2 rather than memory.
+template <int kMT, int kNT>
+inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const uint32_t* cols, int64_t row_bytes,
+                           int64_t pairs, float* acc) {
+  _tile_zero(0);
+  if constexpr (kNT > 1) _tile_zero(1);
+  if constexpr (kMT > 1) _tile_zero(2);
+  if constexpr (kMT > 1 && kNT > 1) _tile_zero(3);
+  const char* b = reinterpret_cast<const char*>(cols);
+  const char* xb = reinterpret_cast<const char*>(x);
+  for (int64_t j = 0; j < pairs; j += kPairsPerTile, b += kPairsPerTile * row_bytes, xb += 64) {
+    _tile_loadd(6, b, row_bytes);
+    if constexpr (kNT > 1) _tile_loadd(7, b + 64, row_bytes);
+    _tile_loadd(4, xb, x_row_bytes);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (kNT > 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (kMT > 1) {
+      _tile_loadd(5, xb + kTileRows * x_row_bytes, x_row_bytes);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (kNT > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  constexpr int64_t acc_row_bytes = 2 * kVec * 4;
+  _tile_stored(0, acc, acc_row_bytes);
+  if constexpr (kNT > 1) _tile_stored(1, acc + kVec, acc_row_bytes);
+  if constexpr (kMT > 1) _tile_stored(2, acc + kTileRows * 2 * kVec, acc_row_bytes);
+  if constexpr (kMT > 1 && kNT > 1) _tile_stored(3, acc + kTileRows * 2 * kVec + kVec, acc_row_bytes);
+}
+
+// out[r, 16c + i] = bf16(acc[r * acc_stride + 16c + i]) for r < rows, c < slices.
+inline void store_rows(const float* acc, int64_t acc_stride, int64_t rows, int64_t slices, uint16_t* out,
+                       int64_t out_stride) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < slices; ++c)
+      store_bf16x16(out + r * out_stride + c * kVec, _mm512_load_ps(acc + r * acc_stride + c * kVec));
+}
+
+}  // namespace
+
+int64_t gemm_packed_bf16_amx_min_rows() { return tile_permission() ? kAmxMinRows : -1; }
+
+bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+  if (!tile_permission()) return false;
+  const int64_t rows = x.size(0), n_len = packed.size(0), k_len = x.size(1), pairs = k_len / 2;
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
+  // The last block's rows beyond `rows` are zeros in a copy, so that every x tile has 16 rows
+  // and the tile configuration never changes.
+  const int64_t full_rows = rows / kBlockRows * kBlockRows, tail_rows = rows - full_rows;
+  std::vector<uint16_t> tail(tail_rows > 0 ? kBlockRows * k_len : 0, 0);
+  for (int64_t m = 0; m < tail_rows; ++m)
+    std::memcpy(tail.data() + m * k_len, xp + (full_rows + m) * x_stride, k_len * sizeof(uint16_t));
+
+  // Below kPairBlockMinRows the panel streams from memory once per 16 rows and the 1 x 4 blocks
+  // read it best; from there on it comes from L2 and the 2 x 2 blocks' fewer tile loads win.
+  const bool pair_blocks = rows >= kPairBlockMinRows;
+  const int64_t vectors = n_len / kVec;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), vectors));
+  const int64_t grain = (vectors + threads - 1) / threads;
+  at::parallel_for(0, vectors, grain, [&](int64_t begin, int64_t end) {
+    configure_tiles();
+    alignas(64) float acc[kBlockRows * kPanel];
+    for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
+      const int64_t chunk_end = std::min(rows, m0 + kRowChunk);
+      for (int64_t v = begin; v < end;) {
+        const int64_t c0 = v * kVec / kPanel * kPanel, width = std::min(kPanel, n_len - c0);
+        const int64_t v_in = v - c0 / kVec;
+        const int64_t count = std::min(end - v, width / kVec - v_in);
+        const uint32_t* cols = wp + c0 * pairs + v_in * kVec;
+        const int64_t row_bytes = width * 4;
+        for (int64_t m = m0; m < chunk_end; m += kBlockRows) {
+          const bool full = m < full_rows;
+          const uint16_t* xr = full ? xp + m * x_stride : tail.data();
+          const int64_t x_row_bytes = (full ? x_stride : k_len) * 2;
+          const int64_t valid = std::min(kBlockRows, rows - m);
+          uint16_t* o = op + m * out_stride + v * kVec;
+          if (valid <= kTileRows || !pair_blocks) {  // x tiles one at a time, each streaming the panel
+            for (int64_t r = 0; r < valid; r += kTileRows) {
+              const uint16_t* xt = xr + r * (x_row_bytes / 2);
+              switch (count) {
+                case 4: tile_block<4>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+                case 3: tile_block<3>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+                case 2: tile_block<2>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+                default: tile_block<1>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+              }
+              store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride);
+            }
+            continue;
+          }
+          for (int64_t c = 0; c < count; c += 2) {
+            if (count - c >= 2)
+              tile_block_2x2<2, 2>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+            else
+              tile_block_2x2<2, 1>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+            store_rows(acc, 2 * kVec, valid, std::min<int64_t>(2, count - c), o + c * kVec, out_stride);
+          }
+        }
+        v += count;
+      }
+    }
+    _tile_release();
+  });
+  return true;
+}
+
+}  // namespace detail
+}  // namespace pagedllm
+
+#endif  // PAGEDLLM_HAVE_AMX_BF16
