@@ -49,6 +49,7 @@ def test_dequantize_gives_the_weight_back_and_size_is_unchanged(vector_build):
         w = _weight(n, k, seed=1)
         packed = PackedBF16Weight(w)
         assert torch.equal(packed.dequantize(), w)
+        assert torch.equal(cpu_kernels.op("unpack_weight_bf16")(packed.packed), w)
         assert packed.nbytes == w.nbytes
         assert not torch.equal(packed.packed, w)  # the layout really differs
 
@@ -109,18 +110,31 @@ def _through(kernel: str, x: torch.Tensor, packed: PackedBF16Weight) -> torch.Te
 @pytest.mark.parametrize("m", [1, 3, 16, 17, 32, 33, 63, 64, 65, 100, 193, 385])
 def test_each_kernel_matches_float64_reference(n, k, m):
     """The native build's kernels forced one at a time on the same packed weight: the vdpbf16ps
-    register tiles and, on AMX CPUs, the tile kernel (its 1 x 4 blocks below 64 rows, 2 x 2
-    blocks from there, zero-padded last blocks, panels 16-64 columns wide)."""
+    register tiles, torch's matmul on the weight unpacked (prefill on AMX CPUs) and, on AMX
+    CPUs, the tile kernel (its 1 x 4 blocks below 64 rows, 2 x 2 blocks from there, zero-padded
+    last blocks, panels 16-64 columns wide)."""
     if cpu_kernels.instruction_set() == "scalar":
         pytest.skip("the packed matmul needs AVX512-BF16 or AVX2")
     w = _weight(n, k, seed=n * k)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m + 1)).to(torch.bfloat16)
     packed = PackedBF16Weight(w)
     _check(_through("vector", x, packed), x, w)
+    _check(_through("onednn", x, packed), x, w)
     _tile_kernel_or_skip()
     tiles = _through("amx", x, packed)
     _check(tiles, x, w)
     assert torch.equal(packed.linear(x), tiles)  # what the dispatch picks on this CPU
+
+
+def test_prefill_sized_batches_on_amx_match_the_reference():
+    """From 2048 rows (kAmxOneDnnMinRows) the dispatch unpacks the weight for torch's matmul."""
+    _tile_kernel_or_skip()
+    w = _weight(96, 64, seed=10)
+    x = torch.randn(2050, 64, generator=torch.Generator().manual_seed(11)).to(torch.bfloat16)
+    packed = PackedBF16Weight(w)
+    out = packed.linear(x)
+    _check(out, x, w)
+    assert torch.equal(out, _through("onednn", x, packed))
 
 
 def test_tile_kernel_rows_do_not_depend_on_the_batch():
@@ -136,7 +150,7 @@ def test_tile_kernel_rows_do_not_depend_on_the_batch():
 def test_forcing_a_kernel_that_is_not_there_says_so():
     packed = PackedBF16Weight(_weight(16, 32, seed=9))
     x = torch.zeros(1, 32, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="must be 'vector' or 'amx'"):
+    with pytest.raises(RuntimeError, match="must be 'vector', 'amx' or 'onednn'"):
         _through("sse", x, packed)
     if cpu_kernels.op("packed_bf16_amx_min_rows")() < 0:
         with pytest.raises(RuntimeError, match="no AMX tile kernel"):

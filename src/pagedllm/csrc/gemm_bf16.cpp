@@ -15,7 +15,9 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -147,22 +149,74 @@ void gemm_packed_bf16_vector(const at::Tensor& out, const at::Tensor& x, const a
 
 }  // namespace
 
+namespace {
+
+// w [N, K] = the weight written back out of its packed layout (the inverse of pack_weight_bf16).
+void unpack_into(at::Tensor& w, const at::Tensor& packed) {
+  const int64_t n_len = packed.size(0), pairs = packed.size(1) / 2;
+  const auto* src = reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>());
+  auto* dst = reinterpret_cast<uint32_t*>(w.data_ptr<at::BFloat16>());
+  // Blocks of 16 k pairs x 16 columns: 16 lines read, 16 lines written.
+  constexpr int64_t kBlock = 16;
+  at::parallel_for(0, n_len / kVec, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      const int64_t c0 = v * kVec / kPanel * kPanel, width = std::min(kPanel, n_len - c0);
+      const uint32_t* panel = src + c0 * pairs + (v * kVec - c0);
+      for (int64_t j0 = 0; j0 < pairs; j0 += kBlock) {
+        const int64_t j1 = std::min(pairs, j0 + kBlock);
+        for (int64_t c = 0; c < kVec; ++c) {
+          uint32_t* row = dst + (v * kVec + c) * pairs;
+          for (int64_t j = j0; j < j1; ++j) row[j] = panel[j * width + c];
+        }
+      }
+    }
+  });
+}
+
+void mm_unpacked(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+  // One buffer per thread, reused: a fresh allocation of this size would be new pages from
+  // the OS on every call, and zeroing them cost more than the copy.
+  thread_local at::Tensor scratch;
+  if (!scratch.defined() || scratch.numel() < packed.numel())
+    scratch = at::empty({packed.numel()}, packed.options());
+  auto w = scratch.narrow(0, 0, packed.numel()).view(packed.sizes());
+  unpack_into(w, packed);
+  at::mm_out(const_cast<at::Tensor&>(out), x, w.t());
+}
+
+}  // namespace
+
+at::Tensor unpack_weight_bf16(const at::Tensor& packed) {
+  check_packable(packed);
+  auto w = at::empty_like(packed);
+  unpack_into(w, packed);
+  return w;
+}
+
 void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   check_packed_matmul(out, x, packed);
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-  if (x.size(0) >= detail::kAmxMinRows && detail::gemm_packed_bf16_amx(out, x, packed)) return;
+  if (x.size(0) >= detail::kAmxMinRows && detail::gemm_packed_bf16_amx_min_rows() >= 0) {
+    // From kAmxOneDnnMinRows rows on, oneDNN's tile kernels on W written back out run faster
+    // than ours even with the copy (prefill), so the panels are unpacked for them.
+    if (x.size(0) >= detail::kAmxOneDnnMinRows) return mm_unpacked(out, x, packed);
+    if (detail::gemm_packed_bf16_amx(out, x, packed)) return;
+  }
 #endif
   gemm_packed_bf16_vector(out, x, packed);
 }
 
-// gemm_packed_bf16 through one kernel, whatever the row count: "vector" (vdpbf16ps, or AVX2 FMA)
-// or "amx" (the tiles; an error where the build or the OS does not have them). For tests and
-// benchmarks, which compare the two on the same packed weight.
+// gemm_packed_bf16 through one kernel, whatever the row count: "vector" (vdpbf16ps, or AVX2 FMA),
+// "amx" (the tiles; an error where the build or the OS does not have them) or "onednn" (W
+// unpacked, then torch's matmul). For tests and benchmarks, which compare them on the same
+// packed weight.
 void gemm_packed_bf16_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed,
                              c10::string_view kernel) {
   check_packed_matmul(out, x, packed);
   if (kernel == "vector") return gemm_packed_bf16_vector(out, x, packed);
-  TORCH_CHECK(kernel == "amx", "gemm_packed_bf16_kernel: kernel must be 'vector' or 'amx', got '", kernel, "'");
+  if (kernel == "onednn") return mm_unpacked(out, x, packed);
+  TORCH_CHECK(kernel == "amx", "gemm_packed_bf16_kernel: kernel must be 'vector', 'amx' or 'onednn', got '", kernel,
+              "'");
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
   if (detail::gemm_packed_bf16_amx(out, x, packed)) return;
 #endif

@@ -9,9 +9,11 @@
 // unit's B operand layout: a panel's rows are k pairs of its 64 columns, so 16 k pairs of 16
 // columns are 16 rows of 64 bytes, `width * 4` bytes apart.
 //
-// Tiles: 0-3 accumulate a 16-row x 64-column block (16 x 16 float32 each), 4 holds 16 rows of x
-// (32 k), 5-7 the panel's 16-column slices (the fourth slice reuses 5). A 16-row block streams
-// the whole panel once, k pair rows in order; the panel stays in L2 for the next row blocks.
+// Below 64 rows (tile_block): tiles 0-3 accumulate a 16-row x 64-column block (16 x 16 float32
+// each), 4 and 5 take turns holding 16 rows of x (32 k), 6 and 7 the panel's 16-column slices.
+// A 16-row block streams the whole panel once, k pair rows in order; the panel stays in L2 for
+// the next row blocks. From 64 rows (tile_block_2x2): 32 rows x 32 columns, 0-3 accumulating,
+// 4-5 x, 6-7 weights.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -77,19 +79,36 @@ inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* c
   if constexpr (kNV > 2) _tile_zero(2);
   if constexpr (kNV > 3) _tile_zero(3);
   const char* b = reinterpret_cast<const char*>(cols);
-  for (int64_t j = 0; j < pairs; j += kPairsPerTile, b += kPairsPerTile * row_bytes) {
-    _tile_loadd(4, x + 2 * j, x_row_bytes);
-    _tile_loadd(5, b, row_bytes);
-    if constexpr (kNV > 1) _tile_loadd(6, b + 64, row_bytes);
-    if constexpr (kNV > 2) _tile_loadd(7, b + 128, row_bytes);
-    _tile_dpbf16ps(0, 4, 5);
-    if constexpr (kNV > 1) _tile_dpbf16ps(1, 4, 6);
-    if constexpr (kNV > 2) _tile_dpbf16ps(2, 4, 7);
-    if constexpr (kNV > 3) {
-      _tile_loadd(5, b + 192, row_bytes);
-      _tile_dpbf16ps(3, 4, 5);
-    }
+  // x tiles alternate between 4 and 5 and weight slices between 6 and 7, so that a load never
+  // waits on the product issued just before it (tiles are not renamed). The tile intrinsics
+  // take tile numbers as literals, hence a macro.
+#define PAGEDLLM_AMX_STEP(A)              \
+  do {                                    \
+    _tile_loadd(A, x + 2 * j, x_row_bytes); \
+    _tile_loadd(6, b, row_bytes);         \
+    _tile_dpbf16ps(0, A, 6);              \
+    if constexpr (kNV > 1) {              \
+      _tile_loadd(7, b + 64, row_bytes);  \
+      _tile_dpbf16ps(1, A, 7);            \
+    }                                     \
+    if constexpr (kNV > 2) {              \
+      _tile_loadd(6, b + 128, row_bytes); \
+      _tile_dpbf16ps(2, A, 6);            \
+    }                                     \
+    if constexpr (kNV > 3) {              \
+      _tile_loadd(7, b + 192, row_bytes); \
+      _tile_dpbf16ps(3, A, 7);            \
+    }                                     \
+    j += kPairsPerTile;                   \
+    b += kPairsPerTile * row_bytes;       \
+  } while (0)
+  int64_t j = 0;
+  while (j + 2 * kPairsPerTile <= pairs) {
+    PAGEDLLM_AMX_STEP(4);
+    PAGEDLLM_AMX_STEP(5);
   }
+  if (j < pairs) PAGEDLLM_AMX_STEP(4);
+#undef PAGEDLLM_AMX_STEP
   constexpr int64_t acc_row_bytes = 4 * kVec * 4;  // acc rows are 64 floats apart
   _tile_stored(0, acc, acc_row_bytes);
   if constexpr (kNV > 1) _tile_stored(1, acc + kVec, acc_row_bytes);
@@ -190,6 +209,7 @@ bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::
             }
             continue;
           }
+          // 32 rows of x (in L1) against the panel's column pairs in turn (from L2).
           for (int64_t c = 0; c < count; c += 2) {
             if (count - c >= 2)
               tile_block_2x2<2, 2>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);

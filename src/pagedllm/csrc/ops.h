@@ -56,6 +56,7 @@ void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tenso
 void gemm_packed_bf16_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed,
                              c10::string_view kernel);
 int64_t packed_bf16_amx_min_rows();
+at::Tensor unpack_weight_bf16(const at::Tensor& packed);
 
 // sampling.cpp
 void sample_tokens(at::Tensor out, const at::Tensor& logits, const at::Tensor& temperature,

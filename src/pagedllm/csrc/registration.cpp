@@ -57,6 +57,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
   m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
   m.def("gemm_packed_bf16_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
   m.def("packed_bf16_amx_min_rows() -> int");
+  m.def("unpack_weight_bf16(Tensor packed) -> Tensor");
 
   // 4-bit weights (quant_gemv.cpp; layout in quant_gemv.h).
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
@@ -95,6 +96,7 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CPU, m) {
   m.impl("gemm_packed_bf16", &pagedllm::gemm_packed_bf16);
   m.impl("embed_packed_bf16", &pagedllm::embed_packed_bf16);
   m.impl("gemm_packed_bf16_kernel", &pagedllm::gemm_packed_bf16_kernel);
+  m.impl("unpack_weight_bf16", &pagedllm::unpack_weight_bf16);
 
   m.impl("gemv_int4", &pagedllm::gemv_int4);
   m.impl("int4_linear", &pagedllm::int4_linear);
