@@ -19,10 +19,12 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/string_view.h>
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <c10/util/string_view.h>
 
 #include "gemm_bf16_impl.h"
 #include "ops.h"
@@ -162,7 +164,18 @@ void unpack_into(at::Tensor& w, const at::Tensor& packed) {
     for (int64_t v = begin; v < end; ++v) {
       const int64_t c0 = v * kVec / kPanel * kPanel, width = std::min(kPanel, n_len - c0);
       const uint32_t* panel = src + c0 * pairs + (v * kVec - c0);
-      for (int64_t j0 = 0; j0 < pairs; j0 += kBlock) {
+      int64_t j0 = 0;
+#if defined(__AVX512F__)
+      // 16 k pairs of one column are one gather from the 16 lines of the block.
+      const __m512i lines = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32(static_cast<int>(width)));
+      for (; j0 + kBlock <= pairs; j0 += kBlock) {
+        const uint32_t* block = panel + j0 * width;
+        for (int64_t c = 0; c < kVec; ++c)
+          _mm512_storeu_si512(dst + (v * kVec + c) * pairs + j0, _mm512_i32gather_epi32(lines, block + c, 4));
+      }
+#endif
+      for (; j0 < pairs; j0 += kBlock) {
         const int64_t j1 = std::min(pairs, j0 + kBlock);
         for (int64_t c = 0; c < kVec; ++c) {
           uint32_t* row = dst + (v * kVec + c) * pairs;
