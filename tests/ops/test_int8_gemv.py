@@ -171,3 +171,61 @@ def test_embed_gathers_the_rows_it_is_asked(n, k):
     ids = torch.tensor([[0, n - 1, 17], [n // 2, 3, 0]]) % n
     expected = (codes.float() * scale.float().unsqueeze(1))[ids].to(torch.bfloat16)
     assert torch.equal(weight.embed(ids), expected)
+
+
+def _tile_kernel_or_skip() -> None:
+    if cpu_kernels.op("packed_bf16_amx_min_rows")() < 0:
+        pytest.skip("the build has no AMX tile kernels, or the OS did not grant the tile state")
+
+
+def run_forced(kernel: str, x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
+    cpu_kernels.op("gemv_int8_kernel")(out, x, packed, kernel)
+    return out
+
+
+@pytest.mark.parametrize(("n", "k"), [shape for shape in SHAPES if shape[0] % 16 == 0])
+def test_each_kernel_matches_float_product(n, k):
+    """The native build's two int8 paths forced one at a time: the fused vector products and,
+    on AMX CPUs, codes converted a super-block at a time into a bf16 panel for the tiles (1 x 4
+    tile blocks below 64 rows, 2 x 2 from there, zero-padded last row blocks)."""
+    if cpu_kernels.instruction_set() == "scalar":
+        pytest.skip("gemv_int8 needs AVX512-BF16 or AVX2 + FMA")
+    codes, scale = random_weight(n, k, seed=n * k)
+    packed = pack_gemv_int8(codes, scale)
+    gen = torch.Generator().manual_seed(5)
+    kernels = ["vector"] + (["amx"] if cpu_kernels.op("packed_bf16_amx_min_rows")() >= 0 else [])
+    for rows in (1, 16, 17, 33, 64, 65, 130):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        for kernel in kernels:
+            out = run_forced(kernel, x, packed, n)
+            assert_close_to_product(out, x, codes, scale, f"{kernel} {n}x{k}, {rows} rows")
+
+
+def test_tile_kernel_exact_on_integers():
+    """As test_gemv_int8_exact_on_integers, on the tiles: exact products and sums, one rounding."""
+    _tile_kernel_or_skip()
+    gen = torch.Generator().manual_seed(6)
+    n, k = 80, 96
+    codes = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    scale = torch.randint(1, 4, (n,), generator=gen).float()
+    packed = pack_gemv_int8(codes, scale)
+    for rows in (3, 40):
+        x = torch.randint(-2, 3, (rows, k), generator=gen).to(torch.bfloat16)
+        expected = x.double() @ (codes.double() * scale.double().unsqueeze(1)).t()
+        assert torch.equal(run_forced("amx", x, packed, n), expected.to(torch.bfloat16))
+        assert torch.equal(run_kernel(x, packed, n), expected.to(torch.bfloat16))  # the dispatch
+
+
+def test_forcing_a_kernel_that_cannot_run_says_why():
+    if cpu_kernels.instruction_set() == "scalar":
+        pytest.skip("gemv_int8 needs AVX512-BF16 or AVX2 + FMA")
+    codes, scale = random_weight(40, 64, seed=7)
+    packed = pack_gemv_int8(codes, scale)
+    x = torch.zeros(20, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="must be 'vector' or 'amx'"):
+        run_forced("tiles", x, packed, 40)
+    with pytest.raises(RuntimeError, match="N % 16 != 0"):  # 40 rows: no whole last block
+        run_forced("amx", x, packed, 40)
+    # The dispatch falls back to the vector kernel for such a weight.
+    assert_close_to_product(run_kernel(x, packed, 40), x, codes, scale, "40 rows")

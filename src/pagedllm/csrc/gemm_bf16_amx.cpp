@@ -46,27 +46,21 @@ bool tile_permission() {
   return granted;
 }
 
-// The LDTILECFG operand (palette 1): every tile 16 rows of 64 bytes.
+// The LDTILECFG operand (palette 1): tiles 0-7 16 rows of 64 bytes, 8-15 unused. A constant
+// in memory: built on the stack, GCC 12 dropped the stores into it as dead where the function
+// was not inlined (the intrinsic's read is not seen), and LDTILECFG faulted on the garbage.
 struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
+  uint8_t palette;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
 };
+constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
-void configure_tiles() {
-  TileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = 16;
-  }
-  _tile_loadconfig(&config);
-}
+void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 constexpr int64_t kTileRows = 16;
-constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
-constexpr int64_t kPairBlockMinRows = 64;  // see gemm_packed_bf16_amx
 constexpr int64_t kPairsPerTile = 16;  // k pairs per A/B tile (32 k)
 
 // acc[16 x kNV*16] = x[16 rows, all k] @ columns [0, kNV*16) of a panel, through tiles.
@@ -147,77 +141,96 @@ inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const uint32_
   if constexpr (kMT > 1 && kNT > 1) _tile_stored(3, acc + kTileRows * 2 * kVec + kVec, acc_row_bytes);
 }
 
-// out[r, 16c + i] = bf16(acc[r * acc_stride + 16c + i]) for r < rows, c < slices.
+// out[r, 16c + i] = bf16(acc[r * acc_stride + 16c + i] (* scale[16c + i])) for r < rows,
+// c < slices.
 inline void store_rows(const float* acc, int64_t acc_stride, int64_t rows, int64_t slices, uint16_t* out,
-                       int64_t out_stride) {
+                       int64_t out_stride, const float* scale) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < slices; ++c)
-      store_bf16x16(out + r * out_stride + c * kVec, _mm512_load_ps(acc + r * acc_stride + c * kVec));
+    for (int64_t c = 0; c < slices; ++c) {
+      __m512 v = _mm512_load_ps(acc + r * acc_stride + c * kVec);
+      if (scale != nullptr) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + c * kVec));
+      store_bf16x16(out + r * out_stride + c * kVec, v);
+    }
 }
 
 }  // namespace
+
+AmxRowsOfX::AmxRowsOfX(const at::Tensor& x)
+    : data(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>())),
+      stride(x.stride(0)),
+      rows(x.size(0)),
+      k_len(x.size(1)),
+      full_rows(rows / kBlockRows * kBlockRows),
+      pair_blocks(rows >= kPairBlockMinRows) {
+  const int64_t tail_rows = rows - full_rows;
+  if (tail_rows > 0) tail.assign(kBlockRows * k_len, 0);
+  for (int64_t m = 0; m < tail_rows; ++m)
+    std::memcpy(tail.data() + m * k_len, data + (full_rows + m) * stride, k_len * sizeof(uint16_t));
+}
+
+bool amx_tiles_granted() { return tile_permission(); }
+
+void amx_begin_thread() { configure_tiles(); }
+
+void amx_end_thread() { _tile_release(); }
+
+void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, const uint32_t* cols, int64_t row_bytes,
+                       int64_t count, uint16_t* out, int64_t out_stride, const float* col_scale) {
+  alignas(64) float acc[kBlockRows * kPanel];
+  const int64_t pairs = x.k_len / 2;
+  for (int64_t m = m_begin; m < m_end; m += kBlockRows) {
+    const bool full = m < x.full_rows;
+    const uint16_t* xr = full ? x.data + m * x.stride : x.tail.data();
+    const int64_t x_row_bytes = (full ? x.stride : x.k_len) * 2;
+    const int64_t valid = std::min(kBlockRows, x.rows - m);
+    uint16_t* o = out + m * out_stride;
+    if (valid <= kTileRows || !x.pair_blocks) {  // x tiles one at a time, each streaming the panel
+      for (int64_t r = 0; r < valid; r += kTileRows) {
+        const uint16_t* xt = xr + r * (x_row_bytes / 2);
+        switch (count) {
+          case 4: tile_block<4>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+          case 3: tile_block<3>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+          case 2: tile_block<2>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+          default: tile_block<1>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+        }
+        store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride, col_scale);
+      }
+      continue;
+    }
+    // 32 rows of x (in L1) against the panel's column pairs in turn (from L2).
+    for (int64_t c = 0; c < count; c += 2) {
+      if (count - c >= 2)
+        tile_block_2x2<2, 2>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+      else
+        tile_block_2x2<2, 1>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+      store_rows(acc, 2 * kVec, valid, std::min<int64_t>(2, count - c), o + c * kVec, out_stride,
+                 col_scale == nullptr ? nullptr : col_scale + c * kVec);
+    }
+  }
+}
 
 int64_t gemm_packed_bf16_amx_min_rows() { return tile_permission() ? kAmxMinRows : -1; }
 
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   if (!tile_permission()) return false;
-  const int64_t rows = x.size(0), n_len = packed.size(0), k_len = x.size(1), pairs = k_len / 2;
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const AmxRowsOfX rows_of_x(x);
+  const int64_t rows = x.size(0), n_len = packed.size(0), pairs = x.size(1) / 2;
   const auto* wp = reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>());
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t x_stride = x.stride(0), out_stride = out.stride(0);
-  // The last block's rows beyond `rows` are zeros in a copy, so that every x tile has 16 rows
-  // and the tile configuration never changes.
-  const int64_t full_rows = rows / kBlockRows * kBlockRows, tail_rows = rows - full_rows;
-  std::vector<uint16_t> tail(tail_rows > 0 ? kBlockRows * k_len : 0, 0);
-  for (int64_t m = 0; m < tail_rows; ++m)
-    std::memcpy(tail.data() + m * k_len, xp + (full_rows + m) * x_stride, k_len * sizeof(uint16_t));
-
-  // Below kPairBlockMinRows the panel streams from memory once per 16 rows and the 1 x 4 blocks
-  // read it best; from there on it comes from L2 and the 2 x 2 blocks' fewer tile loads win.
-  const bool pair_blocks = rows >= kPairBlockMinRows;
+  const int64_t out_stride = out.stride(0);
   const int64_t vectors = n_len / kVec;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), vectors));
   const int64_t grain = (vectors + threads - 1) / threads;
   at::parallel_for(0, vectors, grain, [&](int64_t begin, int64_t end) {
     configure_tiles();
-    alignas(64) float acc[kBlockRows * kPanel];
     for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
       const int64_t chunk_end = std::min(rows, m0 + kRowChunk);
       for (int64_t v = begin; v < end;) {
         const int64_t c0 = v * kVec / kPanel * kPanel, width = std::min(kPanel, n_len - c0);
         const int64_t v_in = v - c0 / kVec;
         const int64_t count = std::min(end - v, width / kVec - v_in);
-        const uint32_t* cols = wp + c0 * pairs + v_in * kVec;
-        const int64_t row_bytes = width * 4;
-        for (int64_t m = m0; m < chunk_end; m += kBlockRows) {
-          const bool full = m < full_rows;
-          const uint16_t* xr = full ? xp + m * x_stride : tail.data();
-          const int64_t x_row_bytes = (full ? x_stride : k_len) * 2;
-          const int64_t valid = std::min(kBlockRows, rows - m);
-          uint16_t* o = op + m * out_stride + v * kVec;
-          if (valid <= kTileRows || !pair_blocks) {  // x tiles one at a time, each streaming the panel
-            for (int64_t r = 0; r < valid; r += kTileRows) {
-              const uint16_t* xt = xr + r * (x_row_bytes / 2);
-              switch (count) {
-                case 4: tile_block<4>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-                case 3: tile_block<3>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-                case 2: tile_block<2>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-                default: tile_block<1>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-              }
-              store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride);
-            }
-            continue;
-          }
-          // 32 rows of x (in L1) against the panel's column pairs in turn (from L2).
-          for (int64_t c = 0; c < count; c += 2) {
-            if (count - c >= 2)
-              tile_block_2x2<2, 2>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
-            else
-              tile_block_2x2<2, 1>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
-            store_rows(acc, 2 * kVec, valid, std::min<int64_t>(2, count - c), o + c * kVec, out_stride);
-          }
-        }
+        amx_panel_product(rows_of_x, m0, chunk_end, wp + c0 * pairs + v_in * kVec, width * 4, count, op + v * kVec,
+                          out_stride, nullptr);
         v += count;
       }
     }

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "vec.h"
 
@@ -24,8 +25,7 @@ void gemv_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const at::Tens
 void gemm_packed_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 #endif
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#define PAGEDLLM_HAVE_AMX_BF16 1
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
 // gemm_bf16_amx.cpp: gemm_packed_bf16 on the AMX tiles, from kAmxMinRows rows of x on (below,
 // the vdpbf16ps kernel streams the panels at least as fast). gemm_packed_bf16_amx returns false,
 // doing nothing, where Linux did not grant the tile state; gemm_packed_bf16_amx_min_rows() is
@@ -36,6 +36,29 @@ constexpr int64_t kAmxMinRows = 1;
 constexpr int64_t kAmxOneDnnMinRows = 2048;
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 int64_t gemm_packed_bf16_amx_min_rows();
+
+// The pieces of that kernel other weight formats reuse (int8_gemv_amx.cpp): each converts its
+// weight a panel at a time into the packed bf16 layout and multiplies it here.
+constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
+constexpr int64_t kPairBlockMinRows = 64;  // from here 2 x 2 tile blocks, below 1 x 4
+
+// x [M, K] as the tile kernels read it: the last block's rows beyond M are zeros in a copy, so
+// that every x tile has 16 rows and the tile configuration never changes.
+struct AmxRowsOfX {
+  explicit AmxRowsOfX(const at::Tensor& x);  // bf16, unit stride along K
+  const uint16_t* data;
+  int64_t stride, rows, k_len, full_rows;
+  bool pair_blocks;  // rows >= kPairBlockMinRows
+  std::vector<uint16_t> tail;
+};
+bool amx_tiles_granted();  // Linux gave this process the tile state (asked once)
+void amx_begin_thread();   // the tile configuration, in each thread before its products
+void amx_end_thread();     // the tiles released at its end
+// out[m, 16c + i] (m in [m_begin, m_end), c < count) = x[m] @ column 16c + i of a panel in the
+// packed bf16 layout (`cols` at its first column in use, `row_bytes` between its k pair rows),
+// times col_scale[16c + i] where col_scale is not null, rounded once to bf16. m_begin % 32 == 0.
+void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, const uint32_t* cols, int64_t row_bytes,
+                       int64_t count, uint16_t* out, int64_t out_stride, const float* col_scale);
 #endif
 
 #if defined(PAGEDLLM_ISA_AVX2)

@@ -13,6 +13,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/string_view.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -103,31 +104,9 @@ const std::array<std::array<TileFn, 4>, kMaxTileRows> kTiles = {
     tiles_for_rows<1>(), tiles_for_rows<2>(), tiles_for_rows<3>(), tiles_for_rows<4>(),
     tiles_for_rows<5>(), tiles_for_rows<6>(), tiles_for_rows<7>(), tiles_for_rows<8>()};
 
-#endif  // __AVX512BF16__
-
-}  // namespace
-
-bool gemv_int8_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
-#if defined(__AVX512BF16__) || defined(PAGEDLLM_ISA_AVX2)
-  return x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(0) <= kInt8GemvMaxRows && x.stride(1) == 1 &&
-         x.size(1) % kInt8GroupSize == 0 && x.size(1) > 0 && n > 0 && x.device().is_cpu() &&
-         packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu() &&
-         packed.numel() == int8_packed_bytes(n, x.size(1));
-#else
-  (void)x, (void)packed, (void)n;
-  return false;
-#endif
-}
-
-void gemv_int8(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
-  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
-                  x.dim() == 2 && out.size(0) == x.size(0),
-              "gemv_int8: out must be a bf16 CPU tensor [M, N] with unit stride along N");
-  TORCH_CHECK(gemv_int8_supported(x, packed, out.size(1)),
-              "gemv_int8 takes bf16 x [M <= 65536, K % 32 == 0] and a weight packed for it (see int8_gemv.h)");
-#if defined(__AVX512BF16__)
+// The AVX-512 body of gemv_int8 (arguments checked): register tiles of fused int8 products.
+void gemv_int8_vector(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
-  if (rows == 0) return;
   const int64_t groups = k_len / kInt8GroupSize, blocks = (n_len + kInt8BlockRows - 1) / kInt8BlockRows;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const auto* codes = packed.data_ptr<uint8_t>();
@@ -160,6 +139,67 @@ void gemv_int8(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
       }
     }
   });
+}
+
+#endif  // __AVX512BF16__
+
+}  // namespace
+
+bool gemv_int8_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+#if defined(__AVX512BF16__) || defined(PAGEDLLM_ISA_AVX2)
+  return x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(0) <= kInt8GemvMaxRows && x.stride(1) == 1 &&
+         x.size(1) % kInt8GroupSize == 0 && x.size(1) > 0 && n > 0 && x.device().is_cpu() &&
+         packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu() &&
+         packed.numel() == int8_packed_bytes(n, x.size(1));
+#else
+  (void)x, (void)packed, (void)n;
+  return false;
+#endif
+}
+
+namespace {
+
+void check_gemv_int8(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
+                  x.dim() == 2 && out.size(0) == x.size(0),
+              "gemv_int8: out must be a bf16 CPU tensor [M, N] with unit stride along N");
+  TORCH_CHECK(gemv_int8_supported(x, packed, out.size(1)),
+              "gemv_int8 takes bf16 x [M <= 65536, K % 32 == 0] and a weight packed for it (see int8_gemv.h)");
+}
+
+}  // namespace
+
+void gemv_int8(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+  check_gemv_int8(out, x, packed);
+#if defined(__AVX512BF16__)
+  const int64_t rows = x.size(0);
+  if (rows == 0) return;
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  if (rows > kInt8AmxMinRows && gemv_int8_amx(out, x, packed)) return;
+#endif
+  gemv_int8_vector(out, x, packed);
+#elif defined(PAGEDLLM_ISA_AVX2)
+  gemv_int8_avx2(out, x, packed);
+#endif
+}
+
+// gemv_int8 through one kernel whatever the row count: "vector" (vdpbf16ps or AVX2 FMA on the
+// codes) or "amx" (a super-block dequantized into a bf16 panel for the tiles; an error where the
+// build or the OS does not have them). For tests and benchmarks.
+void gemv_int8_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, c10::string_view kernel) {
+  TORCH_CHECK(kernel == "vector" || kernel == "amx", "gemv_int8_kernel: kernel must be 'vector' or 'amx', got '",
+              kernel, "'");
+  check_gemv_int8(out, x, packed);
+  if (x.size(0) == 0) return;
+  if (kernel == "amx") {
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+    if (gemv_int8_amx(out, x, packed)) return;
+#endif
+    TORCH_CHECK(false,
+                "gemv_int8_kernel: no AMX tile kernel in this build, no tile state granted by the OS, or N % 16 != 0");
+  }
+#if defined(__AVX512BF16__)
+  gemv_int8_vector(out, x, packed);
 #elif defined(PAGEDLLM_ISA_AVX2)
   gemv_int8_avx2(out, x, packed);
 #endif

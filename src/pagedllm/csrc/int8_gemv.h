@@ -1,7 +1,7 @@
 // Skinny matmuls (decode) on 8-bit weights with one scale per output row, for CPUs with
 // AVX512-BF16 or with AVX2 + FMA (the avx2 build): the compiled path of `--quantization int8`.
 //
-// Registered as torch.ops.pagedllm.gemv_int8 / int8_linear / dequantize_int8_t
+// Registered as torch.ops.pagedllm.gemv_int8 / gemv_int8_kernel / int8_linear / dequantize_int8_t
 // (registration.cpp); declared here for the decoder stack.
 //
 // The weight W [N, K], w[n, k] = code[n, k] * scale[n] with code in -127..127, is one uint8
@@ -34,6 +34,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 
@@ -57,6 +58,11 @@ bool gemv_int8_supported(const at::Tensor& x, const at::Tensor& packed, int64_t 
 // out bf16 [M, N] (unit stride along N) = x bf16 [M, K] @ W^T, W packed as above; parallel over
 // blocks of output rows.
 void gemv_int8(at::Tensor out, const at::Tensor& x, const at::Tensor& packed);
+
+// gemv_int8 through one kernel whatever M: "vector" (the fused products above) or "amx" (on
+// CPUs with AMX-BF16, what gemv_int8 runs for more than 16 rows: each super-block dequantized
+// into a bf16 panel for the tiles). For tests and benchmarks.
+void gemv_int8_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, c10::string_view kernel);
 
 // gemv_int8 into a new tensor: x [M, K] -> bf16 [M, n].
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n);

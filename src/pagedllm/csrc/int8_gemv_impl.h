@@ -45,6 +45,17 @@ inline Int8Tile locate(const uint8_t* packed, int64_t blk, int64_t blocks, int64
 
 #endif
 
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+
+// More rows of x than this take gemv_int8_amx (int8_gemv_amx.cpp) where the tiles are granted:
+// up to here the vector kernel's fused products are faster (benchmarks/README.md, "AMX tiles").
+constexpr int64_t kInt8AmxMinRows = 8;
+// gemv_int8 on the AMX tiles, a super-block dequantized into a bf16 panel at a time; false
+// (nothing done) where the OS did not grant the tile state or N is not a multiple of 16.
+bool gemv_int8_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
+
+#endif
+
 #if defined(PAGEDLLM_ISA_AVX2)
 
 // The AVX2 path's bodies of gemv_int8 and dequantize_int8_t (int8_gemv_avx2.cpp), called

@@ -64,6 +64,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
   m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
   m.def("gemv_int8(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("gemv_int8_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
   m.def("int8_linear(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("dequantize_int8_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
 
@@ -102,6 +103,7 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CPU, m) {
   m.impl("int4_linear", &pagedllm::int4_linear);
   m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
   m.impl("gemv_int8", &pagedllm::gemv_int8);
+  m.impl("gemv_int8_kernel", &pagedllm::gemv_int8_kernel);
   m.impl("int8_linear", &pagedllm::int8_linear);
   m.impl("dequantize_int8_t", &pagedllm::dequantize_int8_t);
 

@@ -25,6 +25,11 @@
 #elif defined(__AVX2__) && defined(__FMA__)
 #define PAGEDLLM_ISA_AVX2 1
 #endif
+// AMX-BF16 tiles beside AVX512-BF16 (the native build on Xeons since Sapphire Rapids): the tile
+// kernels of gemm_bf16_amx.cpp and int8_gemv_amx.cpp, used once the OS grants the tile state.
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(PAGEDLLM_ISA_AVX512_BF16)
+#define PAGEDLLM_HAVE_AMX_BF16 1
+#endif
 
 namespace pagedllm {
 

@@ -30,8 +30,13 @@ from pagedllm.ops.weight_spec import WeightSpec
 # re-measured on such a CPU.
 GEMV_MAX_ROWS = 32
 # On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles and overtakes
-# gemv_int8 at about 16-20 rows (benchmarks/README.md, "The int8 pair layout").
+# gemv_int8's vector kernel at about 16-20 rows (benchmarks/README.md, "The int8 pair layout"):
+# the limit for builds without the tile kernel (the AVX2 build there).
 AMX_GEMV_MAX_ROWS = 16
+# With the native build on such a CPU, gemv_int8 itself runs on the tiles from 17 rows
+# (csrc/int8_gemv_amx.cpp) and stays ahead of dequantize + oneDNN up to here
+# (benchmarks/README.md, "AMX tiles").
+AMX_TILE_MAX_ROWS = 512
 _SCALE_BYTES = GEMV_BLOCK_ROWS * 4
 _LINE_BYTES = GEMV_BLOCK_ROWS * 8  # 8 values of k of a block's 16 rows
 

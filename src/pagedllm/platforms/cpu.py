@@ -161,7 +161,10 @@ class CpuPlatform(Platform):
         """Rows up to which 4-bit and int8 weights take their kernels, beyond which dequantize
         + oneDNN's bf16 matmul: fewer where oneDNN has AMX."""
         if cpu_has_amx_bf16():
-            return int4_gemv.AMX_GEMV_MAX_ROWS, int8_gemv.AMX_GEMV_MAX_ROWS
+            tiles = packed_matmul_on_amx()  # the build's int8 kernel has a tile path too
+            return int4_gemv.AMX_GEMV_MAX_ROWS, (
+                int8_gemv.AMX_TILE_MAX_ROWS if tiles else int8_gemv.AMX_GEMV_MAX_ROWS
+            )
         return int4_gemv.GEMV_MAX_ROWS, int8_gemv.GEMV_MAX_ROWS
 
     def _float_weight_format(self):
