@@ -9,13 +9,17 @@ For each projection shape and number of rows M: µs per call and GB/s of the for
 bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the weight), for
 
 - `torch int8`: `aten._weight_int8pack_mm` on `Int8Weight` (int8 codes, bf16 per-row scales);
-- `gemv_int8`:  `torch.ops.pagedllm.gemv_int8` on `GemvInt8Weight`;
+- `gemv_int8`:  `torch.ops.pagedllm.gemv_int8` on `GemvInt8Weight` (on AMX CPUs the native
+                build's tile path from 9 rows);
 - `gemv_int4`:  `torch.ops.pagedllm.gemv_int4` on `GemvInt4Weight` (the 4-bit decode path);
   both once per kernel build in `--targets` (`native`: -march=native, on an AVX512-BF16 CPU its
   bf16 dot products; `avx2`: the x86-64-v3 build, timed here through
   `cpu_kernels.forced_target`, what CPUs without AVX-512 run), e.g. `gemv_int4 avx2`;
 - `torch bf16`: `F.linear` on the weight in bf16 (torch's own path for a dequantized weight);
 - `bf16`:       `pagedllm.ops.linear.skinny_linear` on the bf16 weight;
+- `packed bf16`: the bf16 weight packed (`PackedBF16Weight`, the platform's default format):
+                `gemm_packed_bf16`, on AMX CPUs on the tiles (oneDNN on the weight unpacked
+                from 2048 rows), elsewhere the vdpbf16ps / AVX2 register tiles;
 - `onednn bf16`: the bf16 weight reordered once for oneDNN (`OneDnnBF16Weight`,
                 `--onednn-weights`);
 - `deq int8`:   the many-rows path of `GemvInt8Weight`: slices dequantized by
@@ -52,6 +56,7 @@ from pagedllm.ops.int4_gemv import GemvInt4Weight  # noqa: E402
 from pagedllm.ops.int8_gemv import GemvInt8Weight  # noqa: E402
 from pagedllm.ops.linear import skinny_linear  # noqa: E402
 from pagedllm.ops.onednn_linear import OneDnnBF16Weight  # noqa: E402
+from pagedllm.ops.packed_linear import PackedBF16Weight  # noqa: E402
 
 SHAPES = {
     "smollm2": {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)},
@@ -110,7 +115,7 @@ def main() -> None:
     cold = args.cold_mb * 1e6
     cols = ["torch int8"]
     cols += [f"gemv_int8 {t}" for t in args.targets] + [f"gemv_int4 {t}" for t in args.targets]
-    cols += ["torch bf16", "bf16", "onednn bf16", "deq int8", "deq int4"]
+    cols += ["torch bf16", "bf16", "packed bf16", "onednn bf16", "deq int8", "deq int4"]
     statistic = "fastest call" if args.best else "median"
     print(
         f"{cpu_model()}; {torch.get_num_threads()} threads, bf16 x, "
@@ -130,7 +135,7 @@ def main() -> None:
             sizes = (
                 [portable.nbytes] + [gemv8.nbytes] * len(args.targets) + [gemv4.nbytes] * len(args.targets)
             )
-            sizes += [weight.nbytes, weight.nbytes, weight.nbytes, gemv8.nbytes, gemv4.nbytes]
+            sizes += [weight.nbytes] * 4 + [gemv8.nbytes, gemv4.nbytes]
             torch8 = [
                 Int8Weight(portable.qweight.clone(), portable.scale)
                 for _ in range(_copies(portable.nbytes, cold))
@@ -142,6 +147,7 @@ def main() -> None:
                 GemvInt8Weight(portable.qweight, portable.scale) for _ in range(_copies(gemv8.nbytes, cold))
             ]
             onednn = [OneDnnBF16Weight(weight) for _ in range(_copies(weight.nbytes, cold))]
+            packed = [PackedBF16Weight(weight) for _ in range(_copies(weight.nbytes, cold))]
             # max_rows 0: every call takes the dequantize path.
             modules4 = [
                 GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero, max_rows=0)
@@ -156,6 +162,7 @@ def main() -> None:
                         calls.append([lambda p=p, x=x, n=n, f=kernel: _run(f, p, x, n) for p in copies])
                 calls.append([lambda w=w, x=x: F.linear(x, w) for w in dense])
                 calls.append([lambda w=w, x=x: skinny_linear(x, w) for w in dense])
+                calls.append([lambda q=q, x=x: q.linear(x) for q in packed])
                 calls.append([lambda q=q, x=x: q.linear(x) for q in onednn])
                 calls.append([lambda q=q, x=x: _dequantized(q, x) for q in modules8])
                 calls.append([lambda q=q, x=x: q.linear(x) for q in modules4])
@@ -167,7 +174,7 @@ def main() -> None:
                 cells = "".join(f"{t:>9.1f} ({b / t / 1e3:>5.1f})" for t, b in zip(timings, sizes))
                 print(f"{family + ' ' + name:<17}{f'{n}x{k}':>12}{m:>4}{cells}", flush=True)
             # Each column holds --cold-mb of copies: free this shape's before the next is built.
-            del torch8, ours8, ours4, dense, modules8, onednn, modules4, calls
+            del torch8, ours8, ours4, dense, modules8, onednn, packed, modules4, calls
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ void gemm_packed_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const a
 constexpr int64_t kAmxMinRows = 1;
 // From this many rows on (prefill), gemm_packed_bf16 on AMX unpacks W for torch's (oneDNN's)
 // matmul instead: see benchmarks/README.md, "AMX tiles".
-constexpr int64_t kAmxOneDnnMinRows = 2048;
+constexpr int64_t kAmxOneDnnMinRows = 1024;
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 int64_t gemm_packed_bf16_amx_min_rows();
 

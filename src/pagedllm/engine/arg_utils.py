@@ -160,7 +160,8 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         const=True,
         default=None,
         help="pack bf16 weights for the compiled matmul even where the platform would not (on CPUs "
-        "with AMX it keeps them plain for oneDNN) ($PAGEDLLM_PACKED_WEIGHTS=1)",
+        "with AMX whose kernel build lacks the tile kernel, e.g. PAGEDLLM_CPU_ISA=avx2, it keeps them "
+        "plain for oneDNN) ($PAGEDLLM_PACKED_WEIGHTS=1)",
     )
     packing.add_argument(
         "--no-packed-weights",
