@@ -19,7 +19,7 @@ bytes (int8: codes + scales; 4-bit: codes + group scales and zeros; bf16: the we
 - `bf16`:       `pagedllm.ops.linear.skinny_linear` on the bf16 weight;
 - `packed bf16`: the bf16 weight packed (`PackedBF16Weight`, the platform's default format):
                 `gemm_packed_bf16`, on AMX CPUs on the tiles (oneDNN on the weight unpacked
-                from 2048 rows), elsewhere the vdpbf16ps / AVX2 register tiles;
+                from 1024 rows), elsewhere the vdpbf16ps / AVX2 register tiles;
 - `onednn bf16`: the bf16 weight reordered once for oneDNN (`OneDnnBF16Weight`,
                 `--onednn-weights`);
 - `deq int8`:   the many-rows path of `GemvInt8Weight`: slices dequantized by
