@@ -174,7 +174,7 @@ def test_embed_gathers_the_rows_it_is_asked(n, k):
 
 
 def _tile_kernel_or_skip() -> None:
-    if cpu_kernels.op("packed_bf16_amx_min_rows")() < 0:
+    if not cpu_kernels.amx_tiles():
         pytest.skip("the build has no AMX tile kernels, or the OS did not grant the tile state")
 
 
@@ -194,7 +194,7 @@ def test_each_kernel_matches_float_product(n, k):
     codes, scale = random_weight(n, k, seed=n * k)
     packed = pack_gemv_int8(codes, scale)
     gen = torch.Generator().manual_seed(5)
-    kernels = ["vector"] + (["amx"] if cpu_kernels.op("packed_bf16_amx_min_rows")() >= 0 else [])
+    kernels = ["vector"] + (["amx"] if cpu_kernels.amx_tiles() else [])
     for rows in (1, 16, 17, 33, 64, 65, 130):
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
         for kernel in kernels:

@@ -102,7 +102,7 @@ def test_weight_packing_defaults_off_only_on_amx_cpus_without_the_tile_kernel(cl
     multiply the panels on its tiles (oneDNN's bf16 matmul does there); set, the user's choice
     holds either way."""
     clean_env.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: amx)
-    clean_env.setattr(cpu_platform, "packed_matmul_on_amx", lambda: tiles)
+    clean_env.setattr(cpu_platform.cpu_kernels, "amx_tiles", lambda: tiles)
     weight = torch.zeros(64, 64, dtype=torch.bfloat16)
     if cpu_kernels.instruction_set() not in ("avx512_bf16", "avx2"):
         pytest.skip("this build has no vector matmul kernels")

@@ -149,10 +149,6 @@ void gemm_packed_bf16_vector(const at::Tensor& out, const at::Tensor& x, const a
 #endif
 }
 
-}  // namespace
-
-namespace {
-
 // w [N, K] = the weight written back out of its packed layout (the inverse of pack_weight_bf16).
 void unpack_into(at::Tensor& w, const at::Tensor& packed) {
   const int64_t n_len = packed.size(0), pairs = packed.size(1) / 2;
@@ -186,15 +182,16 @@ void unpack_into(at::Tensor& w, const at::Tensor& packed) {
   });
 }
 
-void mm_unpacked(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+void mm_unpacked(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   // One buffer per thread, reused: a fresh allocation of this size would be new pages from
-  // the OS on every call, and zeroing them cost more than the copy.
+  // the OS on every call, and zeroing them cost more than the copy. It keeps the largest
+  // weight a thread unpacked (the 1B shape's gate_up: 64 MiB) until the thread ends.
   thread_local at::Tensor scratch;
   if (!scratch.defined() || scratch.numel() < packed.numel())
     scratch = at::empty({packed.numel()}, packed.options());
   auto w = scratch.narrow(0, 0, packed.numel()).view(packed.sizes());
   unpack_into(w, packed);
-  at::mm_out(const_cast<at::Tensor&>(out), x, w.t());
+  at::mm_out(out, x, w.t());
 }
 
 }  // namespace
@@ -209,7 +206,7 @@ at::Tensor unpack_weight_bf16(const at::Tensor& packed) {
 void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   check_packed_matmul(out, x, packed);
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-  if (x.size(0) >= detail::kAmxMinRows && detail::gemm_packed_bf16_amx_min_rows() >= 0) {
+  if (detail::amx_tiles_granted()) {
     // From kAmxOneDnnMinRows rows on, oneDNN's tile kernels on W written back out run faster
     // than ours even with the copy (prefill), so the panels are unpacked for them.
     if (x.size(0) >= detail::kAmxOneDnnMinRows) return mm_unpacked(out, x, packed);
@@ -236,13 +233,13 @@ void gemm_packed_bf16_kernel(at::Tensor out, const at::Tensor& x, const at::Tens
   TORCH_CHECK(false, "gemm_packed_bf16_kernel: no AMX kernel in this build or no tile state granted by the OS");
 }
 
-// The fewest rows of x from which gemm_packed_bf16 runs on the AMX tiles; -1 where it never does
-// (a build without AMX-BF16, or the OS did not grant the tile state).
-int64_t packed_bf16_amx_min_rows() {
+// Whether this build runs gemm_packed_bf16 and gemv_int8 on the AMX tiles: it was compiled for
+// AMX-BF16 and Linux granted the process the tile state.
+bool amx_tiles() {
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-  return detail::gemm_packed_bf16_amx_min_rows();
+  return detail::amx_tiles_granted();
 #else
-  return -1;
+  return false;
 #endif
 }
 

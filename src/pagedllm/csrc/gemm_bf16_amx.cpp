@@ -209,8 +209,6 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
   }
 }
 
-int64_t gemm_packed_bf16_amx_min_rows() { return tile_permission() ? kAmxMinRows : -1; }
-
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   if (!tile_permission()) return false;
   const AmxRowsOfX rows_of_x(x);

@@ -26,16 +26,13 @@ void gemm_packed_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const a
 #endif
 
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-// gemm_bf16_amx.cpp: gemm_packed_bf16 on the AMX tiles, from kAmxMinRows rows of x on (below,
-// the vdpbf16ps kernel streams the panels at least as fast). gemm_packed_bf16_amx returns false,
-// doing nothing, where Linux did not grant the tile state; gemm_packed_bf16_amx_min_rows() is
-// then -1.
-constexpr int64_t kAmxMinRows = 1;
+// gemm_bf16_amx.cpp: gemm_packed_bf16 on the AMX tiles, for every row count below
+// kAmxOneDnnMinRows (at one row they stream the panels as fast as the vdpbf16ps kernel).
+// gemm_packed_bf16_amx returns false, doing nothing, where Linux did not grant the tile state.
 // From this many rows on (prefill), gemm_packed_bf16 on AMX unpacks W for torch's (oneDNN's)
 // matmul instead: see benchmarks/README.md, "AMX tiles".
 constexpr int64_t kAmxOneDnnMinRows = 1024;
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
-int64_t gemm_packed_bf16_amx_min_rows();
 
 // The pieces of that kernel other weight formats reuse (int8_gemv_amx.cpp): each converts its
 // weight a panel at a time into the packed bf16 layout and multiplies it here.
@@ -51,7 +48,7 @@ struct AmxRowsOfX {
   bool pair_blocks;  // rows >= kPairBlockMinRows
   std::vector<uint16_t> tail;
 };
-bool amx_tiles_granted();  // Linux gave this process the tile state (asked once)
+bool amx_tiles_granted();  // Linux gave this process the tile state (asked once, on first call)
 void amx_begin_thread();   // the tile configuration, in each thread before its products
 void amx_end_thread();     // the tiles released at its end
 // out[m, 16c + i] (m in [m_begin, m_end), c < count) = x[m] @ column 16c + i of a panel in the

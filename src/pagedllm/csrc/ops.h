@@ -55,7 +55,7 @@ void gemm_packed_bf16(at::Tensor out, const at::Tensor& x, const at::Tensor& pac
 void embed_packed_bf16(at::Tensor out, const at::Tensor& packed, const at::Tensor& ids);
 void gemm_packed_bf16_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed,
                              c10::string_view kernel);
-int64_t packed_bf16_amx_min_rows();
+bool amx_tiles();
 at::Tensor unpack_weight_bf16(const at::Tensor& packed);
 
 // sampling.cpp

@@ -56,7 +56,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
   m.def("gemm_packed_bf16(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
   m.def("embed_packed_bf16(Tensor(a!) out, Tensor packed, Tensor ids) -> ()");
   m.def("gemm_packed_bf16_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
-  m.def("packed_bf16_amx_min_rows() -> int");
+  m.def("amx_tiles() -> bool");  // our tile kernels run here (gemm_bf16.cpp)
   m.def("unpack_weight_bf16(Tensor packed) -> Tensor");
 
   // 4-bit weights (quant_gemv.cpp; layout in quant_gemv.h).
@@ -120,6 +120,6 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, MkldnnCPU, m) { m.impl("decoder_st
 PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CompositeExplicitAutograd, m) {
   m.impl("instruction_set", &instruction_set);
   m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
-  m.impl("packed_bf16_amx_min_rows", &pagedllm::packed_bf16_amx_min_rows);
+  m.impl("amx_tiles", &pagedllm::amx_tiles);
   m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
 }

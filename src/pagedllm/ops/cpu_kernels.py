@@ -214,6 +214,13 @@ def op(name: str) -> Callable:
     return handle
 
 
+def amx_tiles() -> bool:
+    """Whether the build in use runs our AMX tile kernels (packed bf16 matmuls, int8 batches):
+    built for an AMX-BF16 CPU (the native build there) and granted the tile state by Linux
+    (call after `available()`)."""
+    return bool(op("amx_tiles")())
+
+
 def has_op(name: str) -> bool:
     """Whether the build in use registers `name` (call after `available()`)."""
     return hasattr(getattr(torch.ops, _state.get("namespace", "pagedllm")), name)

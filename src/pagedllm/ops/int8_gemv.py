@@ -33,7 +33,7 @@ GEMV_MAX_ROWS = 32
 # gemv_int8's vector kernel at about 16-20 rows (benchmarks/README.md, "The int8 pair layout"):
 # the limit for builds without the tile kernel (the AVX2 build there).
 AMX_GEMV_MAX_ROWS = 16
-# With the native build on such a CPU, gemv_int8 itself runs on the tiles from 17 rows
+# With the native build on such a CPU, gemv_int8 itself runs on the tiles from 9 rows
 # (csrc/int8_gemv_amx.cpp) and stays ahead of dequantize + oneDNN up to here
 # (benchmarks/README.md, "AMX tiles").
 AMX_TILE_MAX_ROWS = 512

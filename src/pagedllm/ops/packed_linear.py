@@ -26,12 +26,6 @@ from pagedllm.ops.weight_spec import WeightSpec
 PANEL = 64  # output columns per panel, as in gemm_bf16.cpp
 
 
-def packed_matmul_on_amx() -> bool:
-    """Whether the loaded kernel build multiplies packed weights on Intel AMX tiles: it was built
-    for an AMX-BF16 CPU (the native build there) and Linux granted the process the tile state."""
-    return op("packed_bf16_amx_min_rows")() >= 0
-
-
 def packable(weight: torch.Tensor) -> bool:
     """Whether the kernel takes `weight [N, K]`: bf16 on the CPU, N a multiple of 16, K of 32
     (the platform has checked that the loaded build has a vector path: AVX512-BF16 or AVX2)."""

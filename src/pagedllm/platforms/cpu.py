@@ -28,7 +28,7 @@ from pagedllm.ops.int4_gemv import GemvInt4Weight
 from pagedllm.ops.int8_gemv import GemvInt8Weight
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS, skinny_linear_upto
 from pagedllm.ops.onednn_linear import onednn_available, pack_for_onednn
-from pagedllm.ops.packed_linear import pack_if_packable, packed_matmul_on_amx
+from pagedllm.ops.packed_linear import pack_if_packable
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
 from pagedllm.platforms.cpu_threads import (
     configure_model_threads,
@@ -161,7 +161,7 @@ class CpuPlatform(Platform):
         """Rows up to which 4-bit and int8 weights take their kernels, beyond which dequantize
         + oneDNN's bf16 matmul: fewer where oneDNN has AMX."""
         if cpu_has_amx_bf16():
-            tiles = packed_matmul_on_amx()  # the build's int8 kernel has a tile path too
+            tiles = cpu_kernels.amx_tiles()  # gemv_int8 has a tile path in such a build
             return int4_gemv.AMX_GEMV_MAX_ROWS, (
                 int8_gemv.AMX_TILE_MAX_ROWS if tiles else int8_gemv.AMX_GEMV_MAX_ROWS
             )
@@ -180,12 +180,12 @@ class CpuPlatform(Platform):
             return pack_for_onednn
         packed = self.options.packed_weights
         if packed is None:
-            packed = not cpu_has_amx_bf16() or packed_matmul_on_amx()
+            packed = not cpu_has_amx_bf16() or cpu_kernels.amx_tiles()
         return pack_if_packable if packed else NATIVE.pack_float_weight
 
     def weight_packing_label(self, ops: LayerOps) -> str:
         if ops.pack_float_weight is pack_if_packable:
-            return "bf16 panels (AMX tiles)" if packed_matmul_on_amx() else "bf16 panels"
+            return "bf16 panels (AMX tiles)" if cpu_kernels.amx_tiles() else "bf16 panels"
         if ops.pack_float_weight is pack_for_onednn:
             return "oneDNN's layout"
         if self.options.packed_weights is None and hasattr(ops.dense_linear, "skinny_max_rows"):
