@@ -184,11 +184,17 @@ def run_forced(kernel: str, x: torch.Tensor, packed: torch.Tensor, n: int) -> to
     return out
 
 
-@pytest.mark.parametrize(("n", "k"), [shape for shape in SHAPES if shape[0] % 16 == 0])
+# Weights the tile path takes (N % 16 == 0), with last super-blocks of 2 and 3 blocks (strips
+# of two blocks and of one).
+TILE_SHAPES = [shape for shape in SHAPES if shape[0] % 16 == 0] + [(96, 64), (112, 96)]
+
+
+@pytest.mark.parametrize(("n", "k"), TILE_SHAPES)
 def test_each_kernel_matches_float_product(n, k):
     """The native build's two int8 paths forced one at a time: the fused vector products and,
-    on AMX CPUs, codes converted a super-block at a time into a bf16 panel for the tiles (1 x 4
-    tile blocks below 64 rows, 2 x 2 from there, zero-padded last row blocks)."""
+    on AMX CPUs, codes converted a group at a time into bf16 tiles for strips of 32 columns
+    (1 or 2 x tiles, 1 or 2 weight tiles, zero-padded last row blocks, further row blocks from
+    the strip's converted tiles)."""
     if cpu_kernels.instruction_set() == "scalar":
         pytest.skip("gemv_int8 needs AVX512-BF16 or AVX2 + FMA")
     codes, scale = random_weight(n, k, seed=n * k)

@@ -141,16 +141,12 @@ inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const uint32_
   if constexpr (kMT > 1 && kNT > 1) _tile_stored(3, acc + kTileRows * 2 * kVec + kVec, acc_row_bytes);
 }
 
-// out[r, 16c + i] = bf16(acc[r * acc_stride + 16c + i] (* scale[16c + i])) for r < rows,
-// c < slices.
+// out[r, 16c + i] = bf16(acc[r * acc_stride + 16c + i]) for r < rows, c < slices.
 inline void store_rows(const float* acc, int64_t acc_stride, int64_t rows, int64_t slices, uint16_t* out,
-                       int64_t out_stride, const float* scale) {
+                       int64_t out_stride) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < slices; ++c) {
-      __m512 v = _mm512_load_ps(acc + r * acc_stride + c * kVec);
-      if (scale != nullptr) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + c * kVec));
-      store_bf16x16(out + r * out_stride + c * kVec, v);
-    }
+    for (int64_t c = 0; c < slices; ++c)
+      store_bf16x16(out + r * out_stride + c * kVec, _mm512_load_ps(acc + r * acc_stride + c * kVec));
 }
 
 }  // namespace
@@ -174,8 +170,13 @@ void amx_begin_thread() { configure_tiles(); }
 
 void amx_end_thread() { _tile_release(); }
 
+namespace {
+
+// out[m, 16c + i] (m in [m_begin, m_end), c < count) = x[m] @ column 16c + i of a panel in the
+// packed bf16 layout (`cols` at its first column in use, `row_bytes` between its k pair rows),
+// rounded once to bf16. m_begin % 32 == 0.
 void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, const uint32_t* cols, int64_t row_bytes,
-                       int64_t count, uint16_t* out, int64_t out_stride, const float* col_scale) {
+                       int64_t count, uint16_t* out, int64_t out_stride) {
   alignas(64) float acc[kBlockRows * kPanel];
   const int64_t pairs = x.k_len / 2;
   for (int64_t m = m_begin; m < m_end; m += kBlockRows) {
@@ -193,7 +194,7 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
           case 2: tile_block<2>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
           default: tile_block<1>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
         }
-        store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride, col_scale);
+        store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride);
       }
       continue;
     }
@@ -203,11 +204,12 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
         tile_block_2x2<2, 2>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
       else
         tile_block_2x2<2, 1>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
-      store_rows(acc, 2 * kVec, valid, std::min<int64_t>(2, count - c), o + c * kVec, out_stride,
-                 col_scale == nullptr ? nullptr : col_scale + c * kVec);
+      store_rows(acc, 2 * kVec, valid, std::min<int64_t>(2, count - c), o + c * kVec, out_stride);
     }
   }
 }
+
+}  // namespace
 
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   if (!tile_permission()) return false;
@@ -228,7 +230,7 @@ bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::
         const int64_t v_in = v - c0 / kVec;
         const int64_t count = std::min(end - v, width / kVec - v_in);
         amx_panel_product(rows_of_x, m0, chunk_end, wp + c0 * pairs + v_in * kVec, width * 4, count, op + v * kVec,
-                          out_stride, nullptr);
+                          out_stride);
         v += count;
       }
     }

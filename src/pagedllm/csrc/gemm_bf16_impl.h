@@ -34,8 +34,7 @@ void gemm_packed_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const a
 constexpr int64_t kAmxOneDnnMinRows = 1024;
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 
-// The pieces of that kernel other weight formats reuse (int8_gemv_amx.cpp): each converts its
-// weight a panel at a time into the packed bf16 layout and multiplies it here.
+// The pieces of that kernel other weight formats reuse (int8_gemv_amx.cpp).
 constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
 constexpr int64_t kPairBlockMinRows = 64;  // from here 2 x 2 tile blocks, below 1 x 4
 
@@ -51,11 +50,6 @@ struct AmxRowsOfX {
 bool amx_tiles_granted();  // Linux gave this process the tile state (asked once, on first call)
 void amx_begin_thread();   // the tile configuration, in each thread before its products
 void amx_end_thread();     // the tiles released at its end
-// out[m, 16c + i] (m in [m_begin, m_end), c < count) = x[m] @ column 16c + i of a panel in the
-// packed bf16 layout (`cols` at its first column in use, `row_bytes` between its k pair rows),
-// times col_scale[16c + i] where col_scale is not null, rounded once to bf16. m_begin % 32 == 0.
-void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, const uint32_t* cols, int64_t row_bytes,
-                       int64_t count, uint16_t* out, int64_t out_stride, const float* col_scale);
 #endif
 
 #if defined(PAGEDLLM_ISA_AVX2)
