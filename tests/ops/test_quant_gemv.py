@@ -66,6 +66,28 @@ def run_kernel(x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
+def run_forced(kernel: str, x: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
+    cpu_kernels.op("gemv_int4_kernel")(out, x, packed, kernel)
+    return out
+
+
+def assert_from_a_kernel(
+    out: torch.Tensor, x: torch.Tensor, packed: torch.Tensor, n: int, label: str
+) -> None:
+    """`out` is exactly what one of the kernels gives for x (each is checked against its own
+    reference below): the vector kernel, or the tiles where they can run."""
+    if torch.equal(out, run_forced("vector", x, packed, n)):
+        return
+    assert cpu_kernels.amx_tiles() and n % 16 == 0, f"{label}: not the vector kernel's result"
+    assert torch.equal(out, run_forced("amx", x, packed, n)), f"{label}: neither kernel's result"
+
+
+def tile_kernel_or_skip() -> None:
+    if not cpu_kernels.amx_tiles():
+        pytest.skip("no AMX tile kernel in this build, or no tile state from the OS")
+
+
 @pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
 def test_pack_gemv_round_trip(n, k):
     codes, scale, zero = random_weight(n, k)
@@ -91,13 +113,66 @@ def test_pack_gemv_round_trip(n, k):
 
 @pytest.mark.parametrize(("n", "k"), SMOLLM2_SHAPES + TAIL_SHAPES)
 def test_gemv_int4_matches_float_product(n, k, vector_target):
+    """The vector kernel (forced, so that every row count reaches it) multiplies the codes
+    exactly: against the float64 product with the exact weight."""
     codes, scale, zero = random_weight(n, k, seed=n + k)
     packed = pack_gemv(codes, scale, zero)
     weight = weight_of(codes, scale, zero)
     gen = torch.Generator().manual_seed(1)
     for rows in ROWS:
         x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
-        assert_close_to_product(run_kernel(x, packed, n), x, weight, f"{n}x{k}, {rows} rows")
+        assert_close_to_product(run_forced("vector", x, packed, n), x, weight, f"{n}x{k}, {rows} rows")
+
+
+# Weights the tile path takes (N % 16 == 0): last super-blocks of 1..4 blocks (strips of two
+# blocks and of one), K of one group.
+TILE_SHAPES = [shape for shape in SMOLLM2_SHAPES + TAIL_SHAPES if shape[0] % 16 == 0] + [(96, 64), (48, 32)]
+
+
+@pytest.mark.parametrize(("n", "k"), TILE_SHAPES)
+def test_tile_kernel_matches_the_bf16_weight_product(n, k):
+    """The tile path (forced) multiplies the weight dequantize_int4_t gives, (code - 8) * scale +
+    zero in float32 rounded to bf16, with float32 sums: against the float64 product with that
+    weight, the vector kernel's bounds (1 x tile or 2, 1 weight tile or 2, padded last row
+    blocks, further row blocks from the strip's converted tiles)."""
+    tile_kernel_or_skip()
+    codes, scale, zero = random_weight(n, k, seed=3 * n + k)
+    packed = pack_gemv(codes, scale, zero)
+    weight = weight_of(codes, scale, zero).float().to(torch.bfloat16)
+    gen = torch.Generator().manual_seed(4)
+    for rows in ROWS:
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        assert_close_to_product(run_forced("amx", x, packed, n), x, weight, f"amx {n}x{k}, {rows} rows")
+
+
+def test_dispatch_takes_the_vector_kernel_for_few_rows_and_the_tiles_for_many(vector_target):
+    """gemv_int4 gives exactly what one of the two kernels gives: the vector kernel for one row
+    and wherever the tiles cannot run (no tile kernel, N % 16 != 0), the tiles for 130 rows
+    where they can."""
+    gen = torch.Generator().manual_seed(8)
+    for n, k in ((960, 576), (40, 64)):
+        codes, scale, zero = random_weight(n, k, seed=n)
+        packed = pack_gemv(codes, scale, zero)
+        tiles = cpu_kernels.amx_tiles() and n % 16 == 0
+        for rows in ROWS:
+            x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+            out, vector = run_kernel(x, packed, n), run_forced("vector", x, packed, n)
+            on_tiles = tiles and torch.equal(out, run_forced("amx", x, packed, n))
+            assert torch.equal(out, vector) or on_tiles, f"{n}x{k}, {rows} rows"
+            if rows == 1 or not tiles:
+                assert torch.equal(out, vector), f"{n}x{k}, {rows} rows"
+            if rows == 130 and tiles:
+                assert on_tiles, f"{n}x{k}, {rows} rows"
+
+
+def test_forcing_the_tile_kernel_where_it_cannot_run_says_why(vector_target):
+    codes, scale, zero = random_weight(40, 64, seed=9)
+    packed = pack_gemv(codes, scale, zero)
+    x = torch.zeros(20, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="must be 'vector' or 'amx'"):
+        run_forced("tiles", x, packed, 40)
+    with pytest.raises(RuntimeError, match="N % 16 != 0"):
+        run_forced("amx", x, packed, 40)
 
 
 def test_gemv_int4_exact_on_integers(vector_target):
@@ -124,7 +199,8 @@ def test_gemv_int4_strided_rows_and_output(vector_target):
     wide_out = torch.zeros(6, n + 16, dtype=torch.bfloat16)
     out = wide_out[:, :n]
     cpu_kernels.op("gemv_int4")(out, x, packed)
-    assert_close_to_product(out, x, weight_of(codes, scale, zero), "strided")
+    assert torch.equal(out, run_kernel(x.contiguous(), packed, n)), "strided"
+    assert_from_a_kernel(out, x.contiguous(), packed, n, "strided")
     assert (wide_out[:, n:] == 0).all()  # the padded tail block is not written past N
     # The functional form (what Int4Weight.linear calls) takes any x, even with K strided.
     assert torch.equal(cpu_kernels.op("int4_linear")(x, packed, n), out)
@@ -163,7 +239,7 @@ def test_int4_weight_runs_the_kernel_and_matches_the_dequantize_path(n, k, vecto
     assert_close_to_product_loose(many, x, weight, "dequantize path")
     for m in (1, 3, 8, 16, GEMV_MAX_ROWS):
         few = q.linear(x[:m])  # the kernel
-        assert_close_to_product(few, x[:m], weight, f"GemvInt4Weight kernel, {m} rows")
+        assert_from_a_kernel(few, x[:m], q.packed, n, f"GemvInt4Weight kernel, {m} rows")
         # Both paths give the same products to bf16 precision.
         torch.testing.assert_close(few, many[:m], atol=2e-2 * many.abs().max().item(), rtol=0)
     bias = torch.randn(n).to(torch.bfloat16)

@@ -108,7 +108,10 @@ def test_weight_packing_defaults_off_only_on_amx_cpus_without_the_tile_kernel(cl
         pytest.skip("this build has no vector matmul kernels")
     skinny_rows = AMX_SKINNY_MAX_ROWS if amx else SKINNY_MAX_ROWS
     quant_rows = (
-        (int8_gemv.AMX_TILE_MAX_ROWS if tiles else int8_gemv.AMX_GEMV_MAX_ROWS, int4_gemv.AMX_GEMV_MAX_ROWS)
+        (
+            int8_gemv.AMX_TILE_MAX_ROWS if tiles else int8_gemv.AMX_GEMV_MAX_ROWS,
+            int4_gemv.AMX_TILE_MAX_ROWS if tiles else int4_gemv.AMX_GEMV_MAX_ROWS,
+        )
         if amx
         else (int8_gemv.GEMV_MAX_ROWS, int4_gemv.GEMV_MAX_ROWS)
     )

@@ -158,15 +158,20 @@ bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t 
 #endif
 }
 
-void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+namespace {
+
+void check_gemv_int4(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
                   x.dim() == 2 && out.size(0) == x.size(0),
               "gemv_int4: out must be a bf16 CPU tensor [M, N] with unit stride along N");
   TORCH_CHECK(gemv_int4_supported(x, packed, out.size(1)),
               "gemv_int4 takes bf16 x [M <= 65536, K % 32 == 0] and a weight packed for it (see quant_gemv.h)");
+}
+
 #if defined(__AVX512BF16__)
+// The vdpbf16ps kernel (arguments checked, at least one row).
+void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
-  if (rows == 0) return;
   const int64_t groups = k_len / kInt4GroupSize, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const auto* codes = packed.data_ptr<uint8_t>();
@@ -212,9 +217,47 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
       }
     }
   });
+}
+#endif
+
+// The one vector kernel of this build (arguments checked, at least one row).
+void gemv_int4_vector_path(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+#if defined(__AVX512BF16__)
+  gemv_int4_vector(out, x, packed);
 #elif defined(PAGEDLLM_ISA_AVX2)
   gemv_int4_avx2(out, x, packed);
+#else
+  (void)out, (void)x, (void)packed;
 #endif
+}
+
+}  // namespace
+
+void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
+  check_gemv_int4(out, x, packed);
+  if (x.size(0) == 0) return;
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  if (x.size(0) > kInt4AmxMinRows && gemv_int4_amx(out, x, packed)) return;
+#endif
+  gemv_int4_vector_path(out, x, packed);
+}
+
+// gemv_int4 through one kernel whatever the row count: "vector" (vdpbf16ps or AVX2 FMA on the
+// codes) or "amx" (codes converted a group at a time into bf16 tiles; an error where the build
+// or the OS does not have them, or N % 16 != 0). For tests and benchmarks.
+void gemv_int4_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, c10::string_view kernel) {
+  TORCH_CHECK(kernel == "vector" || kernel == "amx", "gemv_int4_kernel: kernel must be 'vector' or 'amx', got '",
+              kernel, "'");
+  check_gemv_int4(out, x, packed);
+  if (x.size(0) == 0) return;
+  if (kernel == "amx") {
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+    if (gemv_int4_amx(out, x, packed)) return;
+#endif
+    TORCH_CHECK(false,
+                "gemv_int4_kernel: no AMX tile kernel in this build, no tile state granted by the OS, or N % 16 != 0");
+  }
+  gemv_int4_vector_path(out, x, packed);
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {

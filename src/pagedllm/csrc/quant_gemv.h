@@ -32,6 +32,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <cstdint>
 
@@ -56,6 +57,8 @@ bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t 
 // Parallel over blocks of output rows (at::parallel_for). Where a caller picks between this
 // and dequantize + matmul: Int4Weight's GEMV_MAX_ROWS (int4.py) is the measured crossover.
 void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed);
+// gemv_int4 through one kernel, "vector" or "amx", whatever the row count (tests, benchmarks).
+void gemv_int4_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& packed, c10::string_view kernel);
 
 // gemv_int4 into a new tensor: x [M, K] (made contiguous if needed) -> bf16 [M, n].
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n);

@@ -47,6 +47,18 @@ inline Int4Tile locate(const uint8_t* packed, int64_t blk, int64_t blocks, int64
 
 #endif
 
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+
+// More rows of x than this take gemv_int4_amx (quant_gemv_amx.cpp) where the tiles are granted:
+// up to here the vector kernel is faster (benchmarks/README.md, "AMX tiles").
+constexpr int64_t kInt4AmxMinRows = 5;
+// gemv_int4 on the AMX tiles, each group of codes converted into bf16 tiles (the weight
+// dequantize_int4_t gives, rounded once to bf16); false (nothing done) where the OS did not
+// grant the tile state or N is not a multiple of 16.
+bool gemv_int4_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
+
+#endif
+
 #if defined(PAGEDLLM_ISA_AVX2)
 
 // The AVX2 path's bodies of gemv_int4 and dequantize_int4_t (quant_gemv_avx2.cpp), called

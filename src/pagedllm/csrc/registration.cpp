@@ -61,6 +61,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
 
   // 4-bit weights (quant_gemv.cpp; layout in quant_gemv.h).
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
+  m.def("gemv_int4_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
   m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
   m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
   m.def("gemv_int8(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
@@ -100,6 +101,7 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CPU, m) {
   m.impl("unpack_weight_bf16", &pagedllm::unpack_weight_bf16);
 
   m.impl("gemv_int4", &pagedllm::gemv_int4);
+  m.impl("gemv_int4_kernel", &pagedllm::gemv_int4_kernel);
   m.impl("int4_linear", &pagedllm::int4_linear);
   m.impl("dequantize_int4_t", &pagedllm::dequantize_int4_t);
   m.impl("gemv_int8", &pagedllm::gemv_int8);

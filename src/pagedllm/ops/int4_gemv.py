@@ -28,9 +28,14 @@ GROUP_SIZE = 32
 # against 241 / 1284 / 621; at 256 rows dequantizing won by 1-14%.
 GEMV_MAX_ROWS = 128
 # On CPUs with AMX, where dequantize + oneDNN's bf16 matmul runs on the tiles and overtakes
-# gemv_int4 between 20 and 32 rows (two measurements disagree; benchmarks/README.md, "The int8
-# pair layout"); 16 follows the first and may be low.
+# gemv_int4's vector kernel between 20 and 32 rows (two measurements disagree;
+# benchmarks/README.md, "The int8 pair layout"); 16 follows the first and may be low: the
+# limit for builds without the tile kernel (the AVX2 build there).
 AMX_GEMV_MAX_ROWS = 16
+# With the native build on such a CPU, gemv_int4 itself runs on the tiles from 6 rows
+# (csrc/quant_gemv_amx.cpp) and stays ahead of dequantize + oneDNN up to here
+# (benchmarks/README.md, "AMX tiles").
+AMX_TILE_MAX_ROWS = 512
 # The layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block; per
 # block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).
 GEMV_BLOCK_ROWS = 16

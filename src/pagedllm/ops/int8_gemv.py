@@ -34,7 +34,7 @@ GEMV_MAX_ROWS = 32
 # the limit for builds without the tile kernel (the AVX2 build there).
 AMX_GEMV_MAX_ROWS = 16
 # With the native build on such a CPU, gemv_int8 itself runs on the tiles from 9 rows
-# (csrc/int8_gemv_amx.cpp) and stays ahead of dequantize + oneDNN up to here
+# (csrc/int8_gemv_amx.cpp, csrc/amx_strips.h) and stays ahead of dequantize + oneDNN up to here
 # (benchmarks/README.md, "AMX tiles").
 AMX_TILE_MAX_ROWS = 512
 _SCALE_BYTES = GEMV_BLOCK_ROWS * 4

@@ -161,10 +161,9 @@ class CpuPlatform(Platform):
         """Rows up to which 4-bit and int8 weights take their kernels, beyond which dequantize
         + oneDNN's bf16 matmul: fewer where oneDNN has AMX."""
         if cpu_has_amx_bf16():
-            tiles = cpu_kernels.amx_tiles()  # gemv_int8 has a tile path in such a build
-            return int4_gemv.AMX_GEMV_MAX_ROWS, (
-                int8_gemv.AMX_TILE_MAX_ROWS if tiles else int8_gemv.AMX_GEMV_MAX_ROWS
-            )
+            if cpu_kernels.amx_tiles():  # both kernels have a tile path in such a build
+                return int4_gemv.AMX_TILE_MAX_ROWS, int8_gemv.AMX_TILE_MAX_ROWS
+            return int4_gemv.AMX_GEMV_MAX_ROWS, int8_gemv.AMX_GEMV_MAX_ROWS
         return int4_gemv.GEMV_MAX_ROWS, int8_gemv.GEMV_MAX_ROWS
 
     def _float_weight_format(self):
