@@ -119,7 +119,7 @@ void strip_product(const AmxRowsOfX& x, const Convert& convert, int64_t strip_bl
   const bool two_cols = strip_blocks == 2;
   for (int64_t m = 0; m < x.rows; m += 32) {
     const bool full = m < x.full_rows;
-    const char* x0 = reinterpret_cast<const char*>(full ? x.data + m * x.stride : x.tail.data());
+    const char* x0 = reinterpret_cast<const char*>(full ? x.data + m * x.stride : x.tail);
     const int64_t x_row_bytes = (full ? x.stride : x.k_len) * 2;
     const int64_t valid = std::min<int64_t>(32, x.rows - m);
     _tile_zero(0);

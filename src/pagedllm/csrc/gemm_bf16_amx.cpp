@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "gemm_bf16_impl.h"
@@ -63,9 +64,20 @@ void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kPairsPerTile = 16;  // k pairs per A/B tile (32 k)
 
+// The lines of a panel kPrefetchBytes past `b` (the 16 k pair rows the step after next reads,
+// for a 64-column panel), into L1: with only the hardware prefetchers the tile loads streamed
+// the weight 3-10% slower than the skinny kernel streams plain weights (one row of x, the 1B
+// shape's projections in turn; benchmarks/README.md, "AMX tiles").
+constexpr int64_t kPrefetchBytes = 4096;
+
+inline void prefetch_ahead(const char* b) {
+  for (int64_t line = 0; line < kPrefetchBytes; line += 64) _mm_prefetch(b + kPrefetchBytes + line, _MM_HINT_T0);
+}
+
 // acc[16 x kNV*16] = x[16 rows, all k] @ columns [0, kNV*16) of a panel, through tiles.
 // `cols` points at the panel's first column in use; `row_bytes` is one k pair row of the panel.
-template <int kNV>
+// kPrefetch for the first x tile of a panel, which streams it from memory.
+template <int kNV, bool kPrefetch>
 inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* cols, int64_t row_bytes,
                        int64_t pairs, float* acc) {
   _tile_zero(0);
@@ -78,6 +90,7 @@ inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* c
   // take tile numbers as literals, hence a macro.
 #define PAGEDLLM_AMX_STEP(A)              \
   do {                                    \
+    if constexpr (kPrefetch) prefetch_ahead(b); \
     _tile_loadd(A, x + 2 * j, x_row_bytes); \
     _tile_loadd(6, b, row_bytes);         \
     _tile_dpbf16ps(0, A, 6);              \
@@ -159,9 +172,17 @@ AmxRowsOfX::AmxRowsOfX(const at::Tensor& x)
       full_rows(rows / kBlockRows * kBlockRows),
       pair_blocks(rows >= kPairBlockMinRows) {
   const int64_t tail_rows = rows - full_rows;
-  if (tail_rows > 0) tail.assign(kBlockRows * k_len, 0);
+  if (tail_rows == 0) return;
+  // One buffer per calling thread, grown but never shrunk: a fresh zeroed allocation per call
+  // (32 rows of K; 512 KB for the 1B down projection) cost a decode step several percent.
+  // Only the rows the kernels read are written: 16 when one x tile covers the tail, else 32.
+  thread_local std::vector<uint16_t> buffer;
+  const int64_t padded_rows = tail_rows > kTileRows || pair_blocks ? kBlockRows : kTileRows;
+  if (static_cast<int64_t>(buffer.size()) < kBlockRows * k_len) buffer.resize(kBlockRows * k_len);
   for (int64_t m = 0; m < tail_rows; ++m)
-    std::memcpy(tail.data() + m * k_len, data + (full_rows + m) * stride, k_len * sizeof(uint16_t));
+    std::memcpy(buffer.data() + m * k_len, data + (full_rows + m) * stride, k_len * sizeof(uint16_t));
+  std::memset(buffer.data() + tail_rows * k_len, 0, (padded_rows - tail_rows) * k_len * sizeof(uint16_t));
+  tail = buffer.data();
 }
 
 bool amx_tiles_granted() { return tile_permission(); }
@@ -181,19 +202,26 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
   const int64_t pairs = x.k_len / 2;
   for (int64_t m = m_begin; m < m_end; m += kBlockRows) {
     const bool full = m < x.full_rows;
-    const uint16_t* xr = full ? x.data + m * x.stride : x.tail.data();
+    const uint16_t* xr = full ? x.data + m * x.stride : x.tail;
     const int64_t x_row_bytes = (full ? x.stride : x.k_len) * 2;
     const int64_t valid = std::min(kBlockRows, x.rows - m);
     uint16_t* o = out + m * out_stride;
     if (valid <= kTileRows || !x.pair_blocks) {  // x tiles one at a time, each streaming the panel
       for (int64_t r = 0; r < valid; r += kTileRows) {
         const uint16_t* xt = xr + r * (x_row_bytes / 2);
-        switch (count) {
-          case 4: tile_block<4>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-          case 3: tile_block<3>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-          case 2: tile_block<2>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-          default: tile_block<1>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-        }
+        const auto block = [&](auto prefetch) {
+          constexpr bool kPrefetch = decltype(prefetch)::value;
+          switch (count) {
+            case 4: tile_block<4, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+            case 3: tile_block<3, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+            case 2: tile_block<2, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+            default: tile_block<1, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
+          }
+        };
+        if (m == m_begin && r == 0)  // later row tiles find the panel in L2
+          block(std::true_type{});
+        else
+          block(std::false_type{});
         store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride);
       }
       continue;

@@ -39,13 +39,14 @@ constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
 constexpr int64_t kPairBlockMinRows = 64;  // from here 2 x 2 tile blocks, below 1 x 4
 
 // x [M, K] as the tile kernels read it: the last block's rows beyond M are zeros in a copy, so
-// that every x tile has 16 rows and the tile configuration never changes.
+// that every x tile has 16 rows and the tile configuration never changes. The copy lives in a
+// buffer of the constructing thread, valid until that thread builds the next AmxRowsOfX.
 struct AmxRowsOfX {
   explicit AmxRowsOfX(const at::Tensor& x);  // bf16, unit stride along K
   const uint16_t* data;
   int64_t stride, rows, k_len, full_rows;
   bool pair_blocks;  // rows >= kPairBlockMinRows
-  std::vector<uint16_t> tail;
+  const uint16_t* tail = nullptr;  // the last block's rows (k_len apart), zero-padded
 };
 bool amx_tiles_granted();  // Linux gave this process the tile state (asked once, on first call)
 void amx_begin_thread();   // the tile configuration, in each thread before its products
