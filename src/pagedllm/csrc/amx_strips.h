@@ -17,6 +17,9 @@
 
 #pragma once
 
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -136,6 +139,39 @@ void strip_product(const AmxRowsOfX& x, const Convert& convert, int64_t strip_bl
       strip_rows<false, false>(convert, m == 0, groups, x0, x_row_bytes, strip_tiles);
     store_accumulators(valid, strip_blocks, col_scales, out + m * out_stride, out_stride);
   }
+}
+
+// A quantized weight's rows in blocks of 16 and super-blocks of 4 blocks (both formats'
+// layouts): every strip of it against all of x, in parallel over super-blocks. For super-block
+// s of nb blocks and each of its strips (first block b, strip_blocks blocks), the format's
+// strip(s, nb, b, strip_blocks, rows_of_x, out, out_stride, strip_tiles) converts and
+// multiplies it, out at the strip's first column. False (nothing done) where the OS did not
+// grant the tile state or N is not a multiple of 16.
+constexpr int64_t kBlockColumns = 16;
+constexpr int64_t kSuperBlockBlocks = 4;
+
+template <typename Strip>
+bool for_each_strip(const at::Tensor& out, const at::Tensor& x, int64_t groups, const Strip& strip) {
+  const int64_t n_len = out.size(1);
+  if (n_len % kBlockColumns != 0 || !amx_tiles_granted()) return false;
+  const AmxRowsOfX rows_of_x(x);
+  const int64_t blocks = n_len / kBlockColumns;
+  const int64_t super_blocks = (blocks + kSuperBlockBlocks - 1) / kSuperBlockBlocks;
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t out_stride = out.stride(0);
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), super_blocks));
+  at::parallel_for(0, super_blocks, (super_blocks + threads - 1) / threads, [&](int64_t begin, int64_t end) {
+    uint16_t* strip_tiles = strip_buffer(groups);
+    amx_begin_thread();
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t first = s * kSuperBlockBlocks, nb = std::min(kSuperBlockBlocks, blocks - first);
+      for (int64_t b = 0; b < nb; b += kStripBlocks)
+        strip(s, nb, b, std::min(kStripBlocks, nb - b), rows_of_x, op + (first + b) * kBlockColumns, out_stride,
+              strip_tiles);
+    }
+    amx_end_thread();
+  });
+  return true;
 }
 
 // Prefetch into L2 the `bytes` at `p` (a group of a super-block some groups ahead): with the

@@ -4,7 +4,6 @@
 // the vector kernel's: codes are exact in bf16 (|code| <= 127), products exact in float32,
 // sums in float32 (in the tile unit's order), the scale applied once, one rounding to bf16.
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
@@ -52,38 +51,22 @@ inline void convert_group(const uint8_t* group_codes, int64_t nb, int64_t first_
 
 bool gemv_int8_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   namespace strips = detail::amx_strips;
-  const int64_t n_len = out.size(1), k_len = x.size(1);
-  if (n_len % kInt8BlockRows != 0 || !detail::amx_tiles_granted()) return false;
-  const detail::AmxRowsOfX rows_of_x(x);
-  const int64_t groups = k_len / kInt8GroupSize;
-  const int64_t blocks = n_len / kInt8BlockRows;
-  const int64_t super_blocks = (blocks + kInt8SuperBlocks - 1) / kInt8SuperBlocks;
+  static_assert(kInt8BlockRows == strips::kBlockColumns && kInt8SuperBlocks == strips::kSuperBlockBlocks);
+  const int64_t groups = x.size(1) / kInt8GroupSize, blocks = out.size(1) / kInt8BlockRows;
   const auto* codes = packed.data_ptr<uint8_t>();
-  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t out_stride = out.stride(0);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), super_blocks));
-  at::parallel_for(0, super_blocks, (super_blocks + threads - 1) / threads, [&](int64_t begin, int64_t end) {
-    uint16_t* strip_tiles = strips::strip_buffer(groups);
-    detail::amx_begin_thread();
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t first = s * kInt8SuperBlocks, nb = std::min(kInt8SuperBlocks, blocks - first);
-      const Int8Tile t = locate(codes, first, blocks, groups);
-      const int64_t group_bytes = nb * kBlockGroupBytes;
-      const float* scales = reinterpret_cast<const float*>(t.scales);
-      for (int64_t b = 0; b < nb; b += strips::kStripBlocks) {
-        const int64_t strip_blocks = std::min(strips::kStripBlocks, nb - b);
-        const auto convert = [&](int64_t g, uint16_t* tiles) {
-          // The whole group, both strips' halves: the second strip finds them in L2.
-          strips::prefetch_group(t.codes + (g + kAheadGroups) * group_bytes, group_bytes);
-          convert_group(t.codes + g * group_bytes, nb, b, strip_blocks, tiles);
-        };
-        strips::strip_product(rows_of_x, convert, strip_blocks, groups, scales + b * kInt8BlockRows,
-                              op + (first + b) * kInt8BlockRows, out_stride, strip_tiles);
-      }
-    }
-    detail::amx_end_thread();
+  return strips::for_each_strip(out, x, groups, [&](int64_t s, int64_t nb, int64_t b, int64_t strip_blocks,
+                                                    const detail::AmxRowsOfX& rows, uint16_t* o, int64_t o_stride,
+                                                    uint16_t* strip_tiles) {
+    const Int8Tile t = locate(codes, s * kInt8SuperBlocks, blocks, groups);
+    const int64_t group_bytes = nb * kBlockGroupBytes;
+    const auto convert = [&](int64_t g, uint16_t* tiles) {
+      // The whole group, both strips' halves: the second strip finds them in L2.
+      strips::prefetch_group(t.codes + (g + kAheadGroups) * group_bytes, group_bytes);
+      convert_group(t.codes + g * group_bytes, nb, b, strip_blocks, tiles);
+    };
+    const float* scales = reinterpret_cast<const float*>(t.scales) + b * kInt8BlockRows;
+    strips::strip_product(rows, convert, strip_blocks, groups, scales, o, o_stride, strip_tiles);
   });
-  return true;
 }
 
 }  // namespace int8_detail

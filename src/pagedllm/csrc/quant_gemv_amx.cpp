@@ -9,7 +9,6 @@
 // sum over a whole group into accumulators shared by all groups, so per-group scales must be
 // in the weight already.
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
@@ -80,37 +79,21 @@ inline void convert_group(const uint8_t* chunk, int64_t nb, int64_t first_block,
 
 bool gemv_int4_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
   namespace strips = detail::amx_strips;
-  const int64_t n_len = out.size(1), k_len = x.size(1);
-  if (n_len % kInt4BlockRows != 0 || !detail::amx_tiles_granted()) return false;
-  const detail::AmxRowsOfX rows_of_x(x);
-  const int64_t groups = k_len / kInt4GroupSize;
-  const int64_t blocks = n_len / kInt4BlockRows;
-  const int64_t super_blocks = (blocks + kInt4SuperBlocks - 1) / kInt4SuperBlocks;
+  static_assert(kInt4BlockRows == strips::kBlockColumns && kInt4SuperBlocks == strips::kSuperBlockBlocks);
+  const int64_t groups = x.size(1) / kInt4GroupSize;
   const auto* codes = packed.data_ptr<uint8_t>();
-  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t out_stride = out.stride(0);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), super_blocks));
-  at::parallel_for(0, super_blocks, (super_blocks + threads - 1) / threads, [&](int64_t begin, int64_t end) {
-    uint16_t* strip_tiles = strips::strip_buffer(groups);
-    detail::amx_begin_thread();
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t first = s * kInt4SuperBlocks, nb = std::min(kInt4SuperBlocks, blocks - first);
-      const uint8_t* super_block = codes + first * groups * (kGroupBytes + kScaleBytes);
-      const int64_t chunk_bytes = nb * (kGroupBytes + kScaleBytes);
-      for (int64_t b = 0; b < nb; b += strips::kStripBlocks) {
-        const int64_t strip_blocks = std::min(strips::kStripBlocks, nb - b);
-        const auto convert = [&](int64_t g, uint16_t* tiles) {
-          // The whole group, both strips' halves: the second strip finds them in L2.
-          strips::prefetch_group(super_block + (g + kAheadGroups) * chunk_bytes, chunk_bytes);
-          convert_group(super_block + g * chunk_bytes, nb, b, strip_blocks, tiles);
-        };
-        strips::strip_product(rows_of_x, convert, strip_blocks, groups, nullptr, op + (first + b) * kInt4BlockRows,
-                              out_stride, strip_tiles);
-      }
-    }
-    detail::amx_end_thread();
+  return strips::for_each_strip(out, x, groups, [&](int64_t s, int64_t nb, int64_t b, int64_t strip_blocks,
+                                                    const detail::AmxRowsOfX& rows, uint16_t* o, int64_t o_stride,
+                                                    uint16_t* strip_tiles) {
+    const uint8_t* super_block = codes + s * kInt4SuperBlocks * groups * (kGroupBytes + kScaleBytes);
+    const int64_t chunk_bytes = nb * (kGroupBytes + kScaleBytes);
+    const auto convert = [&](int64_t g, uint16_t* tiles) {
+      // The whole group, both strips' halves: the second strip finds them in L2.
+      strips::prefetch_group(super_block + (g + kAheadGroups) * chunk_bytes, chunk_bytes);
+      convert_group(super_block + g * chunk_bytes, nb, b, strip_blocks, tiles);
+    };
+    strips::strip_product(rows, convert, strip_blocks, groups, nullptr, o, o_stride, strip_tiles);
   });
-  return true;
 }
 
 }  // namespace int4_detail
