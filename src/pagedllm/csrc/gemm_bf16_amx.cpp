@@ -64,10 +64,10 @@ void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kPairsPerTile = 16;  // k pairs per A/B tile (32 k)
 
-// The lines of a panel kPrefetchBytes past `b` (the 16 k pair rows the step after next reads,
-// for a 64-column panel), into L1: with only the hardware prefetchers the tile loads streamed
-// the weight 3-10% slower than the skinny kernel streams plain weights (one row of x, the 1B
-// shape's projections in turn; benchmarks/README.md, "AMX tiles").
+// The lines of a panel kPrefetchBytes past `b` (for a 64-column panel, the 16 k pair rows of
+// the next step), into L1: with only the hardware prefetchers the tile loads streamed the
+// weight a few percent slower than the skinny kernel streams plain weights (one row of x, the
+// 1B shape's projections in turn; benchmarks/README.md, "One row of x on the tiles").
 constexpr int64_t kPrefetchBytes = 4096;
 
 inline void prefetch_ahead(const char* b) {
@@ -173,8 +173,8 @@ AmxRowsOfX::AmxRowsOfX(const at::Tensor& x)
       pair_blocks(rows >= kPairBlockMinRows) {
   const int64_t tail_rows = rows - full_rows;
   if (tail_rows == 0) return;
-  // One buffer per calling thread, grown but never shrunk: a fresh zeroed allocation per call
-  // (32 rows of K; 512 KB for the 1B down projection) cost a decode step several percent.
+  // One buffer per calling thread, grown but never shrunk, rather than a fresh zeroed 32-row
+  // allocation per call (512 KB for the 1B down projection; no measurable time either way).
   // Only the rows the kernels read are written: 16 when one x tile covers the tail, else 32.
   thread_local std::vector<uint16_t> buffer;
   const int64_t padded_rows = tail_rows > kTileRows || pair_blocks ? kBlockRows : kTileRows;

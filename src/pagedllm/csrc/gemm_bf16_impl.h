@@ -34,7 +34,7 @@ void gemm_packed_bf16_avx512(const at::Tensor& out, const at::Tensor& x, const a
 constexpr int64_t kAmxOneDnnMinRows = 1024;
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 
-// The pieces of that kernel other weight formats reuse (int8_gemv_amx.cpp).
+// The pieces of that kernel the quantized tile kernels reuse (amx_strips.h).
 constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
 constexpr int64_t kPairBlockMinRows = 64;  // from here 2 x 2 tile blocks, below 1 x 4
 

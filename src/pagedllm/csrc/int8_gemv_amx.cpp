@@ -10,8 +10,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <vector>
 
 #include "amx_strips.h"
 #include "gemm_bf16_impl.h"
@@ -23,8 +21,6 @@
 namespace pagedllm {
 namespace int8_detail {
 namespace {
-
-constexpr int64_t kAheadGroups = 4;  // codes prefetched this many groups ahead
 
 // The tiles of one group of a strip: tile t (block `first_block` + t of the super-block) row j
 // = the bf16 pair (code[r][k0 + 2j], code[r][k0 + 2j + 1]) for r = 0..15, k0 = 32 g. The pair's
@@ -60,8 +56,7 @@ bool gemv_int8_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor&
     const Int8Tile t = locate(codes, s * kInt8SuperBlocks, blocks, groups);
     const int64_t group_bytes = nb * kBlockGroupBytes;
     const auto convert = [&](int64_t g, uint16_t* tiles) {
-      // The whole group, both strips' halves: the second strip finds them in L2.
-      strips::prefetch_group(t.codes + (g + kAheadGroups) * group_bytes, group_bytes);
+      strips::prefetch_group_ahead(t.codes + g * group_bytes, group_bytes);
       convert_group(t.codes + g * group_bytes, nb, b, strip_blocks, tiles);
     };
     const float* scales = reinterpret_cast<const float*>(t.scales) + b * kInt8BlockRows;

@@ -27,8 +27,6 @@ namespace pagedllm {
 namespace int4_detail {
 namespace {
 
-constexpr int64_t kAheadGroups = 4;  // codes prefetched this many groups ahead
-
 // Per block and group, the lanes of the (scale, zero) pairs of rows 0-7 and 8-15, each
 // duplicated into the two lanes of its k pair, as float32.
 struct PairScales {
@@ -88,8 +86,7 @@ bool gemv_int4_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor&
     const uint8_t* super_block = codes + s * kInt4SuperBlocks * groups * (kGroupBytes + kScaleBytes);
     const int64_t chunk_bytes = nb * (kGroupBytes + kScaleBytes);
     const auto convert = [&](int64_t g, uint16_t* tiles) {
-      // The whole group, both strips' halves: the second strip finds them in L2.
-      strips::prefetch_group(super_block + (g + kAheadGroups) * chunk_bytes, chunk_bytes);
+      strips::prefetch_group_ahead(super_block + g * chunk_bytes, chunk_bytes);
       convert_group(super_block + g * chunk_bytes, nb, b, strip_blocks, tiles);
     };
     strips::strip_product(rows, convert, strip_blocks, groups, nullptr, o, o_stride, strip_tiles);

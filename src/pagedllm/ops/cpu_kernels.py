@@ -215,9 +215,9 @@ def op(name: str) -> Callable:
 
 
 def amx_tiles() -> bool:
-    """Whether the build in use runs our AMX tile kernels (packed bf16 matmuls, int8 batches):
-    built for an AMX-BF16 CPU (the native build there) and granted the tile state by Linux
-    (call after `available()`)."""
+    """Whether the build in use runs our AMX tile kernels (packed bf16 matmuls, int8 and 4-bit
+    batches): built for an AMX-BF16 CPU (the native build there) and granted the tile state by
+    Linux (call after `available()`)."""
     return bool(op("amx_tiles")())
 
 
