@@ -1,7 +1,8 @@
 """Break engine steps into their parts to choose optimisations by measurement.
 
 Usage: python benchmarks/profile_step.py [--model M] [--num-prompts 128] [--input-len 128]
-                                          [--output-len 64] [--torch-profile]
+                                          [--output-len 64] [--max-num-seqs 128]
+                                          [--quantization int8|int4] [--torch-profile]
 Prints the mean time per step of scheduling, input preparation, model forward (the runner's
 `forward`: the compiled step where it takes the step, else the model's layers), logits,
 sampling, scheduler update and output processing, separately for prefill-heavy and
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
+    parser.add_argument("--max-num-seqs", type=int, default=128)
+    parser.add_argument("--quantization", default=None, help="int8 or int4 (default: the checkpoint's)")
     parser.add_argument("--torch-profile", action="store_true", help="top torch ops of 5 decode steps")
     parser.add_argument(
         "--torch-profile-prefill", action="store_true", help="top torch ops of 2 prefill steps"
@@ -92,7 +95,12 @@ def main() -> None:
     args = parser.parse_args()
 
     llm = LLM(
-        args.model, dtype=args.dtype, kv_cache_memory=1, max_num_batched_tokens=args.max_num_batched_tokens
+        args.model,
+        dtype=args.dtype,
+        kv_cache_memory=1,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        quantization=args.quantization,
     )
     engine = llm.engine
     prompts = random_prompts(args.num_prompts, args.input_len, engine.model_config.vocab_size, 0)

@@ -125,8 +125,10 @@ inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* c
 
 // acc[32 x kNT*16] (rows 32 floats apart) = x[kMT*16 rows] @ kNT 16-column slices of a panel:
 // 2 x 2 tiles, each x tile and each weight tile used twice, which halves the tile loads per
-// product against tile_block once row blocks come from L2 rather than memory.
-template <int kMT, int kNT>
+// product against tile_block once row blocks come from L2 rather than memory. kPrefetch for the
+// first column pair of a panel's first row block, which streams the panel from memory: the
+// lines prefetched are whole k pair rows, so the second column pair finds its half in L2.
+template <int kMT, int kNT, bool kPrefetch>
 inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const uint32_t* cols, int64_t row_bytes,
                            int64_t pairs, float* acc) {
   _tile_zero(0);
@@ -136,6 +138,7 @@ inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const uint32_
   const char* b = reinterpret_cast<const char*>(cols);
   const char* xb = reinterpret_cast<const char*>(x);
   for (int64_t j = 0; j < pairs; j += kPairsPerTile, b += kPairsPerTile * row_bytes, xb += 64) {
+    if constexpr (kPrefetch) prefetch_ahead(b);
     _tile_loadd(6, b, row_bytes);
     if constexpr (kNT > 1) _tile_loadd(7, b + 64, row_bytes);
     _tile_loadd(4, xb, x_row_bytes);
@@ -226,12 +229,19 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
       }
       continue;
     }
-    // 32 rows of x (in L1) against the panel's column pairs in turn (from L2).
+    // 32 rows of x (in L1) against the panel's column pairs in turn (from L2 after the first).
     for (int64_t c = 0; c < count; c += 2) {
-      if (count - c >= 2)
-        tile_block_2x2<2, 2>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+      const auto block = [&](auto prefetch) {
+        constexpr bool kPrefetch = decltype(prefetch)::value;
+        if (count - c >= 2)
+          tile_block_2x2<2, 2, kPrefetch>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+        else
+          tile_block_2x2<2, 1, kPrefetch>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+      };
+      if (m == m_begin && c == 0)
+        block(std::true_type{});
       else
-        tile_block_2x2<2, 1>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+        block(std::false_type{});
       store_rows(acc, 2 * kVec, valid, std::min<int64_t>(2, count - c), o + c * kVec, out_stride);
     }
   }
