@@ -33,7 +33,9 @@ Generate = Callable[[list[list[int]], int, bool], int]
 
 def measure_throughput(generate: Generate, prompts: list[list[int]], output_len: int) -> dict:
     """Workload (a): every prompt at once, sampling at temperature 1, as `bench throughput` does."""
-    generate(prompts[: min(4, len(prompts))], 4, True)  # warm-up, like `pagedllm bench throughput`
+    # Warm-up, like `pagedllm bench throughput`: the first prompts reversed, so that no timed
+    # prompt finds its prefix cached by it.
+    generate([p[::-1] for p in prompts[: min(4, len(prompts))]], 4, True)
     start = time.perf_counter()
     output_tokens = generate(prompts, output_len, True)
     elapsed = time.perf_counter() - start
