@@ -80,11 +80,24 @@ LONG_STEPS = {
 }
 
 
+@pytest.fixture(params=["tiles", "vector"])
+def prefill_path(request, kernel_target):
+    """Prefill attention on the AMX tiles (skipped where the build in use has none) or forced
+    onto the vector loops, which every other test of an AMX machine's native build bypasses."""
+    tiles = request.param == "tiles"
+    if tiles and not cpu_kernels.amx_tiles():
+        pytest.skip("this build or CPU has no AMX tiles")
+    switch = cpu_kernels.op("set_attention_tiles")
+    previous = switch(tiles)
+    yield request.param
+    switch(previous)
+
+
 @pytest.mark.parametrize("step", list(LONG_STEPS))
 @pytest.mark.parametrize("window,soft_cap", [(None, None), (300, None), (100, 4.0)])
 @pytest.mark.parametrize("head_dim,heads,kv_heads", [(64, 9, 3), (128, 4, 2), (256, 4, 1)])
 def test_long_contexts_cross_chunks_and_tiles(
-    step, window, soft_cap, head_dim, heads, kv_heads, kernel_target
+    step, window, soft_cap, head_dim, heads, kv_heads, prefill_path
 ):
     requests = LONG_STEPS[step]
     num_blocks = sum(-(-(c + q) // 16) for c, q in requests) + 8

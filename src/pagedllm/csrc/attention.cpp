@@ -286,4 +286,13 @@ void paged_attention(
   });
 }
 
+bool set_attention_tiles(bool enabled) {
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  return detail::set_amx_attention(enabled);
+#else
+  (void)enabled;
+  return false;
+#endif
+}
+
 }  // namespace pagedllm

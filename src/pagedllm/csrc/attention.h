@@ -134,6 +134,27 @@ void attend_decode(const AttentionItem& it, const DecodeItem& d, const DecodeIte
                    const uint16_t* q_base, uint16_t* o_base, float* partial);
 #endif
 
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+// The tile unit's half of the tiled prefill attention (attention_prefill_amx.cpp).
+// amx_attention_enabled: tiles granted and not switched off (set_amx_attention, for tests and
+// benchmarks). Between amx_attention_begin and amx_attention_end a thread holds the
+// attention's tile configuration; the products below need it.
+bool amx_attention_enabled();
+bool set_amx_attention(bool enabled);  // returns the previous setting
+void amx_attention_begin();
+void amx_attention_end();
+// scores[r][16 b + t] (row stride `stride`) = q_pairs row r . token t of blocks[b], for the
+// row_tiles x 16 rows of q_pairs (rows past the item's are computed and ignored) and b < nb.
+template <int kD>
+void amx_chunk_scores(const uint32_t* q_pairs, int64_t row_tiles, const uint16_t* k_head, const int32_t* blocks,
+                      int64_t nb, float* scores, int64_t stride);
+// out_acc[r][d] (16 rows, kD apart) += probs[r][16 b + t] (row stride `stride`) x V of blocks[b]
+// for b in [b_lo, b_hi].
+template <int kD>
+void amx_chunk_pv(const uint16_t* probs, int64_t stride, const uint16_t* v_head, const int32_t* blocks, int64_t b_lo,
+                  int64_t b_hi, float* out_acc);
+#endif
+
 }  // namespace detail
 #endif
 

@@ -143,11 +143,20 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
     w.row_max[row] = -std::numeric_limits<float>::infinity();
     w.row_sum[row] = 0.0f;
   }
-  if (static_cast<int64_t>(w.scores.size()) < rows * kChunk) {
-    w.scores.resize(rows * kChunk);
-    w.probs.resize(rows * kChunk);
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  // The tiles take 16 rows at a time: the rows past the item's in its last 16 are computed
+  // (from whatever q_pairs, probs and out_acc hold there) and never read.
+  const bool tiles = detail::amx_attention_enabled();
+  const int64_t row_tiles = (rows + 15) / 16, buffer_rows = tiles ? row_tiles * 16 : rows;
+  if (tiles) detail::amx_attention_begin();
+#else
+  const int64_t buffer_rows = rows;
+#endif
+  if (static_cast<int64_t>(w.scores.size()) < buffer_rows * kChunk) {
+    w.scores.resize(buffer_rows * kChunk);
+    w.probs.resize(buffer_rows * kChunk);
   }
-  std::fill(w.out_acc.begin(), w.out_acc.begin() + rows * kD, 0.0f);
+  std::fill(w.out_acc.begin(), w.out_acc.begin() + buffer_rows * kD, 0.0f);
   int64_t min_lo = w.lo[0];
   for (int64_t row = 1; row < rows; ++row) min_lo = std::min(min_lo, w.lo[row]);
   const int64_t first_block = min_lo / kVnniBlock, last_block = w.hi[rows - 1] / kVnniBlock;
@@ -156,7 +165,12 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
     const int64_t nb = std::min<int64_t>(kChunkBlocks, last_block - chunk + 1);
     const int64_t base = chunk * kVnniBlock, span = nb * kVnniBlock;
 
-    // Scores of this chunk, 8 rows at a time.
+    // Scores of this chunk, 8 rows at a time (16 on the tiles).
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+    if (tiles)
+      detail::amx_chunk_scores<kD>(w.q_pairs.data(), row_tiles, k_head, req_table + chunk, nb, w.scores.data(), kChunk);
+    else
+#endif
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const uint32_t* qp = w.q_pairs.data() + r0 * pairs;
       float* dst = w.scores.data() + r0 * kChunk;
@@ -222,8 +236,13 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
     }
 
     // p.V of this chunk, added to the running outputs.
-    for (int64_t r0 = 0; r0 < rows; r0 += kPvRows) {
-      const int64_t nr = std::min<int64_t>(kPvRows, rows - r0);
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+    const int64_t pv_rows = tiles ? 16 : kPvRows;
+#else
+    const int64_t pv_rows = kPvRows;
+#endif
+    for (int64_t r0 = 0; r0 < rows; r0 += pv_rows) {
+      const int64_t nr = std::min<int64_t>(pv_rows, rows - r0);
       int64_t lo = w.lo[r0], hi = w.hi[r0];
       for (int64_t i = 1; i < nr; ++i) {
         lo = std::min(lo, w.lo[r0 + i]);
@@ -236,6 +255,12 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
       float* oa = w.out_acc.data() + r0 * kD;
       const int32_t* blocks = req_table + chunk;
       const int64_t b_lo = lo / kVnniBlock, b_hi = hi / kVnniBlock;
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+      if (tiles) {
+        detail::amx_chunk_pv<kD>(pr, kChunk, v_head, blocks, b_lo, b_hi, oa);
+        continue;
+      }
+#endif
       switch (nr) {
         case 6: if constexpr (kPvRows >= 6) chunk_pv<kD, 6>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
         case 5: if constexpr (kPvRows >= 5) chunk_pv<kD, 5>(pr, kChunk, v_head, blocks, b_lo, b_hi, block_elems, oa); break;
@@ -247,6 +272,9 @@ void attend_item_vnni_tiled(const AttentionItem& it, const AttentionArgs& a, con
     }
   }
 
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+  if (tiles) detail::amx_attention_end();
+#endif
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t t = it.first_token + row / group, g = row % group;
     uint16_t* o = o_base + (a.starts[r] + t) * a.o_stride0 + (kv_head * group + g) * a.o_stride1;

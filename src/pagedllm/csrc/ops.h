@@ -35,6 +35,10 @@ void paged_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& 
                      const at::Tensor& value_cache, const at::Tensor& block_table,
                      const at::Tensor& query_start_loc, const at::Tensor& seq_lens, double scale, int64_t window,
                      double soft_cap, bool vnni);
+// Whether prefill attention may take the AMX tiles where the build and the OS have them (on by
+// default; off forces the vector loops, for tests and benchmarks). Returns the previous
+// setting; false, changing nothing, in builds without the tile kernels.
+bool set_attention_tiles(bool enabled);
 
 // cache_write.cpp
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor key_cache,

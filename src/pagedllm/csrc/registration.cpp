@@ -41,6 +41,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
   m.def(
       "paged_attention(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_table, "
       "Tensor query_start_loc, Tensor seq_lens, float scale, int window, float soft_cap, bool vnni) -> ()");
+  m.def("set_attention_tiles(bool enabled) -> bool");  // prefill attention on the AMX tiles (on by default)
   m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor slot_mapping, bool vnni) -> ()");
 
   // Element-wise kernels (elementwise.cpp).
@@ -123,5 +124,6 @@ PAGEDLLM_LIBRARY_IMPL(PAGEDLLM_OPS_NAMESPACE, CompositeExplicitAutograd, m) {
   m.impl("instruction_set", &instruction_set);
   m.impl("gemv_bf16_max_rows", &pagedllm::gemv_bf16_max_rows);
   m.impl("amx_tiles", &pagedllm::amx_tiles);
+  m.impl("set_attention_tiles", &pagedllm::set_attention_tiles);
   m.impl("decoder_stack_info", &pagedllm::decoder_stack_info);
 }
