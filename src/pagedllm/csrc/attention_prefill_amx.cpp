@@ -44,6 +44,7 @@ constexpr AttentionTileConfig kAttentionTiles = {
     1, 0, {}, {64, 64, 64, 64, 64, 32, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 8}};
 
 constexpr int64_t kRowsPerTile = 16;
+static_assert(kTileRows % kRowsPerTile == 0, "a work item's rows must fill whole tiles of the scratch buffers");
 constexpr int64_t kDimsPerTile = 32;  // one A tile of q: 16 dim pairs
 
 std::atomic<bool> attention_tiles_on{true};
