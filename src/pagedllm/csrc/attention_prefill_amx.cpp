@@ -31,16 +31,8 @@ namespace pagedllm {
 namespace detail {
 namespace {
 
-// The LDTILECFG operand (palette 1), a constant in memory for the reason given in
-// gemm_bf16_amx.cpp.
-struct alignas(64) AttentionTileConfig {
-  uint8_t palette;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t bytes_per_row[16];
-  uint8_t rows[16];
-};
-constexpr AttentionTileConfig kAttentionTiles = {
+// The tiles as the header comment assigns them.
+constexpr AmxTileConfig kAttentionTiles = {
     1, 0, {}, {64, 64, 64, 64, 64, 32, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 8}};
 
 constexpr int64_t kRowsPerTile = 16;

@@ -195,8 +195,9 @@ void unpack_into(at::Tensor& w, const at::Tensor& packed) {
       int64_t j0 = 0;
 #if defined(__AVX512F__)
       // The block's 16 lines (a k pair of 16 columns each) transposed in registers into 16
-      // lines of a column's 16 k pairs (the gather per column this replaced was no faster; the
-      // streaming stores below are what shortened the copy).
+      // lines of a column's 16 k pairs, then streaming stores: each alone, with a gather per
+      // column for the other, was no faster than the gathers and plain stores; together they
+      // shortened the copy (benchmarks/README.md, "Unpacking for oneDNN").
       for (; j0 + kBlock <= pairs; j0 += kBlock) {
         const uint32_t* block = panel + j0 * width;
         __m512i r[kBlock];

@@ -47,17 +47,8 @@ bool tile_permission() {
   return granted;
 }
 
-// The LDTILECFG operand (palette 1): tiles 0-7 16 rows of 64 bytes, 8-15 unused. A constant
-// in memory: built on the stack, GCC 12 dropped the stores into it as dead where the function
-// was not inlined (the intrinsic's read is not seen), and LDTILECFG faulted on the garbage.
-struct alignas(64) TileConfig {
-  uint8_t palette;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t bytes_per_row[16];
-  uint8_t rows[16];
-};
-constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+// Tiles 0-7 16 rows of 64 bytes, 8-15 unused.
+constexpr AmxTileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
 void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 

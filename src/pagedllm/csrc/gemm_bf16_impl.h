@@ -48,6 +48,16 @@ struct AmxRowsOfX {
   bool pair_blocks;  // rows >= kPairBlockMinRows
   const uint16_t* tail = nullptr;  // the last block's rows (k_len apart), zero-padded
 };
+// The LDTILECFG operand (palette 1), for each tile kernel's configuration. Keep it a constant
+// in memory: built on the stack, GCC 12 dropped the stores into it as dead where the function
+// was not inlined (the intrinsic's read is not seen), and LDTILECFG faulted on the garbage.
+struct alignas(64) AmxTileConfig {
+  uint8_t palette;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
 bool amx_tiles_granted();  // Linux gave this process the tile state (asked once, on first call)
 void amx_begin_thread();   // the tile configuration, in each thread before its products
 void amx_end_thread();     // the tiles released at its end
