@@ -111,8 +111,8 @@ def _through(kernel: str, x: torch.Tensor, packed: PackedBF16Weight) -> torch.Te
 def test_each_kernel_matches_float64_reference(n, k, m):
     """The native build's kernels forced one at a time on the same packed weight: the vdpbf16ps
     register tiles, torch's matmul on the weight unpacked (prefill on AMX CPUs) and, on AMX
-    CPUs, the tile kernel (its 1 x 4 blocks below 64 rows, 2 x 2 blocks from there, zero-padded
-    last blocks, panels 16-64 columns wide)."""
+    CPUs, the tile kernel (its 1 x 4 blocks up to 16 rows, 2 x 2 blocks from 17, zero-padded
+    last blocks, groups of one to four 16-column panels)."""
     if cpu_kernels.instruction_set() == "scalar":
         pytest.skip("the packed matmul needs AVX512-BF16 or AVX2")
     w = _weight(n, k, seed=n * k)

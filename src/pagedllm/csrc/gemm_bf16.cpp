@@ -92,9 +92,10 @@ namespace {
 // columns into 16 float32 accumulators, no reduction at the end.
 //
 // Packed layout (same shape and element count as W, contents opaque): output columns in
-// panels of 64 (the last may be 16, 32 or 48 wide); panel p is stored contiguously, and in it
-// for each k pair j the pairs of its columns:
-//     packed[p][j][c][t] = W[64p + c][2j + t]
+// panels of kPanel (64 for the vector kernels, the last may be 16, 32 or 48 wide; 16 in the
+// AMX build, gemm_bf16_impl.h); panel p is stored contiguously, and in it for each k pair j
+// the pairs of its columns:
+//     packed[p][j][c][t] = W[kPanel p + c][2j + t]
 // A tile of up to kRowBlock x 64 outputs keeps its accumulators in registers while streaming
 // the panel once; a panel (K x 64 x 2 bytes, 72-192 KB here) stays in L2 across row tiles.
 // ---------------------------------------------------------------------------------------

@@ -6,14 +6,17 @@
 // bound by arithmetic while the tile unit does 16 x 16 x 32 products per instruction. oneDNN
 // reaches the tiles too, but on weights as loaded it reorders them on every call, which at
 // 16-256 rows costs more than the product itself; the packed panels are already the tile
-// unit's B operand layout: a panel's rows are k pairs of its 64 columns, so 16 k pairs of 16
-// columns are 16 rows of 64 bytes, `width * 4` bytes apart.
+// unit's B operand layout. In this build a panel is 16 columns wide (gemm_bf16_impl.h), so 16 k
+// pairs of it, one weight tile, are one contiguous KB, and a block takes up to 4 adjacent
+// panels: 4 streams through memory, each tile load one contiguous read. A block streamed 64-
+// column panels (tile rows 256 bytes apart) 13-21% slower per core at 16 and 32 rows
+// (benchmarks/README.md, "What holds 32 rows back").
 //
-// Below 64 rows (tile_block): tiles 0-3 accumulate a 16-row x 64-column block (16 x 16 float32
-// each), 4 and 5 take turns holding 16 rows of x (32 k), 6 and 7 the panel's 16-column slices.
-// A 16-row block streams the whole panel once, k pair rows in order; the panel stays in L2 for
-// the next row blocks. From 64 rows (tile_block_2x2): 32 rows x 32 columns, 0-3 accumulating,
-// 4-5 x, 6-7 weights.
+// Up to 16 rows in a block (tile_block): tiles 0-3 accumulate 16 rows x 4 panels (16 x 16
+// float32 each), 4 and 5 take turns holding 16 rows of x (32 k), 6 and 7 the panels' tiles.
+// From 17 rows (tile_block_2x2): 32 rows x 2 panels, 0-3 accumulating, 4-5 x, 6-7 weights; a
+// block's panel pairs are distinct memory, so each is streamed once. Later row blocks of the
+// same panels (from 33 rows) find them in L2.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -54,51 +57,55 @@ void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kPairsPerTile = 16;  // k pairs per A/B tile (32 k)
+constexpr int64_t kGroupPanels = 4;    // 16-column panels a block takes at once
 
-// The lines of a panel kPrefetchBytes past `b` (for a 64-column panel, the 16 k pair rows of
-// the next step), into L1: with only the hardware prefetchers the tile loads streamed the
-// weight a few percent slower than the skinny kernel streams plain weights (one row of x, the
-// 1B shape's projections in turn; benchmarks/README.md, "One row of x on the tiles").
-constexpr int64_t kPrefetchBytes = 4096;
+// Software prefetch per panel stream: each k step reads 1 KB of every panel in the block, and
+// fetches the KB two steps ahead into L1.
+constexpr int64_t kStepBytes = kPairsPerTile * kVec * 4;  // one weight tile: 16 k pairs x 16 columns
+constexpr int64_t kPrefetchSteps = 2;
 
 inline void prefetch_ahead(const char* b) {
-  for (int64_t line = 0; line < kPrefetchBytes; line += 64) _mm_prefetch(b + kPrefetchBytes + line, _MM_HINT_T0);
+  for (int64_t line = 0; line < kStepBytes; line += 64)
+    _mm_prefetch(b + kPrefetchSteps * kStepBytes + line, _MM_HINT_T0);
 }
 
-// acc[16 x kNV*16] = x[16 rows, all k] @ columns [0, kNV*16) of a panel, through tiles.
-// `cols` points at the panel's first column in use; `row_bytes` is one k pair row of the panel.
-// kPrefetch for the first x tile of a panel, which streams it from memory.
+// acc[16 x kNV*16] (rows 64 floats apart) = x[16 rows, all k] @ kNV adjacent panels, the first
+// at `b`, `panel_bytes` apart. kPrefetch for a block that streams its panels from memory.
 template <int kNV, bool kPrefetch>
-inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* cols, int64_t row_bytes,
-                       int64_t pairs, float* acc) {
+inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const char* b, int64_t panel_bytes, int64_t pairs,
+                       float* acc) {
   _tile_zero(0);
   if constexpr (kNV > 1) _tile_zero(1);
   if constexpr (kNV > 2) _tile_zero(2);
   if constexpr (kNV > 3) _tile_zero(3);
-  const char* b = reinterpret_cast<const char*>(cols);
-  // x tiles alternate between 4 and 5 and weight slices between 6 and 7, so that a load never
+  // x tiles alternate between 4 and 5 and weight tiles between 6 and 7, so that a load never
   // waits on the product issued just before it (tiles are not renamed). The tile intrinsics
   // take tile numbers as literals, hence a macro.
-#define PAGEDLLM_AMX_STEP(A)              \
-  do {                                    \
-    if constexpr (kPrefetch) prefetch_ahead(b); \
-    _tile_loadd(A, x + 2 * j, x_row_bytes); \
-    _tile_loadd(6, b, row_bytes);         \
-    _tile_dpbf16ps(0, A, 6);              \
-    if constexpr (kNV > 1) {              \
-      _tile_loadd(7, b + 64, row_bytes);  \
-      _tile_dpbf16ps(1, A, 7);            \
-    }                                     \
-    if constexpr (kNV > 2) {              \
-      _tile_loadd(6, b + 128, row_bytes); \
-      _tile_dpbf16ps(2, A, 6);            \
-    }                                     \
-    if constexpr (kNV > 3) {              \
-      _tile_loadd(7, b + 192, row_bytes); \
-      _tile_dpbf16ps(3, A, 7);            \
-    }                                     \
-    j += kPairsPerTile;                   \
-    b += kPairsPerTile * row_bytes;       \
+#define PAGEDLLM_AMX_STEP(A)                                    \
+  do {                                                          \
+    if constexpr (kPrefetch) {                                  \
+      prefetch_ahead(b);                                        \
+      if constexpr (kNV > 1) prefetch_ahead(b + panel_bytes);   \
+      if constexpr (kNV > 2) prefetch_ahead(b + 2 * panel_bytes); \
+      if constexpr (kNV > 3) prefetch_ahead(b + 3 * panel_bytes); \
+    }                                                           \
+    _tile_loadd(A, x + 2 * j, x_row_bytes);                     \
+    _tile_loadd(6, b, 64);                                      \
+    _tile_dpbf16ps(0, A, 6);                                    \
+    if constexpr (kNV > 1) {                                    \
+      _tile_loadd(7, b + panel_bytes, 64);                      \
+      _tile_dpbf16ps(1, A, 7);                                  \
+    }                                                           \
+    if constexpr (kNV > 2) {                                    \
+      _tile_loadd(6, b + 2 * panel_bytes, 64);                  \
+      _tile_dpbf16ps(2, A, 6);                                  \
+    }                                                           \
+    if constexpr (kNV > 3) {                                    \
+      _tile_loadd(7, b + 3 * panel_bytes, 64);                  \
+      _tile_dpbf16ps(3, A, 7);                                  \
+    }                                                           \
+    j += kPairsPerTile;                                         \
+    b += kStepBytes;                                            \
   } while (0)
   int64_t j = 0;
   while (j + 2 * kPairsPerTile <= pairs) {
@@ -114,24 +121,25 @@ inline void tile_block(const uint16_t* x, int64_t x_row_bytes, const uint32_t* c
   if constexpr (kNV > 3) _tile_stored(3, acc + 3 * kVec, acc_row_bytes);
 }
 
-// acc[32 x kNT*16] (rows 32 floats apart) = x[kMT*16 rows] @ kNT 16-column slices of a panel:
-// 2 x 2 tiles, each x tile and each weight tile used twice, which halves the tile loads per
-// product against tile_block once row blocks come from L2 rather than memory. kPrefetch for the
-// first column pair of a panel's first row block, which streams the panel from memory: the
-// lines prefetched are whole k pair rows, so the second column pair finds its half in L2.
+// acc[32 x kNT*16] (rows 32 floats apart) = x[kMT*16 rows] @ kNT adjacent panels (at `b`,
+// `panel_bytes` apart): 2 x 2 tiles, each x tile and each weight tile used twice, which halves
+// the tile loads per product against tile_block. kPrefetch for a block that streams its panels
+// from memory (the first row block of a group).
 template <int kMT, int kNT, bool kPrefetch>
-inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const uint32_t* cols, int64_t row_bytes,
+inline void tile_block_2x2(const uint16_t* x, int64_t x_row_bytes, const char* b, int64_t panel_bytes,
                            int64_t pairs, float* acc) {
   _tile_zero(0);
   if constexpr (kNT > 1) _tile_zero(1);
   if constexpr (kMT > 1) _tile_zero(2);
   if constexpr (kMT > 1 && kNT > 1) _tile_zero(3);
-  const char* b = reinterpret_cast<const char*>(cols);
   const char* xb = reinterpret_cast<const char*>(x);
-  for (int64_t j = 0; j < pairs; j += kPairsPerTile, b += kPairsPerTile * row_bytes, xb += 64) {
-    if constexpr (kPrefetch) prefetch_ahead(b);
-    _tile_loadd(6, b, row_bytes);
-    if constexpr (kNT > 1) _tile_loadd(7, b + 64, row_bytes);
+  for (int64_t j = 0; j < pairs; j += kPairsPerTile, b += kStepBytes, xb += 64) {
+    if constexpr (kPrefetch) {
+      prefetch_ahead(b);
+      if constexpr (kNT > 1) prefetch_ahead(b + panel_bytes);
+    }
+    _tile_loadd(6, b, 64);
+    if constexpr (kNT > 1) _tile_loadd(7, b + panel_bytes, 64);
     _tile_loadd(4, xb, x_row_bytes);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (kNT > 1) _tile_dpbf16ps(1, 4, 7);
@@ -187,12 +195,12 @@ void amx_end_thread() { _tile_release(); }
 
 namespace {
 
-// out[m, 16c + i] (m in [m_begin, m_end), c < count) = x[m] @ column 16c + i of a panel in the
-// packed bf16 layout (`cols` at its first column in use, `row_bytes` between its k pair rows),
-// rounded once to bf16. m_begin % 32 == 0.
-void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, const uint32_t* cols, int64_t row_bytes,
+// out[m, 16c + i] (m in [m_begin, m_end), c < count <= 4) = x[m] @ column i of panel c of a
+// group of adjacent 16-column panels (the first at `group`, `panel_bytes` apart), rounded once
+// to bf16. m_begin % 32 == 0.
+void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, const char* group, int64_t panel_bytes,
                        int64_t count, uint16_t* out, int64_t out_stride) {
-  alignas(64) float acc[kBlockRows * kPanel];
+  alignas(64) float acc[kBlockRows * kGroupPanels * kVec];
   const int64_t pairs = x.k_len / 2;
   for (int64_t m = m_begin; m < m_end; m += kBlockRows) {
     const bool full = m < x.full_rows;
@@ -200,36 +208,35 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
     const int64_t x_row_bytes = (full ? x.stride : x.k_len) * 2;
     const int64_t valid = std::min(kBlockRows, x.rows - m);
     uint16_t* o = out + m * out_stride;
-    if (valid <= kTileRows || !x.pair_blocks) {  // x tiles one at a time, each streaming the panel
-      for (int64_t r = 0; r < valid; r += kTileRows) {
-        const uint16_t* xt = xr + r * (x_row_bytes / 2);
-        const auto block = [&](auto prefetch) {
-          constexpr bool kPrefetch = decltype(prefetch)::value;
-          switch (count) {
-            case 4: tile_block<4, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-            case 3: tile_block<3, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-            case 2: tile_block<2, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-            default: tile_block<1, kPrefetch>(xt, x_row_bytes, cols, row_bytes, pairs, acc); break;
-          }
-        };
-        if (m == m_begin && r == 0)  // later row tiles find the panel in L2
-          block(std::true_type{});
-        else
-          block(std::false_type{});
-        store_rows(acc, kPanel, std::min(kTileRows, valid - r), count, o + r * out_stride, out_stride);
-      }
+    const bool streams = m == m_begin;  // later row blocks find the group in L2
+    if (valid <= kTileRows) {  // one x tile against all panels of the group
+      const auto block = [&](auto prefetch) {
+        constexpr bool kPrefetch = decltype(prefetch)::value;
+        switch (count) {
+          case 4: tile_block<4, kPrefetch>(xr, x_row_bytes, group, panel_bytes, pairs, acc); break;
+          case 3: tile_block<3, kPrefetch>(xr, x_row_bytes, group, panel_bytes, pairs, acc); break;
+          case 2: tile_block<2, kPrefetch>(xr, x_row_bytes, group, panel_bytes, pairs, acc); break;
+          default: tile_block<1, kPrefetch>(xr, x_row_bytes, group, panel_bytes, pairs, acc); break;
+        }
+      };
+      if (streams)
+        block(std::true_type{});
+      else
+        block(std::false_type{});
+      store_rows(acc, kGroupPanels * kVec, valid, count, o, out_stride);
       continue;
     }
-    // 32 rows of x (in L1) against the panel's column pairs in turn (from L2 after the first).
+    // 32 rows of x (in L1) against the group's panels two at a time, each pair its own memory.
     for (int64_t c = 0; c < count; c += 2) {
+      const char* pair = group + c * panel_bytes;
       const auto block = [&](auto prefetch) {
         constexpr bool kPrefetch = decltype(prefetch)::value;
         if (count - c >= 2)
-          tile_block_2x2<2, 2, kPrefetch>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+          tile_block_2x2<2, 2, kPrefetch>(xr, x_row_bytes, pair, panel_bytes, pairs, acc);
         else
-          tile_block_2x2<2, 1, kPrefetch>(xr, x_row_bytes, cols + c * kVec, row_bytes, pairs, acc);
+          tile_block_2x2<2, 1, kPrefetch>(xr, x_row_bytes, pair, panel_bytes, pairs, acc);
       };
-      if (m == m_begin && c == 0)
+      if (streams)
         block(std::true_type{});
       else
         block(std::false_type{});
@@ -241,26 +248,24 @@ void amx_panel_product(const AmxRowsOfX& x, int64_t m_begin, int64_t m_end, cons
 }  // namespace
 
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+  static_assert(kPanel == kVec, "the tile kernel reads 16-column panels (gemm_bf16_impl.h)");
   if (!tile_permission()) return false;
   const AmxRowsOfX rows_of_x(x);
   const int64_t rows = x.size(0), n_len = packed.size(0), pairs = x.size(1) / 2;
-  const auto* wp = reinterpret_cast<const uint32_t*>(packed.data_ptr<at::BFloat16>());
+  const char* wp = reinterpret_cast<const char*>(packed.data_ptr<at::BFloat16>());
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int64_t out_stride = out.stride(0);
-  const int64_t vectors = n_len / kVec;
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), vectors));
-  const int64_t grain = (vectors + threads - 1) / threads;
-  at::parallel_for(0, vectors, grain, [&](int64_t begin, int64_t end) {
+  const int64_t panels = n_len / kVec, panel_bytes = pairs * kVec * 4;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
+  const int64_t grain = (panels + threads - 1) / threads;
+  at::parallel_for(0, panels, grain, [&](int64_t begin, int64_t end) {
     configure_tiles();
     for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
       const int64_t chunk_end = std::min(rows, m0 + kRowChunk);
-      for (int64_t v = begin; v < end;) {
-        const int64_t c0 = v * kVec / kPanel * kPanel, width = std::min(kPanel, n_len - c0);
-        const int64_t v_in = v - c0 / kVec;
-        const int64_t count = std::min(end - v, width / kVec - v_in);
-        amx_panel_product(rows_of_x, m0, chunk_end, wp + c0 * pairs + v_in * kVec, width * 4, count, op + v * kVec,
+      for (int64_t p = begin; p < end; p += kGroupPanels) {
+        const int64_t count = std::min(kGroupPanels, end - p);
+        amx_panel_product(rows_of_x, m0, chunk_end, wp + p * panel_bytes, panel_bytes, count, op + p * kVec,
                           out_stride);
-        v += count;
       }
     }
     _tile_release();

@@ -14,8 +14,16 @@
 namespace pagedllm {
 namespace detail {
 
-// Packed layout: panels of kPanel output columns (see gemm_bf16.cpp).
-constexpr int64_t kPanel = 64;     // output columns per panel
+// Packed layout: panels of kPanel output columns (see gemm_bf16.cpp). A packed tensor is only
+// read by the build that packed it (one build per process; ops/cpu_kernels.py), so the width is
+// the build's choice: 16 columns where the tile kernel runs (a weight tile is then one
+// contiguous KB and a block streams four panels side by side: gemm_bf16_amx.cpp), 64 for the
+// vector kernels, whose register tiles take a whole 64-column panel row per k pair.
+#if defined(PAGEDLLM_HAVE_AMX_BF16)
+constexpr int64_t kPanel = 16;  // output columns per panel
+#else
+constexpr int64_t kPanel = 64;  // output columns per panel
+#endif
 constexpr int64_t kVec = 16;       // float32 lanes per vector
 constexpr int64_t kRowChunk = 192; // rows whose x stays in L2 while every panel passes
 

@@ -5,10 +5,11 @@ output columns x 2 input features: with AVX512-BF16 the kernel then accumulates 
 activation pairs times 16 columns with no horizontal sums, and a 64-column panel of the weight
 stays in L2 while every row tile passes over it. The AVX2 build reads the same layout (32-byte
 loads of 8 columns x 2 features, widened to float32 for FMA; 16-column slices of a panel per
-row tile), so one packed tensor serves both builds. One row streams the weight at memory
-bandwidth; the measured rates against oneDNN, per build, are in docs/architecture.md. On CPUs
-with AMX-BF16 the native build multiplies the same panels on the AMX tiles (16 k pairs of 16
-columns are one tile operand, read in place), which is what makes packing pay there too.
+row tile). One row streams the weight at memory bandwidth; the measured rates against oneDNN,
+per build, are in docs/architecture.md. On CPUs with AMX-BF16 the native build packs 16-column
+panels instead and multiplies them on the AMX tiles (16 k pairs of a panel are one contiguous
+tile operand, read in place), which is what makes packing pay there too. The panel width is
+the loaded build's (csrc/gemm_bf16_impl.h): a packed tensor is read by the build that packed it.
 The packed tensor replaces the float weight (same size); `dequantize()` gives W back.
 
 The CPU platform packs every packable weight after loading unless weight packing is off
@@ -22,8 +23,6 @@ from torch import nn
 
 from pagedllm.ops.cpu_kernels import op
 from pagedllm.ops.weight_spec import WeightSpec
-
-PANEL = 64  # output columns per panel, as in gemm_bf16.cpp
 
 
 def packable(weight: torch.Tensor) -> bool:
@@ -85,13 +84,6 @@ class PackedBF16Weight(nn.Module):
         return out.view(*ids.shape, self.in_features)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The weight [N, K]."""
-        n, k = self.out_features, self.in_features
-        flat = self.packed.reshape(-1)
-        parts = []
-        for start in range(0, n, PANEL):
-            width = min(PANEL, n - start)
-            panel = flat[start * k : (start + width) * k].view(k // 2, width, 2)
-            parts.append(panel.permute(1, 0, 2).reshape(width, k))
-        weight = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+        """The weight [N, K] (the kernel build's own unpacking: the panel width is its choice)."""
+        weight = op("unpack_weight_bf16")(self.packed)
         return weight if dtype is None else weight.to(dtype)
