@@ -10,7 +10,7 @@
 // pairs of it, one weight tile, are one contiguous KB, and a block takes up to 4 adjacent
 // panels: 4 streams through memory, each tile load one contiguous read. A block streamed 64-
 // column panels (tile rows 256 bytes apart) 13-21% slower per core at 16 and 32 rows
-// (benchmarks/README.md, "What holds 32 rows back").
+// (benchmarks/README.md, "16-column panels on the tiles").
 //
 // Up to 16 rows in a block (tile_block): tiles 0-3 accumulate 16 rows x 4 panels (16 x 16
 // float32 each), 4 and 5 take turns holding 16 rows of x (32 k), 6 and 7 the panels' tiles.
@@ -171,15 +171,14 @@ AmxRowsOfX::AmxRowsOfX(const at::Tensor& x)
       stride(x.stride(0)),
       rows(x.size(0)),
       k_len(x.size(1)),
-      full_rows(rows / kBlockRows * kBlockRows),
-      pair_blocks(rows >= kPairBlockMinRows) {
+      full_rows(rows / kBlockRows * kBlockRows) {
   const int64_t tail_rows = rows - full_rows;
   if (tail_rows == 0) return;
   // One buffer per calling thread, grown but never shrunk, rather than a fresh zeroed 32-row
   // allocation per call (512 KB for the 1B down projection; no measurable time either way).
   // Only the rows the kernels read are written: 16 when one x tile covers the tail, else 32.
   thread_local std::vector<uint16_t> buffer;
-  const int64_t padded_rows = tail_rows > kTileRows || pair_blocks ? kBlockRows : kTileRows;
+  const int64_t padded_rows = tail_rows > kTileRows ? kBlockRows : kTileRows;
   if (static_cast<int64_t>(buffer.size()) < kBlockRows * k_len) buffer.resize(kBlockRows * k_len);
   for (int64_t m = 0; m < tail_rows; ++m)
     std::memcpy(buffer.data() + m * k_len, data + (full_rows + m) * stride, k_len * sizeof(uint16_t));

@@ -43,17 +43,16 @@ constexpr int64_t kAmxOneDnnMinRows = 1024;
 bool gemm_packed_bf16_amx(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed);
 
 // The pieces of that kernel the quantized tile kernels reuse (amx_strips.h).
-constexpr int64_t kBlockRows = 32;         // rows of x per 2 x 2 tile block
-constexpr int64_t kPairBlockMinRows = 64;  // from here 2 x 2 tile blocks, below 1 x 4
+constexpr int64_t kBlockRows = 32;  // rows of x per block; one x tile where 16 or fewer are left
 
-// x [M, K] as the tile kernels read it: the last block's rows beyond M are zeros in a copy, so
-// that every x tile has 16 rows and the tile configuration never changes. The copy lives in a
+// x [M, K] as the tile kernels read it: the last block's rows beyond M are zeros in a copy (to
+// 16 rows where one x tile covers them, else 32), so that every x tile has 16 rows and the
+// tile configuration never changes. The copy lives in a
 // buffer of the constructing thread, valid until that thread builds the next AmxRowsOfX.
 struct AmxRowsOfX {
   explicit AmxRowsOfX(const at::Tensor& x);  // bf16, unit stride along K
   const uint16_t* data;
   int64_t stride, rows, k_len, full_rows;
-  bool pair_blocks;  // rows >= kPairBlockMinRows
   const uint16_t* tail = nullptr;  // the last block's rows (k_len apart), zero-padded
 };
 // The LDTILECFG operand (palette 1), for each tile kernel's configuration. Keep it a constant
