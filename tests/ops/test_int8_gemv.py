@@ -1,12 +1,14 @@
 """The int8 skinny matmul kernel (torch.ops.pagedllm.gemv_int8), its packed layout, and
 GemvInt8Weight against the portable Int8Weight (torch's int8 op and dequantize + matmul).
 
-The kernel multiplies exactly (bf16 x by the signed codes as bf16; the AVX2 build, run by every
-kernel test too (`vector_target`), float32 x by the codes as float32) and accumulates in
-float32, then scales. Against a float64 product with the dequantized weight its errors are
-therefore the output's bf16 rounding (allowed: one ulp) and float32 rounding of sums whose terms
-reach 127 |x| per value of k (allowed, with room: 2e-6 * 530 * sum |x| * scale, i.e. about
-1e-3 of sum |x| |w| at the codes' full range).
+The AVX-512 build multiplies x rounded to 16-bit integers per group of 32 values (exact within
+2^7 of the group's largest |x|, else off by at most 2^-16 of it) by the codes, exactly in int32
+per group, then scales each group's sum into float32; the AVX2 build, run by every kernel test
+too (`vector_target`), multiplies float32 x by the codes as float32 exactly and accumulates in
+float32. Against a float64 product with the dequantized weight their errors are therefore the
+output's bf16 rounding (allowed: one ulp), float32 rounding of sums whose terms reach 127 |x|
+per value of k, and x's rounding (allowed together, with room: 2e-6 * 530 * sum |x| * scale,
+i.e. about 1e-3 of sum |x| |w| at the codes' full range).
 """
 
 from __future__ import annotations
@@ -155,11 +157,12 @@ def test_linear_matches_the_torch_int8_reference(rows, vector_target):
         assert (error / magnitude).max() < 2.0**-9, f"{label}: {(error / magnitude).max():.3g}"
         assert (error / exact.abs().clamp_min(1e-9)).median() < 2.0**-7, label
     if rows <= 32:
-        # Against torch's fused int8 op: the same bf16 results but for rare outputs one ulp
-        # apart, as each sums along K in its own order in float32 (1 of 18432 at 32 rows here on
-        # the AVX-512 build, none on the AVX2 build).
-        ulps = (got.view(torch.int16).int() - want.view(torch.int16).int()).abs()
-        assert ulps.max() <= 1 and (ulps > 0).double().mean() < 1e-3
+        # Against torch's fused int8 op: the same bf16 results but for a few in a thousand,
+        # which the bias then moves alike (on the AVX-512 build, which rounds x to 16 bits per
+        # group of 32: 19 of 18432 at 32 rows, 7 of them more than one ulp apart where the bias
+        # cancels the product to near zero; none on the AVX2 build). How far apart they may be
+        # is the bound above.
+        assert (got != want).double().mean() < 5e-3
     assert ours.nbytes == 576 * (1536 + 4)
 
 

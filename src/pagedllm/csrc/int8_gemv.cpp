@@ -2,7 +2,7 @@
 // and the arithmetic.
 //
 // Each thread reads its blocks' bytes front to back once per 64 rows of x; tiles of up to 8
-// rows of x share every converted pair of codes, and the scales are applied once per output at
+// rows of x share every widened pair of codes, and the scales are applied once per output at
 // the end. A tile of 4 blocks reads 512 consecutive bytes per 8 values of k (the layout puts
 // the lines it needs together), one stream per thread.
 //
@@ -31,22 +31,57 @@ namespace {
 
 #if defined(__AVX512BF16__)
 
-// Codes k0 + 2p, k0 + 2p + 1 of a block's 16 rows (the pair's 32 bytes) as bf16, row r's two in
-// 32-bit lane r: exact, |code| <= 127.
-inline __m512bh pair_to_bf16(const uint8_t* pair) {
-  const __m512 rows0_7 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair))));
-  const __m512 rows8_15 =
-      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair + 16))));
-  return _mm512_cvtne2ps_pbh(rows8_15, rows0_7);  // the second operand fills elements 0..15
+#if !defined(__AVX512VNNI__)
+// Every CPU with AVX512-BF16 (Cooper Lake, Sapphire Rapids on, Zen 4 on) has AVX512-VNNI.
+#error "the AVX-512 int8 kernel needs AVX512-VNNI beside AVX512-BF16"
+#endif
+
+// x as the integer products read it: each group of 32 values of k of a row as int16 codes
+// times one power of two, the group's step. The step puts the group's largest |x| in
+// [2^14, 2^15): every value within 2^7 of it keeps all 8 of its bf16 significant bits (exact),
+// smaller ones keep their bits down to the step. Zero groups have step 0; a group with an
+// infinity or NaN has a NaN step, so that it poisons its outputs as the float product would.
+struct Int16Rows {
+  const int16_t* codes;  // [rows, K]
+  const float* steps;    // [rows, K / 32]
+};
+
+inline void quantize_group(const uint16_t* x, int16_t* codes, float* step) {
+  const __m512 lo = load_bf16x16(x), hi = load_bf16x16(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+  uint32_t bits;
+  __builtin_memcpy(&bits, &amax, sizeof(bits));
+  const int exponent = static_cast<int>(bits >> 23);  // biased; amax >= 0
+  float s, inverse;
+  if (exponent == 255) {  // inf or NaN
+    s = __builtin_nanf(""), inverse = 0.0f;
+  } else if (amax == 0.0f) {
+    s = 0.0f, inverse = 0.0f;
+  } else {
+    const uint32_t step_bits = static_cast<uint32_t>(std::max(exponent - 14, 1)) << 23;
+    __builtin_memcpy(&s, &step_bits, sizeof(s));
+    inverse = 1.0f / s;  // a power of two: exact
+  }
+  const __m512 inv = _mm512_set1_ps(inverse);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inv))));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 16),
+                      _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inv))));
+  *step = s;
 }
 
-// Rows m0..m0 + kM of x against kNB blocks of 16 output rows, all of K.
+// Rows m0..m0 + kM of x (as Int16Rows) against kNB blocks of 16 output rows, all of K: per
+// pair, the 32 codes sign-extended to int16 (row r's k and k + 1 in 32-bit lane r) times the
+// broadcast int16 pair of x, summed exactly in int32 over a group (|sum| < 2^27), then scaled
+// by the group's step into float32 accumulators. Two instructions per 32 codes and row where
+// converting the codes to bf16 took five: on CPUs that run AVX-512 on 256-bit units that
+// conversion, not memory, bounded one row.
 template <int kM, int kNB>
-void int8_tile(const Int8Tile& t, const uint16_t* x, int64_t x_stride, int64_t groups, uint16_t* out,
-               int64_t out_stride, __mmask16 last_mask) {
+void int8_tile(const Int8Tile& t, const Int16Rows& x, int64_t groups, uint16_t* out, int64_t out_stride,
+               __mmask16 last_mask) {
   __m512 acc[kM][kNB];
   for (int m = 0; m < kM; ++m)
     for (int b = 0; b < kNB; ++b) acc[m][b] = _mm512_setzero_ps();
+  const int64_t k_len = groups * kInt8GroupSize;
 
   for (int64_t g = 0; g < groups; ++g) {
     const uint8_t* chunk = t.codes + g * t.group_stride;
@@ -58,21 +93,30 @@ void int8_tile(const Int8Tile& t, const uint16_t* x, int64_t x_stride, int64_t g
             _mm_prefetch(reinterpret_cast<const char*>(ahead + o * t.line_stride + h * 64), _MM_HINT_T0);
       }
     }
+    __m512i sum[kM][kNB];
+    for (int m = 0; m < kM; ++m)
+      for (int b = 0; b < kNB; ++b) sum[m][b] = _mm512_setzero_si512();
     const int64_t k0 = g * kInt8GroupSize;
 #pragma GCC unroll 4
     for (int o = 0; o < 4; ++o) {
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        __m512bh w[kNB];
-        for (int b = 0; b < kNB; ++b) w[b] = pair_to_bf16(chunk + o * t.line_stride + b * kLinePairBytes + p * kPairBytes);
+        __m512i w[kNB];
+        for (int b = 0; b < kNB; ++b)
+          w[b] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(chunk + o * t.line_stride + b * kLinePairBytes + p * kPairBytes)));
         const int64_t k = k0 + o * 8 + 2 * p;
         for (int m = 0; m < kM; ++m) {
           int32_t pair;
-          __builtin_memcpy(&pair, x + m * x_stride + k, sizeof(pair));
-          const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
-          for (int b = 0; b < kNB; ++b) acc[m][b] = _mm512_dpbf16_ps(acc[m][b], xv, w[b]);
+          __builtin_memcpy(&pair, x.codes + m * k_len + k, sizeof(pair));
+          const __m512i xv = _mm512_set1_epi32(pair);
+          for (int b = 0; b < kNB; ++b) sum[m][b] = _mm512_dpwssd_epi32(sum[m][b], w[b], xv);
         }
       }
+    }
+    for (int m = 0; m < kM; ++m) {
+      const __m512 step = _mm512_set1_ps(x.steps[m * groups + g]);
+      for (int b = 0; b < kNB; ++b) acc[m][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[m][b]), step, acc[m][b]);
     }
   }
   for (int b = 0; b < kNB; ++b) {
@@ -88,11 +132,12 @@ void int8_tile(const Int8Tile& t, const uint16_t* x, int64_t x_stride, int64_t g
   }
 }
 
-using TileFn = void (*)(const Int8Tile&, const uint16_t*, int64_t, int64_t, uint16_t*, int64_t, __mmask16);
+using TileFn = void (*)(const Int8Tile&, const Int16Rows&, int64_t, uint16_t*, int64_t, __mmask16);
 
-// Blocks per pass for a tile of kM rows: kM * kNB accumulators plus kNB converted pairs and
-// the conversion's temporaries must stay within the 32 vector registers.
-constexpr int blocks_for(int m) { return m <= 4 ? 4 : (m <= 6 ? 3 : 2); }
+// Blocks per pass for a tile of kM rows: up to 3 rows, a whole super-block (its 4 blocks' sums,
+// accumulators and widened pairs fit the 32 vector registers); from 4 rows, 2 blocks, since
+// 4 spilled in the group loop and ran behind 2 (benchmarks/int8_kernels.py, 1B shapes, Zen 4).
+constexpr int blocks_for(int m) { return m <= 3 ? 4 : 2; }
 
 template <int kM>
 constexpr std::array<TileFn, 4> tiles_for_rows() {
@@ -117,6 +162,16 @@ void gemv_int8_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
   const int tail = static_cast<int>(n_len - (blocks - 1) * kInt8BlockRows);
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
 
+  const at::Tensor codes16 = at::empty({rows, k_len}, x.options().dtype(at::kShort));
+  const at::Tensor steps = at::empty({rows, groups}, x.options().dtype(at::kFloat));
+  auto* q = codes16.data_ptr<int16_t>();
+  auto* s = steps.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / k_len), [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m)
+      for (int64_t g = 0; g < groups; ++g)
+        quantize_group(xp + m * x_stride + g * kInt8GroupSize, q + m * k_len + g * kInt8GroupSize, s + m * groups + g);
+  });
+
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
       const int64_t m1 = std::min(rows, m0 + kRowChunk);
@@ -130,8 +185,8 @@ void gemv_int8_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
           for (int done = 0; done < nb; done += nbt) {
             const int cnt = std::min(nbt, nb - done);
             const int64_t blk = b + done;
-            kTiles[mt - 1][cnt - 1](locate(codes, blk, blocks, groups), xp + m * x_stride, x_stride, groups,
-                                    op + m * out_stride + blk * kInt8BlockRows, out_stride,
+            kTiles[mt - 1][cnt - 1](locate(codes, blk, blocks, groups), Int16Rows{q + m * k_len, s + m * groups},
+                                    groups, op + m * out_stride + blk * kInt8BlockRows, out_stride,
                                     blk + cnt == blocks ? tail_mask : static_cast<__mmask16>(0xFFFF));
           }
         }

@@ -17,19 +17,25 @@
 //   a line       8 values of k of a block's 16 rows as four pairs p = 0..3 of 32 bytes: for each
 //                row r the signed codes of k0 + 2p and k0 + 2p + 1, side by side.
 //
-// A pair's 32 bytes, sign-extended and converted to float32 in two halves of 16 (rows 0-7,
-// rows 8-15) and packed to bf16 (exact: |code| <= 127 < 2^8), give in each 32-bit lane r the
-// codes of row r at k and k + 1: the operand of one bf16 dot product against the broadcast
-// pair x[k], x[k + 1]. Products are exact in float32 and sums run in float32; the row's scale
-// comes once at the end. The conversion (5 instructions per 32 values) is shared by every row
-// of x in a tile, so a row of x costs one dot product per 32 values: half what a value split
-// into two nibble lanes (gemv_int4's trick) would cost.
+// The AVX-512 path multiplies in integers (AVX512-VNNI). x is first rounded, per row and group
+// of 32 values of k, to int16 codes times a power-of-two step that puts the group's largest
+// |x| in [2^14, 2^15): values within 2^7 of that largest keep every bit of their bf16, smaller
+// ones lose bits below the step (at most 2^-16 of the group's largest |x|). A pair's 32 bytes,
+// sign-extended to int16, hold in each 32-bit lane r the codes of row r at k and k + 1: the
+// operand of one int16 dot product against the broadcast pair of x's codes. A group's sums are
+// exact in int32; each is scaled by its step into float32 accumulators, and the row's weight
+// scale comes once at the end. Widening the codes (one instruction per 32) is shared by every
+// row of x in a tile, so a row of x costs one dot product per 32 values; converting the codes
+// to bf16 for vdpbf16ps instead took five instructions per 32, which bounded one row on CPUs
+// that run AVX-512 on 256-bit units.
 //
 // The AVX2 path converts 8 bytes (4 rows, both values of a pair) to float32 at a time and
 // accumulates code * x with float32 FMAs against the broadcast pair x[k], x[k + 1]; adjacent
 // lanes are added at the end. Neither path is bit-equal to torch's _weight_int8pack_mm in
-// general (each sums in its own order in float32, then rounds to bf16): outputs may differ by
-// one bf16 ulp, more only where the sum cancels to near zero (test_int8_gemv.py measures it).
+// general (each sums in its own order, the AVX-512 path on x rounded as above, then rounds to
+// bf16): a few outputs in a thousand differ by a bf16 ulp, more only where the sum cancels to
+// near zero (test_int8_gemv.py measures it). Each row of x is computed alike whatever the
+// number of rows, so results do not depend on the batch.
 
 #pragma once
 
