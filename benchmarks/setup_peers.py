@@ -376,6 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.sequential:
         results = [build_one(p, args.force) for p in first]
     else:
+        if {"hf", "hf1b"} & set(first):
+            # transformers resolves its names on first use; hf and hf1b doing that on two
+            # threads at once failed once ("cannot import name 'AutoConfig' from
+            # 'transformers'"), so the main thread resolves them before either starts.
+            from transformers import (  # noqa: F401
+                AutoConfig,
+                AutoModelForCausalLM,
+                AutoTokenizer,
+                LlamaConfig,
+                LlamaForCausalLM,
+            )
         threads = [
             threading.Thread(target=lambda p=p: results.append(build_one(p, args.force))) for p in first
         ]
