@@ -238,3 +238,19 @@ def test_forcing_a_kernel_that_cannot_run_says_why():
         run_forced("amx", x, packed, 40)
     # The dispatch falls back to the vector kernel for such a weight.
     assert_close_to_product(run_kernel(x, packed, 40), x, codes, scale, "40 rows")
+
+
+def test_gemv_int8_groups_of_zeros_tiny_values_and_nan(vector_target):
+    """The AVX-512 build rounds x per group of 32 with a power-of-two step: an all-zero group,
+    a row of values near float32's smallest normal, and a NaN (which must poison its row's
+    outputs, as in a float product, and no other row's) all take their own branch."""
+    n, k = 48, 96
+    codes, scale = random_weight(n, k, seed=11)
+    packed = pack_gemv_int8(codes, scale)
+    x = torch.randn(4, k, generator=torch.Generator().manual_seed(12)).to(torch.bfloat16)
+    x[0, 32:64] = 0  # one group of zeros
+    x[1] = (x[1].float() * 2.0**-110).to(torch.bfloat16)  # steps clamped at the smallest normal
+    x[3, 40] = float("nan")
+    out = run_kernel(x, packed, n)
+    assert_close_to_product(out[:3], x[:3], codes, scale, "zeros and tiny values")
+    assert out[3].isnan().all()

@@ -52,8 +52,11 @@ inline void quantize_group(const uint16_t* x, int16_t* codes, float* step) {
   uint32_t bits;
   __builtin_memcpy(&bits, &amax, sizeof(bits));
   const int exponent = static_cast<int>(bits >> 23);  // biased; amax >= 0
+  // The max drops a NaN depending on operand order: classify every lane instead (QNaN,
+  // SNaN, +inf, -inf).
+  const bool non_finite = (_mm512_fpclass_ps_mask(lo, 0x99) | _mm512_fpclass_ps_mask(hi, 0x99)) != 0;
   float s, inverse;
-  if (exponent == 255) {  // inf or NaN
+  if (non_finite) {
     s = __builtin_nanf(""), inverse = 0.0f;
   } else if (amax == 0.0f) {
     s = 0.0f, inverse = 0.0f;
