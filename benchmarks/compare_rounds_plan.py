@@ -40,6 +40,7 @@ def plan_for(alias: str, quick: bool) -> Plan:
                 "bf16": ("BF16", setup_peers.random_1b_gguf("bf16")),
                 "int8": ("Q8_0", setup_peers.random_1b_gguf("q8_0")),
                 "int4": ("Q4_0", setup_peers.random_1b_gguf("q4_0")),
+                "int4-g128": ("Q4_0", setup_peers.random_1b_gguf("q4_0")),
             },
         )
     elif alias == setup_peers.DEFAULT_ALIAS:
@@ -53,6 +54,7 @@ def plan_for(alias: str, quick: bool) -> Plan:
                 "bf16": ("BF16", setup_peers.converted_gguf(setup_peers.DEFAULT_ALIAS, "bf16")),
                 "int8": ("Q8_0", setup_peers.converted_gguf(setup_peers.DEFAULT_ALIAS, "q8_0")),
                 "int4": ("Q4_1", setup_peers.default_gguf()),
+                "int4-g128": ("Q4_1", setup_peers.default_gguf()),
             },
         )
     else:
@@ -71,7 +73,7 @@ def plan_for(alias: str, quick: bool) -> Plan:
 @dataclass(frozen=True)
 class Entry:
     engine: str
-    fmt: str  # bf16 | int8 | int4: the weight format class
+    fmt: str  # bf16 | int8 | int4 | int4-g128: the weight format class (pagedllm's --quantization)
 
     def label(self, plan: Plan) -> str:
         if self.engine == "llamacpp":

@@ -13,7 +13,8 @@ def weight_bytes_per_token(entry: Entry, plan: Plan, flops: dict[str, float]) ->
     """Weight bytes one decode step reads (the tied embedding is read whole, as the LM head).
 
     pagedllm: bf16 2 bytes per parameter; int8 1 byte plus a bf16 scale per output row; int4
-    half a byte plus a bf16 scale and zero per 32 (0.625 bytes), its LM head int8. llama.cpp:
+    half a byte plus a bf16 scale and zero per 32 (0.625 bytes), its LM head int8; int4-g128 the
+    same per 128 (0.53125 bytes: the 1B shape's K are all multiples of 128). llama.cpp:
     the GGUF's size (its tensors are all read per token; metadata is well under 1%).
     """
     matmul_params, head_params = flops["matmul"] / 2, flops["lm_head"] / 2
@@ -23,6 +24,8 @@ def weight_bytes_per_token(entry: Entry, plan: Plan, flops: dict[str, float]) ->
         return matmul_params + head_params
     if entry.fmt == "int4":
         return matmul_params * 0.625 + head_params
+    if entry.fmt == "int4-g128":
+        return matmul_params * 0.53125 + head_params
     return 2.0 * (matmul_params + head_params)
 
 

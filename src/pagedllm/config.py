@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 # The weight-only quantization methods (model/layers/quantization/); kept here so the config
 # module imports no torch.
-QUANTIZATION_METHODS = ("none", "int8", "int4")
+QUANTIZATION_METHODS = ("none", "int8", "int4", "int4-g128")
 # Attention backends a user may force (`auto`: the platform's choice); see platforms/.
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 # How weights are obtained: from the checkpoint, or random (seeded) for a config alone.
@@ -77,7 +77,7 @@ class EngineConfig:
     device: str | None = None  # None: cuda if available, else cpu
     tokenizer: str | None = None
     chat_template: str | None = None
-    # Weight-only quantization of linear layers and the LM head: None/"none", "int8" or "int4".
+    # Weight-only quantization of linear layers and the LM head: None/"none", "int8", "int4" or "int4-g128".
     quantization: str | None = None
     # The platform's fast paths (environment variables override, read once at start-up):
     # compiled CPU kernels (PAGEDLLM_CPU_KERNELS; off = the pure-torch path), bf16 weights packed

@@ -175,7 +175,7 @@ def _layers(dtype):
     ]
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("method", ["int8", "int4", "int4-g128"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_every_linear_kind_runs_its_quantized_weight(method, dtype):
     for layer, parts, full in _layers(dtype):
@@ -185,8 +185,12 @@ def test_every_linear_kind_runs_its_quantized_weight(method, dtype):
         process_weights_after_loading(layer, method)
         label = f"{method} {type(layer).__name__}"
         assert layer.weight is None and layer.quant is not None, label
-        expected_kind = Int4Weight if method == "int4" else Int8Weight
+        expected_kind = Int4Weight if method.startswith("int4") else Int8Weight
         assert isinstance(layer.quant, expected_kind), label
+        if method.startswith("int4"):
+            assert layer.quant.group_size == int4.group_size_for(
+                layer.input_size, SCHEMES[method].int4_group_size
+            )
         dequantized = layer.quant.dequantize(torch.float32)
         # Quantization error within half a step of the format.
         assert (dequantized - full.to(dtype).float()).abs().max() < 0.02, label
@@ -273,5 +277,42 @@ def test_schemes_and_config_validation():
     with pytest.raises(ValueError, match="int8, int4"):
         scheme_for("fp8")
     assert EngineConfig(quantization="int4").quantization == "int4"
-    with pytest.raises(ConfigError, match="quantization must be one of none, int8, int4; got 'q4'"):
+    with pytest.raises(
+        ConfigError, match="quantization must be one of none, int8, int4, int4-g128; got 'q4'"
+    ):
         EngineConfig(quantization="q4")
+
+
+def test_group_sizes_and_regrouping():
+    """A scheme's group is the largest of 128, 64, 32 (up to its own) dividing K; larger groups
+    split into smaller ones exactly (what the Triton kernels, which take 32, are given)."""
+    assert [int4.group_size_for(k, 128) for k in (2048, 576, 96, 8192)] == [128, 64, 32, 128]
+    assert int4.group_size_for(2048) == 32
+    with pytest.raises(ValueError, match="32, 64, 128"):
+        int4.group_size_for(2048, 256)
+    weight = torch.randn(48, 256) * 0.05
+    blocks = quantize_groups(weight, 128)
+    assert blocks.scale.shape == (48, 2)
+    split = blocks.regroup(32)
+    assert split.group_size == 32 and split.scale.shape == (48, 8)
+    assert torch.equal(split.dequantize(), blocks.dequantize())
+    with pytest.raises(ValueError, match="regroup"):
+        quantize_groups(weight, 32).regroup(64)
+
+
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_weight_in_larger_groups(group, dtype):
+    """The portable format takes groups of 64 and 128 (torch's fused op and the dequantize
+    path), and rounds a weight closer than 4 bits' half step."""
+    weight = torch.randn(80, 256) * 0.05
+    blocks = quantize_groups(weight, group)
+    q = Int4Weight(blocks, dtype)
+    assert q.group_size == group and torch.equal(q.codes_t().t(), blocks.codes)
+    tol = 0 if dtype == torch.float32 else 2e-2 * blocks.zero.abs().max().item()
+    assert (q.dequantize(torch.float32) - blocks.dequantize()).abs().max() <= tol + 1e-6
+    step = (blocks.scale.max() / 2).item()
+    assert (blocks.dequantize() - weight).abs().max() <= step + 1e-6
+    for rows in ROWS:
+        x = torch.randn(rows, 256).to(dtype)
+        assert_matches(q.linear(x), x, q.dequantize(torch.float32), label=f"int4 group {group}, {rows} rows")

@@ -18,6 +18,7 @@ from numerics import assert_greedy_match
 from pagedllm import LLM, SamplingParams
 from pagedllm.model.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
 from pagedllm.model.layers.quantization import Int4Weight, Int8Weight
+from pagedllm.model.layers.quantization.int4 import group_size_for
 from pagedllm.model.loader.gguf import decode_int4, iterate_gguf_weights
 from pagedllm.model.loader.resolve import resolve_model
 from pagedllm.model.model_config import ModelConfig
@@ -62,7 +63,10 @@ def reference_with(folder, state: dict[str, torch.Tensor]):
     return reference
 
 
-@pytest.mark.parametrize(("kind", "method"), list(itertools.product(["llama", "qwen2"], ["int8", "int4"])))
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    list(itertools.product(["llama", "qwen2"], ["int8", "int4"])) + [("llama", "int4-g128")],
+)
 def test_quantized_model_equals_transformers_on_dequantized_weights(kind, method, tiny_model_dir):
     """Prefill (the many-rows path) and a batched decode (the fused kernels) of the quantized
     model match transformers running the weights the quantized ones stand for."""
@@ -70,8 +74,11 @@ def test_quantized_model_equals_transformers_on_dequantized_weights(kind, method
     config = ModelConfig.from_resolved(resolve_model(str(folder)), quantization=method)
     ours = load_model(config, torch.device("cpu"), torch.float32)
     linears = [m for m in ours.modules() if isinstance(m, LinearBase)]
-    expected = Int4Weight if method == "int4" else Int8Weight
+    expected = Int4Weight if method.startswith("int4") else Int8Weight
     assert linears and all(isinstance(m.quant, expected) and m.weight is None for m in linears)
+    if method == "int4-g128":  # the largest group that divides each layer's K
+        assert {m.quant.group_size for m in linears} == {group_size_for(m.input_size, 128) for m in linears}
+        assert max(m.quant.group_size for m in linears) > 32
     assert isinstance(ours.lm_head.quant, Int8Weight) and ours.model.embed_tokens.weight is None
     reference = reference_with(folder, dequantized_state_dict(ours))
     gen = torch.Generator().manual_seed(3)
@@ -119,7 +126,7 @@ def test_smollm2_q4_1_tensors_decode_to_the_dequantized_weights(smollm2):
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= seen
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
+@pytest.fixture(scope="module", params=["int8", "int4", "int4-g128"])
 def smollm2_quantized(request):
     return request.param, LLM("smollm2-135m-instruct", quantization=request.param, kv_cache_memory=0.1)
 
@@ -131,8 +138,11 @@ def test_smollm2_quantized_knows_the_capital_of_france(smollm2_quantized):
     model = llm.engine.engine_core.executor.runner.model
     gate_up = model.model.layers[0].mlp.gate_up_proj
     # The portable format, or the compiled kernel's where the CPU platform has it.
-    formats = (Int4Weight, GemvInt4Weight) if method == "int4" else (Int8Weight, GemvInt8Weight)
+    formats = (Int4Weight, GemvInt4Weight) if method.startswith("int4") else (Int8Weight, GemvInt8Weight)
     assert isinstance(gate_up.quant, formats)
+    if method == "int4-g128":  # K = 576 takes groups of 64, K = 1536 (down) groups of 128
+        assert gate_up.quant.group_size == 64
+        assert model.model.layers[0].mlp.down_proj.quant.group_size == 128
     if method == "int4":  # the GGUF's own codes, not a requantization
         path = resolve_model("smollm2-135m-instruct").path
         gate = next(

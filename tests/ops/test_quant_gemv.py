@@ -37,17 +37,19 @@ TAIL_SHAPES = [(40, 64), (16, 32), (200, 96), (1000, 128), (8, 32), (112, 64)]
 ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 65, 130]
 
 
-def random_weight(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """codes uint8 [N, K]; scale and zero [N, K / 32], bf16-representable (what the layout stores)."""
+def random_weight(
+    n: int, k: int, seed: int = 0, group: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """codes uint8 [N, K]; scale and zero [N, K / group], bf16-representable (what the layout stores)."""
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
-    scale = (torch.rand(n, k // 32, generator=gen) * 0.02 + 0.001).to(torch.bfloat16).float()
-    zero = (torch.randn(n, k // 32, generator=gen) * 0.05).to(torch.bfloat16).float()
+    scale = (torch.rand(n, k // group, generator=gen) * 0.02 + 0.001).to(torch.bfloat16).float()
+    zero = (torch.randn(n, k // group, generator=gen) * 0.05).to(torch.bfloat16).float()
     return codes, scale, zero
 
 
 def weight_of(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    return Int4Blocks(codes, scale, zero, 32).dequantize(torch.float64)
+    return Int4Blocks(codes, scale, zero, codes.shape[1] // scale.shape[1]).dequantize(torch.float64)
 
 
 def assert_close_to_product(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, label: str) -> None:
@@ -312,3 +314,53 @@ def test_dequantize_int4_t_slices(n, k, vector_target):
         cpu_kernels.op("dequantize_int4_t")(torch.empty(k, 8), packed, 8)
     with pytest.raises(RuntimeError, match="layout"):
         cpu_kernels.op("dequantize_int4_t")(torch.empty(k, n + 16), packed, 0)
+
+
+# Groups of 64 and 128: last super-blocks of 1..4 blocks, a padded block, K of one group, and
+# the 1B Llama's shapes cut to a few blocks.
+GROUP_SHAPES = [(64, 128, 64), (200, 256, 64), (40, 64, 64), (1000, 384, 128), (16, 128, 128),
+                (112, 2048, 128), (48, 8192, 64), (96, 2048, 128)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("n", "k", "group"), GROUP_SHAPES)
+def test_larger_groups_pack_multiply_and_dequantize_exactly(n, k, group, vector_target):
+    """Groups of 64 and 128 (one (scale, zero) per 64 or 128 values of k): the layout round-trips,
+    its size is what the header says, the vector kernel meets the float64 product's bounds for
+    every row count, the dispatching entry point gives one kernel's result, and the prefill
+    path's dequantization is exactly the blocks' weight."""
+    codes, scale, zero = random_weight(n, k, seed=n + k + group, group=group)
+    packed = pack_gemv(codes, scale, zero)
+    blocks = -(-n // 16)
+    assert packed.shape == (blocks * (8 * k + 64 * k // group),)
+    codes_t, scale_zero = unpack_gemv(packed, n, k, group)
+    assert torch.equal(codes_t, codes.t())
+    assert torch.equal(scale_zero.float(), torch.stack([scale, zero], -1).transpose(0, 1))
+    weight = weight_of(codes, scale, zero)
+    gen = torch.Generator().manual_seed(9)
+    for rows in (1, 3, 4, 5, 9, 17, 65):
+        x = torch.randn(rows, k, generator=gen).to(torch.bfloat16)
+        out = run_forced("vector", x, packed, n)
+        assert_close_to_product(out, x, weight, f"{n}x{k} group {group}, {rows} rows")
+        assert_from_a_kernel(run_kernel(x, packed, n), x, packed, n, f"dispatch, {rows} rows")
+    start = n // 2 // 16 * 16
+    for dtype in (torch.float32, torch.bfloat16):
+        out = torch.empty(k, n - start, dtype=dtype)
+        cpu_kernels.op("dequantize_int4_t")(out, packed, start, group)
+        assert torch.equal(out, weight[start:].t().to(dtype)), dtype
+    q = GemvInt4Weight(codes, scale, zero)
+    assert q.group_size == group and q.nbytes == packed.nbytes
+    assert torch.equal(q.dequantize(torch.float32), weight.float())
+
+
+def test_group_sizes_the_kernels_do_not_take_are_refused(vector_target):
+    """A group of 256 (or one that does not divide K) has no packed layout, and a wrong group
+    size given to the dequantization is refused rather than read as another layout."""
+    codes, scale, zero = random_weight(32, 512, group=256)
+    with pytest.raises(ValueError, match="groups of 32, 64, 128"):
+        GemvInt4Weight(codes, scale, zero)
+    codes, scale, zero = random_weight(32, 256, group=64)
+    packed = pack_gemv(codes, scale, zero)
+    with pytest.raises(RuntimeError, match="layout"):
+        cpu_kernels.op("dequantize_int4_t")(torch.empty(256, 32), packed, 0, 32)
+    with pytest.raises(RuntimeError, match="group size"):
+        cpu_kernels.op("dequantize_int4_t")(torch.empty(256, 32), packed, 0, 48)

@@ -8,7 +8,7 @@
 // that turn the 16 lanes into bf16 pairs (16 + code), and one AVX512-BF16 dot product per row
 // of x. The 16 + code form (instead of code - 8) costs nothing: its offset folds into the
 // per-group term (zero - 24 * scale) * sum(x over the group), applied with the scale once per
-// 32 values of k.
+// group.
 //
 // Rows of x run in tiles of up to 8 (blocks_for: 4 blocks of weight rows per pass for up to 4
 // rows of x, 2 beyond), so the dot products are compute-bound from about 4 rows on: one core
@@ -43,11 +43,12 @@ namespace {
 // Rows m0..m0 + kM of x against kNB blocks of 16 output rows, over all of K.
 //   xsum: [kM][groups] float sums of x over each group
 template <int kM, int kNB, int kP>
-void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const float* xsum, int64_t groups,
+void int4_tile(const Int4Tile& t, const Int4Groups& gr, const uint16_t* x, int64_t x_stride, const float* xsum,
                uint16_t* out, int64_t out_stride, __mmask16 last_mask) {
   const __m512i mask = _mm512_set1_epi32(0x00780078);   // mantissa bits 3..6 of both halves
   const __m512i magic = _mm512_set1_epi32(0x41804180);  // bf16 16.0 in both halves
   const __m512 minus24 = _mm512_set1_ps(-24.0f);
+  const int64_t groups = gr.count;
   __m512 total[kM][kNB];
   for (int m = 0; m < kM; ++m)
     for (int b = 0; b < kNB; ++b) total[m][b] = _mm512_setzero_ps();
@@ -57,39 +58,35 @@ void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const flo
     for (int m = 0; m < kM; ++m)
       for (int b = 0; b < kNB; ++b)
         for (int p = 0; p < kP; ++p) acc[m][b][p] = _mm512_setzero_ps();
-    const uint8_t* line = t.codes + g * t.group_stride;
-    if (g + kPrefetchGroups < groups) {  // the hardware prefetcher alone ramps up too late
-      for (int b = 0; b < kNB; ++b) {
-        const uint8_t* ahead = line + kPrefetchGroups * t.group_stride + b * t.block_stride;
-        for (int o = 0; o < 4; ++o) _mm_prefetch(reinterpret_cast<const char*>(ahead + o * kOctetBytes), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(t.sz + (g + kPrefetchGroups) * t.sz_group_stride +
-                                                   b * t.sz_block_stride),
-                     _MM_HINT_T0);
-      }
-    }
-    const uint16_t* xg = x + g * kInt4GroupSize;
+    const uint8_t* group_codes = t.codes + g * t.group_stride;
+    // Four lines (32 values of k) at a time: G is a multiple of 32.
+    for (int64_t o4 = 0; o4 < gr.lines; o4 += 4) {
+      prefetch_ahead(t, gr, g * gr.lines + o4, kNB);
+      const uint8_t* line = group_codes + t.line_offset(o4);
+      const uint16_t* xg = x + g * gr.size + o4 * 8;
 #pragma GCC unroll 4
-    for (int o = 0; o < 4; ++o) {
-      __m512i d[kNB];
-      for (int b = 0; b < kNB; ++b) d[b] = _mm512_loadu_si512(line + b * t.block_stride + o * kOctetBytes);
+      for (int o = 0; o < 4; ++o) {
+        __m512i d[kNB];
+        for (int b = 0; b < kNB; ++b) d[b] = _mm512_loadu_si512(line + b * t.block_stride + o * kOctetBytes);
 #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512bh w[kNB];
-        for (int b = 0; b < kNB; ++b) {
-          __m512i s;
-          switch (j) {
-            case 0: s = _mm512_slli_epi32(d[b], 3); break;
-            case 1: s = _mm512_srli_epi32(d[b], 1); break;
-            case 2: s = _mm512_srli_epi32(d[b], 5); break;
-            default: s = _mm512_srli_epi32(d[b], 9); break;
+        for (int j = 0; j < 4; ++j) {
+          __m512bh w[kNB];
+          for (int b = 0; b < kNB; ++b) {
+            __m512i s;
+            switch (j) {
+              case 0: s = _mm512_slli_epi32(d[b], 3); break;
+              case 1: s = _mm512_srli_epi32(d[b], 1); break;
+              case 2: s = _mm512_srli_epi32(d[b], 5); break;
+              default: s = _mm512_srli_epi32(d[b], 9); break;
+            }
+            w[b] = (__m512bh)_mm512_ternarylogic_epi32(s, mask, magic, 0xEA);  // (s & mask) | magic
           }
-          w[b] = (__m512bh)_mm512_ternarylogic_epi32(s, mask, magic, 0xEA);  // (s & mask) | magic
-        }
-        for (int m = 0; m < kM; ++m) {
-          int32_t pair;
-          __builtin_memcpy(&pair, xg + m * x_stride + o * 8 + 2 * j, sizeof(pair));
-          const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
-          for (int b = 0; b < kNB; ++b) acc[m][b][j % kP] = _mm512_dpbf16_ps(acc[m][b][j % kP], xv, w[b]);
+          for (int m = 0; m < kM; ++m) {
+            int32_t pair;
+            __builtin_memcpy(&pair, xg + m * x_stride + o * 8 + 2 * j, sizeof(pair));
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+            for (int b = 0; b < kNB; ++b) acc[m][b][j % kP] = _mm512_dpbf16_ps(acc[m][b][j % kP], xv, w[b]);
+          }
         }
       }
     }
@@ -117,8 +114,8 @@ void int4_tile(const Int4Tile& t, const uint16_t* x, int64_t x_stride, const flo
     }
 }
 
-using TileFn = void (*)(const Int4Tile&, const uint16_t*, int64_t, const float*, int64_t, uint16_t*, int64_t,
-                        __mmask16);
+using TileFn = void (*)(const Int4Tile&, const Int4Groups&, const uint16_t*, int64_t, const float*, uint16_t*,
+                        int64_t, __mmask16);
 
 // Blocks per pass for a tile of kM rows: enough independent accumulators to hide the dot
 // products' latency, few enough to stay in the 32 vector registers.
@@ -151,7 +148,7 @@ bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t 
   return x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(0) <= kInt4GemvMaxRows && x.stride(1) == 1 &&
          x.size(1) % kInt4GroupSize == 0 && x.size(1) > 0 && n > 0 && x.device().is_cpu() &&
          packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.device().is_cpu() &&
-         packed.numel() == int4_packed_bytes(n, x.size(1));
+         int4_group_size(n, x.size(1), packed.numel()) != 0;
 #else
   (void)x, (void)packed, (void)n;
   return false;
@@ -168,11 +165,16 @@ void check_gemv_int4(const at::Tensor& out, const at::Tensor& x, const at::Tenso
               "gemv_int4 takes bf16 x [M <= 65536, K % 32 == 0] and a weight packed for it (see quant_gemv.h)");
 }
 
+// The group geometry of a checked gemv_int4 call.
+Int4Groups groups_of(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+  return int4_groups(x.size(1), int4_group_size(out.size(1), x.size(1), packed.numel()));
+}
+
 #if defined(__AVX512BF16__)
 // The vdpbf16ps kernel (arguments checked, at least one row).
-void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
-  const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
-  const int64_t groups = k_len / kInt4GroupSize, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
+void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed, const Int4Groups& gr) {
+  const int64_t rows = x.size(0), n_len = out.size(1);
+  const int64_t groups = gr.count, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const auto* codes = packed.data_ptr<uint8_t>();
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
@@ -185,8 +187,12 @@ void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
   float* xs = rows * groups > kStackSums ? heap_sums.data() : stack_sums;
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t g = 0; g < groups; ++g) {
-      const __m512i v = _mm512_loadu_si512(xp + m * x_stride + g * kInt4GroupSize);
-      xs[m * groups + g] = _mm512_reduce_add_ps(_mm512_add_ps(low_bf16_to_float(v), high_bf16_to_float(v)));
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t i = 0; i < gr.size; i += 32) {
+        const __m512i v = _mm512_loadu_si512(xp + m * x_stride + g * gr.size + i);
+        sum = _mm512_add_ps(sum, _mm512_add_ps(low_bf16_to_float(v), high_bf16_to_float(v)));
+      }
+      xs[m * groups + g] = _mm512_reduce_add_ps(sum);
     }
   const int tail = static_cast<int>(n_len - (blocks - 1) * kInt4BlockRows);
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
@@ -208,8 +214,8 @@ void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
           for (int done = 0; done < nb; done += nbt) {
             const int cnt = std::min(nbt, nb - done);
             const int64_t blk = b + done;
-            kTiles[mt - 1][cnt - 1](locate(codes, blk, blocks, groups), xp + m * x_stride, x_stride, xs + m * groups,
-                                    groups, op + m * out_stride + blk * kInt4BlockRows, out_stride,
+            kTiles[mt - 1][cnt - 1](locate(codes, blk, blocks, gr), gr, xp + m * x_stride, x_stride, xs + m * groups,
+                                    op + m * out_stride + blk * kInt4BlockRows, out_stride,
                                     blk + cnt == blocks ? tail_mask : static_cast<__mmask16>(0xFFFF));
           }
         }
@@ -223,9 +229,9 @@ void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
 // The one vector kernel of this build (arguments checked, at least one row).
 void gemv_int4_vector_path(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
 #if defined(__AVX512BF16__)
-  gemv_int4_vector(out, x, packed);
+  gemv_int4_vector(out, x, packed, groups_of(out, x, packed));
 #elif defined(PAGEDLLM_ISA_AVX2)
-  gemv_int4_avx2(out, x, packed);
+  gemv_int4_avx2(out, x, packed, groups_of(out, x, packed));
 #else
   (void)out, (void)x, (void)packed;
 #endif
@@ -237,7 +243,9 @@ void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   check_gemv_int4(out, x, packed);
   if (x.size(0) == 0) return;
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-  if (x.size(0) > kInt4AmxMinRows && gemv_int4_amx(out, x, packed)) return;
+  // (The tile kernel takes groups of 32 only.)
+  if (x.size(0) > kInt4AmxMinRows && groups_of(out, x, packed).size == kInt4GroupSize && gemv_int4_amx(out, x, packed))
+    return;
 #endif
   gemv_int4_vector_path(out, x, packed);
 }
@@ -252,10 +260,11 @@ void gemv_int4_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& pac
   if (x.size(0) == 0) return;
   if (kernel == "amx") {
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-    if (gemv_int4_amx(out, x, packed)) return;
+    if (groups_of(out, x, packed).size == kInt4GroupSize && gemv_int4_amx(out, x, packed)) return;
 #endif
     TORCH_CHECK(false,
-                "gemv_int4_kernel: no AMX tile kernel in this build, no tile state granted by the OS, or N % 16 != 0");
+                "gemv_int4_kernel: no AMX tile kernel in this build, no tile state granted by the OS, N % 16 != 0 "
+                "or a group size other than 32");
   }
   gemv_int4_vector_path(out, x, packed);
 }
@@ -267,20 +276,24 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n)
   return out;
 }
 
-void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin) {
+void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin, int64_t group_size) {
   TORCH_CHECK(out.dim() == 2 && out.device().is_cpu() && out.stride(1) == 1 &&
                   (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
               "dequantize_int4_t: out must be a bf16 or float32 CPU tensor [K, rows] with unit stride along rows");
   TORCH_CHECK(row_begin >= 0 && row_begin % kInt4BlockRows == 0,
               "dequantize_int4_t: row_begin must be a multiple of 16");
   const int64_t k_len = out.size(0), n_rows = out.size(1);
-  TORCH_CHECK(k_len > 0 && k_len % kInt4GroupSize == 0 && packed.scalar_type() == at::kByte &&
-                  packed.is_contiguous() && packed.numel() % (k_len * 10) == 0 &&
-                  row_begin + n_rows <= packed.numel() / (k_len * 10) * kInt4BlockRows,
+  TORCH_CHECK((group_size == 32 || group_size == 64 || group_size == 128) && k_len > 0 && k_len % group_size == 0,
+              "dequantize_int4_t: the group size must be 32, 64 or 128 and divide K; got ", group_size, " for K = ",
+              k_len);
+  const int64_t block_bytes = int4_packed_bytes(kInt4BlockRows, k_len, group_size);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.numel() % block_bytes == 0 &&
+                  row_begin + n_rows <= packed.numel() / block_bytes * kInt4BlockRows,
               "dequantize_int4_t: packed is not gemv_int4's layout for these rows (see quant_gemv.h)");
+  const Int4Groups gr = int4_groups(k_len, group_size);
+  const int64_t all_blocks = packed.numel() / block_bytes;
 #if defined(__AVX512BF16__)
   if (n_rows == 0) return;
-  const int64_t groups = k_len / kInt4GroupSize, all_blocks = packed.numel() / (k_len * 10);
   const int64_t first = row_begin / kInt4BlockRows, blocks = (n_rows + kInt4BlockRows - 1) / kInt4BlockRows;
   const auto* codes = packed.data_ptr<uint8_t>();
   const bool bf16 = out.scalar_type() == at::kBFloat16;
@@ -289,20 +302,20 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
   // Parallel over lines (8 values of k), each line's blocks in turn: every thread writes its
   // own rows of `out` front to back. (Block by block instead, each store landed in another row
   // of out, rows a power-of-two-ish stride apart: several times slower, from L1 set conflicts.)
-  at::parallel_for(0, groups * 4, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gr.count * gr.lines, 1, [&](int64_t begin, int64_t end) {
     const __m512i nibble = _mm512_set1_epi32(15);
     const __m512 eight = _mm512_set1_ps(8.0f);
     for (int64_t line_index = begin; line_index < end; ++line_index) {
-      const int64_t g = line_index / 4, o = line_index % 4;
+      const int64_t g = line_index / gr.lines, o = line_index % gr.lines;
       for (int64_t b = 0; b < blocks; ++b) {
         const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
         const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
-        const Int4Tile t = locate(codes, first + b, all_blocks, groups);
+        const Int4Tile t = locate(codes, first + b, all_blocks, gr);
         const __m512i pairs = _mm512_loadu_si512(t.sz + g * t.sz_group_stride);
         const __m512 scale = low_bf16_to_float(pairs);
         const __m512 zero = high_bf16_to_float(pairs);
-        const __m512i d = _mm512_loadu_si512(t.codes + g * t.group_stride + o * kOctetBytes);
-        for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+        const __m512i d = _mm512_loadu_si512(t.codes + g * t.group_stride + t.line_offset(o));
+        for (int r = 0; r < 8; ++r) {  // k = G g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
           const __m512i c = _mm512_and_si512(_mm512_srli_epi32(d, 4 * (r / 2) + 16 * (r % 2)), nibble);
           const __m512 w = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(c), eight), scale, zero);
           char* dst = base + (line_index * 8 + r) * row_bytes;
@@ -317,9 +330,9 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
     }
   });
 #elif defined(PAGEDLLM_ISA_AVX2)
-  dequantize_int4_t_avx2(out, packed, row_begin, k_len, n_rows);
+  dequantize_int4_t_avx2(out, packed, row_begin, all_blocks, gr);
 #else
-  (void)packed, (void)row_begin;
+  (void)packed, (void)row_begin, (void)gr, (void)all_blocks;
   TORCH_CHECK(false, "dequantize_int4_t: built without AVX512-BF16 or AVX2");
 #endif
 }

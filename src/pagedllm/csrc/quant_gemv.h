@@ -4,17 +4,19 @@
 // Declared here so that other translation units can call them directly; they are also
 // registered as torch.ops.pagedllm.gemv_int4 / int4_linear / dequantize_int4_t (registration.cpp).
 //
-// The weight W [N, K], w[n, k] = (code[n, k] - 8) * scale[n, k / 32] + zero[n, k / 32], is one
-// uint8 tensor `packed` of ceil(N / 16) * K * 10 bytes (made by `pack_gemv` in
-// pagedllm/model/layers/quantization/int4.py), read front to back as one stream:
+// The weight W [N, K], w[n, k] = (code[n, k] - 8) * scale[n, k / G] + zero[n, k / G] with a
+// group size G of 32, 64 or 128, is one uint8 tensor `packed` of ceil(N / 16) * (8 K + 64 K / G)
+// bytes (made by `pack_gemv` in pagedllm/ops/int4_gemv.py), read front to back as one stream:
 //
 //   blocks      16 output rows each (the last one padded with code 0, scale 0, zero 0);
 //   super-blocks of 4 blocks (64 rows; the last one holds the 1..4 blocks left), stored one
-//               after the other; within one of nb blocks, for each group g of 32 values of k
-//               a chunk of nb * 320 bytes: nb * 256 bytes of codes (block by block), then
-//               nb * 64 bytes of (scale, zero) (block by block);
-//   codes       of one block and group: 4 lines of 64 bytes, one per 8 values of k (k0 = 32g +
-//               8 * line); in a line one little-endian uint32 per row i = 0..15 holding
+//               after the other; within one of nb blocks, for each group g of G values of k
+//               a chunk of nb * (8 G + 64) bytes: nb * 8 G bytes of codes, in G / 32 quads of
+//               nb * 256 bytes (each quad block by block: a block's 4 lines for those 32
+//               values of k), then nb * 64 bytes of (scale, zero) (block by block);
+//   codes       of one block and group: G / 8 lines of 64 bytes, one per 8 values of k (k0 = G g
+//               + 8 * line; line l in quad l / 4); in a line one little-endian uint32 per row
+//               i = 0..15 holding
 //               code[k0 + 2j] in bits 4j..4j+3 and code[k0 + 2j + 1] in bits 16+4j..16+4j+3;
 //   (scale, zero) of one block and group: 16 pairs of bf16, row i's at bytes 4i..4i+3.
 //
@@ -38,19 +40,29 @@
 
 namespace pagedllm {
 
-constexpr int64_t kInt4GroupSize = 32;        // values of k per (scale, zero)
+constexpr int64_t kInt4GroupSize = 32;        // the smallest group (values of k per (scale, zero))
+constexpr int64_t kInt4MaxGroupSize = 128;    // the largest; G is 32 << j
 constexpr int64_t kInt4BlockRows = 16;        // output rows per block
 constexpr int64_t kInt4SuperBlocks = 4;       // blocks per super-block
 constexpr int64_t kInt4GemvMaxRows = 1 << 16;  // the most rows of x gemv_int4 takes
 
-// Bytes of `packed` for a weight of n rows and k columns.
-constexpr int64_t int4_packed_bytes(int64_t n, int64_t k) {
-  return (n + kInt4BlockRows - 1) / kInt4BlockRows * k * 10;
+// Bytes of `packed` for a weight of n rows and k columns in groups of g.
+constexpr int64_t int4_packed_bytes(int64_t n, int64_t k, int64_t g = kInt4GroupSize) {
+  return (n + kInt4BlockRows - 1) / kInt4BlockRows * (8 * k + 64 * k / g);
+}
+
+// The group size of a weight of n rows and k columns packed in `bytes` bytes (the byte count
+// differs for each G, so the kernels' signatures carry no group size): 32, 64 or 128 where k is
+// a multiple of it and the count matches, else 0.
+constexpr int64_t int4_group_size(int64_t n, int64_t k, int64_t bytes) {
+  for (int64_t g = kInt4GroupSize; g <= kInt4MaxGroupSize; g *= 2)
+    if (k > 0 && k % g == 0 && int4_packed_bytes(n, k, g) == bytes) return g;
+  return 0;
 }
 
 // Whether gemv_int4 takes x [M, K] against a weight of n rows packed as above: a build with
 // AVX512-BF16 or AVX2 + FMA, x a bf16 CPU tensor with unit stride along K, M <= kInt4GemvMaxRows, K % 32 == 0,
-// `packed` a contiguous uint8 CPU tensor of int4_packed_bytes(n, K) bytes.
+// `packed` a contiguous uint8 CPU tensor of int4_packed_bytes(n, K, G) bytes for some G.
 bool gemv_int4_supported(const at::Tensor& x, const at::Tensor& packed, int64_t n);
 
 // out bf16 [M, N] (unit stride along N) = x bf16 [M, K] @ W^T, W packed as above.
@@ -65,7 +77,8 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n)
 
 // out [K, rows] (bf16 or float32, unit stride along rows) = rows row_begin.. of W, transposed
 // and dequantized ((code - 8) * scale + zero, rounded once): the weight for an ordinary matmul
-// when x has many rows (prefill). row_begin % 16 == 0.
-void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin);
+// when x has many rows (prefill). row_begin % 16 == 0; group_size the weight's G (the bytes of
+// `packed` alone do not tell it without the weight's row count).
+void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_begin, int64_t group_size);
 
 }  // namespace pagedllm

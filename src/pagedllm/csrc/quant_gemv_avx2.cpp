@@ -34,12 +34,15 @@ constexpr int64_t kUnitBytes = 32;
 constexpr int kMaxUnits = 4;  // units per tile
 
 // The units of one tile (consecutive, within one super-block, so one stride each): unit i's
-// codes for group g at codes[i] + g * group_stride, its (scale, zero) pairs at
+// codes for group g at codes[i] + g * group_stride (line o at Int4Tile::line_offset(o) from
+// there, through quad_stride), its (scale, zero) pairs at
 // sz[i] + g * sz_group_stride; valid[i] of its rows exist (fewer in the padded last block).
 struct Int4Units {
   const uint8_t* codes[kMaxUnits];
   const uint8_t* sz[kMaxUnits];
-  int64_t group_stride, sz_group_stride;
+  int64_t group_stride, quad_stride, sz_group_stride;
+
+  int64_t line_offset(int64_t o) const { return (o >> 2) * quad_stride + (o & 3) * kOctetBytes; }
   int valid[kMaxUnits];
 };
 
@@ -69,40 +72,44 @@ inline __m256 code_of(__m256i nibbles) {
 // k), then per value of k one shuffle and one conversion give the 8 rows' codes as exact
 // floats, shared by the kM rows of x (one FMA each). Codes 0..15 times bf16 x are exact in
 // float32; per group, sum (code - 8) x = acc - 8 sum x, so the (scale, zero) term is
-// acc * scale + (zero - 8 scale) * sum x, applied once per 32 values of k.
+// acc * scale + (zero - 8 scale) * sum x, applied once per group.
 //   x:    [K][kM] float32 (k-major, so that every broadcast is at a constant offset)
 //   xsum: [groups][kM] float sums of x over each group
 template <int kM, int kU>
-void int4_tile8(const Int4Units& t, const float* x, const float* xsum, int64_t groups, uint16_t* out,
+void int4_tile8(const Int4Units& t, const Int4Groups& gr, const float* x, const float* xsum, uint16_t* out,
                 int64_t out_stride) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256 minus8 = _mm256_set1_ps(-8.0f);
+  const int64_t groups = gr.count;
   __m256 total[kM][kU];
   for (int m = 0; m < kM; ++m)
     for (int u = 0; u < kU; ++u) total[m][u] = _mm256_setzero_ps();
 
   for (int64_t g = 0; g < groups; ++g) {
-    if (g + kPrefetchGroups < groups) {  // as the AVX-512 path: the hardware prefetcher ramps up late
-      for (int u = 0; u < kU; ++u) {
-        if (u > 0 && t.codes[u] - t.codes[u - 1] == kUnitBytes) continue;  // the same lines
-        const uint8_t* ahead = t.codes[u] + (g + kPrefetchGroups) * t.group_stride;
-        for (int o = 0; o < 4; ++o) _mm_prefetch(reinterpret_cast<const char*>(ahead + o * kOctetBytes), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(t.sz[u] + (g + kPrefetchGroups) * t.sz_group_stride), _MM_HINT_T0);
-      }
-    }
     __m256 acc[kM][kU];
     for (int m = 0; m < kM; ++m)
       for (int u = 0; u < kU; ++u) acc[m][u] = _mm256_setzero_ps();
-    const float* xg = x + g * kInt4GroupSize * kM;
+    const float* xg = x + g * gr.size * kM;
 #pragma GCC unroll 4
-    for (int o = 0; o < 4; ++o) {
+    for (int64_t o = 0; o < gr.lines; ++o) {
+      // As the AVX-512 path (prefetch_ahead): kPrefetchLines ahead, every 4 lines.
+      const int64_t ahead = g * gr.lines + o + kPrefetchLines;
+      if (o % 4 == 0 && ahead < groups * gr.lines) {
+        const int64_t ga = ahead / gr.lines, oa = ahead - ga * gr.lines;
+        for (int u = 0; u < kU; ++u) {
+          if (u > 0 && t.codes[u] - t.codes[u - 1] == kUnitBytes) continue;  // the same lines
+          const uint8_t* lines = t.codes[u] + ga * t.group_stride + t.line_offset(oa);
+          for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(lines + i * kOctetBytes), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(t.sz[u] + ga * t.sz_group_stride), _MM_HINT_T0);
+        }
+      }
 #pragma GCC unroll 2
       for (int s = 0; s < 2; ++s) {
         // Nibble 2i + s of each lane into byte i: k = 8o + 2s + 4 (i % 2) + i / 2 (quant_gemv.h).
         __m256i nib[kU];
         for (int u = 0; u < kU; ++u) {
           const __m256i d =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.codes[u] + g * t.group_stride + o * kOctetBytes));
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.codes[u] + g * t.group_stride + t.line_offset(o)));
           nib[u] = _mm256_and_si256(s == 0 ? d : _mm256_srli_epi32(d, 4), low4);
         }
         auto step = [&](auto q_const) {
@@ -144,7 +151,7 @@ void int4_tile8(const Int4Units& t, const float* x, const float* xsum, int64_t g
     }
 }
 
-using Tile8Fn = void (*)(const Int4Units&, const float*, const float*, int64_t, uint16_t*, int64_t);
+using Tile8Fn = void (*)(const Int4Units&, const Int4Groups&, const float*, const float*, uint16_t*, int64_t);
 
 // Units per tile for kM rows of x: the kM * kU accumulators, kU masked lines, kU codes and
 // the broadcast x within the 16 ymm registers (the per-group totals are touched once per 32
@@ -165,14 +172,16 @@ const std::array<std::array<Tile8Fn, kMaxUnits>, kMaxTileRows> kTiles8 = {
     tiles8_for_rows<5>(), tiles8_for_rows<6>(), tiles8_for_rows<7>(), tiles8_for_rows<8>()};
 
 // Units first..first + count (8 rows each) of a packed weight of n_len rows.
-Int4Units units_at(const uint8_t* packed, int64_t first, int count, int64_t blocks, int64_t groups, int64_t n_len) {
+Int4Units units_at(const uint8_t* packed, int64_t first, int count, int64_t blocks, const Int4Groups& gr,
+                   int64_t n_len) {
   Int4Units t{};
   for (int i = 0; i < count; ++i) {
     const int64_t unit = first + i, half = unit % 2;
-    const Int4Tile b = locate(packed, unit / 2, blocks, groups);
+    const Int4Tile b = locate(packed, unit / 2, blocks, gr);
     t.codes[i] = b.codes + half * kUnitBytes;
     t.sz[i] = b.sz + half * kUnitBytes;
     t.group_stride = b.group_stride;
+    t.quad_stride = b.quad_stride;
     t.sz_group_stride = b.sz_group_stride;
     t.valid[i] = static_cast<int>(std::clamp<int64_t>(n_len - unit * kUnitRows, 0, kUnitRows));
   }
@@ -181,10 +190,10 @@ Int4Units units_at(const uint8_t* packed, int64_t first, int count, int64_t bloc
 
 }  // namespace
 
-void gemv_int4_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+void gemv_int4_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed, const Int4Groups& gr) {
   const int64_t rows = x.size(0), n_len = out.size(1), k_len = x.size(1);
   if (rows == 0) return;
-  const int64_t groups = k_len / kInt4GroupSize, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
+  const int64_t groups = gr.count, blocks = (n_len + kInt4BlockRows - 1) / kInt4BlockRows;
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const auto* codes = packed.data_ptr<uint8_t>();
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
@@ -201,11 +210,11 @@ void gemv_int4_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor
       float* dst = xf.data() + tile * k_len + (m - tile);
       float* sums = xs.data() + tile * groups + (m - tile);
       for (int64_t g = 0; g < groups; ++g) {
-        const uint16_t* src = xp + (m0 + m) * x_stride + g * kInt4GroupSize;
+        const uint16_t* src = xp + (m0 + m) * x_stride + g * gr.size;
         float sum = 0.0f;
-        for (int i = 0; i < kInt4GroupSize; ++i) {
+        for (int64_t i = 0; i < gr.size; ++i) {
           const float v = bf16_bits_to_float(src[i]);
-          dst[(g * kInt4GroupSize + i) * mt] = v;
+          dst[(g * gr.size + i) * mt] = v;
           sum += v;
         }
         sums[g * mt] = sum;
@@ -222,8 +231,8 @@ void gemv_int4_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor
           const int nu = units_for(mt);
           for (int done = 0; done < pass; done += nu) {
             const int cnt = std::min(nu, pass - done);
-            kTiles8[mt - 1][cnt - 1](units_at(codes, u + done, cnt, blocks, groups, n_len), xf.data() + m * k_len,
-                                     xs.data() + m * groups, groups, op + (m0 + m) * out_stride + (u + done) * kUnitRows,
+            kTiles8[mt - 1][cnt - 1](units_at(codes, u + done, cnt, blocks, gr, n_len), gr, xf.data() + m * k_len,
+                                     xs.data() + m * groups, op + (m0 + m) * out_stride + (u + done) * kUnitRows,
                                      out_stride);
           }
         }
@@ -233,32 +242,32 @@ void gemv_int4_avx2(const at::Tensor& out, const at::Tensor& x, const at::Tensor
   }
 }
 
-void dequantize_int4_t_avx2(const at::Tensor& out, const at::Tensor& packed, int64_t row_begin, int64_t k_len,
-                            int64_t n_rows) {
+void dequantize_int4_t_avx2(const at::Tensor& out, const at::Tensor& packed, int64_t row_begin, int64_t all_blocks,
+                            const Int4Groups& gr) {
+  const int64_t n_rows = out.size(1);
   if (n_rows == 0) return;
-  const int64_t groups = k_len / kInt4GroupSize, all_blocks = packed.numel() / (k_len * 10);
   const int64_t first = row_begin / kInt4BlockRows, blocks = (n_rows + kInt4BlockRows - 1) / kInt4BlockRows;
   const auto* codes = packed.data_ptr<uint8_t>();
   const bool bf16 = out.scalar_type() == at::kBFloat16;
   char* base = static_cast<char*>(out.data_ptr());
   const int64_t row_bytes = out.stride(0) * (bf16 ? 2 : 4);
   // Parallel over lines (8 values of k), each line's blocks in turn, as on the AVX-512 path.
-  at::parallel_for(0, groups * 4, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gr.count * gr.lines, 1, [&](int64_t begin, int64_t end) {
     const __m256i nibble = _mm256_set1_epi32(15);
     const __m256 eight = _mm256_set1_ps(8.0f);
     for (int64_t line_index = begin; line_index < end; ++line_index) {
-      const int64_t g = line_index / 4, o = line_index % 4;
+      const int64_t g = line_index / gr.lines, o = line_index % gr.lines;
       for (int64_t b = 0; b < blocks; ++b) {
         const int valid = static_cast<int>(std::min<int64_t>(kInt4BlockRows, n_rows - b * kInt4BlockRows));
-        const Int4Tile t = locate(codes, first + b, all_blocks, groups);
+        const Int4Tile t = locate(codes, first + b, all_blocks, gr);
         // Both halves of the block (rows 0-7, 8-15) at once: one 32-byte store per value of k.
         const auto* sz = reinterpret_cast<const __m256i*>(t.sz + g * t.sz_group_stride);
         const __m256i pairs[2] = {_mm256_loadu_si256(sz), _mm256_loadu_si256(sz + 1)};
         const __m256 scale[2] = {low_bf16_to_float8(pairs[0]), low_bf16_to_float8(pairs[1])};
         const __m256 zero[2] = {high_bf16_to_float8(pairs[0]), high_bf16_to_float8(pairs[1])};
-        const auto* line = reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + o * kOctetBytes);
+        const auto* line = reinterpret_cast<const __m256i*>(t.codes + g * t.group_stride + t.line_offset(o));
         const __m256i d[2] = {_mm256_loadu_si256(line), _mm256_loadu_si256(line + 1)};
-        for (int r = 0; r < 8; ++r) {  // k = 32g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
+        for (int r = 0; r < 8; ++r) {  // k = G g + 8o + r: bits 4 * (r / 2) + 16 * (r % 2)
           __m256 w[2];
           for (int h = 0; h < 2; ++h) {
             const __m256i c = _mm256_and_si256(_mm256_srli_epi32(d[h], 4 * (r / 2) + 16 * (r % 2)), nibble);

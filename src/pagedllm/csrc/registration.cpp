@@ -64,7 +64,7 @@ PAGEDLLM_LIBRARY(PAGEDLLM_OPS_NAMESPACE, m) {
   m.def("gemv_int4(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
   m.def("gemv_int4_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
   m.def("int4_linear(Tensor x, Tensor packed, int n) -> Tensor");
-  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin) -> ()");
+  m.def("dequantize_int4_t(Tensor(a!) out, Tensor packed, int row_begin, int group_size=32) -> ()");
   m.def("gemv_int8(Tensor(a!) out, Tensor x, Tensor packed) -> ()");
   m.def("gemv_int8_kernel(Tensor(a!) out, Tensor x, Tensor packed, str kernel) -> ()");
   m.def("int8_linear(Tensor x, Tensor packed, int n) -> Tensor");

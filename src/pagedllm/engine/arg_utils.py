@@ -57,7 +57,8 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         default="none",
         choices=QUANTIZATION_METHODS,
         help="weight-only quantization of the linear layers and LM head (int4: 4-bit groups of 32, "
-        "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int8: per-row int8)",
+        "taken as they are from a GGUF's Q4_0/Q4_1 tensors; int4-g128: groups of 128, or 64 / 32 "
+        "where K is not a multiple, 4.25 bits per weight; int8: per-row int8)",
     )
     parser.add_argument(
         "--tensor-parallel-size",

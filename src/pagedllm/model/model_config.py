@@ -41,7 +41,7 @@ class ModelConfig:
     head_dim: int
     # Per layer: the sliding attention window, or None for full attention.
     sliding_windows: tuple[int | None, ...]
-    # Weight-only quantization applied at load: None, "int8" or "int4" (layers/quantization/).
+    # Weight-only quantization applied at load: None, "int8", "int4" or "int4-g128" (layers/quantization/).
     quantization: str | None = None
 
     @classmethod

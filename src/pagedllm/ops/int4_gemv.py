@@ -1,6 +1,6 @@
 """4-bit weights in the layout of the compiled 4-bit kernel (csrc/quant_gemv.{h,cpp}).
 
-    w[n, k] = (code[n, k] - 8) * scale[n, k // 32] + zero[n, k // 32]        code in 0..15
+    w[n, k] = (code[n, k] - 8) * scale[n, k // G] + zero[n, k // G]        code in 0..15, G in GROUP_SIZES
 
 One uint8 tensor (`packed`) holds output rows in blocks of 16, k-major, the codes and
 (scale, zero) pairs of 64 rows interleaved group by group, so that `gemv_int4` reads each
@@ -20,7 +20,8 @@ from pagedllm.ops.cpu_kernels import op
 from pagedllm.ops.dequantized_matmul import dequantized_matmul
 from pagedllm.ops.weight_spec import WeightSpec
 
-GROUP_SIZE = 32
+GROUP_SIZE = 32  # the default group, and the one checkpoints' 4-bit blocks (GGUF Q4_0 / Q4_1) use
+GROUP_SIZES = (32, 64, 128)  # what the kernels take
 # Up to this many rows gemv_int4 runs; more rows dequantize slices of the weight for a bf16
 # matmul. The crossover (benchmarks/quant_kernels.py --sweep, one thread, cold weights) was at
 # 100-200 rows on SmolLM2's shapes: at 64 rows the kernel took 115 / 620 / 268 us (576x576 /
@@ -37,10 +38,10 @@ AMX_GEMV_MAX_ROWS = 16
 # (benchmarks/README.md, "AMX tiles").
 AMX_TILE_MAX_ROWS = 512
 # The layout (csrc/quant_gemv.h): blocks of 16 output rows, 4 blocks to a super-block; per
-# block and group of 32 values of k, 256 bytes of codes and 64 of (scale, zero).
+# block and group of G values of k, G / 8 lines of 64 bytes of codes and 64 bytes of (scale, zero).
 GEMV_BLOCK_ROWS = 16
 GEMV_SUPER_BLOCKS = 4
-_GROUP_BYTES, _SCALE_BYTES = 256, 64
+_LINE_BYTES, _QUAD_BYTES, _SCALE_BYTES = 64, 256, 64
 
 
 class GemvInt4Weight(nn.Module):
@@ -55,16 +56,16 @@ class GemvInt4Weight(nn.Module):
     def __init__(
         self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max_rows: int = GEMV_MAX_ROWS
     ):
-        """codes uint8 [N, K], scale and zero [N, K / 32] (stored rounded to bf16); up to
-        `max_rows` rows of x run the kernel (the platform's per-CPU choice)."""
+        """codes uint8 [N, K], scale and zero [N, K / G] (stored rounded to bf16) for a group size
+        G in GROUP_SIZES; up to `max_rows` rows of x run the kernel (the platform's per-CPU choice)."""
         super().__init__()
         self.out_features, self.in_features = codes.shape
-        if self.in_features % GROUP_SIZE or scale.shape != (
-            self.out_features,
-            self.in_features // GROUP_SIZE,
-        ):
-            raise ValueError(f"cannot store a {tuple(codes.shape)} weight in gemv_int4's 4-bit layout")
-        self.group_size = GROUP_SIZE
+        self.group_size = group_size_of(codes, scale)
+        if self.group_size not in GROUP_SIZES or zero.shape != scale.shape:
+            raise ValueError(
+                f"cannot store a {tuple(codes.shape)} weight with {tuple(scale.shape)} scales in gemv_int4's "
+                f"4-bit layout: groups of {', '.join(map(str, GROUP_SIZES))} along K"
+            )
         self.activation_dtype = torch.bfloat16
         self.register_buffer("packed", pack_gemv(codes, scale, zero), persistent=True)
         self.fused_rows = max_rows
@@ -103,16 +104,16 @@ class GemvInt4Weight(nn.Module):
 
     def codes_t(self) -> torch.Tensor:
         """The codes transposed, uint8 [K, N]."""
-        return unpack_gemv(self.packed, self.out_features, self.in_features)[0].contiguous()
+        return unpack_gemv(self.packed, self.out_features, self.in_features, self.group_size)[0].contiguous()
 
     def _rows_t(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows start..end of the weight, transposed: [K, end - start]."""
         k, g = self.in_features, self.group_size
         if dtype in (torch.bfloat16, torch.float32) and start % GEMV_BLOCK_ROWS == 0:
             out = torch.empty(k, end - start, dtype=dtype)
-            op("dequantize_int4_t")(out, self.packed, start)
+            op("dequantize_int4_t")(out, self.packed, start, g)
             return out
-        codes_t, scale_zero = unpack_gemv(self.packed, self.out_features, self.in_features)
+        codes_t, scale_zero = unpack_gemv(self.packed, self.out_features, self.in_features, self.group_size)
         codes = codes_t[:, start:end].contiguous().view(k // g, g, end - start)
         scale_zero = scale_zero[:, start:end].to(dtype)
         scale = scale_zero[..., 0].contiguous()  # a strided scale would slow the multiply 10x
@@ -120,17 +121,24 @@ class GemvInt4Weight(nn.Module):
         return torch.addcmul(offset.unsqueeze(1), codes, scale.unsqueeze(1)).view(k, end - start)
 
 
+def group_size_of(codes: torch.Tensor, scale: torch.Tensor) -> int:
+    """The group size G of codes [N, K] with scales [N, K / G] (0 if no whole G fits)."""
+    (n, k), groups = codes.shape, scale.shape[-1]
+    return k // groups if scale.shape == (n, groups) and groups and k % groups == 0 else 0
+
+
 def pack_gemv(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """gemv_int4's `packed` (uint8, ceil(N / 16) * K * 10 bytes, see csrc/quant_gemv.h) from
-    codes uint8 [N, K] and scale / zero [N, K / 32] (stored in bf16)."""
+    """gemv_int4's `packed` (uint8, ceil(N / 16) * (8 K + 64 K / G) bytes, see csrc/quant_gemv.h)
+    from codes uint8 [N, K] and scale / zero [N, K / G] (stored in bf16)."""
     n, k = codes.shape
-    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
+    g = group_size_of(codes, scale)
+    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // g
     pad = blocks * GEMV_BLOCK_ROWS - n
     if pad:
         codes = torch.cat([codes, codes.new_zeros(pad, k)])
         scale = torch.cat([scale, scale.new_zeros(pad, groups)])
         zero = torch.cat([zero, zero.new_zeros(pad, groups)])
-    lines = nibble_lines(codes)
+    lines = nibble_lines(codes, g)
     pairs = torch.stack([scale, zero], dim=-1).to(torch.bfloat16).view(torch.uint8)  # [N, groups, 4]
     pairs = (
         pairs.view(blocks, GEMV_BLOCK_ROWS, groups, 4).transpose(1, 2).reshape(blocks, groups, _SCALE_BYTES)
@@ -140,46 +148,49 @@ def pack_gemv(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> t
     for start, end in ((0, full), (full, blocks)):
         if end > start:  # all full super-blocks at once, then the last (1..3 blocks), if any
             nb = min(end - start, GEMV_SUPER_BLOCKS)
-            chunks = [t[start:end].view(-1, nb, groups, t.shape[-1]).transpose(1, 2) for t in (lines, pairs)]
-            parts.append(
-                torch.cat([t.reshape(-1, groups, nb * t.shape[-1]) for t in chunks], dim=2).reshape(-1)
-            )
+            # Codes quad by quad (4 lines), each quad of the nb blocks in turn; then the scales.
+            quads = lines[start:end].view(-1, nb, groups, g // 32, _QUAD_BYTES).permute(0, 2, 3, 1, 4)
+            scales = pairs[start:end].view(-1, nb, groups, _SCALE_BYTES).transpose(1, 2)
+            chunk = [quads.reshape(-1, groups, nb * 8 * g), scales.reshape(-1, groups, nb * _SCALE_BYTES)]
+            parts.append(torch.cat(chunk, dim=2).reshape(-1))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def nibble_lines(codes: torch.Tensor) -> torch.Tensor:
-    """4-bit codes uint8 [N, K] (N a multiple of 16, K of 32) as the kernels' lines: uint8
-    [N / 16, K / 32, 256], per block and group 4 lines of 64 bytes (see csrc/quant_gemv.h)."""
+def nibble_lines(codes: torch.Tensor, group_size: int = GROUP_SIZE) -> torch.Tensor:
+    """4-bit codes uint8 [N, K] (N a multiple of 16, K of the group size G) as the kernels'
+    lines: uint8 [N / 16, K / G, 8 G], per block and group G / 8 lines of 64 bytes (see
+    csrc/quant_gemv.h)."""
     n, k = codes.shape
-    blocks, groups = n // GEMV_BLOCK_ROWS, k // GROUP_SIZE
-    # k = 32 g + 8 line + 4 j2 + 2 jl + h -> byte 2 h + j2 of the row's uint32, nibble jl.
-    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, 4, 2, 2, 2).permute(0, 2, 3, 1, 6, 4, 5)
-    return (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, groups, _GROUP_BYTES)
+    blocks, groups, lines = n // GEMV_BLOCK_ROWS, k // group_size, group_size // 8
+    # k = G g + 8 line + 4 j2 + 2 jl + h -> byte 2 h + j2 of the row's uint32, nibble jl.
+    c = codes.view(blocks, GEMV_BLOCK_ROWS, groups, lines, 2, 2, 2).permute(0, 2, 3, 1, 6, 4, 5)
+    return (c[..., 0] | (c[..., 1] << 4)).reshape(blocks, groups, lines * _LINE_BYTES)
 
 
-def unpack_gemv(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes_t uint8 [K, N], scale_zero bf16 [K / 32, N, 2]) from `pack_gemv`'s layout."""
-    blocks, groups = -(-n // GEMV_BLOCK_ROWS), k // GROUP_SIZE
+def unpack_gemv(
+    packed: torch.Tensor, n: int, k: int, group_size: int = GROUP_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes_t uint8 [K, N], scale_zero bf16 [K / G, N, 2]) from `pack_gemv`'s layout."""
+    blocks, groups, quads = -(-n // GEMV_BLOCK_ROWS), k // group_size, group_size // 32
+    code_bytes = quads * _QUAD_BYTES  # a block's codes per group
     full = blocks // GEMV_SUPER_BLOCKS * GEMV_SUPER_BLOCKS
-    block_bytes = groups * (_GROUP_BYTES + _SCALE_BYTES)
+    block_bytes = groups * (code_bytes + _SCALE_BYTES)
     lines, pairs = [], []
     for start, end in ((0, full), (full, blocks)):
         if end > start:
             nb = min(end - start, GEMV_SUPER_BLOCKS)
             chunk = packed[start * block_bytes : end * block_bytes].view(
-                -1, groups, nb * (_GROUP_BYTES + _SCALE_BYTES)
+                -1, groups, nb * (code_bytes + _SCALE_BYTES)
             )
+            codes = chunk[..., : nb * code_bytes].reshape(-1, groups, quads, nb, _QUAD_BYTES)
             lines.append(
-                chunk[..., : nb * _GROUP_BYTES].reshape(-1, groups, nb, _GROUP_BYTES).transpose(1, 2)
-            )
-            pairs.append(
-                chunk[..., nb * _GROUP_BYTES :].reshape(-1, groups, nb, _SCALE_BYTES).transpose(1, 2)
-            )
-    lines_t = torch.cat([t.reshape(-1, groups, _GROUP_BYTES) for t in lines]).transpose(
-        0, 1
-    )  # [groups, blocks, 256]
-    pairs_t = torch.cat([t.reshape(-1, groups, _SCALE_BYTES) for t in pairs]).transpose(0, 1)
-    p = lines_t.reshape(groups, blocks, 4, GEMV_BLOCK_ROWS, 2, 2)  # g, block, line, row, h, j2
+                codes.permute(0, 3, 1, 2, 4).reshape(-1, groups, code_bytes)
+            )  # [blocks, groups, ...]
+            scales = chunk[..., nb * code_bytes :].reshape(-1, groups, nb, _SCALE_BYTES)
+            pairs.append(scales.transpose(1, 2).reshape(-1, groups, _SCALE_BYTES))
+    lines_t = torch.cat(lines).transpose(0, 1)  # [groups, blocks, code bytes]
+    pairs_t = torch.cat(pairs).transpose(0, 1)
+    p = lines_t.reshape(groups, blocks, quads * 4, GEMV_BLOCK_ROWS, 2, 2)  # g, block, line, row, h, j2
     codes = torch.stack([p & 15, p >> 4], dim=-1)  # ..., jl
     codes_t = codes.permute(0, 2, 5, 6, 4, 1, 3).reshape(k, blocks * GEMV_BLOCK_ROWS)[:, :n]
     scale_zero = pairs_t.reshape(groups, blocks * GEMV_BLOCK_ROWS, 4).view(torch.bfloat16)

@@ -36,7 +36,9 @@ def triton_int8_weight(weight: torch.Tensor) -> nn.Module:
 
 
 def triton_int4_weight(blocks: Int4Blocks, dtype: torch.dtype) -> nn.Module:
-    """4-bit groups (quantized here or a checkpoint's, taken as they are) in the kernels' format."""
-    if blocks.group_size != GROUP_SIZE:
+    """4-bit groups (quantized here or a checkpoint's, taken as they are) in the kernels' format;
+    larger groups are split into groups of 32 (exact; the scales then take 32-group bytes)."""
+    if blocks.group_size % GROUP_SIZE:
         raise ValueError(f"the Triton 4-bit kernels take groups of {GROUP_SIZE}; got {blocks.group_size}")
+    blocks = blocks.regroup(GROUP_SIZE)
     return TritonInt4Weight(blocks.codes, blocks.scale, blocks.zero, dtype)

@@ -96,7 +96,9 @@ class LinearBase(DirectCall, nn.Module):
             else:
                 self.dense_linear = layer_ops.dense_linear
             return
-        self.quant = quantize_weight(scheme.linear, self.weight, staging, shared, layer_ops)
+        self.quant = quantize_weight(
+            scheme.linear, self.weight, staging, shared, layer_ops, scheme.int4_group_size
+        )
         self.weight = None
 
     def weight_spec(self) -> WeightSpec | None:

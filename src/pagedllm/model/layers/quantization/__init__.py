@@ -1,4 +1,4 @@
-"""Weight-only quantization: `--quantization {none,int8,int4}`.
+"""Weight-only quantization: `--quantization {none,int8,int4,int4-g128}`.
 
 Models are built and loaded as usual (the linear layers' weight loaders shard float weights, or
 4-bit checkpoint groups, see int4_blocks.py); `process_weights_after_loading(model, method)`
@@ -8,10 +8,13 @@ quantized matmul. Activations stay in the model dtype (bf16 on CPU).
 | method | linear layers | LM head | embedding |
 | --- | --- | --- | --- |
 | int8 | int8, one scale per output row | int8 | int8 rows |
-| int4 | 4-bit groups of 32 (scale + zero) | int8 | int8 rows |
+| int4 | 4-bit groups of 32 (scale + zero): 5 bits per weight | int8 | int8 rows |
+| int4-g128 | 4-bit groups of 128 (64 or 32 where K is not a multiple of 128): 4.25 bits | int8 | int8 rows |
 
-The LM head stays int8 under int4: 4-bit groups on it cost more quality than any other layer
-(`benchmarks/quant_quality.py`) for a fifth of the bytes a token reads. A tied embedding and LM
+int4 stores as many bits as GGUF's Q4_1 and int4-g128 fewer than Q4_0 (4.5); groups of 128 are
+the usual AWQ / GPTQ choice. Larger groups lose more quality (benchmarks/README.md, "4-bit
+groups of 128"). The LM head stays int8 under both: 4-bit groups on it cost more quality than
+any other layer (`benchmarks/quant_quality.py`) for a fifth of the bytes a token reads. A tied embedding and LM
 head share one int8 weight. A weight whose shape a kernel cannot take (int4: rows not a multiple
 of 16 or columns of 32) falls back to int8. MoE expert weights stay in the model dtype.
 """
@@ -38,11 +41,13 @@ class QuantScheme:
     linear: str
     lm_head: str
     embedding: str = "int8"
+    int4_group_size: int = int4.GROUP_SIZE  # the largest; a weight whose K it does not divide takes less
 
 
 SCHEMES = {
     "int8": QuantScheme(linear="int8", lm_head="int8"),
     "int4": QuantScheme(linear="int4", lm_head="int8"),
+    "int4-g128": QuantScheme(linear="int4", lm_head="int8", int4_group_size=128),
 }
 
 # Quantized weights made in one pass, by (id of the float parameter, format): a tied embedding
@@ -65,9 +70,11 @@ def quantize_weight(
     staging: Int4Staging | None,
     shared: SharedWeights,
     layer_ops: LayerOps = NATIVE,
+    int4_group_size: int = int4.GROUP_SIZE,
 ) -> nn.Module:
     """The `kind` ("int8" | "int4") form of a float [N, K] weight, plus any 4-bit checkpoint groups,
-    in the platform's format where it has one (`LayerOps.int8_weight`, `LayerOps.int4_weight`)."""
+    in the platform's format where it has one (`LayerOps.int8_weight`, `LayerOps.int4_weight`);
+    4-bit groups of `int4_group_size` or the largest smaller one that divides K."""
     weight = param.data
     if kind == "int4" and not int4.supports(*weight.shape):
         kind = "int8"
@@ -76,7 +83,8 @@ def quantize_weight(
         return shared[key]
     if kind == "int4":
         make_int4 = layer_ops.int4_weight or Int4Weight
-        quantized = make_int4(_merge_int4(weight, staging), weight.dtype)
+        group_size = int4.group_size_for(weight.shape[1], int4_group_size)
+        quantized = make_int4(_merge_int4(weight, staging, group_size), weight.dtype)
     elif kind == "int8":
         if staging is not None:
             staging.write_into(weight)
@@ -88,16 +96,17 @@ def quantize_weight(
     return quantized
 
 
-def _merge_int4(weight: torch.Tensor, staging: Int4Staging | None) -> Int4Blocks:
-    """Groups received from the checkpoint as they are; the others quantized from the float weight."""
-    if staging is not None and staging.group_size != int4.GROUP_SIZE:  # another group size: via floats
+def _merge_int4(weight: torch.Tensor, staging: Int4Staging | None, group_size: int) -> Int4Blocks:
+    """Groups received from the checkpoint as they are; the others quantized from the float weight
+    in groups of `group_size` (checkpoint groups of another size go through the float weight)."""
+    if staging is not None and staging.group_size != group_size:  # another group size: via floats
         staging.write_into(weight)
         staging = None
     if staging is None:
-        return int4.quantize_groups(weight, int4.GROUP_SIZE)
+        return int4.quantize_groups(weight, group_size)
     if bool(staging.loaded.all()):
         return staging.as_blocks()
-    blocks = int4.quantize_groups(weight, int4.GROUP_SIZE)
+    blocks = int4.quantize_groups(weight, group_size)
     loaded = staging.loaded
     codes_mask = loaded.repeat_interleave(blocks.group_size, dim=1)
     return Int4Blocks(

@@ -1,9 +1,10 @@
-"""4-bit weights in groups of 32 along the input dimension (asymmetric: a scale and a zero per group).
+"""4-bit weights in groups of G = 32, 64 or 128 along the input dimension (asymmetric: a scale
+and a zero per group).
 
-    w[n, k] = (code[n, k] - 8) * scale[k // 32, n] + zero[k // 32, n]        code in 0..15
+    w[n, k] = (code[n, k] - 8) * scale[k // G, n] + zero[k // G, n]        code in 0..15
 
 Storage: the codes packed two per byte (half a byte per weight) and a (scale, zero) pair per
-group in the activation dtype (2 values per 32 weights: another eighth of a byte). This module
+group in the activation dtype (2 values per G weights: another 4 / G bytes). This module
 holds the portable formats (`Int4Weight.layout`):
 
 - "torch" (tensors on the CPU): the layout of torch's fused kernel
@@ -28,7 +29,8 @@ from pagedllm.ops.dequantized_matmul import dequantized_matmul
 
 logger = logging.getLogger(__name__)
 
-GROUP_SIZE = 32
+GROUP_SIZE = 32  # the default, and the group of checkpoints' 4-bit blocks (GGUF Q4_0 / Q4_1)
+GROUP_SIZES = (32, 64, 128)  # what every 4-bit format here takes
 # Up to this many rows torch's fused int4 op is faster than unpack + bf16 matmul: the
 # crossover was 75-100 rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
 OP_MAX_ROWS = 64
@@ -43,6 +45,19 @@ _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default
 def supports(out_features: int, in_features: int) -> bool:
     """Whether a [out, in] weight can be stored in 4-bit groups on CPU and elsewhere."""
     return out_features % _ROW_MULTIPLE == 0 and in_features % GROUP_SIZE == 0
+
+
+def group_size_for(in_features: int, preferred: int = GROUP_SIZE) -> int:
+    """The largest group size up to `preferred` (one of GROUP_SIZES) that divides `in_features`
+    (at least 32; `supports` tells whether 32 does)."""
+    if preferred not in GROUP_SIZES:
+        raise ValueError(
+            f"4-bit group size must be one of {', '.join(map(str, GROUP_SIZES))}; got {preferred}"
+        )
+    size = preferred
+    while size > GROUP_SIZE and in_features % size:
+        size //= 2
+    return size
 
 
 def quantize_groups(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> Int4Blocks:
@@ -66,7 +81,7 @@ class Int4Weight(nn.Module):
         `fused=False` asks for the plain layout (the dequantize path only)."""
         super().__init__()
         out_features, in_features = blocks.shape
-        if not supports(out_features, in_features) or blocks.group_size != GROUP_SIZE:
+        if not supports(out_features, in_features) or blocks.group_size not in GROUP_SIZES:
             raise ValueError(f"cannot store a {out_features}x{in_features} weight in 4-bit groups")
         self.out_features, self.in_features = out_features, in_features
         self.group_size = blocks.group_size

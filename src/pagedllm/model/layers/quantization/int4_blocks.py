@@ -67,6 +67,21 @@ class Int4Blocks:
             start += size
         return parts
 
+    def regroup(self, group_size: int) -> Int4Blocks:
+        """The same weight in smaller groups (`group_size` dividing this one's): each group's
+        scale and zero repeated, exact, for kernels that take only smaller groups."""
+        if group_size == self.group_size:
+            return self
+        if group_size <= 0 or self.group_size % group_size:
+            raise ValueError(f"cannot regroup 4-bit groups of {self.group_size} into groups of {group_size}")
+        times = self.group_size // group_size
+        return Int4Blocks(
+            self.codes,
+            self.scale.repeat_interleave(times, dim=-1),
+            self.zero.repeat_interleave(times, dim=-1),
+            group_size,
+        )
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [..., K]."""
         *lead, k = self.codes.shape
