@@ -2,6 +2,7 @@
 
     python benchmarks/quant_kernels.py [--rows 1 4 16] [--threads 2] [--sweep] [--best]
     python benchmarks/quant_kernels.py --decode [--rounds 24]
+    python benchmarks/quant_kernels.py --groups [--rows 1 4] [--calls 400]
 
 For each projection shape and number of rows M: µs per call and the packed weight bytes
 (codes + scales) read per second, for
@@ -17,6 +18,10 @@ For each projection shape and number of rows M: µs per call and the packed weig
 Weights are cycled through copies totalling more than the L3 cache, as in a decode step, and
 each figure is the median of single calls. `--sweep` times M = 8..1024 to place the row
 threshold (`pagedllm.ops.int4_gemv.GEMV_MAX_ROWS`) where the dequantize path starts to win.
+
+`--groups`: gemv_int4 on the 1B Llama shape's projections in 4-bit groups of 32, 64 and 128,
+one call of each group size in turn (so that the machine's moving read rate moves all alike),
+median µs per call and GB/s of packed bytes.
 
 `--decode`: single-stream decode steps of the default model under `--quantization int4`, in one
 process, with every int4 layer switched between gemv_int4 and torch's int4 kernel every 16
@@ -38,7 +43,7 @@ from pagedllm.model.layers.quantization import Int4Blocks, Int4Weight
 from pagedllm.model.layers.quantization.int4 import quantize_groups
 from pagedllm.ops import cpu_kernels
 from pagedllm.ops.dequantized_matmul import dequantized_matmul
-from pagedllm.ops.int4_gemv import GemvInt4Weight, unpack_gemv
+from pagedllm.ops.int4_gemv import GROUP_SIZES, GemvInt4Weight, unpack_gemv
 from pagedllm.ops.linear import skinny_linear
 
 SHAPES = {"qkv": (960, 576), "o_proj": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
@@ -90,8 +95,10 @@ def _torch_op(q: Int4Weight, x: torch.Tensor) -> None:
 
 def _torch_layout(q: GemvInt4Weight) -> Int4Weight:
     """The same 4-bit weight in torch's int4 kernel's layout."""
-    codes_t, scale_zero = unpack_gemv(q.packed, q.out_features, q.in_features)  # [K, N], [K / 32, N, 2]
-    scale_zero = scale_zero.float().transpose(0, 1)  # [N, K / 32, 2]
+    codes_t, scale_zero = unpack_gemv(
+        q.packed, q.out_features, q.in_features, q.group_size
+    )  # [K, N], [K / G, N, 2]
+    scale_zero = scale_zero.float().transpose(0, 1)  # [N, K / G, 2]
     blocks = Int4Blocks(
         codes_t.t().contiguous(),
         scale_zero[..., 0].contiguous(),
@@ -135,6 +142,41 @@ def run_decode(rounds: int, steps: int = 16) -> None:
         )
 
 
+# The 1B Llama shape's projections (Llama-3.2-1B: hidden 2048, 8 KV heads of 64, MLP 8192).
+SHAPES_1B = {"qkv": (3072, 2048), "o_proj": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192)}
+
+
+def run_groups(rows: list[int], calls: int) -> None:
+    """gemv_int4 per group size on SHAPES_1B, the group sizes' calls alternated."""
+    print(
+        f"µs per call (GB/s of packed bytes), {torch.get_num_threads()} threads, cold weights, calls alternated"
+    )
+    print(f"{'shape':<9}{'N x K':>12}{'M':>4}" + "".join(f"{f'group {g}':>17}" for g in GROUP_SIZES))
+    gen = torch.Generator().manual_seed(0)
+    for name, (n, k) in SHAPES_1B.items():
+        weight = torch.randn(n, k, generator=gen) * 0.05
+        sets = {}
+        for g in GROUP_SIZES:
+            blocks = quantize_groups(weight, g)
+            first = GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
+            sets[g] = [first] + [GemvInt4Weight(blocks.codes, blocks.scale, blocks.zero)
+                                 for _ in range(_copies(first.nbytes) - 1)]  # fmt: skip
+        for m in rows:
+            x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+            times: dict[int, list[float]] = {g: [] for g in sets}
+            for i in range(calls + 20):
+                for g, weights in sets.items():
+                    start = time.perf_counter()
+                    _gemv(weights[i % len(weights)], x)
+                    if i >= 20:
+                        times[g].append(time.perf_counter() - start)
+            cells = ""
+            for g, weights in sets.items():
+                t = statistics.median(times[g]) * 1e6
+                cells += f"{t:>8.1f} ({weights[0].nbytes / t / 1e3:>5.1f})"
+            print(f"{name:<9}{f'{n}x{k}':>12}{m:>4}{cells}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,6 +188,8 @@ def main() -> None:
     parser.add_argument("--best", action="store_true", help="the fastest call instead of the median")
     parser.add_argument("--decode", action="store_true", help="decode steps: gemv_int4 vs torch's kernel")
     parser.add_argument("--rounds", type=int, default=24, help="--decode: 16-step rounds per kernel")
+    parser.add_argument("--groups", action="store_true", help="gemv_int4 per group size on the 1B shapes")
+    parser.add_argument("--calls", type=int, default=400, help="--groups: calls per group size and row count")
     args = parser.parse_args()
     global BEST
     BEST = args.best
@@ -157,6 +201,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.decode:
         run_decode(args.rounds)
+        return
+    if args.groups:
+        run_groups(args.rows, args.calls)
         return
     rows = SWEEP_ROWS if args.sweep else args.rows
     cols = ["torch op", "gemv_int4", "deq torch", "deq gemv", "bf16"]

@@ -57,8 +57,8 @@ agree (tf): fraction of continuation positions where the model's argmax, given b
 run:        mean number of leading tokens of the model's own free-running greedy output that
             equal bf16's (until the first divergence)"""
 # "fp32" (no quantization, float32) shows how far mere rounding moves the same figures.
-METHODS = ("none", "fp32", "int8", "int4")
-LABEL = {"none": "bf16", "fp32": "fp32", "int8": "int8", "int4": "int4"}
+METHODS = ("none", "fp32", "int8", "int4", "int4-g128")
+LABEL = {"none": "bf16", "fp32": "fp32", "int8": "int8", "int4": "int4", "int4-g128": "int4-g128"}
 
 
 def make_llm(args, method: str) -> LLM:
@@ -139,7 +139,7 @@ def run_models(args) -> None:
 def print_table(args, rows, reference) -> None:
     if not args.skip_quality:
         print(DEFINITIONS)
-    header = f"{'model':<6}{'weights MB':>12}"
+    header = f"{'model':<10}{'weights MB':>12}"
     if not args.skip_quality:
         header += f"{'|dlogprob|':>12}{'agree (tf)':>12}{'run (tokens)':>14}"
     if not args.skip_speed:
@@ -147,7 +147,7 @@ def print_table(args, rows, reference) -> None:
     print(header)
     base = rows["none"]
     for method, row in rows.items():
-        line = f"{LABEL[method]:<6}{row['MB']:>12.1f}"
+        line = f"{LABEL[method]:<10}{row['MB']:>12.1f}"
         if not args.skip_quality:
             diffs, agree = [], []
             for (lp, top), (lp0, _) in zip(row["tf"], base["tf"]):
