@@ -131,12 +131,14 @@ def test_smollm2_onednn_weights_match_python_layers(monkeypatch):
     assert ours == reference
 
 
-def test_smollm2_int4_matches_python_layers(monkeypatch):
+@pytest.mark.parametrize("method", ["int4", "int4-g128"])
+def test_smollm2_int4_matches_python_layers(monkeypatch, method):
     """4-bit weights in the compiled 4-bit kernel's layout run inside the op too (the platform
-    taken for one without AMX, whose 128-row kernel limit every step here fits)."""
+    taken for one without AMX, whose 128-row kernel limit every step here fits), in groups of
+    32 and in int4-g128's groups of 64 and 128 (the op finds the group size from the bytes)."""
     monkeypatch.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: False)
     prompts = _prompts(49152, [64, 9, 31], seed=7)
-    kwargs = dict(dtype="bfloat16", quantization="int4", max_num_batched_tokens=96, kv_cache_memory=0.25)
+    kwargs = dict(dtype="bfloat16", quantization=method, max_num_batched_tokens=96, kv_cache_memory=0.25)
     if cpu_kernels.instruction_set() == "scalar":
         pytest.skip("4-bit weights are not in the compiled kernel's layout on this CPU")
     fused, ours, reference = _both(monkeypatch, prompts, 16, **kwargs)
