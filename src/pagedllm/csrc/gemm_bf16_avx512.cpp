@@ -56,7 +56,10 @@ constexpr int kRowBlock = 6;       // rows per register tile: 6 x 4 accumulators
 
 // The next panel a thread will stream, fetched into L1/L2 a few k-pair rows at a time while the
 // current panel's row tiles run from cache. Without it, the first row tile of every panel
-// waits on DRAM and compute and memory take turns: at 16-64 rows that costs 15-20%.
+// waits on DRAM and compute and memory take turns: at 16-64 rows that costs 15-20%. Up to
+// kPrefetchMinRows - 1 rows the panels stream straight from memory, which the hardware
+// prefetcher alone keeps up with (benchmarks/README.md, "No next-panel prefetch for few rows").
+constexpr int64_t kPrefetchMinRows = 9;
 struct NextPanel {
   const char* base = nullptr;  // nullptr: nothing to fetch
   int64_t row_bytes = 0;       // one k-pair row of the panel (width x 4 bytes)
@@ -95,6 +98,7 @@ template <int kNV>
 void rows_of_panel(const uint16_t* x, int64_t x_stride, int64_t rows, const uint32_t* panel, int64_t width,
                    int64_t v0, int64_t pairs, uint16_t* out, int64_t out_stride, NextPanel next) {
   // Every row tile fetches an equal share of the next panel, spread over its k loop.
+  if (rows < kPrefetchMinRows) next.base = nullptr;
   const int64_t tiles = (rows + kRowBlock - 1) / kRowBlock;
   next.every = tiles;
   int64_t m = 0;
