@@ -233,13 +233,11 @@ void gemm_packed_bf16_avx2(const at::Tensor& out, const at::Tensor& x, const at:
         const uint32_t* panel = wp + c0 * pairs;
         uint16_t* o = op + m0 * out_stride + v * kVec;
         if (chunk == 1) {
-          NextSlice next;
-          if (v + count < end) {  // the thread's next panel
-            const int64_t next_c0 = c0 + kPanel, next_width = std::min(kPanel, n_len - next_c0);
-            next.base = reinterpret_cast<const char*>(wp + next_c0 * pairs);
-            next.stride = next.bytes = next_width * 4;
-          }
-          row_of_panel(xf, k_len, panel + v_in * kVec, width, count, pairs, o, next);
+          // One row streams its panels straight from memory: the hardware prefetcher keeps up
+          // with that one stream, and fetching the next panel besides made a 1B step's
+          // matmuls 14% slower (benchmarks/README.md, "No next-panel prefetch for few rows").
+          // With more rows the slices' prefetch below pays (35-39% at 2-16 rows).
+          row_of_panel(xf, k_len, panel + v_in * kVec, width, count, pairs, o, NextSlice{});
         } else {
           for (int64_t s = 0; s < count; ++s) {
             NextSlice next;
