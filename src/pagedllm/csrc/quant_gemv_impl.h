@@ -25,7 +25,8 @@ constexpr int kMaxTileRows = 8;                                     // rows of x
 constexpr int64_t kRowChunk = 64;                                   // rows of x per sweep over W
 // Lines ahead (of each block's stream of lines, 8 values of k each) that a tile prefetches:
 // 16 lines, 5 KB for 4 blocks, measured 8-14% less time for one row of x than without (2
-// threads, cold weights, an Intel Xeon); half as far gained half of that, twice as far no more.
+// threads, cold weights, an earlier session's CPU); half as far gained half of that, twice as far
+// no more.
 // On the AMD EPYC (Zen 4), switched per pass in one process over a 1B step's 4-bit matmuls,
 // 8, 16, 32 lines or none were within 1-4% of each other at 1 and 4 rows.
 constexpr int64_t kPrefetchLines = 16;
