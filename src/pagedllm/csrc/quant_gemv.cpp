@@ -227,13 +227,14 @@ void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
 #endif
 
 // The one vector kernel of this build (arguments checked, at least one row).
-void gemv_int4_vector_path(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed) {
+void gemv_int4_vector_path(const at::Tensor& out, const at::Tensor& x, const at::Tensor& packed,
+                           const Int4Groups& gr) {
 #if defined(__AVX512BF16__)
-  gemv_int4_vector(out, x, packed, groups_of(out, x, packed));
+  gemv_int4_vector(out, x, packed, gr);
 #elif defined(PAGEDLLM_ISA_AVX2)
-  gemv_int4_avx2(out, x, packed, groups_of(out, x, packed));
+  gemv_int4_avx2(out, x, packed, gr);
 #else
-  (void)out, (void)x, (void)packed;
+  (void)out, (void)x, (void)packed, (void)gr;
 #endif
 }
 
@@ -242,12 +243,12 @@ void gemv_int4_vector_path(const at::Tensor& out, const at::Tensor& x, const at:
 void gemv_int4(at::Tensor out, const at::Tensor& x, const at::Tensor& packed) {
   check_gemv_int4(out, x, packed);
   if (x.size(0) == 0) return;
+  const Int4Groups gr = groups_of(out, x, packed);
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
   // (The tile kernel takes groups of 32 only.)
-  if (x.size(0) > kInt4AmxMinRows && groups_of(out, x, packed).size == kInt4GroupSize && gemv_int4_amx(out, x, packed))
-    return;
+  if (x.size(0) > kInt4AmxMinRows && gr.size == kInt4GroupSize && gemv_int4_amx(out, x, packed)) return;
 #endif
-  gemv_int4_vector_path(out, x, packed);
+  gemv_int4_vector_path(out, x, packed, gr);
 }
 
 // gemv_int4 through one kernel whatever the row count: "vector" (vdpbf16ps or AVX2 FMA on the
@@ -258,15 +259,16 @@ void gemv_int4_kernel(at::Tensor out, const at::Tensor& x, const at::Tensor& pac
               kernel, "'");
   check_gemv_int4(out, x, packed);
   if (x.size(0) == 0) return;
+  const Int4Groups gr = groups_of(out, x, packed);
   if (kernel == "amx") {
 #if defined(PAGEDLLM_HAVE_AMX_BF16)
-    if (groups_of(out, x, packed).size == kInt4GroupSize && gemv_int4_amx(out, x, packed)) return;
+    if (gr.size == kInt4GroupSize && gemv_int4_amx(out, x, packed)) return;
 #endif
     TORCH_CHECK(false,
                 "gemv_int4_kernel: no AMX tile kernel in this build, no tile state granted by the OS, N % 16 != 0 "
                 "or a group size other than 32");
   }
-  gemv_int4_vector_path(out, x, packed);
+  gemv_int4_vector_path(out, x, packed, gr);
 }
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
@@ -283,7 +285,7 @@ void dequantize_int4_t(at::Tensor out, const at::Tensor& packed, int64_t row_beg
   TORCH_CHECK(row_begin >= 0 && row_begin % kInt4BlockRows == 0,
               "dequantize_int4_t: row_begin must be a multiple of 16");
   const int64_t k_len = out.size(0), n_rows = out.size(1);
-  TORCH_CHECK((group_size == 32 || group_size == 64 || group_size == 128) && k_len > 0 && k_len % group_size == 0,
+  TORCH_CHECK(int4_takes_group_size(group_size, k_len),
               "dequantize_int4_t: the group size must be 32, 64 or 128 and divide K; got ", group_size, " for K = ",
               k_len);
   const int64_t block_bytes = int4_packed_bytes(kInt4BlockRows, k_len, group_size);

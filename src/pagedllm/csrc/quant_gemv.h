@@ -51,12 +51,17 @@ constexpr int64_t int4_packed_bytes(int64_t n, int64_t k, int64_t g = kInt4Group
   return (n + kInt4BlockRows - 1) / kInt4BlockRows * (8 * k + 64 * k / g);
 }
 
+// Whether the layout takes groups of g values of k for a weight of k columns.
+constexpr bool int4_takes_group_size(int64_t g, int64_t k) {
+  return (g == 32 || g == 64 || g == kInt4MaxGroupSize) && k > 0 && k % g == 0;
+}
+
 // The group size of a weight of n rows and k columns packed in `bytes` bytes (the byte count
 // differs for each G, so the kernels' signatures carry no group size): 32, 64 or 128 where k is
 // a multiple of it and the count matches, else 0.
 constexpr int64_t int4_group_size(int64_t n, int64_t k, int64_t bytes) {
   for (int64_t g = kInt4GroupSize; g <= kInt4MaxGroupSize; g *= 2)
-    if (k > 0 && k % g == 0 && int4_packed_bytes(n, k, g) == bytes) return g;
+    if (int4_takes_group_size(g, k) && int4_packed_bytes(n, k, g) == bytes) return g;
   return 0;
 }
 

@@ -42,7 +42,7 @@ struct Int4Units {
   const uint8_t* sz[kMaxUnits];
   int64_t group_stride, quad_stride, sz_group_stride;
 
-  int64_t line_offset(int64_t o) const { return (o >> 2) * quad_stride + (o & 3) * kOctetBytes; }
+  int64_t line_offset(int64_t o) const { return int4_line_offset(quad_stride, o); }
   int valid[kMaxUnits];
 };
 
@@ -93,9 +93,8 @@ void int4_tile8(const Int4Units& t, const Int4Groups& gr, const float* x, const 
 #pragma GCC unroll 4
     for (int64_t o = 0; o < gr.lines; ++o) {
       // As the AVX-512 path (prefetch_ahead): kPrefetchLines ahead, every 4 lines.
-      const int64_t ahead = g * gr.lines + o + kPrefetchLines;
-      if (o % 4 == 0 && ahead < groups * gr.lines) {
-        const int64_t ga = ahead / gr.lines, oa = ahead - ga * gr.lines;
+      int64_t ga, oa;
+      if (o % 4 == 0 && int4_line_ahead(gr, g * gr.lines + o, &ga, &oa)) {
         for (int u = 0; u < kU; ++u) {
           if (u > 0 && t.codes[u] - t.codes[u - 1] == kUnitBytes) continue;  // the same lines
           const uint8_t* lines = t.codes[u] + ga * t.group_stride + t.line_offset(oa);

@@ -42,6 +42,23 @@ inline Int4Groups int4_groups(int64_t k_len, int64_t group_size) {
   return {group_size, k_len / group_size, lines, lines * kOctetBytes};
 }
 
+// Bytes from the start of a block's codes for a group to its line o: a group's lines come in
+// quads (32 values of k), each quad of all the super-block's blocks in turn (so that a tile
+// reads a dense window whatever the group size), quad_stride apart.
+inline int64_t int4_line_offset(int64_t quad_stride, int64_t o) {
+  return (o >> 2) * quad_stride + (o & 3) * kOctetBytes;
+}
+
+// The (group, line) kPrefetchLines after line `line` of a block's stream of lines, for the
+// tiles' software prefetch; false past the end.
+inline bool int4_line_ahead(const Int4Groups& gr, int64_t line, int64_t* group, int64_t* line_in_group) {
+  const int64_t ahead = line + kPrefetchLines;
+  if (ahead >= gr.count * gr.lines) return false;
+  *group = ahead / gr.lines;
+  *line_in_group = ahead - *group * gr.lines;
+  return true;
+}
+
 #if defined(__AVX512BF16__) || defined(PAGEDLLM_ISA_AVX2)
 
 // Where a tile finds its blocks' data: line o (8 values of k) of block b's codes for group g at
@@ -53,9 +70,7 @@ struct Int4Tile {
   const uint8_t* sz;
   int64_t sz_group_stride, sz_block_stride;
 
-  // A group's lines come in quads (32 values of k), each quad of all the super-block's blocks
-  // in turn (so that a tile reads a dense window whatever the group size).
-  int64_t line_offset(int64_t o) const { return (o >> 2) * quad_stride + (o & 3) * kOctetBytes; }
+  int64_t line_offset(int64_t o) const { return int4_line_offset(quad_stride, o); }
 };
 
 // Where block `blk` (of `blocks`) of a packed weight with groups `gr` starts.
@@ -73,9 +88,8 @@ inline Int4Tile locate(const uint8_t* packed, int64_t blk, int64_t blocks, const
 // prefetcher alone ramps up too late. Called once per 4 lines, so the distance is the same for
 // every group size.
 inline void prefetch_ahead(const Int4Tile& t, const Int4Groups& gr, int64_t line, int blocks) {
-  const int64_t ahead = line + kPrefetchLines;
-  if (ahead >= gr.count * gr.lines) return;
-  const int64_t g = ahead / gr.lines, o = ahead - g * gr.lines;
+  int64_t g, o;
+  if (!int4_line_ahead(gr, line, &g, &o)) return;
   for (int b = 0; b < blocks; ++b) {
     const uint8_t* codes = t.codes + g * t.group_stride + b * t.block_stride + t.line_offset(o);
     for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(codes + i * kOctetBytes), _MM_HINT_T0);

@@ -26,11 +26,13 @@ from torch import nn
 
 from pagedllm.model.layers.quantization.int4_blocks import Int4Blocks
 from pagedllm.ops.dequantized_matmul import dequantized_matmul
+from pagedllm.ops.int4_gemv import GROUP_SIZE, GROUP_SIZES
 
 logger = logging.getLogger(__name__)
 
-GROUP_SIZE = 32  # the default, and the group of checkpoints' 4-bit blocks (GGUF Q4_0 / Q4_1)
-GROUP_SIZES = (32, 64, 128)  # what every 4-bit format here takes
+# GROUP_SIZE, the default group, and GROUP_SIZES, the sizes every 4-bit format here takes, are
+# the compiled kernel's (torch's op takes them too), so that a scheme runs on every platform.
+
 # Up to this many rows torch's fused int4 op is faster than unpack + bf16 matmul: the
 # crossover was 75-100 rows on every shape of SmolLM2 (benchmarks/quant_quality.py --kernels).
 OP_MAX_ROWS = 64
