@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pagedllm.core.sched_output import EngineCoreOutput, TokenLogprobs
@@ -285,3 +287,23 @@ def test_ids_beyond_the_tokenizer_render_as_no_text(tok):
                 assert texts[unknown[1]] == "" and (token in known or texts[token] == "")
     assert token_ids == ids
     assert "".join(deltas) == tok.decode(known) == " café 🎉 ok"
+
+
+def test_each_output_carries_its_own_copy_of_every_metrics_field(tok):
+    proc = _start(tok, SamplingParams(max_tokens=3), kind="delta")
+    (first,) = proc.process_outputs(
+        [EngineCoreOutput("r", [11], first_scheduled_time=5.0)], now=10.0
+    ).request_outputs
+    (last,) = proc.process_outputs(
+        [EngineCoreOutput("r", [12], finish_reason="length")], now=11.0
+    ).request_outputs
+    # The copy is spelled out field by field (per-token speed): a field added later must be in it.
+    live = last.metrics
+    assert dataclasses.asdict(live.copy()) == dataclasses.asdict(live)
+    for field in dataclasses.fields(live):
+        probe = live.copy()
+        setattr(probe, field.name, -1.0)
+        assert getattr(probe.copy(), field.name) == -1.0, field.name
+    # The first output kept the values of its own step.
+    assert (first.metrics.num_generation_tokens, first.metrics.last_token_time) == (1, 10.0)
+    assert (last.metrics.num_generation_tokens, last.metrics.finished_time) == (2, 11.0)

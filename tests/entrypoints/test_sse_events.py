@@ -14,7 +14,9 @@ AWKWARD_TEXT = "a\u2028b\u2029c\x85d\ne\rf\x0bg\x0ch\x1ci\x1dj\x1ek\u00e9\U0001f
 
 
 def test_an_event_with_unicode_line_separators_is_one_line_for_every_splitter():
-    event = sse({"choices": [{"index": 0, "text": AWKWARD_TEXT}]})
+    raw = sse({"choices": [{"index": 0, "text": AWKWARD_TEXT}]})
+    assert isinstance(raw, bytes)  # written to the socket as it is
+    event = raw.decode()
     assert event.endswith("\n\n")
     line = event[:-2]
     assert line.splitlines() == [line]  # what str.splitlines-style readers see

@@ -10,12 +10,12 @@ that same receive thread (`engine_process=False`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from pagedllm.config import ConfigError, EngineConfig
 from pagedllm.engine.core_client import EngineCoreClient, EngineDeadError, InprocClient
@@ -36,15 +36,37 @@ __all__ = ["AsyncLLM", "EngineDeadError"]
 _RECEIVE_TIMEOUT_S = 0.5
 
 
-@dataclass
 class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
+    """One request's outputs on their way to its event loop: filled by `put` on that loop,
+    emptied by `get`. Leaner than asyncio.Queue (no size bound, one waiter), as every token
+    of every stream passes here."""
+
+    __slots__ = ("loop", "_items", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self):
+        while not self._items:
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
-def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
-    for stream_queue, item in batch:
-        stream_queue.put_nowait(item)
+def _put_all(batch: list[tuple[_Stream, object]]) -> None:
+    for stream, item in batch:
+        stream.put(item)
 
 
 def make_client(config: EngineConfig, engine_process: bool) -> EngineCoreClient:
@@ -121,7 +143,7 @@ class AsyncLLM:
                     f"compiling the {params.structured_outputs.kind} constraint took longer than "
                     f"{GRAMMAR_TIMEOUT_S:g} s; simplify it"
                 ) from None
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = _Stream(asyncio.get_running_loop())
         with self._streams_lock:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
@@ -140,7 +162,7 @@ class AsyncLLM:
             # Checked again once registered: an engine that died in between never fails this stream.
             self._check_alive()
             while True:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if isinstance(item, BaseException):
                     finished = True  # the engine has forgotten it already
                     raise item
@@ -174,7 +196,7 @@ class AsyncLLM:
         with self._streams_lock:
             streams = list(self._streams.values())
         for stream in streams:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
+            stream.loop.call_soon_threadsafe(stream.put, error)
 
     def stats(self):
         """The scheduler's state after the latest step (None before the first)."""
@@ -249,12 +271,12 @@ class AsyncLLM:
         # One wake-up per event loop for the whole step, not one per request: each
         # call_soon_threadsafe writes to the loop's self-pipe, and at 32 streams per step that
         # was a tenth of the server's CPU time, taken from the cores the model runs on.
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, object]]] = {}
         with self._streams_lock:
             for request_id, item in deliveries:
                 stream = self._streams.get(request_id)
                 if stream is not None:
-                    batches.setdefault(stream.loop, []).append((stream.queue, item))
+                    batches.setdefault(stream.loop, []).append((stream, item))
         for loop, batch in batches.items():
             loop.call_soon_threadsafe(_put_all, batch)
 
@@ -263,4 +285,4 @@ class AsyncLLM:
         with self._streams_lock:
             streams = list(self._streams.values())
         for stream in streams:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, EngineDeadError(str(exc)))
+            stream.loop.call_soon_threadsafe(stream.put, EngineDeadError(str(exc)))

@@ -12,7 +12,6 @@ incrementally, detects stop strings, converts logprobs; per user request (the
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -165,6 +164,8 @@ class ParentState:
         self.children = {
             cid: ChildState(i, prompt_token_ids, params, texts) for i, cid in enumerate(child_ids)
         }
+        # n=1, most requests: the per-step checks skip iterating over one child.
+        self._only_child = next(iter(self.children.values())) if len(self.children) == 1 else None
         self.prompt_logprobs: list[PositionLogprobs | None] | None = None
         if params.prompt_logprobs is not None:
             self.prompt_logprobs = [None] * len(prompt_token_ids)
@@ -174,6 +175,8 @@ class ParentState:
 
     @property
     def finished(self) -> bool:
+        if self._only_child is not None:
+            return self._only_child.finish_reason is not None
         return all(c.finished for c in self.children.values())
 
     def add_prompt_logprobs(self, start: int, values: TokenLogprobs) -> None:
@@ -192,7 +195,10 @@ class ParentState:
         if self.output_kind == "final" and not finished:
             return None
         delta = self.output_kind == "delta"
-        children = [c for c in self.children.values() if c.has_update or not delta]
+        if self._only_child is not None:
+            children = [self._only_child]  # a touched parent's only child has an update
+        else:
+            children = [c for c in self.children.values() if c.has_update or not delta]
         prompt_logprobs = self.prompt_logprobs
         if delta:
             # Streaming sends the prompt logprobs once, with the first output.
@@ -206,7 +212,7 @@ class ParentState:
             outputs=[c.make_output(delta) for c in children],
             finished=finished,
             num_cached_tokens=self.num_cached_tokens,
-            metrics=dataclasses.replace(self.metrics),
+            metrics=self.metrics.copy(),
         )
 
 

@@ -87,4 +87,4 @@ def test_an_error_inside_a_stream_is_the_last_event_before_done():
     assert json.loads(events[0][len("data: ") :])["choices"][0]["text"] == " there"
     error = json.loads(events[-2][len("data: ") :])["error"]
     assert set(error) == {"message", "type", "param", "code"} and "engine stopped" in error["message"]
-    assert events[-1] == "data: [DONE]\n\n" and len(events) == 3
+    assert events[-1] == b"data: [DONE]\n\n" and len(events) == 3
