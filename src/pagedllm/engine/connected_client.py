@@ -44,7 +44,7 @@ class ConnectedCoreClient(EngineCoreClient):
 
     @property
     def connection(self):
-        """The core's end of the connection, for `multiprocessing.connection.wait` over several."""
+        """The core's end of the connection, for waiting on several at once."""
         return self._conn
 
     @property

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +78,34 @@ def total_stats(
     )
 
 
+class _ConnectionPoller:
+    """Waits until some of the replicas' connections can be read.
+
+    multiprocessing's `wait` builds and tears down a selector on every call, once per engine
+    step on the receive thread; this keeps one poll object while the set of connections stays
+    the same (where `select.poll` exists; elsewhere it uses `wait`)."""
+
+    def __init__(self):
+        self._connections: list | None = None
+        self._poll = None
+        self._by_fd: dict[int, object] = {}
+
+    def wait(self, connections: list, timeout: float | None) -> list:
+        if not hasattr(select, "poll"):
+            return wait_connections(connections, timeout)
+        if connections != self._connections:
+            poll = select.poll()
+            by_fd = {}
+            for connection in connections:
+                fd = connection.fileno()
+                poll.register(fd, select.POLLIN)
+                by_fd[fd] = connection
+            self._connections, self._poll, self._by_fd = list(connections), poll, by_fd
+        # A hang-up or error is reported too: reading that connection then says what happened.
+        events = self._poll.poll(None if timeout is None else math.ceil(timeout * 1000))
+        return [self._by_fd[fd] for fd, _ in events]
+
+
 class DataParallelClient(EngineCoreClient):
     """See the module docstring. `start_replica(config, index)` starts one core and returns its
     client (a local process, or a Ray actor with the ray backend); every replica starts loading
@@ -97,6 +127,7 @@ class DataParallelClient(EngineCoreClient):
         self.watchdog_s = watchdog_s
         self.num_restarts = [0] * self.num_replicas
         self._restarting: set[int] = set()
+        self._poller = _ConnectionPoller()
         self.replicas = []
         try:
             for index in range(self.num_replicas):
@@ -200,7 +231,7 @@ class DataParallelClient(EngineCoreClient):
         if self.watchdog_s is not None:
             self._kill_hung(live.values())
         try:
-            ready = wait_connections(list(live), timeout)
+            ready = self._poller.wait(list(live), timeout)
         except (OSError, ValueError) as exc:  # a connection closed by shutdown meanwhile
             raise EngineDeadError(self._all_dead_message()) from exc
         if not ready:
@@ -209,7 +240,8 @@ class DataParallelClient(EngineCoreClient):
         for connection in ready:
             index = live[connection]
             try:
-                outputs = self.replicas[index].get_outputs(0.0)
+                # Ready already: receive without polling again.
+                outputs = self.replicas[index].get_outputs(None)
             except EngineDeadError as exc:
                 merged.lost.extend(self._lose(index, str(exc)))
                 continue
