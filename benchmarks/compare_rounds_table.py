@@ -30,8 +30,12 @@ def weight_bytes_per_token(entry: Entry, plan: Plan, flops: dict[str, float]) ->
 
 
 def derived(entry: Entry, plan: Plan, flops: dict[str, float], rnd: Round) -> None:
-    """MFU for (a) and bandwidth fraction for (b), against this round's probes."""
+    """MFU for (a) and bandwidth fraction for (b), against this round's probes; the highest
+    serving concurrency's output rate as a percentage of this round's offline rate."""
     values = rnd.values.get(entry.label(plan), {})
+    top = f"c{max(c for _, c in plan.serving)}.output" if plan.serving else None
+    if top in values and values.get("a.output", 0) > 0:
+        values["c.served"] = 100.0 * values[top] / values["a.output"]
     best = max(rnd.torch_gflops, rnd.packed_gflops)
     if "a.output" in values:
         values["a.mfu"] = model_flops_utilization(flops, best, values["a.output"], values["a.total"])
@@ -62,6 +66,9 @@ def rows(plan: Plan, workloads: str) -> list[tuple[str, str]]:
                 (f"c{concurrency}.ttft", f"{head}: median TTFT ms"),
                 (f"c{concurrency}.tpot", f"{head}: median TPOT ms"),
             ]
+        if "a" in workloads and plan.serving:
+            top = max(c for _, c in plan.serving)
+            out.append(("c.served", f"(c) serve c={top}: output as % of (a) offline, same round"))
         out.append(("c.startup", "(c) server start-up s"))
     return out
 
@@ -99,7 +106,7 @@ def ratio_table(plan: Plan, entries: list[Entry], rounds: list[Round], workloads
     for mine in (e for e in entries if e.engine == "pagedllm"):
         for peer in (e for e in entries if e.engine != "pagedllm" and e.fmt == mine.fmt):
             for key, name in rows(plan, workloads):
-                if key in ("a.mfu", "b.bw", "c.startup"):
+                if key in ("a.mfu", "b.bw", "c.served", "c.startup"):
                     continue
                 ratios = []
                 for r in rounds:
