@@ -98,9 +98,17 @@ class AsyncLLM:
         config: EngineConfig,
         model_name: str | None = None,
         engine_process: bool = False,
+        pin_threads: bool = False,
     ):
+        """`pin_threads`: a process that serves and does nothing else (`pagedllm serve`) keeps
+        its threads to the cores its engine core left it, if the core pinned its own."""
         self.engine_process = engine_process
         self.engine = LLMEngine(config, make_client(config, engine_process))
+        if pin_threads and engine_process and self.engine.info.frontend_cores:
+            from pagedllm.platforms import pin_frontend_threads
+
+            # Before the receive thread starts, which then inherits the cores.
+            pin_frontend_threads(self.engine.info.frontend_cores)
         self.tokenizer = self.engine.tokenizer
         self.model_config = self.engine.model_config
         self._streams: dict[str, _Stream] = {}

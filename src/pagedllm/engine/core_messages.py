@@ -72,6 +72,9 @@ class EngineCoreInfo(msgspec.Struct, array_like=True):
     block_size: int
     device: str
     dtype: str
+    # Cores the server's threads should keep to, where the core pinned its own threads (empty:
+    # nothing pinned; Platform.pin_engine_core_threads).
+    frontend_cores: list[int] = []
 
     @property
     def kv_capacity_tokens(self) -> int:

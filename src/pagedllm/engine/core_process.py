@@ -61,9 +61,12 @@ def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: i
         logger.exception("the engine core failed to start")
         conn.send_bytes(codec.encode(Failed(repr(exc))))
         return
+    loop = EngineCoreLoop(core, conn)
+    # After the reader thread started, so that it is pinned with the model's other threads.
+    core.info.frontend_cores = core.pin_threads()
     conn.send_bytes(codec.encode(Ready(SCHEMA_VERSION, core.info)))
     try:
-        EngineCoreLoop(core, conn).run()
+        loop.run()
     except Exception as exc:
         logger.exception("the engine core failed")
         # The client may be gone already; then there is no one left to tell.

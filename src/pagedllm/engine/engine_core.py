@@ -240,6 +240,13 @@ class EngineCore:
         return take_snapshot(self.scheduler, self.config.data_parallel_rank, self.num_steps)
 
     # ---- the step -----------------------------------------------------------------------------
+    def pin_threads(self) -> list[int]:
+        """Pin this process's threads where the platform finds it pays (a core process of its
+        own, once loaded); returns the cores the server's threads should keep to (or [])."""
+        if self.platform is None or self.config.tensor_parallel_size > 1:
+            return []
+        return self.platform.pin_engine_core_threads()
+
     def shutdown(self) -> None:
         """Stop the executor's processes (tensor-parallel workers); idempotent."""
         self.executor.shutdown()

@@ -16,7 +16,7 @@ import msgspec
 from pagedllm.engine.core_messages import EngineCoreInfo, EngineCoreOutputs, EngineCoreRequest
 
 # Bump whenever a message or a struct it carries changes its fields or their order.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class AddRequests(msgspec.Struct, tag=True, array_like=True):

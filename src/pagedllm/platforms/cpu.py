@@ -34,6 +34,7 @@ from pagedllm.platforms.cpu_threads import (
     configure_model_threads,
     cpu_has_amx_bf16,
     cpu_has_fast_bf16,
+    pin_engine_core_threads,
     replica_cores,
     tune_cpu_allocator,
 )
@@ -100,7 +101,18 @@ class CpuPlatform(Platform):
                 os.sched_setaffinity(0, cores)
                 logger.info("data-parallel replica %d of %d: cores %s", index, count, sorted(cores))
         # Tensor-parallel ranks of one replica share its cores.
-        logger.info("CPU model threads: %d", configure_model_threads(num_ranks))
+        self._model_threads = configure_model_threads(num_ranks)
+        self._pinnable = count == 1 and num_ranks == 1
+        logger.info("CPU model threads: %d", self._model_threads)
+
+    def pin_engine_core_threads(self) -> list[int]:
+        # One replica, one rank, its threads on every usable core: see cpu_threads.py.
+        if not getattr(self, "_pinnable", False):
+            return []
+        cores = pin_engine_core_threads(self._model_threads)
+        if cores:
+            logger.info("engine core: main thread on its own core; server threads on cores %s", cores)
+        return cores
 
     def available_memory(self) -> int:
         try:

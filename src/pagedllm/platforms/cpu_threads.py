@@ -90,3 +90,47 @@ def configure_frontend_threads() -> None:
     torch work (sampling-parameter checks, tensors for logit bias) never competes with the
     model's thread pool for cores."""
     torch.set_num_threads(1)
+
+
+PIN_THREADS_ENV = "PAGEDLLM_PIN_THREADS"
+
+
+def pin_process_threads(main_cores: set[int], other_cores: set[int]) -> bool:
+    """Pin this process's main thread to `main_cores` and each of its other threads to
+    `other_cores` (threads started later inherit their creator's cores); False if the OS
+    refused."""
+    pid = os.getpid()
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), main_cores if int(tid) == pid else other_cores)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def pin_engine_core_threads(num_threads: int) -> list[int]:
+    """In an engine core process whose model threads take every usable core: the main thread
+    (which runs the step's serial work and is the thread pool's first thread) gets the first
+    core to itself, every other thread the rest. Returns the cores left to the server's
+    threads (empty when nothing was pinned: fewer than 2 cores, the threads not taking all of
+    them, or PAGEDLLM_PIN_THREADS=0).
+
+    The server's threads then run beside the pool's other threads only: when they wake for a
+    step's outputs they no longer preempt the main thread, whose serial work between two
+    forward passes every other thread waits on."""
+    if os.environ.get(PIN_THREADS_ENV, "1") == "0":
+        return []
+    try:
+        usable = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
+    if len(usable) < 2 or num_threads != len(usable):
+        return []
+    others = set(usable[1:])
+    return sorted(others) if pin_process_threads({usable[0]}, others) else []
+
+
+def pin_frontend_threads(cores: list[int]) -> bool:
+    """Pin every thread of this (server) process, and so every thread it starts later, to
+    `cores`: those its engine core left to it (`pin_engine_core_threads`)."""
+    return bool(cores) and pin_process_threads(set(cores), set(cores))

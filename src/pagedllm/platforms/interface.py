@@ -118,6 +118,12 @@ class Platform(ABC):
         """Set up a process that runs the model (threads, allocator); once, before loading.
         `num_ranks`: how many tensor-parallel ranks share this machine."""
 
+    def pin_engine_core_threads(self) -> list[int]:
+        """In an engine core process that runs the model itself, once it is loaded: pin its
+        threads where that pays; returns the cores the server's threads should keep to (empty:
+        nothing pinned, the server's threads stay where they are)."""
+        return []
+
     @abstractmethod
     def available_memory(self) -> int:
         """Bytes free for the KV cache on the device."""

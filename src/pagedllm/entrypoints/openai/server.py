@@ -253,7 +253,10 @@ def run_server(args: argparse.Namespace) -> int:
     if args.max_num_batched_tokens is None:
         args.max_num_batched_tokens = SERVING_BATCHED_TOKENS
     llm = AsyncLLM(
-        engine_config_from_args(args), model_name=served_model_name, engine_process=args.engine_process
+        engine_config_from_args(args),
+        model_name=served_model_name,
+        engine_process=args.engine_process,
+        pin_threads=True,
     )
     try:
         ctx = ServingContext(
