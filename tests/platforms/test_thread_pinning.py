@@ -24,8 +24,14 @@ role, num_threads = sys.argv[1], int(sys.argv[2])
 if role == "core":
     cores = pin_engine_core_threads(num_threads if num_threads > 0 else len(usable))
 else:
+    import subprocess
+    from pagedllm.platforms.cpu_threads import unpinned_cores
     cores = sorted(usable[1:])
     pin_frontend_threads(cores)
+    probe = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    with unpinned_cores():  # as MultiprocClient starts a core
+        spawned = json.loads(subprocess.run(probe, capture_output=True, text=True).stdout)
+    spawned_after = json.loads(subprocess.run(probe, capture_output=True, text=True).stdout)
 late = threading.Thread(target=release.wait)
 late.start()  # started after pinning: inherits the main thread's cores
 pid = os.getpid()
@@ -36,7 +42,10 @@ affinity = {
 }
 late_cores = sorted(os.sched_getaffinity(late.native_id))
 release.set()
-print(json.dumps({"usable": usable, "cores": cores, "affinity": affinity, "late": late_cores}))
+report = {"usable": usable, "cores": cores, "affinity": affinity, "late": late_cores}
+if role != "core":
+    report.update(spawned=spawned, spawned_after=spawned_after)
+print(json.dumps(report))
 """
 
 
@@ -77,6 +86,9 @@ def test_the_server_keeps_to_the_cores_its_core_left_it():
     r = _run("frontend")
     assert all(cores == r["usable"][1:] for cores in r["affinity"].values())
     assert r["late"] == r["usable"][1:]
+    # A core it starts (a restart too) gets every core back; the server's thread stays confined.
+    assert r["spawned"] == r["usable"]
+    assert r["spawned_after"] == r["usable"][1:]
 
 
 @needs_two_cores

@@ -13,6 +13,7 @@ import multiprocessing
 from pagedllm.config import EngineConfig
 from pagedllm.engine.connected_client import ConnectedCoreClient
 from pagedllm.engine.core_process import run_engine_core_process
+from pagedllm.platforms import unpinned_cores
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ class MultiprocClient(ConnectedCoreClient):
             name="pagedllm-" + name.replace(" ", "-"),
             daemon=True,
         )
-        self._process.start()
+        # A server that pinned its threads (platforms.pin_frontend_threads) starts a core, a
+        # restarted one too, on every core it had, for the core to lay its threads out anew.
+        with unpinned_cores():
+            self._process.start()
         child_conn.close()  # so that the core's death reads as end-of-file here
         logger.info("%s process started (pid %d)", name, self._process.pid)
 

@@ -6,7 +6,7 @@ import torch
 
 from pagedllm.config import EngineConfig
 from pagedllm.platforms.cpu import CpuPlatform
-from pagedllm.platforms.cpu_threads import configure_frontend_threads, pin_frontend_threads
+from pagedllm.platforms.cpu_threads import configure_frontend_threads, pin_frontend_threads, unpinned_cores
 from pagedllm.platforms.cuda import CudaPlatform
 from pagedllm.platforms.interface import Platform, PlatformOptions
 
@@ -42,6 +42,7 @@ __all__ = [
     "PlatformOptions",
     "configure_frontend_threads",
     "pin_frontend_threads",
+    "unpinned_cores",
     "resolve_platform",
     "select_device",
 ]

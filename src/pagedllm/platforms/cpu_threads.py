@@ -130,7 +130,42 @@ def pin_engine_core_threads(num_threads: int) -> list[int]:
     return sorted(others) if pin_process_threads({usable[0]}, others) else []
 
 
+# The cores this process had before pin_frontend_threads confined it: what a core process it
+# starts later (a restart after a crash) must get back.
+_cores_before_pinning: set[int] | None = None
+
+
 def pin_frontend_threads(cores: list[int]) -> bool:
     """Pin every thread of this (server) process, and so every thread it starts later, to
     `cores`: those its engine core left to it (`pin_engine_core_threads`)."""
-    return bool(cores) and pin_process_threads(set(cores), set(cores))
+    global _cores_before_pinning
+    if not cores:
+        return False
+    try:
+        before = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return False
+    if not pin_process_threads(set(cores), set(cores)):
+        return False
+    if _cores_before_pinning is None:
+        _cores_before_pinning = before
+    return True
+
+
+@contextlib.contextmanager
+def unpinned_cores():
+    """Run the block with the calling thread on the cores this process had before
+    `pin_frontend_threads` (a process started inside inherits them), then confine it again."""
+    saved = None
+    if _cores_before_pinning is not None:
+        try:
+            saved = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, _cores_before_pinning)
+        except OSError:
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, saved)
