@@ -76,6 +76,9 @@ class CpuPlatform(Platform):
         super().__init__(device, options)
         self._kernels: bool | None = None
         self._layer_ops: dict[torch.dtype, LayerOps] = {}
+        # Set by configure_model_process in a process that runs the model.
+        self._model_threads = 0
+        self._pinnable = False
 
     @property
     def kernels(self) -> bool:
@@ -107,7 +110,7 @@ class CpuPlatform(Platform):
 
     def pin_engine_core_threads(self) -> list[int]:
         # One replica, one rank, its threads on every usable core: see cpu_threads.py.
-        if not getattr(self, "_pinnable", False):
+        if not self._pinnable:
             return []
         cores = pin_engine_core_threads(self._model_threads)
         if cores:
