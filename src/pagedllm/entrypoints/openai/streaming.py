@@ -114,6 +114,14 @@ class _Primed:
             return self.first
         return await anext(self.stream)
 
+    def take_first(self) -> tuple[bool, object]:
+        """(True, the first item) once, then (False, None): for a caller that then iterates
+        `self.stream` itself, one layer fewer per item."""
+        if self._first_taken:
+            return False, None
+        self._first_taken = True
+        return True, self.first
+
     async def aclose(self) -> None:
         await self.stream.aclose()
 
@@ -146,9 +154,10 @@ async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
         if len(streams) == 1:
             # One stream (n=1, one prompt: most requests) costs no extra layer per item.
             stream = streams[0]
-            if isinstance(stream, _Primed) and not stream._first_taken:
-                stream._first_taken = True
-                yield 0, stream.first
+            if isinstance(stream, _Primed):
+                has_first, first = stream.take_first()
+                if has_first:
+                    yield 0, first
                 stream = stream.stream
             async for item in stream:
                 yield 0, item
