@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from functools import partial
 
 import torch
@@ -29,6 +30,7 @@ from pagedllm.ops.int8_gemv import GemvInt8Weight
 from pagedllm.ops.linear import AMX_SKINNY_MAX_ROWS, SKINNY_MAX_ROWS, skinny_linear_upto
 from pagedllm.ops.onednn_linear import onednn_available, pack_for_onednn
 from pagedllm.ops.packed_linear import pack_if_packable
+from pagedllm.platforms.cpu_huge_pages import move_weights_to_huge_pages, transparent_huge_pages
 from pagedllm.platforms.cpu_step_compiler import CpuDecoderStackCompiler
 from pagedllm.platforms.cpu_threads import (
     configure_model_threads,
@@ -107,6 +109,15 @@ class CpuPlatform(Platform):
         self._model_threads = configure_model_threads(num_ranks)
         self._pinnable = count == 1 and num_ranks == 1
         logger.info("CPU model threads: %d", self._model_threads)
+
+    def place_weights(self, model: torch.nn.Module) -> None:
+        # Decode streams every weight once per step: on huge pages, back to back, it streams
+        # faster (cpu_huge_pages.py).
+        if not (self.options.huge_pages and transparent_huge_pages()):
+            return
+        start = time.perf_counter()
+        moved = move_weights_to_huge_pages(model)
+        logger.info("weights in huge pages: %.0f MiB in %.2f s", moved / (1 << 20), time.perf_counter() - start)
 
     def pin_engine_core_threads(self) -> list[int]:
         # One replica, one rank, its threads on every usable core: see cpu_threads.py.

@@ -31,6 +31,7 @@ PACKED_WEIGHTS_ENV = "PAGEDLLM_PACKED_WEIGHTS"
 ONEDNN_WEIGHTS_ENV = "PAGEDLLM_ONEDNN_WEIGHTS"
 STEP_COMPILER_ENV = "PAGEDLLM_DECODER_STACK"
 ATTENTION_BACKEND_ENV = "PAGEDLLM_ATTENTION_BACKEND"
+HUGE_PAGES_ENV = "PAGEDLLM_HUGE_PAGES"
 
 
 def _switch(env: str, configured: bool | None) -> bool | None:
@@ -50,6 +51,7 @@ class PlatformOptions:
     - `onednn_weights`: bf16 weights packed once for oneDNN's matmul instead (opt-in).
     - `step_compiler`: the whole decoder stack as one compiled call (the CPU decoder stack).
     - `attention_backend`: "auto" (the platform's choice) or a backend the user forces.
+    - `huge_pages`: weights copied into transparent huge pages after loading (CPU).
     - `enforce_eager`: no captured graphs (GPU): every step runs the model's Python layers.
     - `local_replica`: (index, count) of the data-parallel replicas started as local processes
       on this machine, which share its cores or devices; (0, 1) when there is one, or when a
@@ -63,12 +65,13 @@ class PlatformOptions:
     enforce_eager: bool = False
     local_replica: tuple[int, int] = (0, 1)
     onednn_weights: bool = False
+    huge_pages: bool = True
 
     @classmethod
     def resolve(cls, config: EngineConfig) -> PlatformOptions:
         """The config's switches, each overridden by its environment variable if set
         (`PAGEDLLM_CPU_KERNELS`, `PAGEDLLM_PACKED_WEIGHTS`, `PAGEDLLM_ONEDNN_WEIGHTS`,
-        `PAGEDLLM_DECODER_STACK`: 0 = off;
+        `PAGEDLLM_DECODER_STACK`, `PAGEDLLM_HUGE_PAGES`: 0 = off;
         `PAGEDLLM_ATTENTION_BACKEND`: a backend name)."""
         backend = os.environ.get(ATTENTION_BACKEND_ENV, "").strip() or config.attention_backend
         if backend not in ATTENTION_BACKENDS:
@@ -82,6 +85,7 @@ class PlatformOptions:
             onednn_weights=bool(_switch(ONEDNN_WEIGHTS_ENV, config.onednn_weights)),
             step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
             attention_backend=backend,
+            huge_pages=bool(_switch(HUGE_PAGES_ENV, True)),
             enforce_eager=config.enforce_eager,
             local_replica=(
                 (config.data_parallel_rank, config.data_parallel_size)
@@ -117,6 +121,10 @@ class Platform(ABC):
     def configure_model_process(self, num_ranks: int = 1) -> None:  # noqa: B027 (most need nothing)
         """Set up a process that runs the model (threads, allocator); once, before loading.
         `num_ranks`: how many tensor-parallel ranks share this machine."""
+
+    def place_weights(self, model: torch.nn.Module) -> None:  # noqa: B027 (most need nothing)
+        """Once the model is loaded (its weights in their final formats), before anything
+        holds on to them: move the weights where this platform's kernels read them fastest."""
 
     def pin_engine_core_threads(self) -> list[int]:
         """In an engine core process that runs the model itself, once it is loaded: pin its

@@ -58,6 +58,7 @@ class ModelRunner:
         self.model = load_model(
             model_config, self.device, dtype, tp_rank, tp_size, layer_ops=platform.layer_ops(dtype), seed=seed
         )
+        platform.place_weights(self.model)
         self.backend = platform.attention_backend()
         self.sampler = Sampler(platform.sample_kernel())
         self.compiled_step: CompiledStep | None = None
