@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 
 from pagedllm.config import EngineConfig
 from pagedllm.engine.core_messages import EngineCoreOutputs
+from pagedllm.engine.startup_gc import freeze_startup_objects
 from pagedllm.engine.wire import (
     SCHEMA_VERSION,
     AbortRequests,
@@ -64,6 +65,7 @@ def run_engine_core_process(config: EngineConfig, conn: Connection, log_level: i
     loop = EngineCoreLoop(core, conn)
     # After the reader thread started, so that it is pinned with the model's other threads.
     core.info.frontend_cores = core.pin_threads()
+    freeze_startup_objects()
     conn.send_bytes(codec.encode(Ready(SCHEMA_VERSION, core.info)))
     try:
         loop.run()

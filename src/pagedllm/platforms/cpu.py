@@ -117,7 +117,9 @@ class CpuPlatform(Platform):
             return
         start = time.perf_counter()
         moved = move_weights_to_huge_pages(model)
-        logger.info("weights in huge pages: %.0f MiB in %.2f s", moved / (1 << 20), time.perf_counter() - start)
+        logger.info(
+            "weights in huge pages: %.0f MiB in %.2f s", moved / (1 << 20), time.perf_counter() - start
+        )
 
     def pin_engine_core_threads(self) -> list[int]:
         # One replica, one rank, its threads on every usable core: see cpu_threads.py.

@@ -8,6 +8,9 @@ anonymous mapping advised `MADV_HUGEPAGE` (Linux's transparent huge pages, which
 distributions grant on request: `enabled` set to `madvise` or `always`), the weights lie on
 2 MiB pages, back to back in module order (benchmarks/README.md, "Weights in huge pages").
 
+The KV cache stays where torch puts it: on huge pages, 8 sequences decoding at 4000 tokens of
+context read it no faster (a fresh pool hands out a sequence's blocks mostly in order).
+
 Only tensors that own their storage whole are moved (a view into a larger tensor keeps its
 place), and only those of at least `MIN_BYTES`: norms and small tables gain nothing.
 """
@@ -15,6 +18,7 @@ place), and only those of at least `MIN_BYTES`: norms and small tables gain noth
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 from pathlib import Path
 
@@ -57,15 +61,20 @@ class HugePageArena:
         """Bytes one tensor of `nbytes` takes in an arena (its start aligned)."""
         return -(-nbytes // _ALIGN) * _ALIGN
 
-    def copy_of(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A tensor in the arena equal to `tensor` (contiguous)."""
-        nbytes = tensor.nbytes
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous tensor from the arena's next free bytes (zeros where never written)."""
+        nbytes = math.prod(shape) * dtype.itemsize
         if self._used + nbytes > self._bytes.numel():
-            raise ValueError(f"huge-page arena full: {nbytes} bytes asked, {self._bytes.numel() - self._used} left")
-        out = self._bytes[self._used : self._used + nbytes].view(tensor.dtype).view(tensor.shape)
-        out.copy_(tensor)
+            raise ValueError(
+                f"huge-page arena full: {nbytes} bytes asked, {self._bytes.numel() - self._used} left"
+            )
+        out = self._bytes[self._used : self._used + nbytes].view(dtype).view(shape)
         self._used += self.span(nbytes)
         return out
+
+    def copy_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor in the arena equal to `tensor` (contiguous)."""
+        return self.take(tuple(tensor.shape), tensor.dtype).copy_(tensor)
 
 
 def _movable(tensor: torch.Tensor | None) -> bool:

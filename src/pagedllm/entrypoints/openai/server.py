@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 import pagedllm
 from pagedllm.engine.async_llm import AsyncLLM
+from pagedllm.engine.startup_gc import freeze_startup_objects
 from pagedllm.entrypoints.openai import chat, completions, tokenization
 from pagedllm.entrypoints.openai.context import ServingContext
 from pagedllm.entrypoints.openai.docs import ASSETS_PATH, DOCS_PATHS, install_offline_docs
@@ -285,6 +286,7 @@ def run_server(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=5,
         )
         server = DrainingServer(config, ctx, args.shutdown_timeout)
+        freeze_startup_objects()  # this process serves until it exits
         server.run()
     finally:
         llm.shutdown()
