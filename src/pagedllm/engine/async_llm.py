@@ -172,7 +172,9 @@ class AsyncLLM:
             while True:
                 item = await stream.get()
                 if isinstance(item, BaseException):
-                    finished = True  # the engine has forgotten it already
+                    # A dead engine has forgotten it already; one ended from here (abort_all)
+                    # is still running in the core: the `finally` aborts it there.
+                    finished = isinstance(item, EngineDeadError)
                     raise item
                 finished = item.finished
                 yield item
@@ -199,8 +201,8 @@ class AsyncLLM:
             return len(self._streams)
 
     def abort_all(self, error: BaseException) -> None:
-        """End every request in flight with `error` (each stream raises it; the engine frees
-        their blocks as the streams close)."""
+        """End every request in flight with `error` (each stream raises it; as it closes, its
+        request is aborted in the engine, which frees its blocks)."""
         with self._streams_lock:
             streams = list(self._streams.values())
         for stream in streams:
