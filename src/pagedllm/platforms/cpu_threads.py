@@ -112,15 +112,13 @@ def pin_engine_core_threads(num_threads: int) -> list[int]:
     """In an engine core process whose model threads take every usable core: the main thread
     (which runs the step's serial work and is the thread pool's first thread) gets the first
     core to itself, every other thread the rest. Returns the cores left to the server's
-    threads (empty when nothing was pinned: not asked for with PAGEDLLM_PIN_THREADS=1, fewer
-    than 2 cores, or the threads not taking all of them).
+    threads (empty when nothing was pinned: fewer than 2 cores, the threads not taking all of
+    them, or PAGEDLLM_PIN_THREADS=0).
 
     The server's threads then run beside the pool's other threads only: when they wake for a
     step's outputs they no longer preempt the main thread, whose serial work between two
     forward passes every other thread waits on."""
-    # Opt-in for now: a graceful-shutdown test (test_graceful_shutdown.py) failed once in the
-    # full suite with it on, which has not been explained yet.
-    if os.environ.get(PIN_THREADS_ENV, "0") != "1":
+    if os.environ.get(PIN_THREADS_ENV, "1") == "0":
         return []
     try:
         usable = sorted(os.sched_getaffinity(0))
