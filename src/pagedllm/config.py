@@ -83,11 +83,13 @@ class EngineConfig:
     # compiled CPU kernels (PAGEDLLM_CPU_KERNELS; off = the pure-torch path), bf16 weights packed
     # for the compiled matmul (PAGEDLLM_PACKED_WEIGHTS; None: where the platform finds they pay),
     # the step compiler that runs a whole decoder stack as one call (PAGEDLLM_DECODER_STACK);
-    # bf16 weights packed once for oneDNN's matmul instead (PAGEDLLM_ONEDNN_WEIGHTS; opt-in).
+    # bf16 weights packed once for oneDNN's matmul instead (PAGEDLLM_ONEDNN_WEIGHTS; opt-in);
+    # weights copied into transparent huge pages after loading, on CPU (PAGEDLLM_HUGE_PAGES).
     cpu_kernels: bool = True
     packed_weights: bool | None = None
     onednn_weights: bool = False
     step_compiler: bool = True
+    huge_pages: bool = True
     # Which attention backend every layer binds (PAGEDLLM_ATTENTION_BACKEND overrides).
     attention_backend: str = "auto"
     # "dummy": random weights for a config without a checkpoint (a config.json or a shape name).

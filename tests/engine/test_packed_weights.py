@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from memory_maps import vm_flags
 from numerics import assert_bf16_greedy_close
 from pagedllm import LLM, SamplingParams
 from pagedllm.ops import cpu_kernels
 from pagedllm.ops.packed_linear import PackedBF16Weight
 from pagedllm.platforms import cpu as cpu_platform
+from pagedllm.platforms.cpu_huge_pages import transparent_huge_pages
 
 pytestmark = pytest.mark.skipif(
     cpu_kernels.instruction_set() == "scalar", reason="needs the CPU kernels' vector paths"
@@ -43,6 +45,9 @@ def test_packed_weights_match_plain_weights(monkeypatch):
     assert isinstance(model.model.layers[0].self_attn.qkv_proj.quant, PackedBF16Weight)
     assert isinstance(model.lm_head.quant, PackedBF16Weight)
     assert model.model.embed_tokens.quant is model.lm_head.quant  # tied: one packed table
+    qkv = model.model.layers[0].self_attn.qkv_proj.quant.packed
+    if transparent_huge_pages():  # the platform moved the weights into huge pages after loading
+        assert "hg" in vm_flags(qkv.data_ptr()) and "hg" in vm_flags(model.lm_head.quant.packed.data_ptr())
     packed = _generate(packed_llm)
     del packed_llm
     # Plain weights on the skinny kernel's full row range, as on CPUs without AMX: on AMX CPUs
@@ -50,8 +55,11 @@ def test_packed_weights_match_plain_weights(monkeypatch):
     # in another order, so greedy text parts at near-ties more often than this rule allows for
     # kernels of one family (the decoder-stack tests cover that split exactly).
     monkeypatch.setattr(cpu_platform, "cpu_has_amx_bf16", lambda: False)
-    plain_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25, packed_weights=False)
-    assert plain_llm.engine.engine_core.executor.runner.model.lm_head.quant is None
+    # Also with the weights left where the loader put them: the same numbers either way.
+    plain_llm = LLM(dtype="bfloat16", kv_cache_memory=0.25, packed_weights=False, huge_pages=False)
+    plain_model = plain_llm.engine.engine_core.executor.runner.model
+    assert plain_model.lm_head.quant is None
+    assert "hg" not in vm_flags(plain_model.model.layers[0].self_attn.qkv_proj.weight.data_ptr())
     plain = _generate(plain_llm)
 
     assert_bf16_greedy_close(packed, plain, "packed vs plain")

@@ -38,6 +38,7 @@ SWITCH_ENVS = (
     "PAGEDLLM_ONEDNN_WEIGHTS",
     "PAGEDLLM_DECODER_STACK",
     "PAGEDLLM_ATTENTION_BACKEND",
+    "PAGEDLLM_HUGE_PAGES",
 )
 
 
@@ -61,6 +62,11 @@ def test_cli_flags_become_config_fields_and_env_overrides_them(clean_env):
     )
     assert (off.cpu_kernels, off.packed_weights, off.step_compiler) == (False, False, False)
     assert resolve_platform(off).options == PlatformOptions(False, False, False)
+    assert engine_config_from_args(parser.parse_args([])).huge_pages is True
+    no_huge = engine_config_from_args(parser.parse_args(["--no-huge-pages"]))
+    assert no_huge.huge_pages is False and resolve_platform(no_huge).options.huge_pages is False
+    clean_env.setenv("PAGEDLLM_HUGE_PAGES", "0")
+    assert resolve_platform(EngineConfig()).options.huge_pages is False
     clean_env.setenv("PAGEDLLM_PACKED_WEIGHTS", "0")
     clean_env.setenv("PAGEDLLM_DECODER_STACK", "1")
     options = resolve_platform(EngineConfig(step_compiler=False)).options

@@ -182,6 +182,12 @@ def add_engine_args(parser: argparse.ArgumentParser, model_flag: bool = True) ->
         action="store_true",
         help="run the decoder layers from Python instead of as one compiled call ($PAGEDLLM_DECODER_STACK=0)",
     )
+    fast.add_argument(
+        "--no-huge-pages",
+        action="store_true",
+        help="CPU: keep the weights where the loader put them instead of copying them into transparent "
+        "huge pages ($PAGEDLLM_HUGE_PAGES=0)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace, model: str | None = None) -> EngineConfig:
@@ -207,6 +213,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
         packed_weights=args.packed_weights,
         onednn_weights=args.onednn_weights,
         step_compiler=not args.no_step_compiler,
+        huge_pages=not args.no_huge_pages,
         attention_backend=args.attention_backend,
         tokenizer=args.tokenizer,
         load_format=args.load_format,

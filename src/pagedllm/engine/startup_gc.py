@@ -2,9 +2,9 @@
 
 Loading a model and a tokenizer leaves hundreds of thousands of long-lived Python objects
 (modules, configs, vocabularies). Python's full collections walk all of them, and a step loop
-that allocates a few objects per token triggers one every so often: in a single-stream decode
-loop on SmolLM2 they took about 3% of the CPU samples, each a pause of the step. Frozen once
-start-up is over, they are never walked again.
+that allocates a few objects per token triggers one every so often, each a pause of the step
+(docs/architecture.md has the measured share). Frozen once start-up is over, they are never
+walked again.
 
 Only for processes that serve until they exit (the engine core's process, `pagedllm serve`):
 a frozen object that later becomes part of unreachable cycles is never freed, so a library

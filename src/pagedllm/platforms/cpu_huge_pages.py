@@ -17,15 +17,11 @@ place), and only those of at least `MIN_BYTES`: norms and small tables gain noth
 
 from __future__ import annotations
 
-import logging
-import math
 import mmap
 from pathlib import Path
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 HUGE_PAGE_BYTES = 2 << 20
 MIN_BYTES = 64 << 10
@@ -61,20 +57,16 @@ class HugePageArena:
         """Bytes one tensor of `nbytes` takes in an arena (its start aligned)."""
         return -(-nbytes // _ALIGN) * _ALIGN
 
-    def take(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A contiguous tensor from the arena's next free bytes (zeros where never written)."""
-        nbytes = math.prod(shape) * dtype.itemsize
+    def copy_of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A contiguous tensor in the arena's next free bytes, equal to `tensor`."""
+        nbytes = tensor.nbytes
         if self._used + nbytes > self._bytes.numel():
             raise ValueError(
                 f"huge-page arena full: {nbytes} bytes asked, {self._bytes.numel() - self._used} left"
             )
-        out = self._bytes[self._used : self._used + nbytes].view(dtype).view(shape)
+        out = self._bytes[self._used : self._used + nbytes].view(tensor.dtype).view(tensor.shape)
         self._used += self.span(nbytes)
-        return out
-
-    def copy_of(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A tensor in the arena equal to `tensor` (contiguous)."""
-        return self.take(tuple(tensor.shape), tensor.dtype).copy_(tensor)
+        return out.copy_(tensor)
 
 
 def _movable(tensor: torch.Tensor | None) -> bool:
@@ -90,29 +82,32 @@ def _movable(tensor: torch.Tensor | None) -> bool:
 
 def move_weights_to_huge_pages(model: nn.Module) -> int:
     """Copy `model`'s large parameters and buffers into one huge-page arena, in module order,
-    each tensor shared between modules (tied weights) copied once; returns the bytes moved."""
-    # (table, name) of every slot holding a movable tensor, and the tensors in first-seen order.
-    slots: list[tuple[dict, str, int]] = []
+    each tensor shared between modules (tied weights) copied once; returns the bytes moved.
+    Each original is released as soon as its copy is in place, so the move needs the model's
+    size once plus one tensor's, not twice the model's."""
+    # Every slot (a module's parameter or buffer table, and the name in it) per movable tensor,
+    # the tensors in first-seen order (dicts keep insertion order).
+    slots: dict[int, list[tuple[dict, str]]] = {}
     tensors: dict[int, torch.Tensor] = {}
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, tensor in table.items():
                 if _movable(tensor):
                     tensors.setdefault(id(tensor), tensor)
-                    slots.append((table, name, id(tensor)))
+                    slots.setdefault(id(tensor), []).append((table, name))
     if not tensors:
         return 0
     arena = HugePageArena(sum(HugePageArena.span(t.nbytes) for t in tensors.values()))
-    moved: dict[int, torch.Tensor] = {}
-    for key, tensor in tensors.items():
+    moved = 0
+    for key in list(tensors):
+        tensor = tensors.pop(key)
         copy = arena.copy_of(tensor)
         if isinstance(tensor, nn.Parameter):
             # In place: every module that holds this Parameter sees the new storage.
             tensor.data = copy
-            moved[key] = tensor
         else:
-            moved[key] = copy
-    del tensors
-    for table, name, key in slots:
-        table[name] = moved[key]
-    return sum(t.nbytes for t in moved.values())
+            for table, name in slots[key]:
+                table[name] = copy
+        moved += copy.nbytes
+        del tensor, copy
+    return moved

@@ -85,7 +85,7 @@ class PlatformOptions:
             onednn_weights=bool(_switch(ONEDNN_WEIGHTS_ENV, config.onednn_weights)),
             step_compiler=_switch(STEP_COMPILER_ENV, config.step_compiler),
             attention_backend=backend,
-            huge_pages=bool(_switch(HUGE_PAGES_ENV, True)),
+            huge_pages=bool(_switch(HUGE_PAGES_ENV, config.huge_pages)),
             enforce_eager=config.enforce_eager,
             local_replica=(
                 (config.data_parallel_rank, config.data_parallel_size)
