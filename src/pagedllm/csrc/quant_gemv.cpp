@@ -123,6 +123,14 @@ using TileFn = void (*)(const Int4Tile&, const Int4Groups&, const uint16_t*, int
 // products/s against 4.7-4.9 with half as many.) Past 16 accumulators they would spill.
 constexpr int blocks_for(int m) { return m <= 4 ? 4 : 2; }
 
+// Rows of x per tile for a weight's group size. Tiles of 5-8 rows take 2 of a super-block's 4
+// blocks per pass, which suits groups of 32; with groups of 64 and 128 such passes made a call
+// up to 2.5x slower from memory (5-8 rows; the gap narrows with more rows) than tiles over all
+// 4 blocks (AMD EPYC Zen 4, benchmarks/README.md, "4-bit tiles by group size"), so those
+// weights take tiles of up to 4 rows over all 4 blocks,
+// at the cost of unpacking each line of codes once per 4 rows of x instead of once per 8.
+inline int tile_rows_for(const Int4Groups& gr) { return gr.size == kInt4GroupSize ? kMaxTileRows : 4; }
+
 template <int kM, int kNB>
 constexpr TileFn tile_fn() {
   return &int4_tile<kM, kNB, (kM * kNB >= 8 ? 1 : 2)>;
@@ -197,18 +205,19 @@ void gemv_int4_vector(const at::Tensor& out, const at::Tensor& x, const at::Tens
   const int tail = static_cast<int>(n_len - (blocks - 1) * kInt4BlockRows);
   const __mmask16 tail_mask = static_cast<__mmask16>((1u << tail) - 1);
 
+  const int tile_rows = tile_rows_for(gr);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // Rows of x in chunks that stay in L2 while this thread's weight blocks pass over them
     // (each block is read from memory once per chunk, and from L1 once per tile of rows).
     for (int64_t m0 = 0; m0 < rows; m0 += kRowChunk) {
       const int64_t m1 = std::min(rows, m0 + kRowChunk);
-      const int nb_max = blocks_for(static_cast<int>(std::min<int64_t>(m1 - m0, kMaxTileRows)));
+      const int nb_max = blocks_for(static_cast<int>(std::min<int64_t>(m1 - m0, tile_rows)));
       for (int64_t b = begin; b < end;) {
         // A pass stays within one super-block (its blocks share one group stride).
         const int64_t super_end = (b / kInt4SuperBlocks + 1) * kInt4SuperBlocks;
         const int nb = static_cast<int>(std::min({static_cast<int64_t>(nb_max), end - b, super_end - b}));
-        for (int64_t m = m0; m < m1; m += kMaxTileRows) {
-          const int mt = static_cast<int>(std::min<int64_t>(kMaxTileRows, m1 - m));
+        for (int64_t m = m0; m < m1; m += tile_rows) {
+          const int mt = static_cast<int>(std::min<int64_t>(tile_rows, m1 - m));
           const int nbt = std::min(nb, blocks_for(mt));
           // A short last tile of rows may take fewer blocks per pass than the full one.
           for (int done = 0; done < nb; done += nbt) {
