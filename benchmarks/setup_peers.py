@@ -8,7 +8,8 @@
                                                -march=native); convert/ the same sources'
                                                convert_hf_to_gguf.py with gguf-py and conversion
     <cache>/peers/gguf/llama-3.2-1b-random-*.gguf  hf1b converted by llama.cpp's own tools to
-                                               bf16, Q8_0 and Q4_0 (gguf1b; needs llamacpp, hf1b)
+                                               bf16, Q8_0, Q4_0 and Q4_1 (gguf1b; needs llamacpp,
+                                               hf1b)
     <cache>/peers/gguf/smollm2-135m-instruct-*.gguf  the default model's hf folder converted to
                                                bf16 and Q8_0 (ggufdefault; needs llamacpp, hf):
                                                format-matched peers for pagedllm bf16 and int8
@@ -275,7 +276,7 @@ def converted_gguf(alias: str, kind: str) -> Path:
 
 
 def random_1b_gguf(kind: str) -> Path:
-    """hf1b's checkpoint as llama.cpp's GGUF of `kind` (bf16, q8_0 or q4_0)."""
+    """hf1b's checkpoint as llama.cpp's GGUF of `kind` (bf16, q8_0, q4_0 or q4_1)."""
     return converted_gguf(RANDOM_1B_ALIAS, kind)
 
 
@@ -297,20 +298,22 @@ def _convert_hf(log: Log, alias: str, kinds: tuple[str, ...]) -> None:
 
 
 def build_random_1b_gguf(log: Log) -> dict:
-    """hf1b converted with llama.cpp's own converter (bf16, Q8_0) and quantize tool (Q4_0)."""
+    """hf1b converted with llama.cpp's own converter (bf16, Q8_0) and quantize tool (Q4_0, and
+    Q4_1: 4-bit groups of 32 with a minimum, the size class of pagedllm's int4)."""
     if read_marker("llamacpp") is None or read_marker("hf1b") is None:
         raise RuntimeError("gguf1b needs the llamacpp and hf1b peers: build those first")
     _convert_hf(log, RANDOM_1B_ALIAS, ("bf16", "q8_0"))
-    log.step("quantizing to q4_0")
-    log.run(
-        [
-            str(llamacpp_bin("llama-quantize")),
-            str(random_1b_gguf("bf16")),
-            str(random_1b_gguf("q4_0")),
-            "Q4_0",
-        ]
-    )
-    return {kind: str(random_1b_gguf(kind)) for kind in ("bf16", "q8_0", "q4_0")}
+    for kind in ("q4_0", "q4_1"):
+        log.step(f"quantizing to {kind}")
+        log.run(
+            [
+                str(llamacpp_bin("llama-quantize")),
+                str(random_1b_gguf("bf16")),
+                str(random_1b_gguf(kind)),
+                kind.upper(),
+            ]
+        )
+    return {kind: str(random_1b_gguf(kind)) for kind in ("bf16", "q8_0", "q4_0", "q4_1")}
 
 
 def build_default_gguf(log: Log) -> dict:
