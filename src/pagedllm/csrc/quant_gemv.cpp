@@ -121,15 +121,18 @@ using TileFn = void (*)(const Int4Tile&, const Int4Groups&, const uint16_t*, int
 // products' latency, few enough to stay in the 32 vector registers.
 // (Measured in cache on one core: 4 blocks for up to 4 rows, 2 beyond, ran 5.6-6.5 G dot
 // products/s against 4.7-4.9 with half as many.) Past 16 accumulators they would spill.
-constexpr int blocks_for(int m) { return m <= 4 ? 4 : 2; }
+constexpr int kWholeSuperBlockRows = 4;  // the most rows of x whose tiles take all 4 blocks
+constexpr int blocks_for(int m) { return m <= kWholeSuperBlockRows ? kInt4SuperBlocks : 2; }
 
 // Rows of x per tile for a weight's group size. Tiles of 5-8 rows take 2 of a super-block's 4
-// blocks per pass, which suits groups of 32; with groups of 64 and 128 such passes made a call
-// up to 2.5x slower from memory (5-8 rows; the gap narrows with more rows) than tiles over all
-// 4 blocks (AMD EPYC Zen 4, benchmarks/README.md, "4-bit tiles by group size"), so those
-// weights take tiles of up to 4 rows over all 4 blocks,
-// at the cost of unpacking each line of codes once per 4 rows of x instead of once per 8.
-inline int tile_rows_for(const Int4Groups& gr) { return gr.size == kInt4GroupSize ? kMaxTileRows : 4; }
+// blocks per pass, which suits groups of 32. With groups of 64 and 128 those half passes made a
+// call up to 2.5x slower from memory at 5-8 rows (less with more rows; AMD EPYC Zen 4,
+// benchmarks/README.md, "4-bit tiles by group size"), so such weights take tiles that cover the
+// whole super-block, at the cost of unpacking each line of codes once per 4 rows of x instead
+// of once per 8.
+inline int tile_rows_for(const Int4Groups& gr) {
+  return gr.size == kInt4GroupSize ? kMaxTileRows : kWholeSuperBlockRows;
+}
 
 template <int kM, int kNB>
 constexpr TileFn tile_fn() {
