@@ -56,13 +56,12 @@ constexpr int kRowBlock = 6;       // rows per register tile: 6 x 4 accumulators
 
 // The next panel a thread will stream, fetched into L1/L2 a few k-pair rows at a time while the
 // current panel's row tiles run from cache. Without it, the first row tile of every panel
-// waits on DRAM and compute and memory take turns: at 16-64 rows that costs 15-20%. From 2 to
-// kPrefetchMinRows - 1 rows, and at one row on panels of K >= kOneRowNoPrefetchK, the panels
-// stream straight from memory, which the hardware prefetcher alone keeps up with
-// (benchmarks/README.md, "No next-panel prefetch for few rows"); one row on SmolLM2's small
-// panels (K 576-1536) decoded 6% slower without it.
+// waits on DRAM and compute and memory take turns: at 16-64 rows that costs 15-20%. Below
+// kPrefetchMinRows rows, one row included, the panels stream straight from memory, which the
+// hardware prefetcher alone keeps up with, and the extra requests only compete with it
+// (benchmarks/README.md, "No next-panel prefetch for few rows" and "One row without it on
+// small panels too").
 constexpr int64_t kPrefetchMinRows = 9;
-constexpr int64_t kOneRowNoPrefetchK = 2048;
 struct NextPanel {
   const char* base = nullptr;  // nullptr: nothing to fetch
   int64_t row_bytes = 0;       // one k-pair row of the panel (width x 4 bytes)
@@ -101,7 +100,7 @@ template <int kNV>
 void rows_of_panel(const uint16_t* x, int64_t x_stride, int64_t rows, const uint32_t* panel, int64_t width,
                    int64_t v0, int64_t pairs, uint16_t* out, int64_t out_stride, NextPanel next) {
   // Every row tile fetches an equal share of the next panel, spread over its k loop.
-  if (rows < kPrefetchMinRows && (rows > 1 || 2 * pairs >= kOneRowNoPrefetchK)) next.base = nullptr;
+  if (rows < kPrefetchMinRows) next.base = nullptr;
   const int64_t tiles = (rows + kRowBlock - 1) / kRowBlock;
   next.every = tiles;
   int64_t m = 0;
