@@ -133,30 +133,40 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight) {
 // exported by decoder_stack_info).
 enum WeightKind : int64_t { kPlain = 0, kPackedBf16 = 1, kInt4 = 2, kInt8 = 3, kOneDnnBf16 = 4 };
 
-// x [M, K] @ W^T -> [M, out_features].
+// x [M, K] @ W^T -> [M, out_features], written into `out` (a buffer the layers share) where the
+// kernel writes into a given tensor, else a new tensor; the caller uses the one returned.
 // Plain bf16 weights take gemv_bf16 up to `skinny_max_rows` rows (the platform's choice, the
 // same that the Python layers make: ops/linear.py), oneDNN above.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind, int64_t out_features,
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, int64_t kind, const at::Tensor& out,
                   int64_t skinny_max_rows) {
   if (kind == kPackedBf16) {
-    auto out = at::empty({x.size(0), out_features}, x.options());
     gemm_packed_handle().call(out, x, weight);
     return out;
   }
   if (kind == kOneDnnBf16) return onednn_linear(x.is_contiguous() ? x : x.contiguous(), weight);
   if (kind == kInt4 || kind == kInt8) {
-    auto out = at::empty({x.size(0), out_features}, x.options());
     (kind == kInt4 ? gemv_int4_handle() : gemv_int8_handle()).call(out, x, weight);
     return out;
   }
   if (gemv_bf16_max_rows() > 0 && x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
       x.size(0) <= skinny_max_rows && x.size(1) % 32 == 0 && x.stride(1) == 1 && weight.is_contiguous()) {
-    auto out = at::empty({x.size(0), weight.size(0)}, x.options());
     kernels().gemv_bf16.call(out, x, weight);
     return out;
   }
   return at::linear(x, weight);
 }
+
+// The views of a [T, q + 2 kv] projection output that rotary, the cache write and attention take.
+struct QkvViews {
+  at::Tensor rotated, q, key, value;
+  QkvViews(const at::Tensor& qkv, int64_t tokens, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim) {
+    const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
+    rotated = qkv.narrow(1, 0, q_size + kv_size);
+    q = qkv.narrow(1, 0, q_size).view({tokens, num_heads, head_dim});
+    key = qkv.narrow(1, q_size, kv_size).view({tokens, num_kv_heads, head_dim});
+    value = qkv.narrow(1, q_size + kv_size, kv_size).view({tokens, num_kv_heads, head_dim});
+  }
+};
 
 }  // namespace
 
@@ -175,39 +185,49 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
               "decoder_stack: one KV-cache group and window per layer");
   TORCH_CHECK(hidden_in.dim() == 2 && hidden_in.is_contiguous(), "decoder_stack: hidden must be [T, hidden]");
   const Kernels& k = kernels();
-  const int64_t tokens = hidden_in.size(0), hidden_size = hidden_in.size(1);
+  const int64_t tokens = hidden_in.size(0);
   const int64_t q_size = num_heads * head_dim, kv_size = num_kv_heads * head_dim;
   const int64_t rotary_dim = cos_sin_cache.size(1);
 
+  // Every layer writes the same shapes, so the outputs and the views into them are made once per
+  // call rather than ~25 times a layer (benchmarks/README.md, "Buffers made once per decoder
+  // stack call"). x (the normed input, then the o and down projections' outputs) is one
+  // buffer: each kernel reads another buffer than it writes.
+  const auto options = hidden_in.options();
+  const at::Tensor x_buffer = at::empty_like(hidden_in);
+  const at::Tensor qkv_buffer = at::empty({tokens, q_size + 2 * kv_size}, options);
+  const at::Tensor attn = at::empty({tokens, num_heads, head_dim}, options);
+  const at::Tensor attn_rows = attn.view({tokens, q_size});
+  const at::Tensor gate_up_buffer = at::empty({tokens, 2 * intermediate_size}, options);
+  const at::Tensor act = at::empty({tokens, intermediate_size}, options);
+  const QkvViews buffer_views(qkv_buffer, tokens, num_heads, num_kv_heads, head_dim);
+
   // The residual stream starts as the embedding output itself, as in the Python layers.
   at::Tensor residual = hidden_in;
-  at::Tensor x;
+  at::Tensor x = x_buffer;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const int64_t w0 = layer * kTensorsPerLayer;
     if (layer == 0) {
-      x = at::empty_like(hidden_in);
       k.rms_norm.call(x, hidden_in, weights[w0], eps);
     } else {
       k.fused_add_rms_norm.call(x, residual, weights[w0], eps);
     }
-    at::Tensor qkv = linear(x, weights[w0 + 1], weight_kinds[w0 + 1], q_size + 2 * kv_size, skinny_max_rows);
-    k.rotary.call(qkv.narrow(1, 0, q_size + kv_size), positions, cos_sin_cache, head_dim, rotary_dim);
-    const at::Tensor q = qkv.narrow(1, 0, q_size).view({tokens, num_heads, head_dim});
-    const at::Tensor key = qkv.narrow(1, q_size, kv_size).view({tokens, num_kv_heads, head_dim});
-    const at::Tensor value = qkv.narrow(1, q_size + kv_size, kv_size).view({tokens, num_kv_heads, head_dim});
+    const at::Tensor qkv = linear(x, weights[w0 + 1], weight_kinds[w0 + 1], qkv_buffer, skinny_max_rows);
+    // A kernel without an output argument (oneDNN, at::linear) returned its own tensor.
+    const QkvViews views =
+        qkv.is_same(qkv_buffer) ? buffer_views : QkvViews(qkv, tokens, num_heads, num_kv_heads, head_dim);
+    k.rotary.call(views.rotated, positions, cos_sin_cache, head_dim, rotary_dim);
     const at::Tensor& cache = kv_caches[layer];
     const int64_t group = layer_groups[layer];
     at::Tensor key_cache = cache.select(0, 0), value_cache = cache.select(0, 1);
-    k.reshape_and_cache.call(key, value, key_cache, value_cache, slot_mappings[group], vnni);
-    at::Tensor attn = at::empty({tokens, num_heads, head_dim}, hidden_in.options());
-    k.paged_attention.call(attn, q, key_cache, value_cache, block_tables[group], query_start_loc, seq_lens, scale,
-                           windows[layer], 0.0, vnni);
-    x = linear(attn.view({tokens, q_size}), weights[w0 + 2], weight_kinds[w0 + 2], hidden_size, skinny_max_rows);
+    k.reshape_and_cache.call(views.key, views.value, key_cache, value_cache, slot_mappings[group], vnni);
+    k.paged_attention.call(attn, views.q, key_cache, value_cache, block_tables[group], query_start_loc, seq_lens,
+                           scale, windows[layer], 0.0, vnni);
+    x = linear(attn_rows, weights[w0 + 2], weight_kinds[w0 + 2], x_buffer, skinny_max_rows);
     k.fused_add_rms_norm.call(x, residual, weights[w0 + 3], eps);
-    at::Tensor gate_up = linear(x, weights[w0 + 4], weight_kinds[w0 + 4], 2 * intermediate_size, skinny_max_rows);
-    at::Tensor act = at::empty({tokens, intermediate_size}, hidden_in.options());
+    const at::Tensor gate_up = linear(x, weights[w0 + 4], weight_kinds[w0 + 4], gate_up_buffer, skinny_max_rows);
     k.silu_and_mul.call(act, gate_up);
-    x = linear(act, weights[w0 + 5], weight_kinds[w0 + 5], hidden_size, skinny_max_rows);
+    x = linear(act, weights[w0 + 5], weight_kinds[w0 + 5], x_buffer, skinny_max_rows);
   }
   k.fused_add_rms_norm.call(x, residual, weights[num_layers * kTensorsPerLayer], eps);
   return x;
