@@ -3,14 +3,16 @@
 // small panels too". Standalone (no torch), for a CPU with AVX512-BF16:
 //
 //   g++ -O2 -march=native -fopenmp benchmarks/panel_prefetch_probe.cpp -o /tmp/panel_prefetch_probe
-//   /tmp/panel_prefetch_probe [distance_bytes, default 1024]
+//   /tmp/panel_prefetch_probe [distance_bytes, default 1024] [smollm2|1b, default smollm2]
 //
-// One pass reads what a SmolLM2-135M decode step reads: 30 layers of qkv, o, gate_up and down
-// (120 matmuls, 212 MB, in one huge-page arena in execution order, as the engine places them),
-// then the 57 MB LM head, every matmul split in two halves over two OpenMP threads as
-// gemm_packed_bf16 splits it. Each variant's pass starts with cold caches (a 64 MB buffer is read
-// in between); the variants take turns, 20 passes each, and the medians (with the 4th lowest and
-// 4th highest) of GB/s are printed separately for the layers and the head.
+// One pass reads what a decode step reads: for SmolLM2-135M 30 layers of qkv, o, gate_up and
+// down (120 matmuls, 212 MB), for the Llama-3.2-1B shape 16 layers (64 matmuls, 1946 MB), in one
+// huge-page arena in execution order as the engine places them, then the LM head (SmolLM2's
+// vocabulary), every matmul split in two halves over two OpenMP threads as gemm_packed_bf16
+// splits it. Each variant's pass starts with cold caches (a 64 MB buffer is read
+// in between); the variants take turns (20 passes each, 8 for the 1B), and the medians of GB/s
+// (with the spread left after dropping a fifth of the passes at each end) are printed separately
+// for the layers and the head.
 //   raw read       the same bytes through plain 512-bit loads: the ceiling
 //   no prefetch    the kernel's one-row inner loop (4 x vdpbf16ps a k pair on a 64-column panel)
 //   next panel T0  the same, fetching each thread's next panel one k-pair row a step (the
@@ -125,11 +127,15 @@ double median_gbps(std::vector<double>& v, int64_t at) {
 
 int main(int argc, char** argv) {
   const int64_t distance = argc > 1 ? atol(argv[1]) : 1024;
-  // [N, K] per layer: qkv (960 columns rounded to whole panels), o, gate_up, down.
-  const int64_t layer_shapes[4][2] = {{1024, 576}, {576, 576}, {3072, 576}, {576, 1536}};
-  const Matrix head_shape{nullptr, 49152, 288};
+  const bool one_b = argc > 2 && strcmp(argv[2], "1b") == 0;
+  // [N, K] per layer: qkv (SmolLM2's 960 columns rounded to whole panels), o, gate_up, down.
+  const int64_t smollm2_shapes[4][2] = {{1024, 576}, {576, 576}, {3072, 576}, {576, 1536}};
+  const int64_t one_b_shapes[4][2] = {{3072, 2048}, {2048, 2048}, {16384, 2048}, {2048, 8192}};
+  const auto& layer_shapes = one_b ? one_b_shapes : smollm2_shapes;
+  const int num_layers = one_b ? 16 : 30;
+  const Matrix head_shape{nullptr, 49152, (one_b ? 2048 : 576) / 2};
   int64_t layers_bytes = 0;
-  for (const auto& s : layer_shapes) layers_bytes += 30 * s[0] * s[1] * 2;
+  for (const auto& s : layer_shapes) layers_bytes += num_layers * s[0] * s[1] * 2;
   const int64_t arena_bytes = ((layers_bytes + head_shape.bytes() + distance) / (2 << 20) + 2) * (2 << 20);
   char* arena = static_cast<char*>(aligned_alloc(2 << 20, arena_bytes));
   madvise(arena, arena_bytes, MADV_HUGEPAGE);
@@ -137,17 +143,18 @@ int main(int argc, char** argv) {
 
   std::vector<Matrix> layers;
   int64_t offset = 0;
-  for (int layer = 0; layer < 30; ++layer)
+  for (int layer = 0; layer < num_layers; ++layer)
     for (const auto& s : layer_shapes) {
       layers.push_back({arena + offset, s[0], s[1] / 2});
       offset += s[0] * s[1] * 2;
     }
   const Matrix head{arena + offset, head_shape.n, head_shape.pairs};
-  std::vector<uint16_t> x(1536, 0x3f80);  // bf16 1.0
+  std::vector<uint16_t> x(8192, 0x3f80);  // bf16 1.0
   std::vector<float> out(head.n);
   std::vector<char> evict(64 << 20, 1);
+  const int kPasses = one_b ? 8 : 20;
 
-  constexpr int kPasses = 20, kVariantCount = sizeof(kVariants) / sizeof(kVariants[0]);
+  constexpr int kVariantCount = sizeof(kVariants) / sizeof(kVariants[0]);
   std::vector<double> layer_rate[kVariantCount], head_rate[kVariantCount];
   for (int pass = 0; pass < kPasses; ++pass) {
     for (int k = 0; k < kVariantCount; ++k) {
@@ -163,14 +170,16 @@ int main(int argc, char** argv) {
       head_rate[k].push_back(head.bytes() / std::chrono::duration<double>(t2 - t1).count() / 1e9);
     }
   }
-  printf("GB/s, median [4th lowest .. 4th highest] of %d passes; distance %ld bytes\n", kPasses,
-         static_cast<long>(distance));
+  printf("%s: GB/s, median [lowest .. highest after dropping a fifth at each end] of %d passes; distance %ld "
+         "bytes\n",
+         one_b ? "1B" : "SmolLM2", kPasses, static_cast<long>(distance));
   for (int k = 0; k < kVariantCount; ++k) {
     auto& l = layer_rate[k];
     auto& h = head_rate[k];
     const double lm = median_gbps(l, kPasses / 2), hm = median_gbps(h, kPasses / 2);
-    printf("%-14s layers %5.1f [%5.1f .. %5.1f]   head %5.1f [%5.1f .. %5.1f]\n", kNames[k], lm, l[3],
-           l[kPasses - 4], hm, h[3], h[kPasses - 4]);
+    const int low = kPasses / 5, high = kPasses - 1 - kPasses / 5;
+    printf("%-14s layers %5.1f [%5.1f .. %5.1f]   head %5.1f [%5.1f .. %5.1f]\n", kNames[k], lm, l[low], l[high], hm,
+           h[low], h[high]);
   }
   return 0;
 }
