@@ -79,7 +79,7 @@ def _metadata(params: list[SamplingParams], vocab: int, seed: int, seeds: dict[i
     """Metadata with the shared generator seeded by `seed` and rows `seeds` keys on their own."""
     seeds = seeds or {}
     rows = [
-        SamplingRow(p, [0], [], generator=torch.Generator().manual_seed(seeds[i]) if i in seeds else None)
+        SamplingRow.of(p, [0], [], generator=torch.Generator().manual_seed(seeds[i]) if i in seeds else None)
         for i, p in enumerate(params)
     ]
     return build_sampling_metadata(rows, vocab, "cpu", torch.Generator().manual_seed(seed))

@@ -44,7 +44,7 @@ def test_penalties_match_reference():
             [10, 11, 11],
         ),
     ]
-    rows = [SamplingRow(p, prompt, out) for p, prompt, out in cases]
+    rows = [SamplingRow.of(p, prompt, out) for p, prompt, out in cases]
     processed = apply_logit_processors(logits, build_sampling_metadata(rows, VOCAB, "cpu"))
     for i, (p, prompt, out) in enumerate(cases):
         expected = reference_penalties(logits[i].tolist(), prompt, out, p)
@@ -52,12 +52,12 @@ def test_penalties_match_reference():
 
 
 def test_no_penalty_tensors_when_all_neutral():
-    rows = [SamplingRow(SamplingParams(), [1, 2], [3])]
+    rows = [SamplingRow.of(SamplingParams(), [1, 2], [3])]
     assert build_sampling_metadata(rows, VOCAB, "cpu").penalties is None
 
 
 def test_presence_only_batch_skips_prompt_ids():
-    rows = [SamplingRow(SamplingParams(presence_penalty=1.0), list(range(10)), [1])]
+    rows = [SamplingRow.of(SamplingParams(presence_penalty=1.0), list(range(10)), [1])]
     pen = build_sampling_metadata(rows, VOCAB, "cpu").penalties
     assert not pen.any_repetition
     assert pen.prompt_ids.tolist() == [[VOCAB]]  # only padding: the prompt is not needed

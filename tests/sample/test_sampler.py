@@ -14,7 +14,7 @@ sampler = Sampler()
 
 
 def _rows(params: SamplingParams, n: int, **kw) -> list[SamplingRow]:
-    return [SamplingRow(params, [0], [], **kw) for _ in range(n)]
+    return [SamplingRow.of(params, [0], [], **kw) for _ in range(n)]
 
 
 def _draw(logits: torch.Tensor, params: SamplingParams, n: int = 20000, seed: int = 0) -> torch.Tensor:
@@ -54,7 +54,7 @@ def test_greedy_is_argmax():
 def test_greedy_rows_in_a_mixed_batch_stay_argmax():
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(2))
     params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.5, top_k=3)] * 3
-    md = build_sampling_metadata([SamplingRow(p, [0], []) for p in params], 50, "cpu")
+    md = build_sampling_metadata([SamplingRow.of(p, [0], []) for p in params], 50, "cpu")
     out = sampler(logits, md).sampled_token_ids
     assert torch.equal(out[0::2], logits[0::2].argmax(-1))
 
@@ -63,7 +63,7 @@ def test_input_logits_are_not_modified():
     logits = torch.randn(4, 30)
     before = logits.clone()
     params = SamplingParams(temperature=0.7, top_p=0.5, presence_penalty=1.0, logit_bias={3: 2.0})
-    sampler(logits, build_sampling_metadata([SamplingRow(params, [1, 2], [3])] * 4, 30, "cpu"))
+    sampler(logits, build_sampling_metadata([SamplingRow.of(params, [1, 2], [3])] * 4, 30, "cpu"))
     assert torch.equal(logits, before)
 
 
@@ -105,7 +105,7 @@ def test_min_p_drops_tokens_below_fraction_of_best():
 
 def test_filters_only_touch_their_own_rows():
     params = [SamplingParams(top_k=2), SamplingParams(), SamplingParams(top_p=0.5), SamplingParams(min_p=0.5)]
-    md = build_sampling_metadata([SamplingRow(p, [0], []) for p in params], VOCAB, "cpu")
+    md = build_sampling_metadata([SamplingRow.of(p, [0], []) for p in params], VOCAB, "cpu")
     logits = LOGITS.expand(4, -1).clone()
     apply_top_k_top_p(logits, md.top_k, md.top_p)
     finite = torch.isfinite(logits)
@@ -126,7 +126,7 @@ def test_top_k_fast_path_matches_sort_path():
 def _seeded_tokens(batch: list[tuple[SamplingParams, int | None]], logits: torch.Tensor, steps: int = 5):
     """Run `steps` sampling steps; row i uses a generator seeded with batch[i][1] (or none)."""
     gens = [torch.Generator().manual_seed(s) if s is not None else None for _, s in batch]
-    rows = [SamplingRow(p, [0], [], generator=g) for (p, _), g in zip(batch, gens)]
+    rows = [SamplingRow.of(p, [0], [], generator=g) for (p, _), g in zip(batch, gens)]
     out = []
     for step in range(steps):
         md = build_sampling_metadata(rows, logits.shape[-1], "cpu")
@@ -152,8 +152,8 @@ def test_same_seed_gives_same_tokens_alone_and_in_a_batch():
 def test_logit_bias_is_added_to_its_row_only():
     logits = torch.zeros(2, VOCAB)
     rows = [
-        SamplingRow(SamplingParams(temperature=0.0, logit_bias={5: 3.0, 1: -2.0}), [0], []),
-        SamplingRow(SamplingParams(temperature=0.0), [0], []),
+        SamplingRow.of(SamplingParams(temperature=0.0, logit_bias={5: 3.0, 1: -2.0}), [0], []),
+        SamplingRow.of(SamplingParams(temperature=0.0), [0], []),
     ]
     processed = apply_logit_processors(logits, build_sampling_metadata(rows, VOCAB, "cpu"))
     expected = torch.zeros(2, VOCAB)
@@ -165,7 +165,7 @@ def test_logit_bias_is_added_to_its_row_only():
 def test_allowed_token_ids_restrict_sampling():
     seen = set(_draw(LOGITS, SamplingParams(allowed_token_ids=[2, 6, 7]), n=5000).unique().tolist())
     assert seen == {2, 6, 7}
-    rows = [SamplingRow(SamplingParams(temperature=0.0, allowed_token_ids=[6, 7]), [0], [])]
+    rows = [SamplingRow.of(SamplingParams(temperature=0.0, allowed_token_ids=[6, 7]), [0], [])]
     assert (
         sampler(LOGITS.unsqueeze(0), build_sampling_metadata(rows, VOCAB, "cpu")).sampled_token_ids.item()
         == 6
@@ -177,9 +177,9 @@ def test_min_tokens_bans_eos_and_stop_ids_until_reached():
     params = SamplingParams(temperature=0.0, min_tokens=3, stop_token_ids=[1])
     logits = LOGITS.unsqueeze(0).expand(3, -1)
     rows = [
-        SamplingRow(params, [5], [4, 4], eos_token_id=eos),  # 2 < 3 outputs: banned
-        SamplingRow(params, [5], [4, 4, 4], eos_token_id=eos),  # reached
-        SamplingRow(
+        SamplingRow.of(params, [5], [4, 4], eos_token_id=eos),  # 2 < 3 outputs: banned
+        SamplingRow.of(params, [5], [4, 4, 4], eos_token_id=eos),  # reached
+        SamplingRow.of(
             SamplingParams(temperature=0.0, min_tokens=3, ignore_eos=True), [5], [], eos_token_id=eos
         ),
     ]
@@ -201,7 +201,7 @@ def test_logprobs_are_raw_log_softmax_with_ranks():
         SamplingParams(temperature=2.0, logprobs=4, logit_bias={1: 50.0}),
         SamplingParams(temperature=0.0),
     ]
-    rows = [SamplingRow(p, [3], [3, 3]) for p in params]
+    rows = [SamplingRow.of(p, [3], [3, 3]) for p in params]
     md = build_sampling_metadata(rows, 40, "cpu")
     assert md.max_num_logprobs == 4
     out = sampler(logits, md)
@@ -230,7 +230,7 @@ def test_full_feature_batch_on_cuda():
 
     def run(batch):
         rows = [
-            SamplingRow(p, [1, 2], [3], generator=torch.Generator("cuda").manual_seed(s) if s else None)
+            SamplingRow.of(p, [1, 2], [3], generator=torch.Generator("cuda").manual_seed(s) if s else None)
             for p, s in batch
         ]
         md = build_sampling_metadata(rows, 1000, "cuda", torch.Generator("cuda").manual_seed(0))

@@ -17,13 +17,35 @@ from pagedllm.sampling_params import SamplingParams
 
 @dataclass(slots=True)
 class SamplingRow:
-    """One request's row of the batch, as the model runner knows it."""
+    """One request's row of the batch, as the model runner knows it.
+
+    `token_ids` is the request's own list (prompt, then output), not a copy: the prompt and
+    output parts are sliced only for the rows whose penalties read them, so a step costs
+    O(requests) however long the sequences are.
+    """
 
     params: SamplingParams
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]
+    token_ids: list[int]
+    num_prompt_tokens: int
     generator: torch.Generator | None = None
     eos_token_id: int | None = None
+
+    @classmethod
+    def of(cls, params: SamplingParams, prompt: list[int], output: list[int], **kwargs) -> SamplingRow:
+        """A row from separate prompt and output ids (copied into one list)."""
+        return cls(params, [*prompt, *output], len(prompt), **kwargs)
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
 
 
 @dataclass(slots=True)
@@ -175,7 +197,7 @@ def _build_min_tokens_mask(rows: list[SamplingRow], device) -> TokenMask | None:
     tokens: list[int] = []
     for i, r in enumerate(rows):
         p = r.params
-        if len(r.output_token_ids) >= p.min_tokens:
+        if r.num_output_tokens >= p.min_tokens:
             continue
         banned = set(p._all_stop_token_ids) | set(p.stop_token_ids)
         if r.eos_token_id is not None and not p.ignore_eos:

@@ -217,8 +217,8 @@ class ModelRunner:
             [
                 SamplingRow(
                     params=s.sampling_params,
-                    prompt_token_ids=s.token_ids[: s.num_prompt_tokens],
-                    output_token_ids=s.output_token_ids,
+                    token_ids=s.token_ids,
+                    num_prompt_tokens=s.num_prompt_tokens,
                     generator=s.generator,
                     eos_token_id=self.model_config.eos_token_id,
                 )
