@@ -213,9 +213,12 @@ at::Tensor decoder_stack(const at::Tensor& hidden_in, const at::Tensor& position
       k.fused_add_rms_norm.call(x, residual, weights[w0], eps);
     }
     const at::Tensor qkv = linear(x, weights[w0 + 1], weight_kinds[w0 + 1], qkv_buffer, skinny_max_rows);
-    // A kernel without an output argument (oneDNN, at::linear) returned its own tensor.
-    const QkvViews views =
-        qkv.is_same(qkv_buffer) ? buffer_views : QkvViews(qkv, tokens, num_heads, num_kv_heads, head_dim);
+    // A kernel without an output argument (oneDNN, at::linear) returned its own tensor, which
+    // needs views of its own; otherwise the buffer's are taken by reference, not copied.
+    std::optional<QkvViews> own_views;
+    const QkvViews& views = qkv.is_same(qkv_buffer)
+                                ? buffer_views
+                                : own_views.emplace(qkv, tokens, num_heads, num_kv_heads, head_dim);
     k.rotary.call(views.rotated, positions, cos_sin_cache, head_dim, rotary_dim);
     const at::Tensor& cache = kv_caches[layer];
     const int64_t group = layer_groups[layer];
